@@ -1,0 +1,69 @@
+"""The public Python API: ``ai_vmm.compile`` and ``ai_vmm.load``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from ai_vmm.driver import CompileOptions, CompileResult, Progress, compile_model
+from ai_vmm.inputs import Tolerance
+
+
+def compile(  # noqa: A001 - the public name users expect
+    model: str | Path | onnx.ModelProto,
+    target: str = "auto",
+    output: str | Path | None = None,
+    *,
+    input_shapes: Sequence[str] = (),
+    tune: bool = True,
+    verify: bool = True,
+    rtol: float = 1e-3,
+    atol: float = 1e-4,
+    precision: str = "fp32",
+    disable_passes: Sequence[str] = (),
+    cache_dir: str | Path | None = None,
+    progress: Progress | None = None,
+) -> CompileResult:
+    """Compile ``model`` into an artifact and return where it went and what was decided.
+
+    Args:
+        model: an ONNX file path or an ``onnx.ModelProto``.
+        target: ``auto`` (measure every available target here, keep the fastest), one device
+            such as ``openvino:CPU`` or ``onnxruntime:CPU``, or a priority list of them.
+        output: the artifact path (``NAME.vmm`` directory, or ``NAME.vmm.zip`` for one file);
+            default ``<model stem>.vmm`` in the working directory.
+        input_shapes: ovc-style ``NAME[SHAPE]`` specs, e.g. ``input_ids[1,?]`` or
+            ``pixel_values[1,3,224,224]`` or ``input_ids[1,1..128]``.
+        tune: choose among candidates by measurement; ``False`` uses the documented static rule
+            and makes the whole artifact reproducible byte for byte.
+        verify: compare every candidate with ONNX Runtime on the original model.
+        rtol: relative tolerance of that comparison.
+        atol: absolute tolerance of that comparison.
+        precision: ``fp32`` (default), ``fp16`` or ``bf16`` inference precision.
+        disable_passes: canonicalization steps to skip, by name.
+        cache_dir: a compile cache directory (default: ``$AI_VMM_CACHE_DIR`` if set).
+        progress: called with a short message as each stage starts.
+
+    Raises:
+        ai_vmm.VmmError: a subclass whose one-line message says what was wrong.
+    """
+    options = CompileOptions(
+        target=target,
+        input_shapes=tuple(input_shapes),
+        tune=tune,
+        verify=verify,
+        tolerance=Tolerance(rtol=rtol, atol=atol),
+        precision=precision,
+        disabled_passes=tuple(disable_passes),
+    )
+    return compile_model(model, output, options, cache_dir=cache_dir, progress=progress)
+
+
+def load(path: str | Path) -> Any:
+    """Load an artifact (same as ``ai_vmm.runtime.load``)."""
+    from ai_vmm.runtime import load as runtime_load
+
+    return runtime_load(path)

@@ -1,0 +1,271 @@
+"""``vmmc``: the command line.
+
+Every error is one line on stderr and a non-zero exit code (the error class's ``exit_code``);
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ai_vmm.runtime.errors import InputError, VmmError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="ai-vmm: compile a model for the hardware you have, verify it, run it.",
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def devices(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """What this machine has for inference: CPU features, devices per target, libraries."""
+    from ai_vmm import hardware, registry
+
+    inventory = hardware.discover(registry.discoverers())
+    if as_json:
+        out.print_json(json.dumps(inventory.to_dict()))
+    else:
+        out.print(hardware.format_inventory(inventory), markup=False)
+
+
+@app.command("compile")
+def compile_cmd(
+    model: Annotated[Path, typer.Argument(help="The model: an ONNX file.")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Artifact path (.vmm or .vmm.zip).")
+    ] = None,
+    target: Annotated[
+        str, typer.Option(help="auto, a device (openvino:CPU) or a priority list.")
+    ] = "auto",
+    input_shape: Annotated[
+        list[str] | None,
+        typer.Option("--input", help="NAME[SHAPE], e.g. input_ids[1,?] or x[1,3,224,224]."),
+    ] = None,
+    no_tune: Annotated[
+        bool, typer.Option("--no-tune", help="Choose by the static rule; reproducible bytes.")
+    ] = False,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="Skip the comparison with the reference.")
+    ] = False,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance against the reference.")] = 1e-3,
+    atol: Annotated[float, typer.Option(help="Absolute tolerance against the reference.")] = 1e-4,
+    precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16.")] = "fp32",
+    disable_pass: Annotated[
+        list[str] | None, typer.Option("--disable-pass", help="Skip a canonicalization step.")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Compile cache directory (default: $AI_VMM_CACHE_DIR if set)."),
+    ] = None,
+) -> None:
+    """Compile MODEL into an artifact, verified against ONNX Runtime on the original model."""
+    from ai_vmm.api import compile as compile_model
+
+    start = time.perf_counter()
+
+    def progress(message: str) -> None:
+        err.print(f"[dim]{time.perf_counter() - start:6.2f}s[/dim] {escape(message)}", markup=True)
+
+    with err.status("compiling", spinner="dots") if err.is_terminal else _nullcontext():
+        result = compile_model(
+            model, target, output, input_shapes=input_shape or (), tune=not no_tune,
+            verify=not no_verify, rtol=rtol, atol=atol, precision=precision,
+            disable_passes=disable_pass or (), cache_dir=cache_dir, progress=progress,
+        )
+    chosen = result.report.get("chosen", {})
+    verdict = result.report.get("verification", {})
+    check = "verified" if verdict.get("passed") else f"not verified ({verdict.get('reason', '')})"
+    suffix = " (cache hit)" if result.cache_hit else ""
+    out.print(
+        f"{result.path}: {chosen.get('device', '?')}, {check}, "
+        f"{time.perf_counter() - start:.2f} s{suffix}", markup=False
+    )
+
+
+@app.command()
+def inspect(
+    artifact: Annotated[Path, typer.Argument(help="A .vmm artifact.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print manifest and report.")] = False,
+) -> None:
+    """What an artifact holds: signature, partitions, and why each choice was made."""
+    from ai_vmm.runtime.artifact import read_manifest, read_report
+    from ai_vmm.runtime.model import _unpack_zip
+
+    root = _unpack_zip(artifact) if artifact.is_file() else artifact
+    if not root.exists():
+        raise InputError(f"artifact {artifact} does not exist")
+    manifest = read_manifest(root)
+    report = read_report(root)
+    if as_json:
+        out.print_json(json.dumps({"manifest": manifest.to_json(), "report": report}))
+        return
+    _print_inspection(artifact, manifest.to_json(), report)
+
+
+@app.command()
+def run(
+    artifact: Annotated[Path, typer.Argument(help="A .vmm artifact.")],
+    inputs: Annotated[
+        Path | None, typer.Option("--inputs", help=".npz file with one array per input.")
+    ] = None,
+    random_inputs: Annotated[
+        bool, typer.Option("--random-inputs", help="Synthesize inputs from the signature.")
+    ] = False,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write outputs (.npz).")] = None,
+) -> None:
+    """Run an artifact on inputs from an .npz file (or random ones) and print or save outputs."""
+    from ai_vmm.runtime import load
+
+    model = load(artifact)
+    if inputs is not None:
+        feed = _read_npz(inputs)
+    elif random_inputs:
+        from ai_vmm.inputs import synthetic_inputs
+
+        synthetic = synthetic_inputs(model.inputs, {})
+        if synthetic is None:
+            raise InputError("this model has non-tensor inputs: give --inputs")
+        feed = synthetic
+    else:
+        raise InputError("give --inputs FILE.npz or --random-inputs")
+    start = time.perf_counter()
+    result = model.run(feed)
+    elapsed = (time.perf_counter() - start) * 1000
+    if output is not None:
+        _write_npz(output, result)
+    table = Table(title=f"{artifact} ({elapsed:.2f} ms)")
+    for column in ("output", "dtype", "shape", "summary"):
+        table.add_column(column)
+    for name, value in result.items():
+        array = np.asarray(value)
+        summary = (f"min {array.min():.4g} max {array.max():.4g} mean {array.mean():.4g}"
+                   if array.size and array.dtype.kind in "fiu" else "")
+        table.add_row(name, str(array.dtype), str(list(array.shape)), summary)
+    out.print(table)
+
+
+def _read_npz(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise InputError(f"inputs file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path} is not a readable .npz file: {exc}") from exc
+
+
+def _write_npz(path: Path, values: dict[str, Any]) -> None:
+    from ai_vmm.runtime.artifact import replace_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part.npz")
+    try:
+        np.savez(tmp, **{k: np.asarray(v) for k, v in values.items()})
+        replace_path(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _print_inspection(path: Path, manifest: dict[str, Any], report: dict[str, Any]) -> None:
+    out.print(f"[bold]{path}[/bold]  format v{manifest['format_version']}  "
+              f"source sha256 {manifest['source'].get('sha256', '?')[:16]}")
+    sig = Table(title="signature")
+    for column in ("", "name", "dtype", "shape"):
+        sig.add_column(column)
+    for role in ("inputs", "outputs"):
+        for spec in manifest[role]:
+            sig.add_row(role[:-1], spec["name"], spec["dtype"] or spec["kind"], str(spec["shape"]))
+    out.print(sig)
+    parts = Table(title="partitions")
+    for column in ("id", "target", "device", "entry", "config"):
+        parts.add_column(column)
+    for part in manifest["partitions"]:
+        parts.add_row(part["id"], part["target"], part["device"], part["entry"],
+                      json.dumps(part["config"], sort_keys=True))
+    out.print(parts)
+    counts = report.get("stages", {}).get("canonicalize", {}).get("node_counts", {})
+    if counts:
+        stages = Table(title="node counts per stage")
+        stages.add_column("stage")
+        stages.add_column("nodes", justify="right")
+        for stage, count in counts:
+            stages.add_row(stage, str(count))
+        out.print(stages)
+    candidates = Table(title=f"candidates (chosen: {report.get('chosen', {}).get('device', '?')}, "
+                       f"{report.get('chosen', {}).get('rule', '')})")
+    for column in ("device", "status", "median ms", "verified", "reason"):
+        candidates.add_column(column)
+    for cand in report.get("candidates", []):
+        latency = cand.get("latency") or {}
+        verification = cand.get("verification") or {}
+        candidates.add_row(
+            cand["device"], cand["status"], f"{latency.get('median_ms', '')}",
+            "" if not verification else str(verification.get("passed")), cand.get("reason", ""),
+        )
+    out.print(candidates)
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vmmc`` console script."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except VmmError as exc:
+        if _state["debug"]:
+            traceback.print_exc()
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except typer.Abort:
+        err.print("aborted", markup=False)
+        return 130
+    except Exception as exc:  # click usage errors and the unexpected
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        if _state["debug"]:
+            traceback.print_exc()
+        text = " ".join(str(exc).split())
+        err.print(f"internal error: {exc.__class__.__name__}: {text} (rerun with --debug)",
+                  markup=False, soft_wrap=True)
+        return 70
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,504 @@
+"""The driver: runs the compile stages in order and writes the artifact.
+
+    load -> input shapes -> canonicalize -> choose devices -> per candidate: capability, prepare,
+    codegen, verify against the reference, time -> choose -> write artifact (+ cache)
+
+Every decision lands in ``report.json``; the manifest holds only what the runtime needs and is
+byte-for-byte reproducible.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from ai_vmm import hardware, registry
+from ai_vmm.cache import CompileCache, cache_key, cache_root
+from ai_vmm.frontends.onnx import LoadedModel, load_onnx
+from ai_vmm.inputs import Tolerance, compare, index_bounds, synthetic_inputs
+from ai_vmm.passes.canonicalize import STEP_NAMES, canonicalize
+from ai_vmm.runtime.artifact import (
+    MANIFEST,
+    REPORT,
+    Manifest,
+    PartitionSpec,
+    TensorSpec,
+    dumps_json,
+    read_report,
+    replace_path,
+    sha256_file,
+    staged_directory,
+    write_zip,
+)
+from ai_vmm.runtime.devices import Device, Inventory
+from ai_vmm.runtime.errors import CompileError, DeviceError, UnsupportedModelError, VmmError
+from ai_vmm.runtime.executors import Executor, create_executor
+from ai_vmm.signature import (
+    apply_input_shapes,
+    bounded_signature,
+    model_signature,
+    parse_input_specs,
+)
+from ai_vmm.targets.base import NodeSupport, TargetOptions, save_onnx
+from ai_vmm.tuning import measure
+
+Progress = Callable[[str], None]
+
+# Ops whose outputs are random by definition: comparing them with a reference proves nothing.
+NONDETERMINISTIC_OPS = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+     "Bernoulli"}
+)
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """What the user asked for. ``to_json`` is what the manifest and the cache key record."""
+
+    target: str = "auto"
+    input_shapes: tuple[str, ...] = ()
+    tune: bool = True
+    verify: bool = True
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    precision: str = "fp32"
+    disabled_passes: tuple[str, ...] = ()
+    tune_budget_s: float = 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "input_shapes": list(self.input_shapes),
+            "tune": self.tune,
+            "verify": self.verify,
+            "tolerance": self.tolerance.to_json(),
+            "precision": self.precision,
+            "disabled_passes": sorted(self.disabled_passes),
+        }
+
+
+@dataclass
+class CompileResult:
+    """Where the artifact went, and what the compile decided."""
+
+    path: Path
+    manifest: dict[str, Any]
+    report: dict[str, Any]
+    cache_hit: bool = False
+
+
+@dataclass
+class _Candidate:
+    device: Device
+    status: str = "pending"
+    reason: str = ""
+    work_dir: Path | None = None
+    entry: str = ""
+    files: tuple[str, ...] = ()
+    config: dict[str, Any] = field(default_factory=dict)
+    latency: dict[str, Any] | None = None
+    verification: dict[str, Any] | None = None
+    unsupported: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"device": self.device.key, "status": self.status}
+        if self.reason:
+            out["reason"] = self.reason
+        if self.latency:
+            out["latency"] = self.latency
+        if self.verification:
+            out["verification"] = self.verification
+        if self.unsupported:
+            out["unsupported_nodes"] = dict(sorted(self.unsupported.items())[:50])
+        return out
+
+
+def compile_model(
+    source: str | Path | onnx.ModelProto,
+    output: str | Path | None = None,
+    options: CompileOptions | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    progress: Progress | None = None,
+) -> CompileResult:
+    """Compile an ONNX model (path or ``ModelProto``) into an artifact at ``output``.
+
+    Raises:
+        VmmError: a subclass saying what was wrong (model, options, targets, verification).
+    """
+    options = options or CompileOptions()
+    say = progress or (lambda message: None)
+    _validate_options(options)
+    out_path = _output_path(source, output)
+    started = time.perf_counter()
+
+    say("discovering devices")
+    inventory = hardware.discover(registry.discoverers())
+    candidates = resolve_targets(options.target, inventory)
+
+    say(f"loading {source if not isinstance(source, onnx.ModelProto) else 'ModelProto'}")
+    loaded = load_onnx(source)
+    cache = _open_cache(cache_dir)
+    key = cache_key(
+        {"source": loaded.sha256, "options": options.to_json(), "toolchain": toolchain(),
+         "devices": [c.key for c in candidates], "format": 1}
+    )
+    if cache is None:
+        return _compile_uncached(loaded, out_path, options, inventory, candidates, say, started)
+    with cache.locked(key):
+        hit = cache.lookup(key)
+        if hit is not None:
+            _copy_artifact(hit, out_path)
+            say(f"cache hit {key[:12]} in {time.perf_counter() - started:.2f} s")
+            return CompileResult(out_path, _read_json(out_path, MANIFEST), read_report(
+                out_path if out_path.is_dir() else hit), cache_hit=True)
+        result = _compile_uncached(loaded, out_path, options, inventory, candidates, say, started)
+        if out_path.is_dir():
+            cache.store(key, out_path)
+        return result
+
+
+def _compile_uncached(
+    loaded: LoadedModel, out_path: Path, options: CompileOptions, inventory: Inventory,
+    candidates: list[Device], say: Progress, started: float,
+) -> CompileResult:
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    model = loaded.model
+    bounds = apply_input_shapes(model, parse_input_specs(options.input_shapes))
+    reference = ir.serde.serialize_model(model)
+    opset = model.opset_imports.get("", 0)
+    timings["load"] = time.perf_counter() - clock
+
+    say("canonicalizing")
+    clock = time.perf_counter()
+    canon = canonicalize(model, frozenset(options.disabled_passes))
+    timings["canonicalize"] = time.perf_counter() - clock
+    inputs, outputs = model_signature(model)
+    inputs = bounded_signature(inputs, bounds)
+
+    sample = synthetic_inputs(inputs, index_bounds(model))
+    verification_note, expected = _reference_outputs(model, reference, sample, options, say)
+
+    target_options = TargetOptions(precision=options.precision, extra={"input_bounds": bounds})
+    with tempfile.TemporaryDirectory(prefix="ai-vmm-build-") as tmp:
+        built = _build_candidates(
+            model, candidates, target_options, options, Path(tmp), sample, expected, say, timings
+        )
+        chosen, rule = _choose(built, options)
+        timings["total"] = time.perf_counter() - started
+        say(f"chose {chosen.device.key} ({rule})")
+        assert chosen.work_dir is not None
+        partition = PartitionSpec(
+            id="p0",
+            target=chosen.device.target,
+            device=chosen.device.name,
+            entry=f"p0/{chosen.entry}",
+            files={f"p0/{name}": sha256_file(chosen.work_dir / name) for name in chosen.files},
+            inputs=tuple(spec.name for spec in inputs),
+            outputs=tuple(spec.name for spec in outputs),
+            config=chosen.config,
+        )
+        manifest = Manifest(
+            inputs=inputs,
+            outputs=outputs,
+            partitions=(partition,),
+            compile_options=options.to_json(),
+            toolchain=toolchain(chosen.device.target),
+            source={"format": "onnx", "sha256": loaded.sha256, "opset": opset},
+        )
+        report: dict[str, Any] = {
+            "source": {"path": loaded.source, "sha256": loaded.sha256, "notes": loaded.notes},
+            "stages": {"canonicalize": canon.to_json()},
+            "candidates": [c.to_json() for c in built],
+            "chosen": {"device": chosen.device.key, "rule": rule},
+            "verification": chosen.verification or {"status": "skipped",
+                                                    "reason": verification_note},
+            "host": {"cpu": inventory.cpu.model, "isa": list(inventory.cpu.isa),
+                     "libraries": inventory.libraries},
+        }
+        if options.tune:
+            # Tuned compiles carry their measurements; --no-tune artifacts must reproduce byte
+            # for byte, so they carry no clock readings at all.
+            report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+            report["compiled_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        say(f"writing {out_path}")
+        _write_artifact(out_path, manifest, report, chosen.work_dir, "p0")
+    return CompileResult(out_path, manifest.to_json(), report)
+
+
+def _validate_options(options: CompileOptions) -> None:
+    if options.precision not in PRECISIONS:
+        raise CompileError(
+            f"unknown precision '{options.precision}' (choose from {', '.join(PRECISIONS)})"
+        )
+    unknown = sorted(set(options.disabled_passes) - set(STEP_NAMES))
+    if unknown:
+        raise CompileError(
+            f"unknown pass {', '.join(unknown)} for --disable-pass (passes: {', '.join(STEP_NAMES)})"
+        )
+    if options.tolerance.rtol < 0 or options.tolerance.atol < 0:
+        raise CompileError("tolerances must not be negative")
+
+
+def _output_path(source: str | Path | onnx.ModelProto, output: str | Path | None) -> Path:
+    if output is not None:
+        return Path(output)
+    stem = "model" if isinstance(source, onnx.ModelProto) else Path(source).stem
+    return Path(f"{stem}.vmm")
+
+
+def _open_cache(cache_dir: str | Path | None) -> CompileCache | None:
+    root = cache_root(cache_dir)
+    if root is None:
+        return None
+    try:
+        return CompileCache(root)
+    except OSError as exc:
+        raise CompileError(f"cannot use cache directory {root}: {exc}") from exc
+
+
+def resolve_targets(spec: str, inventory: Inventory) -> list[Device]:
+    """``auto`` -> every device of every target; ``a:B,c:D`` -> those, in that priority order."""
+    if spec.strip() in ("", "auto"):
+        devices = [d for d in inventory.devices if d.target in registry.TARGETS]
+        if not devices:
+            raise DeviceError("no target is available here: " + "; ".join(inventory.notes))
+        return devices
+    chosen: list[Device] = []
+    for item in (part.strip() for part in spec.split(",")):
+        target, _, name = item.partition(":")
+        registry.get_target(target)  # an unknown target name is a clear error
+        device = inventory.find(target, name or None)
+        if device is None:
+            available = ", ".join(d.key for d in inventory.devices) or "none"
+            raise DeviceError(
+                f"--target {item}: no such device here (available: {available})"
+            )
+        chosen.append(device)
+    return chosen
+
+
+def _reference_outputs(
+    model: ir.Model, reference: onnx.ModelProto, sample: dict[str, np.ndarray] | None,
+    options: CompileOptions, say: Progress,
+) -> tuple[str, dict[str, Any] | None]:
+    """Run ONNX Runtime on the original model: the numbers every candidate must reproduce."""
+    if not options.verify:
+        return "disabled by --no-verify", None
+    if sample is None:
+        return "the model has non-tensor inputs: no synthetic sample", None
+    random_ops = sorted(
+        {n.op_type for n in ir.traversal.RecursiveGraphIterator(model.graph)}
+        & NONDETERMINISTIC_OPS
+    )
+    if random_ops:
+        return f"the model draws random numbers ({', '.join(random_ops)})", None
+    say("running the reference (ONNX Runtime on the original model)")
+    with tempfile.TemporaryDirectory(prefix="ai-vmm-ref-") as tmp:
+        path = Path(tmp) / "reference.onnx"
+        save_onnx(ir.serde.deserialize_model(reference), path)
+        try:
+            names = tuple(o.name for o in reference.graph.output)
+            executor = create_executor("onnxruntime", path, "CPU",
+                                       {"graph_optimization_level": "disable"}, names)
+            return "", executor.run(sample)
+        except VmmError as exc:
+            return f"ONNX Runtime cannot run the original model: {exc}", None
+
+
+def _build_candidates(
+    model: ir.Model, devices: list[Device], target_options: TargetOptions,
+    options: CompileOptions, work: Path, sample: dict[str, np.ndarray] | None,
+    expected: dict[str, Any] | None, say: Progress, timings: dict[str, float],
+) -> list[_Candidate]:
+    ordered = devices if options.tune else static_order(devices)
+    built: list[_Candidate] = []
+    for index, device in enumerate(ordered):
+        candidate = _Candidate(device)
+        built.append(candidate)
+        if not options.tune and any(c.status == "ok" for c in built):
+            candidate.status, candidate.reason = "not built", "--no-tune: static rule chose earlier"
+            continue
+        clock = time.perf_counter()
+        target = registry.get_target(device.target)
+        say(f"[{device.key}] checking capability")
+        support: dict[str, NodeSupport] = target.capability(model, device)
+        candidate.unsupported = {n: s.reason for n, s in support.items() if not s.supported}
+        if candidate.unsupported:
+            candidate.status = "unsupported"
+            candidate.reason = f"{len(candidate.unsupported)} nodes it cannot run"
+            continue
+        say(f"[{device.key}] generating code")
+        candidate.work_dir = work / f"c{index}"
+        candidate.work_dir.mkdir()
+        try:
+            prepared = target.prepare(model, target_options)
+            payload = target.codegen(prepared, device, target_options, candidate.work_dir)
+            executor = create_executor(device.target, candidate.work_dir / payload.entry,
+                                       device.name, payload.config,
+                                       tuple(v.name or "" for v in model.graph.outputs))
+        except VmmError as exc:
+            candidate.status, candidate.reason = "failed", str(exc)
+            continue
+        except Exception as exc:  # a backend's own exception: keep its message, one line
+            candidate.status, candidate.reason = "failed", _one_line(exc)
+            continue
+        candidate.entry, candidate.files, candidate.config = (
+            payload.entry, payload.files, payload.config
+        )
+        timings[f"build {device.key}"] = time.perf_counter() - clock
+        if sample is not None and expected is not None:
+            say(f"[{device.key}] verifying against the reference")
+            candidate.verification = _verify(executor, sample, expected, options.tolerance)
+            if not candidate.verification["passed"]:
+                candidate.status = "mismatch"
+                candidate.reason = "outputs differ from the reference: " + ", ".join(
+                    f"{name} max abs error {r.get('max_abs_error', r.get('reason', '?'))}"
+                    for name, r in candidate.verification["outputs"].items() if not r["passed"]
+                )
+                continue
+        if options.tune and sample is not None:
+            say(f"[{device.key}] timing")
+            feed = sample
+            try:
+                candidate.latency = measure(lambda: executor.run(feed),
+                                            budget_s=options.tune_budget_s).to_json()
+            except VmmError as exc:
+                candidate.status, candidate.reason = "failed", str(exc)
+                continue
+        candidate.status = "ok"
+    return built
+
+
+def static_order(devices: list[Device]) -> list[Device]:
+    """The documented ``--no-tune`` order (see ``registry.STATIC_PRIORITY_*``)."""
+    cpu = hardware.detect_cpu()
+    priority = (registry.STATIC_PRIORITY_INTEL if "intel" in cpu.vendor.lower()
+                else registry.STATIC_PRIORITY_OTHER)
+
+    def rank(device: Device) -> tuple[int, str]:
+        base = f"{device.target}:{device.name.split('.')[0]}"
+        return (priority.index(base) if base in priority else len(priority), device.key)
+
+    return sorted(devices, key=rank)
+
+
+def _verify(
+    executor: Executor, sample: dict[str, np.ndarray], expected: dict[str, Any],
+    tolerance: Tolerance,
+) -> dict[str, Any]:
+    try:
+        got = executor.run(sample)
+    except VmmError as exc:
+        return {"passed": False, "outputs": {"*": {"passed": False, "reason": str(exc)}}}
+    results = {}
+    for name, ref in expected.items():
+        if name not in got:
+            results[name] = {"passed": False, "reason": "output missing"}
+        elif isinstance(ref, list | dict) or ref is None:
+            results[name] = {"passed": True, "note": "non-tensor output not compared"}
+        else:
+            results[name] = compare(got[name], ref, tolerance)
+    return {
+        "passed": all(r["passed"] for r in results.values()),
+        "tolerance": tolerance.to_json(),
+        "inputs": "synthetic (seed 0)",
+        "outputs": results,
+    }
+
+
+def _choose(built: list[_Candidate], options: CompileOptions) -> tuple[_Candidate, str]:
+    ok = [c for c in built if c.status == "ok"]
+    if not ok:
+        unsupported = [c for c in built if c.status == "unsupported"]
+        if unsupported and len(unsupported) == len(built):
+            nodes = sorted({f"{n} ({r})" for c in unsupported for n, r in c.unsupported.items()})
+            raise UnsupportedModelError(
+                f"no available target can run {len(nodes)} node(s): {'; '.join(nodes[:5])}"
+                + (" ..." if len(nodes) > 5 else "")
+            )
+        raise CompileError(
+            "no target produced a verified payload: "
+            + "; ".join(f"{c.device.key}: {c.status} ({c.reason})" for c in built)
+            + (" (use --no-verify to accept unverified outputs)"
+               if any(c.status == "mismatch" for c in built) else "")
+        )
+    if options.tune and all(c.latency for c in ok) and len(ok) > 1:
+        best = min(ok, key=lambda c: c.latency["median_ms"] if c.latency else float("inf"))
+        return best, "fastest measured on this machine"
+    if len(ok) == 1 and len(built) > 1 and options.tune:
+        return ok[0], "the only candidate that built and verified"
+    return ok[0], ("first in the static priority order" if not options.tune
+                   else "the only candidate")
+
+
+def _write_artifact(
+    out_path: Path, manifest: Manifest, report: dict[str, Any], payload_dir: Path, part_id: str
+) -> None:
+    as_zip = out_path.suffix == ".zip"
+    directory = out_path.with_suffix("") if as_zip else out_path
+    with staged_directory(directory) as stage:
+        shutil.copytree(payload_dir, stage / part_id)
+        (stage / MANIFEST).write_bytes(dumps_json(manifest.to_json()))
+        (stage / REPORT).write_bytes(dumps_json(report))
+    if as_zip:
+        try:
+            write_zip(directory, out_path)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _copy_artifact(source: Path, out_path: Path) -> None:
+    if out_path.suffix == ".zip":
+        write_zip(source, out_path)
+        return
+    with staged_directory(out_path) as stage:
+        shutil.rmtree(stage)
+        shutil.copytree(source, stage)
+
+
+def _read_json(path: Path, name: str) -> dict[str, Any]:
+    import json
+    import zipfile
+
+    if path.is_dir():
+        data: dict[str, Any] = json.loads((path / name).read_text())
+        return data
+    with zipfile.ZipFile(path) as archive:
+        loaded: dict[str, Any] = json.loads(archive.read(name))
+        return loaded
+
+
+_TOOLCHAIN_PACKAGES = ("onnx", "onnx-ir", "onnxscript")
+_TARGET_PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
+
+
+def toolchain(target: str | None = None) -> dict[str, str]:
+    """Versions of ai-vmm and the libraries that shaped a payload (all targets if none given)."""
+    names = ["ai-vmm", *_TOOLCHAIN_PACKAGES]
+    names += [_TARGET_PACKAGES[target]] if target else list(_TARGET_PACKAGES.values())
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    versions["python"] = platform.python_version().rsplit(".", 1)[0]
+    return versions
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{exc.__class__.__name__}: {text[:300]}" if text else exc.__class__.__name__

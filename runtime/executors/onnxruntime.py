@@ -1,0 +1,56 @@
+"""Executor for ONNX Runtime payloads (an ONNX model, optimized offline for a provider)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ai_vmm.runtime.errors import ArtifactError, DeviceError, InputError
+
+_PROVIDERS = {"CPU": "CPUExecutionProvider", "CUDA": "CUDAExecutionProvider"}
+
+_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+           "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+
+def session_options(config: dict[str, Any]) -> Any:
+    """ONNX Runtime session options from an artifact's partition config."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    level = config.get("graph_optimization_level", "all")
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
+    if config.get("intra_op_num_threads"):
+        options.intra_op_num_threads = int(config["intra_op_num_threads"])
+    return options
+
+
+class OnnxRuntimeExecutor:
+    """Runs an ONNX payload with an ``onnxruntime.InferenceSession`` (thread-safe ``run``)."""
+
+    def __init__(
+        self, entry: Path, device: str, config: dict[str, Any], outputs: tuple[str, ...]
+    ) -> None:
+        import onnxruntime as ort
+
+        provider = _PROVIDERS.get(device, device)
+        if provider not in ort.get_available_providers():
+            raise DeviceError(
+                f"ONNX Runtime provider {provider} is not available here "
+                f"(available: {', '.join(ort.get_available_providers())})"
+            )
+        try:
+            self._session = ort.InferenceSession(
+                str(entry), sess_options=session_options(config), providers=[provider]
+            )
+        except Exception as exc:
+            raise ArtifactError(f"ONNX Runtime could not load {entry.name}: {exc}") from exc
+        self._outputs = list(outputs) or [o.name for o in self._session.get_outputs()]
+
+    def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            values = self._session.run(self._outputs, inputs)
+        except Exception as exc:
+            raise InputError(f"ONNX Runtime failed to run: {exc}") from exc
+        return dict(zip(self._outputs, values, strict=True))

@@ -1,0 +1,75 @@
+"""Executor for OpenVINO IR payloads (``.xml`` + ``.bin``)."""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ai_vmm.runtime.errors import ArtifactError, DeviceError, InputError
+
+
+def compile_properties(config: dict[str, Any]) -> dict[str, Any]:
+    """OpenVINO ``compile_model`` properties from an artifact's partition config."""
+    props: dict[str, Any] = {}
+    if "performance_hint" in config:
+        props["PERFORMANCE_HINT"] = config["performance_hint"]
+    if "inference_precision" in config:
+        props["INFERENCE_PRECISION_HINT"] = config["inference_precision"]
+    if config.get("num_streams"):
+        props["NUM_STREAMS"] = str(config["num_streams"])
+    if config.get("inference_num_threads"):
+        props["INFERENCE_NUM_THREADS"] = int(config["inference_num_threads"])
+    return props
+
+
+class OpenVinoExecutor:
+    """Compiles an IR for its device once; each concurrent call takes its own infer request."""
+
+    def __init__(
+        self, entry: Path, device: str, config: dict[str, Any], outputs: tuple[str, ...]
+    ) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        base = device.split(".")[0]
+        if device not in core.available_devices and base not in core.available_devices:
+            raise DeviceError(
+                f"OpenVINO device {device} is not present here "
+                f"(available: {', '.join(core.available_devices)})"
+            )
+        try:
+            model = core.read_model(str(entry))
+            self._compiled = core.compile_model(model, device, compile_properties(config))
+        except Exception as exc:
+            raise ArtifactError(f"OpenVINO could not load {entry.name} for {device}: {exc}") from exc
+        if outputs and len(outputs) != len(self._compiled.outputs):
+            raise ArtifactError(
+                f"{entry.name} has {len(self._compiled.outputs)} outputs, the manifest {len(outputs)}"
+            )
+        self._outputs = list(outputs) or [p.get_any_name() for p in self._compiled.outputs]
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    @property
+    def compiled_model(self) -> Any:
+        """The underlying ``openvino.CompiledModel`` (for benchmarks and profiling)."""
+        return self._compiled
+
+    def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            request = self._requests.get_nowait()
+        except queue.Empty:
+            request = self._compiled.create_infer_request()
+        try:
+            request.infer(inputs)
+            return {
+                name: np.array(request.get_output_tensor(i).data, copy=True)
+                for i, name in enumerate(self._outputs)
+            }
+        except Exception as exc:
+            raise InputError(f"OpenVINO failed to run: {exc}") from exc
+        finally:
+            self._requests.put(request)
+

@@ -1,0 +1,190 @@
+"""``CompiledModel``: load an artifact, check inputs, run its partitions in order."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ai_vmm.runtime.artifact import (
+    Manifest,
+    PartitionSpec,
+    TensorSpec,
+    read_manifest,
+    read_report,
+    verify_payloads,
+)
+from ai_vmm.runtime.errors import ArtifactError, InputError
+from ai_vmm.runtime.executors import Executor, as_numpy, create_executor
+
+
+class CompiledModel:
+    """A loaded artifact: call it with numpy arrays, get numpy arrays back.
+
+    ``model(**inputs)`` and ``model.run(inputs)`` return ``{output name: np.ndarray}``.
+    Calls may come from several threads at once.
+    """
+
+    def __init__(self, root: Path, manifest: Manifest, executors: dict[str, Executor]) -> None:
+        self.root = root
+        self.manifest = manifest
+        self._executors = executors
+        self._lock = threading.Lock()
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self.manifest.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self.manifest.outputs
+
+    @property
+    def partitions(self) -> tuple[PartitionSpec, ...]:
+        return self.manifest.partitions
+
+    def report(self) -> dict[str, Any]:
+        """The artifact's ``report.json`` (what was built and why)."""
+        return read_report(self.root)
+
+    def __call__(self, **inputs: Any) -> dict[str, Any]:
+        return self.run(inputs)
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Run the model on ``inputs`` (by name) and return every output by name."""
+        values: dict[str, Any] = check_inputs(self.manifest.inputs, inputs)
+        for part in self.manifest.partitions:
+            feed = {name: values[name] for name in part.inputs}
+            values.update(self._executors[part.id].run(feed))
+        return {spec.name: as_numpy(values[spec.name]) for spec in self.manifest.outputs}
+
+
+def load(path: str | Path) -> CompiledModel:
+    """Load an artifact directory (``model.vmm``) or its zip form, verifying every payload hash.
+
+    Raises:
+        ArtifactError: the artifact is missing, corrupt, changed after compile or too new.
+        DeviceError: a device or backend the artifact needs is not present here.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise ArtifactError(f"artifact {root} does not exist")
+    if root.is_file():
+        root = _unpack_zip(root)
+    manifest = read_manifest(root)
+    verify_payloads(root, manifest)
+    executors = {
+        part.id: create_executor(
+            part.target, root / part.entry, part.device, part.config, part.outputs
+        )
+        for part in manifest.partitions
+    }
+    return CompiledModel(root, manifest, executors)
+
+
+def _unpack_zip(path: Path) -> Path:
+    if not zipfile.is_zipfile(path):
+        raise ArtifactError(f"{path} is neither an artifact directory nor an artifact zip file")
+    target = Path(tempfile.mkdtemp(prefix="ai-vmm-artifact-"))
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if member.startswith("/") or ".." in Path(member).parts:
+                    raise ArtifactError(f"{path} holds an unsafe path {member!r}")
+            archive.extractall(target)
+    except (zipfile.BadZipFile, OSError) as exc:
+        shutil.rmtree(target, ignore_errors=True)
+        raise ArtifactError(f"{path} is a corrupt zip file: {exc}") from exc
+    return target
+
+
+def check_inputs(specs: tuple[TensorSpec, ...], inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Check inputs by name, dtype and shape against the signature; return them as arrays.
+
+    Symbolic dimensions must agree wherever the same symbol appears; ranges are enforced.
+    """
+    expected = {spec.name for spec in specs}
+    unknown = sorted(set(inputs) - expected)
+    if unknown:
+        raise InputError(
+            f"unknown input {', '.join(map(repr, unknown))}; the model takes "
+            f"{', '.join(_describe(s) for s in specs)}"
+        )
+    missing = [spec.name for spec in specs if spec.name not in inputs]
+    if missing:
+        raise InputError(
+            f"missing input {', '.join(map(repr, missing))}; the model takes "
+            f"{', '.join(_describe(s) for s in specs)}"
+        )
+    symbols: dict[str, tuple[int, str]] = {}
+    values: dict[str, Any] = {}
+    for spec in specs:
+        value = inputs[spec.name]
+        if spec.kind != "tensor":
+            values[spec.name] = value
+            continue
+        array = value if isinstance(value, np.ndarray) else np.asarray(value)
+        if spec.dtype and array.dtype != np.dtype(spec.dtype):
+            raise InputError(
+                f"input '{spec.name}' has dtype {array.dtype}, the model expects {spec.dtype} "
+                f"(convert with .astype(np.{spec.dtype}))"
+            )
+        if spec.shape is not None:
+            _check_shape(spec, array.shape, symbols)
+        values[spec.name] = array
+    return values
+
+
+def _check_shape(spec: TensorSpec, shape: tuple[int, ...], symbols: dict[str, tuple[int, str]]) -> None:
+    assert spec.shape is not None
+    if len(shape) != len(spec.shape):
+        raise InputError(
+            f"input '{spec.name}' has shape {list(shape)} (rank {len(shape)}), the model expects "
+            f"{_shape_text(spec.shape)} (rank {len(spec.shape)})"
+        )
+    for axis, (size, dim) in enumerate(zip(shape, spec.shape, strict=True)):
+        if isinstance(dim, int) and size != dim:
+            raise InputError(
+                f"input '{spec.name}' has shape {list(shape)}, the model expects "
+                f"{_shape_text(spec.shape)} (axis {axis} must be {dim})"
+            )
+        if isinstance(dim, dict):
+            low, high = dim.get("min", 0), dim.get("max")
+            if size < low or (high is not None and size > high):
+                raise InputError(
+                    f"input '{spec.name}' axis {axis} is {size}, outside the compiled range "
+                    f"{low}..{'' if high is None else high}"
+                )
+        if isinstance(dim, str):
+            seen = symbols.setdefault(dim, (size, spec.name))
+            if seen[0] != size:
+                raise InputError(
+                    f"dimension '{dim}' is {size} in input '{spec.name}' but {seen[0]} in "
+                    f"input '{seen[1]}'; inputs sharing a dimension name must agree"
+                )
+
+
+def _shape_text(shape: tuple[Any, ...]) -> str:
+    parts = []
+    for dim in shape:
+        if isinstance(dim, dict):
+            parts.append(f"{dim.get('min', 0)}..{dim.get('max', '')}")
+        else:
+            parts.append("?" if dim is None else str(dim))
+    return "[" + ",".join(parts) + "]"
+
+
+def _describe(spec: TensorSpec) -> str:
+    if spec.kind != "tensor":
+        return f"{spec.name} ({spec.kind})"
+    shape = "?" if spec.shape is None else _shape_text(spec.shape)
+    return f"{spec.name}: {spec.dtype}{shape}"
+
+
+__all__ = ["ArtifactError", "CompiledModel", "InputError", "check_inputs", "load"]

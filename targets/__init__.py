@@ -1,0 +1,1 @@
+"""Backends, one module each, all with the shape of ``ai_vmm.targets.base.Target``."""

@@ -1,0 +1,89 @@
+"""The Target contract: one same-shaped module per backend.
+
+A target says which devices it has (``discover`` / ``available``), which nodes it can run and why
+not (``capability``), lowers the model for itself (``prepare``) and writes its payload
+(``codegen``). The driver in ``ai_vmm`` is the only code that knows every target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import onnx_ir as ir
+
+from ai_vmm.runtime.devices import CpuInfo, Device, Inventory
+
+
+@dataclass(frozen=True)
+class NodeSupport:
+    """Whether a target can run one node on one device, and why not."""
+
+    supported: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """Options every target understands; a target ignores what does not apply to it."""
+
+    precision: str = "fp32"
+    """``fp32`` (default: results comparable with the float reference), ``fp16`` or ``bf16``."""
+    performance_hint: str = "LATENCY"
+    num_threads: int = 0
+    """0: the backend's default thread count."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What ``codegen`` wrote: files relative to its output directory and the executor config."""
+
+    entry: str
+    files: tuple[str, ...]
+    config: dict[str, Any]
+
+
+class Target(Protocol):
+    """A backend: capability, lowering, codegen."""
+
+    name: str
+
+    def discover(self, cpu: CpuInfo) -> tuple[list[Device], str | None, str | None]:
+        """Devices this backend sees here, its library version, and a note when it has none."""
+        ...
+
+    def available(self, inventory: Inventory) -> list[Device]:
+        """This target's devices in ``inventory``."""
+        ...
+
+    def capability(self, model: ir.Model, device: Device) -> dict[str, NodeSupport]:
+        """For each node (by name) of the main graph: can it run on ``device``, and if not why."""
+        ...
+
+    def prepare(self, model: ir.Model, options: TargetOptions) -> ir.Model:
+        """Target-specific lowering; returns the model to hand to ``codegen``."""
+        ...
+
+    def codegen(
+        self, model: ir.Model, device: Device, options: TargetOptions, out_dir: Path
+    ) -> Payload:
+        """Write the payload for ``device`` into ``out_dir`` (which exists and is empty)."""
+        ...
+
+
+def devices_of(target: str, inventory: Inventory) -> list[Device]:
+    """The devices of ``target`` in ``inventory`` (the usual ``available`` implementation)."""
+    return [device for device in inventory.devices if device.target == target]
+
+
+def save_onnx(model: ir.Model, path: Path) -> None:
+    """Serialize an IR model to ``path``; tensors go to external data beside it past 1.8 GB."""
+    total = sum(
+        v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None
+    )
+    if total > 1_800_000_000:
+        ir.save(model, path, external_data=path.name + ".data")
+    else:
+        ir.save(model, path)

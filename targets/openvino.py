@@ -1,0 +1,170 @@
+"""OpenVINO target: Intel CPU / GPU / NPU through OpenVINO IR.
+
+Capability comes from OpenVINO itself: the ONNX frontend's ``convert_partially`` keeps going past
+nodes it cannot translate (they stay as framework nodes), then ``Core.query_model`` names the
+operations the device supports. Codegen converts the model to IR (``.xml`` + ``.bin``, weights
+kept in float32: ``save_model`` would otherwise compress them to fp16) and compiles the IR for the
+device during the compile, so a payload that the device rejects never reaches an artifact.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from ai_vmm.runtime.devices import CpuInfo, Device, Inventory
+from ai_vmm.runtime.errors import CompileError
+from ai_vmm.targets.base import NodeSupport, Payload, TargetOptions, devices_of, save_onnx
+
+NAME = "openvino"
+MIN_OPSET = 7
+_PRECISION_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+_FRAMEWORK_NODE_TYPES = ("ONNXFrameworkNode", "FrameworkNode", "NotSupportedONNXNode")
+
+
+class OpenVinoTarget:
+    """OpenVINO, one device per plugin device (CPU, GPU.0, NPU ...)."""
+
+    name = NAME
+    min_opset = MIN_OPSET
+
+    def discover(self, cpu: CpuInfo) -> tuple[list[Device], str | None, str | None]:
+        import openvino as ov
+
+        core = ov.Core()
+        devices = []
+        for name in core.available_devices:
+            props: dict[str, Any] = {}
+            for key in ("OPTIMIZATION_CAPABILITIES", "DEVICE_TYPE", "DEVICE_ARCHITECTURE"):
+                try:
+                    value = core.get_property(name, key)
+                    props[key.lower()] = value if isinstance(value, list | int) else str(value)
+                except Exception:  # a plugin that lacks the property: leave it out
+                    continue
+            try:
+                full = str(core.get_property(name, "FULL_DEVICE_NAME"))
+            except Exception:
+                full = name
+            kind = name.split(".")[0].lower()
+            devices.append(Device(NAME, name, kind if kind in ("cpu", "gpu", "npu") else "other",
+                                  full, props))
+        return devices, ov.get_version().split("-")[0], None
+
+    def available(self, inventory: Inventory) -> list[Device]:
+        return devices_of(NAME, inventory)
+
+    def capability(self, model: ir.Model, device: Device) -> dict[str, NodeSupport]:
+        import openvino as ov
+        from openvino.frontend import FrontEndManager
+
+        with tempfile.TemporaryDirectory(prefix="ai-vmm-ovcap-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            save_onnx(model, path)
+            frontend = FrontEndManager().load_by_framework("onnx")
+            try:
+                ov_model = frontend.convert_partially(frontend.load(str(path)))
+            except Exception as exc:
+                reason = _first_line(exc)
+                return {
+                    node.name or "": NodeSupport(False, f"OpenVINO cannot read the model: {reason}")
+                    for node in model.graph
+                }
+            untranslated: set[str] = set()
+            ops_by_name: dict[str, Any] = {}
+            for op in ov_model.get_ordered_ops():
+                ops_by_name[op.get_friendly_name()] = op
+                if op.get_type_name() in _FRAMEWORK_NODE_TYPES:
+                    untranslated.add(op.get_friendly_name())
+                    for output in op.outputs():
+                        untranslated.update(output.get_names())
+            try:
+                placed = set(ov.Core().query_model(ov_model, device.name))
+            except Exception as exc:
+                reason = _first_line(exc)
+                return {
+                    node.name or "": NodeSupport(False, f"OpenVINO {device.name}: {reason}")
+                    for node in model.graph
+                }
+        support: dict[str, NodeSupport] = {}
+        for node in model.graph:
+            keys = {node.name or ""} | {v.name for v in node.outputs if v.name}
+            if keys & untranslated:
+                support[node.name or ""] = NodeSupport(
+                    False, f"OpenVINO's ONNX frontend cannot translate {node.op_type}"
+                    + (f" of domain '{node.domain}'" if node.domain else "")
+                )
+            elif any(k in ops_by_name and k not in placed for k in keys):
+                support[node.name or ""] = NodeSupport(
+                    False, f"OpenVINO {device.name} plugin does not support {node.op_type}"
+                )
+            else:
+                support[node.name or ""] = NodeSupport(True)
+        return support
+
+    def prepare(self, model: ir.Model, options: TargetOptions) -> ir.Model:
+        return model
+
+    def codegen(
+        self, model: ir.Model, device: Device, options: TargetOptions, out_dir: Path
+    ) -> Payload:
+        import openvino as ov
+
+        with tempfile.TemporaryDirectory(prefix="ai-vmm-ov-") as tmp:
+            source = Path(tmp) / "model.onnx"
+            save_onnx(model, source)
+            ov_model = ov.convert_model(str(source))
+            bounds = options.extra.get("input_bounds") or {}
+            if bounds:
+                ov_model.reshape({name: ov.PartialShape(_partial(dims)) for name, dims in
+                                  bounds.items()})
+            ov.save_model(ov_model, str(out_dir / "model.xml"), compress_to_fp16=False)
+        config: dict[str, Any] = {
+            "performance_hint": options.performance_hint,
+            "inference_precision": _PRECISION_HINTS[options.precision],
+        }
+        if options.num_threads:
+            config["inference_num_threads"] = options.num_threads
+        self._check_compiles(out_dir / "model.xml", device, config)
+        files = tuple(sorted(p.name for p in out_dir.iterdir()))
+        return Payload(entry="model.xml", files=files, config=config)
+
+    @staticmethod
+    def _check_compiles(xml: Path, device: Device, config: dict[str, Any]) -> None:
+        import openvino as ov
+
+        from ai_vmm.runtime.executors.openvino import compile_properties
+
+        core = ov.Core()
+        if device.name.split(".")[0] not in {d.split(".")[0] for d in core.available_devices}:
+            return  # planning for hardware that is not here: the IR is device-portable
+        try:
+            core.compile_model(core.read_model(str(xml)), device.name, compile_properties(config))
+        except Exception as exc:
+            raise CompileError(
+                f"OpenVINO could not compile the IR for {device.name}: {_first_line(exc)}"
+            ) from exc
+
+
+def _partial(dims: list[Any]) -> list[Any]:
+    """``[1, {"min": 1, "max": 128}, None]`` -> OpenVINO dimensions (ranges, -1 for dynamic)."""
+    import openvino as ov
+
+    out: list[Any] = []
+    for dim in dims:
+        if isinstance(dim, dict):
+            out.append(ov.Dimension(int(dim.get("min", 0)), int(dim.get("max", -1))))
+        elif isinstance(dim, int):
+            out.append(dim)
+        else:
+            out.append(-1)
+    return out
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # OpenVINO's messages start with a C++ source location; the useful line comes after it.
+    useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+    return (useful or lines or [exc.__class__.__name__])[0][:300]
