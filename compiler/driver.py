@@ -57,8 +57,14 @@ Progress = Callable[[str], None]
 
 # Ops whose outputs are random by definition: comparing them with a reference proves nothing.
 NONDETERMINISTIC_OPS = frozenset(
-    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-     "Bernoulli"}
+    {
+        "RandomNormal",
+        "RandomUniform",
+        "RandomNormalLike",
+        "RandomUniformLike",
+        "Multinomial",
+        "Bernoulli",
+    }
 )
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -151,8 +157,13 @@ def compile_model(
     loaded = load_onnx(source)
     cache = _open_cache(cache_dir)
     key = cache_key(
-        {"source": loaded.sha256, "options": options.to_json(), "toolchain": toolchain(),
-         "devices": [c.key for c in candidates], "format": 1}
+        {
+            "source": loaded.sha256,
+            "options": options.to_json(),
+            "toolchain": toolchain(),
+            "devices": [c.key for c in candidates],
+            "format": 1,
+        }
     )
     if cache is None:
         return _compile_uncached(loaded, out_path, options, inventory, candidates, say, started)
@@ -161,8 +172,12 @@ def compile_model(
         if hit is not None:
             _copy_artifact(hit, out_path)
             say(f"cache hit {key[:12]} in {time.perf_counter() - started:.2f} s")
-            return CompileResult(out_path, _read_json(out_path, MANIFEST), read_report(
-                out_path if out_path.is_dir() else hit), cache_hit=True)
+            return CompileResult(
+                out_path,
+                _read_json(out_path, MANIFEST),
+                read_report(out_path if out_path.is_dir() else hit),
+                cache_hit=True,
+            )
         result = _compile_uncached(loaded, out_path, options, inventory, candidates, say, started)
         if out_path.is_dir():
             cache.store(key, out_path)
@@ -170,14 +185,54 @@ def compile_model(
 
 
 def _compile_uncached(
-    loaded: LoadedModel, out_path: Path, options: CompileOptions, inventory: Inventory,
-    candidates: list[Device], say: Progress, started: float,
+    loaded: LoadedModel,
+    out_path: Path,
+    options: CompileOptions,
+    inventory: Inventory,
+    candidates: list[Device],
+    say: Progress,
+    started: float,
 ) -> CompileResult:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     model = loaded.model
     bounds = apply_input_shapes(model, parse_input_specs(options.input_shapes))
-    reference = ir.serde.serialize_model(model)
+    with tempfile.TemporaryDirectory(prefix="ai-vmm-build-") as tmp:
+        work = Path(tmp)
+        # The reference is the model as given (shapes applied), saved before any pass runs.
+        reference = work / "reference.onnx"
+        save_onnx(model, reference)
+        return _compile_stages(
+            loaded,
+            reference,
+            bounds,
+            work,
+            out_path,
+            options,
+            inventory,
+            candidates,
+            say,
+            started,
+            timings,
+            clock,
+        )
+
+
+def _compile_stages(
+    loaded: LoadedModel,
+    reference: Path,
+    bounds: dict[str, list[Any]],
+    work: Path,
+    out_path: Path,
+    options: CompileOptions,
+    inventory: Inventory,
+    candidates: list[Device],
+    say: Progress,
+    started: float,
+    timings: dict[str, float],
+    clock: float,
+) -> CompileResult:
+    model = loaded.model
     opset = model.opset_imports.get("", 0)
     timings["load"] = time.perf_counter() - clock
 
@@ -192,49 +247,50 @@ def _compile_uncached(
     verification_note, expected = _reference_outputs(model, reference, sample, options, say)
 
     target_options = TargetOptions(precision=options.precision, extra={"input_bounds": bounds})
-    with tempfile.TemporaryDirectory(prefix="ai-vmm-build-") as tmp:
-        built = _build_candidates(
-            model, candidates, target_options, options, Path(tmp), sample, expected, say, timings
-        )
-        chosen, rule = _choose(built, options)
-        timings["total"] = time.perf_counter() - started
-        say(f"chose {chosen.device.key} ({rule})")
-        assert chosen.work_dir is not None
-        partition = PartitionSpec(
-            id="p0",
-            target=chosen.device.target,
-            device=chosen.device.name,
-            entry=f"p0/{chosen.entry}",
-            files={f"p0/{name}": sha256_file(chosen.work_dir / name) for name in chosen.files},
-            inputs=tuple(spec.name for spec in inputs),
-            outputs=tuple(spec.name for spec in outputs),
-            config=chosen.config,
-        )
-        manifest = Manifest(
-            inputs=inputs,
-            outputs=outputs,
-            partitions=(partition,),
-            compile_options=options.to_json(),
-            toolchain=toolchain(chosen.device.target),
-            source={"format": "onnx", "sha256": loaded.sha256, "opset": opset},
-        )
-        report: dict[str, Any] = {
-            "source": {"path": loaded.source, "sha256": loaded.sha256, "notes": loaded.notes},
-            "stages": {"canonicalize": canon.to_json()},
-            "candidates": [c.to_json() for c in built],
-            "chosen": {"device": chosen.device.key, "rule": rule},
-            "verification": chosen.verification or {"status": "skipped",
-                                                    "reason": verification_note},
-            "host": {"cpu": inventory.cpu.model, "isa": list(inventory.cpu.isa),
-                     "libraries": inventory.libraries},
-        }
-        if options.tune:
-            # Tuned compiles carry their measurements; --no-tune artifacts must reproduce byte
-            # for byte, so they carry no clock readings at all.
-            report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
-            report["compiled_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        say(f"writing {out_path}")
-        _write_artifact(out_path, manifest, report, chosen.work_dir, "p0")
+    built = _build_candidates(
+        model, candidates, target_options, options, work, sample, expected, say, timings
+    )
+    chosen, rule = _choose(built, options)
+    timings["total"] = time.perf_counter() - started
+    say(f"chose {chosen.device.key} ({rule})")
+    assert chosen.work_dir is not None
+    partition = PartitionSpec(
+        id="p0",
+        target=chosen.device.target,
+        device=chosen.device.name,
+        entry=f"p0/{chosen.entry}",
+        files={f"p0/{name}": sha256_file(chosen.work_dir / name) for name in chosen.files},
+        inputs=tuple(spec.name for spec in inputs),
+        outputs=tuple(spec.name for spec in outputs),
+        config=chosen.config,
+    )
+    manifest = Manifest(
+        inputs=inputs,
+        outputs=outputs,
+        partitions=(partition,),
+        compile_options=options.to_json(),
+        toolchain=toolchain(chosen.device.target),
+        source={"format": "onnx", "sha256": loaded.sha256, "opset": opset},
+    )
+    report: dict[str, Any] = {
+        "source": {"path": loaded.source, "sha256": loaded.sha256, "notes": loaded.notes},
+        "stages": {"canonicalize": canon.to_json()},
+        "candidates": [c.to_json() for c in built],
+        "chosen": {"device": chosen.device.key, "rule": rule},
+        "verification": chosen.verification or {"status": "skipped", "reason": verification_note},
+        "host": {
+            "cpu": inventory.cpu.model,
+            "isa": list(inventory.cpu.isa),
+            "libraries": inventory.libraries,
+        },
+    }
+    if options.tune:
+        # Tuned compiles carry their measurements; --no-tune artifacts must reproduce byte
+        # for byte, so they carry no clock readings at all.
+        report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+        report["compiled_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    say(f"writing {out_path}")
+    _write_artifact(out_path, manifest, report, chosen.work_dir, "p0")
     return CompileResult(out_path, manifest.to_json(), report)
 
 
@@ -283,16 +339,17 @@ def resolve_targets(spec: str, inventory: Inventory) -> list[Device]:
         device = inventory.find(target, name or None)
         if device is None:
             available = ", ".join(d.key for d in inventory.devices) or "none"
-            raise DeviceError(
-                f"--target {item}: no such device here (available: {available})"
-            )
+            raise DeviceError(f"--target {item}: no such device here (available: {available})")
         chosen.append(device)
     return chosen
 
 
 def _reference_outputs(
-    model: ir.Model, reference: onnx.ModelProto, sample: dict[str, np.ndarray] | None,
-    options: CompileOptions, say: Progress,
+    model: ir.Model,
+    reference: Path,
+    sample: dict[str, np.ndarray] | None,
+    options: CompileOptions,
+    say: Progress,
 ) -> tuple[str, dict[str, Any] | None]:
     """Run ONNX Runtime on the original model: the numbers every candidate must reproduce."""
     if not options.verify:
@@ -300,28 +357,31 @@ def _reference_outputs(
     if sample is None:
         return "the model has non-tensor inputs: no synthetic sample", None
     random_ops = sorted(
-        {n.op_type for n in ir.traversal.RecursiveGraphIterator(model.graph)}
-        & NONDETERMINISTIC_OPS
+        {n.op_type for n in ir.traversal.RecursiveGraphIterator(model.graph)} & NONDETERMINISTIC_OPS
     )
     if random_ops:
         return f"the model draws random numbers ({', '.join(random_ops)})", None
     say("running the reference (ONNX Runtime on the original model)")
-    with tempfile.TemporaryDirectory(prefix="ai-vmm-ref-") as tmp:
-        path = Path(tmp) / "reference.onnx"
-        save_onnx(ir.serde.deserialize_model(reference), path)
-        try:
-            names = tuple(o.name for o in reference.graph.output)
-            executor = create_executor("onnxruntime", path, "CPU",
-                                       {"graph_optimization_level": "disable"}, names)
-            return "", executor.run(sample)
-        except VmmError as exc:
-            return f"ONNX Runtime cannot run the original model: {exc}", None
+    try:
+        names = tuple(v.name or "" for v in model.graph.outputs)
+        executor = create_executor(
+            "onnxruntime", reference, "CPU", {"graph_optimization_level": "disable"}, names
+        )
+        return "", executor.run(sample)
+    except VmmError as exc:
+        return f"ONNX Runtime cannot run the original model: {exc}", None
 
 
 def _build_candidates(
-    model: ir.Model, devices: list[Device], target_options: TargetOptions,
-    options: CompileOptions, work: Path, sample: dict[str, np.ndarray] | None,
-    expected: dict[str, Any] | None, say: Progress, timings: dict[str, float],
+    model: ir.Model,
+    devices: list[Device],
+    target_options: TargetOptions,
+    options: CompileOptions,
+    work: Path,
+    sample: dict[str, np.ndarray] | None,
+    expected: dict[str, Any] | None,
+    say: Progress,
+    timings: dict[str, float],
 ) -> list[_Candidate]:
     ordered = devices if options.tune else static_order(devices)
     built: list[_Candidate] = []
@@ -346,9 +406,13 @@ def _build_candidates(
         try:
             prepared = target.prepare(model, target_options)
             payload = target.codegen(prepared, device, target_options, candidate.work_dir)
-            executor = create_executor(device.target, candidate.work_dir / payload.entry,
-                                       device.name, payload.config,
-                                       tuple(v.name or "" for v in model.graph.outputs))
+            executor = create_executor(
+                device.target,
+                candidate.work_dir / payload.entry,
+                device.name,
+                payload.config,
+                tuple(v.name or "" for v in model.graph.outputs),
+            )
         except VmmError as exc:
             candidate.status, candidate.reason = "failed", str(exc)
             continue
@@ -356,7 +420,9 @@ def _build_candidates(
             candidate.status, candidate.reason = "failed", _one_line(exc)
             continue
         candidate.entry, candidate.files, candidate.config = (
-            payload.entry, payload.files, payload.config
+            payload.entry,
+            payload.files,
+            payload.config,
         )
         timings[f"build {device.key}"] = time.perf_counter() - clock
         if sample is not None and expected is not None:
@@ -366,15 +432,17 @@ def _build_candidates(
                 candidate.status = "mismatch"
                 candidate.reason = "outputs differ from the reference: " + ", ".join(
                     f"{name} max abs error {r.get('max_abs_error', r.get('reason', '?'))}"
-                    for name, r in candidate.verification["outputs"].items() if not r["passed"]
+                    for name, r in candidate.verification["outputs"].items()
+                    if not r["passed"]
                 )
                 continue
         if options.tune and sample is not None:
             say(f"[{device.key}] timing")
             feed = sample
             try:
-                candidate.latency = measure(lambda: executor.run(feed),
-                                            budget_s=options.tune_budget_s).to_json()
+                candidate.latency = measure(
+                    lambda: executor.run(feed), budget_s=options.tune_budget_s
+                ).to_json()
             except VmmError as exc:
                 candidate.status, candidate.reason = "failed", str(exc)
                 continue
@@ -385,8 +453,11 @@ def _build_candidates(
 def static_order(devices: list[Device]) -> list[Device]:
     """The documented ``--no-tune`` order (see ``registry.STATIC_PRIORITY_*``)."""
     cpu = hardware.detect_cpu()
-    priority = (registry.STATIC_PRIORITY_INTEL if "intel" in cpu.vendor.lower()
-                else registry.STATIC_PRIORITY_OTHER)
+    priority = (
+        registry.STATIC_PRIORITY_INTEL
+        if "intel" in cpu.vendor.lower()
+        else registry.STATIC_PRIORITY_OTHER
+    )
 
     def rank(device: Device) -> tuple[int, str]:
         base = f"{device.target}:{device.name.split('.')[0]}"
@@ -396,7 +467,9 @@ def static_order(devices: list[Device]) -> list[Device]:
 
 
 def _verify(
-    executor: Executor, sample: dict[str, np.ndarray], expected: dict[str, Any],
+    executor: Executor,
+    sample: dict[str, np.ndarray],
+    expected: dict[str, Any],
     tolerance: Tolerance,
 ) -> dict[str, Any]:
     try:
@@ -424,24 +497,40 @@ def _choose(built: list[_Candidate], options: CompileOptions) -> tuple[_Candidat
     if not ok:
         unsupported = [c for c in built if c.status == "unsupported"]
         if unsupported and len(unsupported) == len(built):
-            nodes = sorted({f"{n} ({r})" for c in unsupported for n, r in c.unsupported.items()})
+            # A node counts when no candidate can run it; say why, per target.
+            blocking = sorted(set.intersection(*(set(c.unsupported) for c in unsupported)))
+            blocking = blocking or sorted({n for c in unsupported for n in c.unsupported})
+            details = [
+                f"{name} ("
+                + "; ".join(
+                    f"{c.device.key}: {c.unsupported[name]}"
+                    for c in unsupported
+                    if name in c.unsupported
+                )
+                + ")"
+                for name in blocking[:5]
+            ]
             raise UnsupportedModelError(
-                f"no available target can run {len(nodes)} node(s): {'; '.join(nodes[:5])}"
-                + (" ..." if len(nodes) > 5 else "")
+                f"no available target can run {len(blocking)} node(s): {', '.join(details)}"
+                + (" ..." if len(blocking) > 5 else "")
             )
         raise CompileError(
             "no target produced a verified payload: "
             + "; ".join(f"{c.device.key}: {c.status} ({c.reason})" for c in built)
-            + (" (use --no-verify to accept unverified outputs)"
-               if any(c.status == "mismatch" for c in built) else "")
+            + (
+                " (use --no-verify to accept unverified outputs)"
+                if any(c.status == "mismatch" for c in built)
+                else ""
+            )
         )
     if options.tune and all(c.latency for c in ok) and len(ok) > 1:
         best = min(ok, key=lambda c: c.latency["median_ms"] if c.latency else float("inf"))
         return best, "fastest measured on this machine"
     if len(ok) == 1 and len(built) > 1 and options.tune:
         return ok[0], "the only candidate that built and verified"
-    return ok[0], ("first in the static priority order" if not options.tune
-                   else "the only candidate")
+    return ok[0], (
+        "first in the static priority order" if not options.tune else "the only candidate"
+    )
 
 
 def _write_artifact(

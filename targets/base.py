@@ -79,11 +79,21 @@ def devices_of(target: str, inventory: Inventory) -> list[Device]:
 
 
 def save_onnx(model: ir.Model, path: Path) -> None:
-    """Serialize an IR model to ``path``; tensors go to external data beside it past 1.8 GB."""
-    total = sum(
-        v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None
-    )
-    if total > 1_800_000_000:
+    """Serialize an IR model to ``path``.
+
+    Tensors go to one external data file beside it (``<name>.data``) when the model is past
+    1.8 GB or when its tensors already live in external files elsewhere (``ir.save`` would keep
+    pointing at those files, relative to a directory the new model is not in).
+    """
+    total = 0
+    external = False
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is None:
+            continue
+        total += tensor.nbytes
+        external = external or isinstance(tensor, ir.ExternalTensor)
+    if external or total > 1_800_000_000:
         ir.save(model, path, external_data=path.name + ".data")
     else:
         ir.save(model, path)

@@ -9,6 +9,7 @@ device during the compile, so a payload that the device rejects never reaches an
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -81,13 +82,14 @@ class OpenVinoTarget:
                     for output in op.outputs():
                         untranslated.update(output.get_names())
             try:
-                placed = set(ov.Core().query_model(ov_model, device.name))
-            except Exception as exc:
-                reason = _first_line(exc)
-                return {
-                    node.name or "": NodeSupport(False, f"OpenVINO {device.name}: {reason}")
-                    for node in model.graph
-                }
+                placed: set[str] | None = set(ov.Core().query_model(ov_model, device.name))
+            except Exception:
+                # query_model can throw on a model holding framework nodes (seen: a C++
+                # "basic_string::_M_create" with an unknown-domain node before a Result). The
+                # frontend's verdict per node still stands; translated nodes count as supported.
+                if not untranslated:
+                    raise
+                placed = None
         support: dict[str, NodeSupport] = {}
         for node in model.graph:
             keys = {node.name or ""} | {v.name for v in node.outputs if v.name}
@@ -96,7 +98,7 @@ class OpenVinoTarget:
                     False, f"OpenVINO's ONNX frontend cannot translate {node.op_type}"
                     + (f" of domain '{node.domain}'" if node.domain else "")
                 )
-            elif any(k in ops_by_name and k not in placed for k in keys):
+            elif placed is not None and any(k in ops_by_name and k not in placed for k in keys):
                 support[node.name or ""] = NodeSupport(
                     False, f"OpenVINO {device.name} plugin does not support {node.op_type}"
                 )
@@ -120,6 +122,7 @@ class OpenVinoTarget:
             if bounds:
                 ov_model.reshape({name: ov.PartialShape(_partial(dims)) for name, dims in
                                   bounds.items()})
+            _stable_names(ov_model, {node.name for node in model.graph if node.name})
             ov.save_model(ov_model, str(out_dir / "model.xml"), compress_to_fp16=False)
         config: dict[str, Any] = {
             "performance_hint": options.performance_hint,
@@ -146,6 +149,23 @@ class OpenVinoTarget:
             raise CompileError(
                 f"OpenVINO could not compile the IR for {device.name}: {_first_line(exc)}"
             ) from exc
+
+
+_AUTO_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*_\d+")
+
+
+def _stable_names(ov_model: Any, onnx_names: set[str]) -> None:
+    """Rename ops that carry OpenVINO's auto-generated names (``Transpose_7238``).
+
+    Those numbers come from a process-wide counter, so the same model converted twice would give
+    two different IR files; positions in the graph give the same names every time.
+    """
+    for position, op in enumerate(ov_model.get_ordered_ops()):
+        if op.get_type_name() in ("Parameter", "Result"):
+            continue
+        name = op.get_friendly_name()
+        if name not in onnx_names and _AUTO_NAME.fullmatch(name):
+            op.set_friendly_name(f"vmm_{op.get_type_name()}_{position}")
 
 
 def _partial(dims: list[Any]) -> list[Any]:

@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny hand-built ONNX models and the model zoo (built once per session)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import onnx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent / "support"))
+
+from tests_support import make_mlp_model  # noqa: E402
+
+
+@pytest.fixture
+def mlp_path(tmp_path: Path) -> Path:
+    path = tmp_path / "mlp.onnx"
+    onnx.save(make_mlp_model(), path)
+    return path
+
+
+def _load_zoo() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("ai_vmm_zoo", REPO / "models" / "zoo.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ai_vmm_zoo"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def zoo() -> ModuleType:
+    """The model zoo module (models/zoo.py; models/ is not an installed package)."""
+    return _load_zoo()
+
+
+@pytest.fixture(scope="session")
+def zoo_model(zoo: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Build a zoo model once per session and return its ONNX path."""
+    root = tmp_path_factory.mktemp("zoo")
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = zoo.build(name, root)
+        return built[name]
+
+    return get

@@ -1,0 +1,55 @@
+"""Helpers shared by tests in several folders (put on sys.path by tests/conftest.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+from onnx import numpy_helper
+
+
+def make_mlp_model(opset: int = 17, domain_node: bool = False) -> onnx.ModelProto:
+    """x[batch,16] -> MatMul -> Add -> Relu (-> a node of an unknown domain) -> y[batch,8]."""
+    rng = np.random.default_rng(0)
+    weights = numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "W")
+    bias = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "B")
+    nodes = [
+        oh.make_node("MatMul", ["x", "W"], ["m"], name="matmul"),
+        oh.make_node("Add", ["m", "B"], ["a"], name="add"),
+        oh.make_node("Relu", ["a"], ["r" if domain_node else "y"], name="relu"),
+    ]
+    opsets = [oh.make_opsetid("", opset)]
+    if domain_node:
+        nodes.append(oh.make_node("Mystery", ["r"], ["y"], name="mystery", domain="com.example"))
+        opsets.append(oh.make_opsetid("com.example", 1))
+    graph = oh.make_graph(
+        nodes,
+        "mlp",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 16])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 8])],
+        [weights, bias],
+    )
+    return oh.make_model(graph, opset_imports=opsets)
+
+
+def make_two_input_model() -> onnx.ModelProto:
+    """ids[batch,seq] int64 and mask[batch,seq] float32 -> Gather rows * mask -> y."""
+    rng = np.random.default_rng(1)
+    table = numpy_helper.from_array(rng.standard_normal((50, 4)).astype(np.float32), "table")
+    nodes = [
+        oh.make_node("Gather", ["table", "ids"], ["emb"], name="gather"),
+        oh.make_node("Unsqueeze", ["mask", "axes"], ["mask3"], name="unsqueeze"),
+        oh.make_node("Mul", ["emb", "mask3"], ["y"], name="mul"),
+    ]
+    axes = numpy_helper.from_array(np.array([2], np.int64), "axes")
+    graph = oh.make_graph(
+        nodes,
+        "two_inputs",
+        [
+            oh.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["batch", "seq"]),
+            oh.make_tensor_value_info("mask", onnx.TensorProto.FLOAT, ["batch", "seq"]),
+        ],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", "seq", 4])],
+        [table, axes],
+    )
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
