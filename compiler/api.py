@@ -12,7 +12,7 @@ from ai_vmm.driver import CompileOptions, CompileResult, Progress, compile_model
 from ai_vmm.inputs import Tolerance
 
 
-def compile(  # noqa: A001 - the public name users expect
+def compile(
     model: str | Path | onnx.ModelProto,
     target: str = "auto",
     output: str | Path | None = None,

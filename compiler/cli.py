@@ -93,9 +93,18 @@ def compile_cmd(
 
     with err.status("compiling", spinner="dots") if err.is_terminal else _nullcontext():
         result = compile_model(
-            model, target, output, input_shapes=input_shape or (), tune=not no_tune,
-            verify=not no_verify, rtol=rtol, atol=atol, precision=precision,
-            disable_passes=disable_pass or (), cache_dir=cache_dir, progress=progress,
+            model,
+            target,
+            output,
+            input_shapes=input_shape or (),
+            tune=not no_tune,
+            verify=not no_verify,
+            rtol=rtol,
+            atol=atol,
+            precision=precision,
+            disable_passes=disable_pass or (),
+            cache_dir=cache_dir,
+            progress=progress,
         )
     chosen = result.report.get("chosen", {})
     verdict = result.report.get("verification", {})
@@ -103,7 +112,8 @@ def compile_cmd(
     suffix = " (cache hit)" if result.cache_hit else ""
     out.print(
         f"{result.path}: {chosen.get('device', '?')}, {check}, "
-        f"{time.perf_counter() - start:.2f} s{suffix}", markup=False
+        f"{time.perf_counter() - start:.2f} s{suffix}",
+        markup=False,
     )
 
 
@@ -136,7 +146,9 @@ def run(
     random_inputs: Annotated[
         bool, typer.Option("--random-inputs", help="Synthesize inputs from the signature.")
     ] = False,
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write outputs (.npz).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write outputs (.npz).")
+    ] = None,
 ) -> None:
     """Run an artifact on inputs from an .npz file (or random ones) and print or save outputs."""
     from ai_vmm.runtime import load
@@ -163,8 +175,11 @@ def run(
         table.add_column(column)
     for name, value in result.items():
         array = np.asarray(value)
-        summary = (f"min {array.min():.4g} max {array.max():.4g} mean {array.mean():.4g}"
-                   if array.size and array.dtype.kind in "fiu" else "")
+        summary = (
+            f"min {array.min():.4g} max {array.max():.4g} mean {array.mean():.4g}"
+            if array.size and array.dtype.kind in "fiu"
+            else ""
+        )
         table.add_row(name, str(array.dtype), str(list(array.shape)), summary)
     out.print(table)
 
@@ -185,15 +200,18 @@ def _write_npz(path: Path, values: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part.npz")
     try:
-        np.savez(tmp, **{k: np.asarray(v) for k, v in values.items()})
+        arrays: dict[str, Any] = {k: np.asarray(v) for k, v in values.items()}
+        np.savez(tmp, **arrays)
         replace_path(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def _print_inspection(path: Path, manifest: dict[str, Any], report: dict[str, Any]) -> None:
-    out.print(f"[bold]{path}[/bold]  format v{manifest['format_version']}  "
-              f"source sha256 {manifest['source'].get('sha256', '?')[:16]}")
+    out.print(
+        f"[bold]{path}[/bold]  format v{manifest['format_version']}  "
+        f"source sha256 {manifest['source'].get('sha256', '?')[:16]}"
+    )
     sig = Table(title="signature")
     for column in ("", "name", "dtype", "shape"):
         sig.add_column(column)
@@ -205,8 +223,13 @@ def _print_inspection(path: Path, manifest: dict[str, Any], report: dict[str, An
     for column in ("id", "target", "device", "entry", "config"):
         parts.add_column(column)
     for part in manifest["partitions"]:
-        parts.add_row(part["id"], part["target"], part["device"], part["entry"],
-                      json.dumps(part["config"], sort_keys=True))
+        parts.add_row(
+            part["id"],
+            part["target"],
+            part["device"],
+            part["entry"],
+            json.dumps(part["config"], sort_keys=True),
+        )
     out.print(parts)
     counts = report.get("stages", {}).get("canonicalize", {}).get("node_counts", {})
     if counts:
@@ -216,16 +239,21 @@ def _print_inspection(path: Path, manifest: dict[str, Any], report: dict[str, An
         for stage, count in counts:
             stages.add_row(stage, str(count))
         out.print(stages)
-    candidates = Table(title=f"candidates (chosen: {report.get('chosen', {}).get('device', '?')}, "
-                       f"{report.get('chosen', {}).get('rule', '')})")
+    candidates = Table(
+        title=f"candidates (chosen: {report.get('chosen', {}).get('device', '?')}, "
+        f"{report.get('chosen', {}).get('rule', '')})"
+    )
     for column in ("device", "status", "median ms", "verified", "reason"):
         candidates.add_column(column)
     for cand in report.get("candidates", []):
         latency = cand.get("latency") or {}
         verification = cand.get("verification") or {}
         candidates.add_row(
-            cand["device"], cand["status"], f"{latency.get('median_ms', '')}",
-            "" if not verification else str(verification.get("passed")), cand.get("reason", ""),
+            cand["device"],
+            cand["status"],
+            f"{latency.get('median_ms', '')}",
+            "" if not verification else str(verification.get("passed")),
+            cand.get("reason", ""),
         )
     out.print(candidates)
 
@@ -261,8 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         if _state["debug"]:
             traceback.print_exc()
         text = " ".join(str(exc).split())
-        err.print(f"internal error: {exc.__class__.__name__}: {text} (rerun with --debug)",
-                  markup=False, soft_wrap=True)
+        err.print(
+            f"internal error: {exc.__class__.__name__}: {text} (rerun with --debug)",
+            markup=False,
+            soft_wrap=True,
+        )
         return 70
     return 0
 

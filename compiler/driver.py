@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,10 +34,8 @@ from ai_vmm.runtime.artifact import (
     REPORT,
     Manifest,
     PartitionSpec,
-    TensorSpec,
     dumps_json,
     read_report,
-    replace_path,
     sha256_file,
     staged_directory,
     write_zip,
@@ -67,6 +66,7 @@ NONDETERMINISTIC_OPS = frozenset(
     }
 )
 PRECISIONS = ("fp32", "fp16", "bf16")
+TUNE_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,8 @@ class _Candidate:
     latency: dict[str, Any] | None = None
     verification: dict[str, Any] | None = None
     unsupported: dict[str, str] = field(default_factory=dict)
+    executor: Executor | None = None
+    output_names: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"device": self.device.key, "status": self.status}
@@ -302,7 +304,8 @@ def _validate_options(options: CompileOptions) -> None:
     unknown = sorted(set(options.disabled_passes) - set(STEP_NAMES))
     if unknown:
         raise CompileError(
-            f"unknown pass {', '.join(unknown)} for --disable-pass (passes: {', '.join(STEP_NAMES)})"
+            f"unknown pass {', '.join(unknown)} for --disable-pass "
+            f"(passes: {', '.join(STEP_NAMES)})"
         )
     if options.tolerance.rtol < 0 or options.tolerance.atol < 0:
         raise CompileError("tolerances must not be negative")
@@ -406,12 +409,13 @@ def _build_candidates(
         try:
             prepared = target.prepare(model, target_options)
             payload = target.codegen(prepared, device, target_options, candidate.work_dir)
+            candidate.output_names = tuple(v.name or "" for v in model.graph.outputs)
             executor = create_executor(
                 device.target,
                 candidate.work_dir / payload.entry,
                 device.name,
                 payload.config,
-                tuple(v.name or "" for v in model.graph.outputs),
+                candidate.output_names,
             )
         except VmmError as exc:
             candidate.status, candidate.reason = "failed", str(exc)
@@ -436,18 +440,70 @@ def _build_candidates(
                     if not r["passed"]
                 )
                 continue
-        if options.tune and sample is not None:
-            say(f"[{device.key}] timing")
-            feed = sample
+        candidate.status = "ok"
+        candidate.executor = executor
+    if options.tune and sample is not None:
+        _tune([c for c in built if c.status == "ok"], sample, options, say)
+    return built
+
+
+def _tune(
+    candidates: list[_Candidate],
+    sample: dict[str, np.ndarray],
+    options: CompileOptions,
+    say: Progress,
+) -> None:
+    """Time every candidate and each of its target's runtime variants; keep each one's best.
+
+    Contenders are timed in interleaved rounds (every contender once per round) and ranked by
+    the median of their round medians, so a noisy neighbour on the machine hits all alike.
+    """
+    contenders: list[tuple[_Candidate, dict[str, Any], Executor]] = []
+    for candidate in candidates:
+        assert candidate.executor is not None and candidate.work_dir is not None
+        contenders.append((candidate, {}, candidate.executor))
+        target = registry.get_target(candidate.device.target)
+        for override in target.tuning_space(candidate.device):
+            config = {**candidate.config, **override}
             try:
-                candidate.latency = measure(
-                    lambda: executor.run(feed), budget_s=options.tune_budget_s
-                ).to_json()
+                executor = create_executor(
+                    candidate.device.target,
+                    candidate.work_dir / candidate.entry,
+                    candidate.device.name,
+                    config,
+                    candidate.output_names,
+                )
+            except VmmError:
+                continue
+            contenders.append((candidate, override, executor))
+    say(f"timing {len(contenders)} contenders in {TUNE_ROUNDS} interleaved rounds")
+    rounds: list[list[float]] = [[] for _ in contenders]
+    budget = options.tune_budget_s / TUNE_ROUNDS
+    for _ in range(TUNE_ROUNDS):
+        for index, (candidate, _, executor) in enumerate(contenders):
+            try:
+                rounds[index].append(measure(_runner(executor, sample), budget_s=budget).median_ms)
             except VmmError as exc:
                 candidate.status, candidate.reason = "failed", str(exc)
-                continue
-        candidate.status = "ok"
-    return built
+                rounds[index].append(float("inf"))
+    for candidate in candidates:
+        variants = [
+            (statistics.median(rounds[i]), override)
+            for i, (owner, override, _) in enumerate(contenders)
+            if owner is candidate
+        ]
+        best_ms, best_override = min(variants, key=lambda item: item[0])
+        candidate.config = {**candidate.config, **best_override}
+        candidate.latency = {
+            "median_ms": round(best_ms, 4),
+            "variants": [
+                {"config": override, "median_ms": round(ms, 4)} for ms, override in variants
+            ],
+        }
+
+
+def _runner(executor: Executor, feed: dict[str, np.ndarray]) -> Callable[[], Any]:
+    return lambda: executor.run(feed)
 
 
 def static_order(devices: list[Device]) -> list[Device]:

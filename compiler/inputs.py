@@ -86,7 +86,10 @@ def synthetic_inputs(
 
 
 def _values(
-    name: str, shape: tuple[int, ...], dtype: np.dtype[Any], bound: int | None,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    bound: int | None,
     rng: np.random.Generator,
 ) -> np.ndarray:
     if dtype == np.bool_:

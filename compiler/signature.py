@@ -163,8 +163,8 @@ def bounded_signature(
     for spec in inputs:
         if spec.name in bounds and spec.shape is not None:
             shape = tuple(
-                b if isinstance(b, dict) else s for b, s in zip(bounds[spec.name], spec.shape,
-                                                                strict=True)
+                b if isinstance(b, dict) else s
+                for b, s in zip(bounds[spec.name], spec.shape, strict=True)
             )
             spec = TensorSpec(spec.name, spec.dtype, shape, spec.kind)
         out.append(spec)

@@ -18,12 +18,19 @@ class Timing:
     runs: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"median_ms": round(self.median_ms, 4), "p90_ms": round(self.p90_ms, 4),
-                "runs": self.runs}
+        return {
+            "median_ms": round(self.median_ms, 4),
+            "p90_ms": round(self.p90_ms, 4),
+            "runs": self.runs,
+        }
 
 
 def measure(
-    run: Callable[[], Any], *, warmup: int = 3, budget_s: float = 1.0, min_runs: int = 5,
+    run: Callable[[], Any],
+    *,
+    warmup: int = 3,
+    budget_s: float = 1.0,
+    min_runs: int = 5,
     max_runs: int = 500,
 ) -> Timing:
     """Time ``run()``: ``warmup`` untimed calls, then calls until ``budget_s`` or ``max_runs``."""

@@ -28,7 +28,7 @@ MANIFEST = "manifest.json"
 REPORT = "report.json"
 
 Dim = int | str | dict[str, int] | None
-"""A dimension: a fixed size, a symbol (``"batch"``), a range ``{"min": 1, "max": 8}`` or unknown."""
+"""A dimension: a size, a symbol (``"batch"``), a range ``{"min": 1, "max": 8}`` or unknown."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class TensorSpec:
     shape: tuple[Dim, ...] | None
     """``None`` when the rank is unknown."""
     kind: str = "tensor"
-    """``tensor``, or ``sequence`` / ``optional`` / ``map`` for values the runtime passes through."""
+    """``tensor``, or ``sequence`` / ``optional`` / ``other``: values passed through unchecked."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -224,7 +224,9 @@ def write_zip(directory: Path, zip_path: Path) -> None:
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-                info = zipfile.ZipInfo(path.relative_to(directory).as_posix(), (1980, 1, 1, 0, 0, 0))
+                info = zipfile.ZipInfo(
+                    path.relative_to(directory).as_posix(), (1980, 1, 1, 0, 0, 0)
+                )
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.external_attr = 0o644 << 16
                 archive.writestr(info, path.read_bytes())

@@ -72,6 +72,10 @@ class Target(Protocol):
         """Write the payload for ``device`` into ``out_dir`` (which exists and is empty)."""
         ...
 
+    def tuning_space(self, device: Device) -> list[dict[str, Any]]:
+        """Executor config overrides worth timing against the payload's own config."""
+        ...
+
 
 def devices_of(target: str, inventory: Inventory) -> list[Device]:
     """The devices of ``target`` in ``inventory`` (the usual ``available`` implementation)."""

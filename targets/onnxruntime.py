@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
@@ -35,8 +36,13 @@ class OnnxRuntimeTarget:
 
         providers = ort.get_available_providers()
         devices = [
-            Device(NAME, dev, "cpu" if dev == "CPU" else "gpu", _describe(dev, cpu),
-                   {"provider": provider})
+            Device(
+                NAME,
+                dev,
+                "cpu" if dev == "CPU" else "gpu",
+                _describe(dev, cpu),
+                {"provider": provider},
+            )
             for dev, provider in _DEVICE_PROVIDERS.items()
             if provider in providers
         ]
@@ -73,6 +79,10 @@ class OnnxRuntimeTarget:
 
     def prepare(self, model: ir.Model, options: TargetOptions) -> ir.Model:
         return model
+
+    def tuning_space(self, device: Device) -> list[dict[str, Any]]:
+        # One intra-op thread often wins for small models: no fork/join per op.
+        return [{"intra_op_num_threads": 1}] if device.kind == "cpu" else []
 
     def codegen(
         self, model: ir.Model, device: Device, options: TargetOptions, out_dir: Path

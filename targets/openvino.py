@@ -50,8 +50,9 @@ class OpenVinoTarget:
             except Exception:
                 full = name
             kind = name.split(".")[0].lower()
-            devices.append(Device(NAME, name, kind if kind in ("cpu", "gpu", "npu") else "other",
-                                  full, props))
+            devices.append(
+                Device(NAME, name, kind if kind in ("cpu", "gpu", "npu") else "other", full, props)
+            )
         return devices, ov.get_version().split("-")[0], None
 
     def available(self, inventory: Inventory) -> list[Device]:
@@ -95,8 +96,9 @@ class OpenVinoTarget:
             keys = {node.name or ""} | {v.name for v in node.outputs if v.name}
             if keys & untranslated:
                 support[node.name or ""] = NodeSupport(
-                    False, f"OpenVINO's ONNX frontend cannot translate {node.op_type}"
-                    + (f" of domain '{node.domain}'" if node.domain else "")
+                    False,
+                    f"OpenVINO's ONNX frontend cannot translate {node.op_type}"
+                    + (f" of domain '{node.domain}'" if node.domain else ""),
                 )
             elif placed is not None and any(k in ops_by_name and k not in placed for k in keys):
                 support[node.name or ""] = NodeSupport(
@@ -109,6 +111,9 @@ class OpenVinoTarget:
     def prepare(self, model: ir.Model, options: TargetOptions) -> ir.Model:
         return model
 
+    def tuning_space(self, device: Device) -> list[dict[str, Any]]:
+        return [{"inference_num_threads": 1}] if device.kind == "cpu" else []
+
     def codegen(
         self, model: ir.Model, device: Device, options: TargetOptions, out_dir: Path
     ) -> Payload:
@@ -120,8 +125,9 @@ class OpenVinoTarget:
             ov_model = ov.convert_model(str(source))
             bounds = options.extra.get("input_bounds") or {}
             if bounds:
-                ov_model.reshape({name: ov.PartialShape(_partial(dims)) for name, dims in
-                                  bounds.items()})
+                ov_model.reshape(
+                    {name: ov.PartialShape(_partial(dims)) for name, dims in bounds.items()}
+                )
             _stable_names(ov_model, {node.name for node in model.graph if node.name})
             ov.save_model(ov_model, str(out_dir / "model.xml"), compress_to_fp16=False)
         config: dict[str, Any] = {

@@ -10,8 +10,6 @@ import importlib
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-
 from ai_vmm.runtime.errors import ArtifactError, DeviceError
 
 _EXECUTORS: dict[str, str] = {
@@ -54,12 +52,3 @@ def create_executor(
     factory = getattr(module, class_name)
     executor: Executor = factory(entry, device, config, outputs)
     return executor
-
-
-def as_numpy(value: Any) -> Any:
-    """Copy a backend's output into an owned numpy array (backends reuse their buffers)."""
-    if isinstance(value, np.ndarray):
-        return value.copy()
-    if isinstance(value, list):
-        return [as_numpy(v) for v in value]
-    return value

@@ -44,10 +44,13 @@ class OpenVinoExecutor:
             model = core.read_model(str(entry))
             self._compiled = core.compile_model(model, device, compile_properties(config))
         except Exception as exc:
-            raise ArtifactError(f"OpenVINO could not load {entry.name} for {device}: {exc}") from exc
+            raise ArtifactError(
+                f"OpenVINO could not load {entry.name} for {device}: {exc}"
+            ) from exc
         if outputs and len(outputs) != len(self._compiled.outputs):
             raise ArtifactError(
-                f"{entry.name} has {len(self._compiled.outputs)} outputs, the manifest {len(outputs)}"
+                f"{entry.name} has {len(self._compiled.outputs)} outputs, "
+                f"the manifest {len(outputs)}"
             )
         self._outputs = list(outputs) or [p.get_any_name() for p in self._compiled.outputs]
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -63,7 +66,7 @@ class OpenVinoExecutor:
         except queue.Empty:
             request = self._compiled.create_infer_request()
         try:
-            request.infer(inputs)
+            request.infer(inputs, share_inputs=True)
             return {
                 name: np.array(request.get_output_tensor(i).data, copy=True)
                 for i, name in enumerate(self._outputs)
@@ -72,4 +75,3 @@ class OpenVinoExecutor:
             raise InputError(f"OpenVINO failed to run: {exc}") from exc
         finally:
             self._requests.put(request)
-

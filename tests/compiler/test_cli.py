@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from tests_support import make_mlp_model
 
 from ai_vmm.cli import main
+from tests_support import make_mlp_model
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,9 @@ def _listing(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir())
 
 
-def test_compile_inspect_run(built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                             ) -> None:
+def test_compile_inspect_run(
+    built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     capsys.readouterr()
     assert main(["inspect", str(built)]) == 0
     shown = capsys.readouterr().out
@@ -44,8 +45,12 @@ def test_compile_inspect_run(built: Path, tmp_path: Path, capsys: pytest.Capture
     data = json.loads(capsys.readouterr().out)
     assert data["manifest"]["partitions"][0]["id"] == "p0"
     np.savez(tmp_path / "x.npz", x=np.ones((3, 16), np.float32))
-    assert main(["run", str(built), "--inputs", str(tmp_path / "x.npz"),
-                 "-o", str(tmp_path / "y.npz")]) == 0
+    assert (
+        main(
+            ["run", str(built), "--inputs", str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz")]
+        )
+        == 0
+    )
     with np.load(tmp_path / "y.npz") as out:
         assert out["y"].shape == (3, 8)
     assert main(["run", str(built), "--random-inputs"]) == 0
@@ -61,8 +66,13 @@ def test_compile_inspect_run(built: Path, tmp_path: Path, capsys: pytest.Capture
     ],
     ids=["missing", "not-onnx", "truncated", "unknown-domain"],
 )
-def test_compile_bad_models(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                            content: bytes | str | None, expected: str, code: int) -> None:
+def test_compile_bad_models(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: bytes | str | None,
+    expected: str,
+    code: int,
+) -> None:
     model = tmp_path / "model.onnx"
     if content == "truncated":
         whole = make_mlp_model().SerializeToString()
@@ -77,8 +87,9 @@ def test_compile_bad_models(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert _listing(tmp_path) == before
 
 
-def test_run_with_wrong_inputs(built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                               ) -> None:
+def test_run_with_wrong_inputs(
+    built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cases = {
         "name": ({"z": np.ones((1, 16), np.float32)}, "unknown input 'z'"),
         "shape": ({"x": np.ones((1, 15), np.float32)}, "axis 1 must be 16"),
@@ -86,8 +97,19 @@ def test_run_with_wrong_inputs(built: Path, tmp_path: Path, capsys: pytest.Captu
     }
     for label, (arrays, expected) in cases.items():
         np.savez(tmp_path / f"{label}.npz", **arrays)
-        assert main(["run", str(built), "--inputs", str(tmp_path / f"{label}.npz"),
-                     "-o", str(tmp_path / f"{label}-out.npz")]) == 6
+        assert (
+            main(
+                [
+                    "run",
+                    str(built),
+                    "--inputs",
+                    str(tmp_path / f"{label}.npz"),
+                    "-o",
+                    str(tmp_path / f"{label}-out.npz"),
+                ]
+            )
+            == 6
+        )
         assert expected in _error_line(capsys), label
         assert not (tmp_path / f"{label}-out.npz").exists()
 
@@ -124,7 +146,10 @@ def test_console_script_devices_json() -> None:
     data = json.loads(out.stdout)
     assert {"openvino", "onnxruntime"} <= {d["target"] for d in data["devices"]}
     assert data["cpu"]["logical_cores"] >= 1
-    bad = subprocess.run([sys.executable, "-m", "ai_vmm.cli", "run", "nowhere.vmm",
-                          "--random-inputs"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "ai_vmm.cli", "run", "nowhere.vmm", "--random-inputs"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 5
     assert bad.stderr.strip() == "error: artifact nowhere.vmm does not exist"

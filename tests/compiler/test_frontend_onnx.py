@@ -9,17 +9,23 @@ import onnx
 import onnx.helper as oh
 import onnx_ir as ir
 import pytest
-from tests_support import make_mlp_model
 
 import ai_vmm
 from ai_vmm.frontends.onnx import load_onnx
 from ai_vmm.runtime import ModelLoadError, load
+from tests_support import make_mlp_model
 
 
 def test_external_data_is_hashed_and_loaded(tmp_path: Path) -> None:
     model = make_mlp_model()
-    onnx.save(model, tmp_path / "ext.onnx", save_as_external_data=True,
-              all_tensors_to_one_file=True, location="ext.onnx.data", size_threshold=0)
+    onnx.save(
+        model,
+        tmp_path / "ext.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.onnx.data",
+        size_threshold=0,
+    )
     loaded = load_onnx(tmp_path / "ext.onnx")
     weights = loaded.model.graph.initializers["W"].const_value
     assert weights is not None and weights.numpy().shape == (16, 8)
@@ -34,7 +40,8 @@ def test_external_data_is_hashed_and_loaded(tmp_path: Path) -> None:
 
 def test_old_opset_is_upgraded(tmp_path: Path) -> None:
     graph = oh.make_graph(
-        [oh.make_node("Relu", ["x"], ["y"])], "old",
+        [oh.make_node("Relu", ["x"], ["y"])],
+        "old",
         [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])],
         [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])],
     )

@@ -6,6 +6,7 @@ import platform
 from collections.abc import Iterator
 
 import pytest
+
 from ai_vmm import hardware
 from ai_vmm.hardware import (
     clear_cache,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import onnx_ir as ir
 import pytest
-from tests_support import make_two_input_model
 
 from ai_vmm.runtime import CompileError
 from ai_vmm.signature import apply_input_shapes, model_signature, parse_input_specs
+from tests_support import make_two_input_model
 
 
 def test_parse_specs() -> None:
@@ -23,8 +23,12 @@ def test_parse_specs() -> None:
 
 @pytest.mark.parametrize(
     ("spec", "message"),
-    [("x", r"is not NAME\[SHAPE\]"), ("x[1,a]", "is not a size"), ("x[4..2]", "empty range"),
-     ("x[-3]", "negative size")],
+    [
+        ("x", r"is not NAME\[SHAPE\]"),
+        ("x[1,a]", "is not a size"),
+        ("x[4..2]", "empty range"),
+        ("x[-3]", "negative size"),
+    ],
 )
 def test_parse_errors(spec: str, message: str) -> None:
     with pytest.raises(CompileError, match=message):

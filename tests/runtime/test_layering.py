@@ -14,8 +14,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-FOLDERS = {"runtime": "ai_vmm.runtime", "passes": "ai_vmm.passes", "targets": "ai_vmm.targets",
-           "compiler": "ai_vmm"}
+FOLDERS = {
+    "runtime": "ai_vmm.runtime",
+    "passes": "ai_vmm.passes",
+    "targets": "ai_vmm.targets",
+    "compiler": "ai_vmm",
+}
 VENDOR = {"openvino", "onnxruntime", "nncf", "torch", "tensorflow", "tensorrt", "tf2onnx"}
 HEAVY = ("torch", "tensorflow", "nncf", "onnxscript")
 
@@ -60,9 +64,12 @@ def test_targets_never_import_each_other_or_the_compiler(path: Path) -> None:
     own = path.stem
     for name in _imports(path):
         if _is(name, "ai_vmm"):
-            allowed = (_is(name, "ai_vmm.runtime") or _is(name, "ai_vmm.passes")
-                       or name in ("ai_vmm.targets.base", f"ai_vmm.targets.{own}")
-                       or _is(name, f"ai_vmm.targets.{own}"))
+            allowed = (
+                _is(name, "ai_vmm.runtime")
+                or _is(name, "ai_vmm.passes")
+                or name in ("ai_vmm.targets.base", f"ai_vmm.targets.{own}")
+                or _is(name, f"ai_vmm.targets.{own}")
+            )
             assert allowed, f"{path.name} imports {name}"
         root = name.split(".")[0]
         if root in VENDOR:

@@ -8,17 +8,18 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from tests_support import make_two_input_model
 
 import ai_vmm
 from ai_vmm.runtime import CompiledModel, InputError, load
 from ai_vmm.runtime.artifact import TensorSpec
 from ai_vmm.runtime.model import check_inputs
+from tests_support import make_two_input_model
 
 
 @pytest.fixture(scope="module", params=["onnxruntime:CPU", "openvino:CPU"])
-def two_inputs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-               ) -> CompiledModel:
+def two_inputs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> CompiledModel:
     root = tmp_path_factory.mktemp("two")
     onnx.save(make_two_input_model(), root / "m.onnx")
     result = ai_vmm.compile(root / "m.onnx", request.param, root / "m.vmm", tune=False)
@@ -27,8 +28,10 @@ def two_inputs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 
 def _feed(batch: int = 2, seq: int = 5) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(3)
-    return {"ids": rng.integers(0, 50, (batch, seq)).astype(np.int64),
-            "mask": np.ones((batch, seq), np.float32)}
+    return {
+        "ids": rng.integers(0, 50, (batch, seq)).astype(np.int64),
+        "mask": np.ones((batch, seq), np.float32),
+    }
 
 
 def test_dynamic_dims_stay_dynamic(two_inputs: CompiledModel) -> None:
