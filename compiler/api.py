@@ -6,14 +6,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from ai_vmm.driver import CompileOptions, CompileResult, Progress, compile_model
 from ai_vmm.inputs import Tolerance
 
 
 def compile(
-    model: str | Path | onnx.ModelProto,
+    model: Any,
     target: str = "auto",
     output: str | Path | None = None,
     *,
@@ -26,11 +24,12 @@ def compile(
     disable_passes: Sequence[str] = (),
     cache_dir: str | Path | None = None,
     progress: Progress | None = None,
+    **frontend_options: Any,
 ) -> CompileResult:
     """Compile ``model`` into an artifact and return where it went and what was decided.
 
     Args:
-        model: an ONNX file path or an ``onnx.ModelProto``.
+        model: an ONNX file path or an ``onnx.ModelProto`` (other formats: see docs/frontends.md).
         target: ``auto`` (measure every available target here, keep the fastest), one device
             such as ``openvino:CPU`` or ``onnxruntime:CPU``, or a priority list of them.
         output: the artifact path (``NAME.vmm`` directory, or ``NAME.vmm.zip`` for one file);
@@ -46,6 +45,8 @@ def compile(
         disable_passes: canonicalization steps to skip, by name.
         cache_dir: a compile cache directory (default: ``$AI_VMM_CACHE_DIR`` if set).
         progress: called with a short message as each stage starts.
+        **frontend_options: what a frontend needs beyond the model (``example_inputs``,
+            ``dynamic_shapes``, ``input_names`` for torch models).
 
     Raises:
         ai_vmm.VmmError: a subclass whose one-line message says what was wrong.
@@ -59,7 +60,14 @@ def compile(
         precision=precision,
         disabled_passes=tuple(disable_passes),
     )
-    return compile_model(model, output, options, cache_dir=cache_dir, progress=progress)
+    return compile_model(
+        model,
+        output,
+        options,
+        cache_dir=cache_dir,
+        progress=progress,
+        frontend_options=frontend_options,
+    )
 
 
 def load(path: str | Path) -> Any:

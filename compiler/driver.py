@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from ai_vmm import hardware, registry
 from ai_vmm.cache import CompileCache, cache_key, cache_root
-from ai_vmm.frontends.onnx import LoadedModel, load_onnx
+from ai_vmm.frontends import LoadedModel, load_model
 from ai_vmm.inputs import Tolerance, compare, index_bounds, synthetic_inputs
 from ai_vmm.passes.canonicalize import STEP_NAMES, canonicalize
 from ai_vmm.runtime.artifact import (
@@ -133,14 +132,15 @@ class _Candidate:
 
 
 def compile_model(
-    source: str | Path | onnx.ModelProto,
+    source: Any,
     output: str | Path | None = None,
     options: CompileOptions | None = None,
     *,
     cache_dir: str | Path | None = None,
     progress: Progress | None = None,
+    frontend_options: dict[str, Any] | None = None,
 ) -> CompileResult:
-    """Compile an ONNX model (path or ``ModelProto``) into an artifact at ``output``.
+    """Compile a model (ONNX path or ``ModelProto``, or what a frontend takes) into an artifact.
 
     Raises:
         VmmError: a subclass saying what was wrong (model, options, targets, verification).
@@ -155,8 +155,8 @@ def compile_model(
     inventory = hardware.discover(registry.discoverers())
     candidates = resolve_targets(options.target, inventory)
 
-    say(f"loading {source if not isinstance(source, onnx.ModelProto) else 'ModelProto'}")
-    loaded = load_onnx(source)
+    say(f"loading {source if isinstance(source, str | Path) else type(source).__name__}")
+    loaded = load_model(source, frontend_options)
     cache = _open_cache(cache_dir)
     key = cache_key(
         {
@@ -311,10 +311,10 @@ def _validate_options(options: CompileOptions) -> None:
         raise CompileError("tolerances must not be negative")
 
 
-def _output_path(source: str | Path | onnx.ModelProto, output: str | Path | None) -> Path:
+def _output_path(source: Any, output: str | Path | None) -> Path:
     if output is not None:
         return Path(output)
-    stem = "model" if isinstance(source, onnx.ModelProto) else Path(source).stem
+    stem = Path(source).stem if isinstance(source, str | Path) else "model"
     return Path(f"{stem}.vmm")
 
 

