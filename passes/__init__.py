@@ -1,1 +1,4 @@
-"""Target-neutral IR -> IR passes (onnx_ir / onnxscript only: never a target, never a vendor SDK)."""
+"""Target-neutral IR -> IR passes.
+
+They import onnx_ir / onnxscript / numpy only: never a target, never a vendor SDK.
+"""

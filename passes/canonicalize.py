@@ -27,16 +27,23 @@ def _steps() -> list[tuple[str, Callable[[], ir.passes.PassBase]]]:
         # Identity nodes are pure renames; keep the ones that name graph outputs.
         ("identity_elimination", common.IdentityEliminationPass),
         # Evaluate subgraphs whose inputs are all constants (shape arithmetic, reshapes of weights).
-        ("constant_folding", lambda: FoldConstantsPass(
-            shape_inference=False, input_size_limit=_FOLD_INPUT_LIMIT,
-            output_size_limit=_FOLD_OUTPUT_LIMIT)),
+        (
+            "constant_folding",
+            lambda: FoldConstantsPass(
+                shape_inference=False,
+                input_size_limit=_FOLD_INPUT_LIMIT,
+                output_size_limit=_FOLD_OUTPUT_LIMIT,
+            ),
+        ),
         # Folding leaves dead producers behind.
         ("remove_unused_after_folding", common.RemoveUnusedNodesPass),
         # The same op on the same inputs computed twice: keep one.
         ("common_subexpression_elimination", common.CommonSubexpressionEliminationPass),
         # Constant nodes become initializers, so every target sees weights the same way.
-        ("lift_constants", lambda: common.LiftConstantsToInitializersPass(
-            lift_all_constants=True, size_limit=0)),
+        (
+            "lift_constants",
+            lambda: common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        ),
         # A graph output that is an input or an initializer gets an Identity (targets need a node).
         ("output_fix", common.OutputFixPass),
         # Every node and value gets a unique name: partitions and reports refer to nodes by name.
@@ -58,8 +65,11 @@ class CanonicalizeReport:
     skipped: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"node_counts": [list(item) for item in self.node_counts], "modified": self.modified,
-                "skipped": self.skipped}
+        return {
+            "node_counts": [list(item) for item in self.node_counts],
+            "modified": self.modified,
+            "skipped": self.skipped,
+        }
 
 
 def count_nodes(model: ir.Model) -> int:

@@ -24,8 +24,13 @@ def _foldable_model() -> onnx.ModelProto:
         oh.make_node("Add", ["a", "b"], ["y"]),
         oh.make_node("Neg", ["x"], ["unused"]),
     ]
-    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", 1, ["n", 4])],
-                          [oh.make_tensor_value_info("y", 1, ["n", 4])], [c1, c2])
+    graph = oh.make_graph(
+        nodes,
+        "g",
+        [oh.make_tensor_value_info("x", 1, ["n", 4])],
+        [oh.make_tensor_value_info("y", 1, ["n", 4])],
+        [c1, c2],
+    )
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
 
 
@@ -48,13 +53,14 @@ def test_steps_fire_and_numbers_stay() -> None:
     assert report.modified["constant_folding"] and report.modified["shape_inference"] is not None
     assert [op for op, _ in report.node_counts] == ["input", *STEP_NAMES[:-1]]
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
-    np.testing.assert_allclose(_run(ir.serde.serialize_model(model), x), _run(proto, x),
-                               rtol=1e-6)
+    np.testing.assert_allclose(_run(ir.serde.serialize_model(model), x), _run(proto, x), rtol=1e-6)
 
 
 def test_disabled_steps_are_skipped_and_reported() -> None:
     model = ir.serde.deserialize_model(_foldable_model())
     report = canonicalize(model, frozenset({"constant_folding", "shape_inference"}))
-    assert report.skipped == {"constant_folding": "disabled by option",
-                              "shape_inference": "disabled by option"}
+    assert report.skipped == {
+        "constant_folding": "disabled by option",
+        "shape_inference": "disabled by option",
+    }
     assert "constant_folding" not in dict(report.node_counts)
