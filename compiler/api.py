@@ -22,6 +22,7 @@ def compile(
     atol: float = 1e-4,
     precision: str = "fp32",
     disable_passes: Sequence[str] = (),
+    tune_seconds: float = 1.0,
     cache_dir: str | Path | None = None,
     progress: Progress | None = None,
     **frontend_options: Any,
@@ -43,6 +44,7 @@ def compile(
         atol: absolute tolerance of that comparison.
         precision: ``fp32`` (default), ``fp16`` or ``bf16`` inference precision.
         disable_passes: canonicalization steps to skip, by name.
+        tune_seconds: timing budget per candidate when tuning.
         cache_dir: a compile cache directory (default: ``$AI_VMM_CACHE_DIR`` if set).
         progress: called with a short message as each stage starts.
         **frontend_options: what a frontend needs beyond the model (``example_inputs``,
@@ -59,6 +61,7 @@ def compile(
         tolerance=Tolerance(rtol=rtol, atol=atol),
         precision=precision,
         disabled_passes=tuple(disable_passes),
+        tune_budget_s=tune_seconds,
     )
     return compile_model(
         model,

@@ -78,6 +78,9 @@ def compile_cmd(
     disable_pass: Annotated[
         list[str] | None, typer.Option("--disable-pass", help="Skip a canonicalization step.")
     ] = None,
+    tune_seconds: Annotated[
+        float, typer.Option(help="Timing budget per candidate when tuning.")
+    ] = 1.0,
     cache_dir: Annotated[
         Path | None,
         typer.Option(help="Compile cache directory (default: $AI_VMM_CACHE_DIR if set)."),
@@ -103,6 +106,7 @@ def compile_cmd(
             atol=atol,
             precision=precision,
             disable_passes=disable_pass or (),
+            tune_seconds=tune_seconds,
             cache_dir=cache_dir,
             progress=progress,
         )

@@ -25,7 +25,7 @@ import onnx_ir as ir
 
 from ai_vmm import hardware, registry
 from ai_vmm.cache import CompileCache, cache_key, cache_root
-from ai_vmm.frontends import LoadedModel, load_model
+from ai_vmm.frontends import LoadedModel, load_model, source_digest
 from ai_vmm.inputs import Tolerance, compare, index_bounds, synthetic_inputs
 from ai_vmm.passes.canonicalize import STEP_NAMES, canonicalize
 from ai_vmm.runtime.artifact import (
@@ -90,6 +90,7 @@ class CompileOptions:
             "tolerance": self.tolerance.to_json(),
             "precision": self.precision,
             "disabled_passes": sorted(self.disabled_passes),
+            "tune_seconds": self.tune_budget_s,
         }
 
 
@@ -155,20 +156,28 @@ def compile_model(
     inventory = hardware.discover(registry.discoverers())
     candidates = resolve_targets(options.target, inventory)
 
-    say(f"loading {source if isinstance(source, str | Path) else type(source).__name__}")
-    loaded = load_model(source, frontend_options)
+    label = source if isinstance(source, str | Path) else type(source).__name__
     cache = _open_cache(cache_dir)
+    if cache is None:
+        say(f"loading {label}")
+        loaded = load_model(source, frontend_options)
+        return _compile_uncached(loaded, out_path, options, inventory, candidates, say, started)
+    # The cache key needs only the source's hash: a hit never parses the model.
+    digest = source_digest(source)
+    loaded_first: LoadedModel | None = None
+    if digest is None:
+        say(f"loading {label}")
+        loaded_first = load_model(source, frontend_options)
+        digest = loaded_first.sha256
     key = cache_key(
         {
-            "source": loaded.sha256,
+            "source": digest,
             "options": options.to_json(),
             "toolchain": toolchain(),
             "devices": [c.key for c in candidates],
             "format": 1,
         }
     )
-    if cache is None:
-        return _compile_uncached(loaded, out_path, options, inventory, candidates, say, started)
     with cache.locked(key):
         hit = cache.lookup(key)
         if hit is not None:
@@ -180,6 +189,9 @@ def compile_model(
                 read_report(out_path if out_path.is_dir() else hit),
                 cache_hit=True,
             )
+        if loaded_first is None:
+            say(f"loading {label}")
+        loaded = loaded_first or load_model(source, frontend_options)
         result = _compile_uncached(loaded, out_path, options, inventory, candidates, say, started)
         if out_path.is_dir():
             cache.store(key, out_path)
@@ -307,6 +319,8 @@ def _validate_options(options: CompileOptions) -> None:
             f"unknown pass {', '.join(unknown)} for --disable-pass "
             f"(passes: {', '.join(STEP_NAMES)})"
         )
+    if options.tune_budget_s <= 0:
+        raise CompileError("the tuning budget must be positive")
     if options.tolerance.rtol < 0 or options.tolerance.atol < 0:
         raise CompileError("tolerances must not be negative")
 

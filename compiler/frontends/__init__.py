@@ -9,9 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ai_vmm.frontends.onnx import LoadedModel, load_onnx
+from ai_vmm.frontends.onnx import LoadedModel, load_onnx, onnx_file_digest
 
-__all__ = ["LoadedModel", "load_model"]
+__all__ = ["LoadedModel", "load_model", "source_digest"]
+
+
+def source_digest(source: Any) -> str | None:
+    """The sha256 a frontend would give ``source``, computed without loading the model.
+
+    ``None`` when only loading can tell (in-memory models of other frameworks). The cache key
+    uses this, so a cache hit costs a hash of the file, not a parse of the model.
+    """
+    if isinstance(source, str | Path) and Path(source).suffix == ".onnx":
+        return onnx_file_digest(Path(source))
+    return None
 
 
 def load_model(source: Any, frontend_options: dict[str, Any] | None = None) -> LoadedModel:

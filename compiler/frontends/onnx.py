@@ -123,6 +123,20 @@ def _upgrade_opset(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     return upgraded
 
 
+def onnx_file_digest(path: Path) -> str:
+    """sha256 of an ONNX file and its external data files (what ``load_onnx`` records)."""
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} does not exist")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+        raise ModelLoadError(
+            f"{path} is not a readable ONNX model (truncated or another format): "
+            f"{exc.__class__.__name__}"
+        ) from exc
+    return _hash_with_external_data(path, proto)
+
+
 def _hash_with_external_data(path: Path, proto: onnx.ModelProto) -> str:
     digest = hashlib.sha256(path.read_bytes())
     locations = sorted(
