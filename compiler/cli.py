@@ -29,6 +29,7 @@ app = typer.Typer(
 )
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
+out_console = out
 _state = {"debug": False}
 
 
@@ -186,6 +187,96 @@ def run(
         )
         table.add_row(name, str(array.dtype), str(list(array.shape)), summary)
     out.print(table)
+
+
+@app.command("bench")
+def bench_cmd(
+    model: Annotated[
+        Path | None, typer.Argument(help="A .vmm artifact or an ONNX model (compiled first).")
+    ] = None,
+    baselines: Annotated[
+        str, typer.Option(help="Comma-separated: onnxruntime, openvino, torch.")
+    ] = "onnxruntime,openvino",
+    batch: Annotated[int, typer.Option(help="Batch size of the synthetic inputs.")] = 1,
+    streams: Annotated[int, typer.Option(help="Requests in flight for throughput.")] = 2,
+    seconds: Annotated[float, typer.Option(help="Latency time box per contender.")] = 3.0,
+    source: Annotated[
+        Path | None, typer.Option(help="The original ONNX model, for an artifact's baselines.")
+    ] = None,
+    inputs: Annotated[
+        Path | None, typer.Option("--inputs", help=".npz inputs instead of synthetic ones.")
+    ] = None,
+    profile: Annotated[
+        bool, typer.Option("--profile", help="Per-partition times and per-op counters.")
+    ] = False,
+    suite: Annotated[
+        str | None, typer.Option(help="'zoo': every zoo model; regenerates docs/performance.md.")
+    ] = None,
+    models: Annotated[str | None, typer.Option(help="With --suite: these zoo models.")] = None,
+    zoo: Annotated[Path, typer.Option(help="With --suite zoo: the zoo file.")] = Path(
+        "models/zoo.py"
+    ),
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    markdown_out: Annotated[
+        Path | None, typer.Option("--markdown", help="Write a Markdown report.")
+    ] = None,
+    plot_out: Annotated[Path | None, typer.Option("--plot", help="Write a PNG chart.")] = None,
+    out: Annotated[
+        Path, typer.Option(help="With --suite: the Markdown report (.png/.json beside it).")
+    ] = Path("docs/performance.md"),
+) -> None:
+    """Benchmark an artifact against plain ONNX Runtime / OpenVINO / torch, in one process."""
+    from ai_vmm.bench import BenchSettings, check_baselines
+    from ai_vmm.bench_report import bench, environment, markdown, plot, profile_table
+    from ai_vmm.bench_report import terminal_table as table_of
+
+    names = check_baselines([b for b in baselines.split(",") if b.strip()])
+    if batch < 1 or streams < 1 or seconds <= 0:
+        raise InputError("--batch and --streams must be >= 1 and --seconds > 0")
+    settings = BenchSettings(batch=batch, streams=streams, seconds=seconds, profile=profile)
+    start = time.perf_counter()
+
+    def say(message: str) -> None:
+        err.print(f"[dim]{time.perf_counter() - start:7.1f}s[/dim] {escape(message)}")
+
+    command = "vmmc bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [])
+    if suite is not None:
+        if suite != "zoo":
+            raise InputError(f"unknown suite '{suite}' (suites: zoo)")
+        from ai_vmm.bench_suite import run_zoo
+
+        chosen = [m for m in (models or "").split(",") if m] or None
+        run_zoo(
+            zoo,
+            out,
+            settings,
+            names,
+            chosen,
+            command.strip(),
+            say,
+            on_result=lambda result: out_console.print(table_of(result)),
+        )
+        out_console.print(f"wrote {out}, {out.with_suffix('.png')}, {out.with_suffix('.json')}")
+        return
+    if model is None:
+        raise InputError("give an artifact or a model to benchmark, or --suite zoo")
+    if not model.exists():
+        raise InputError(f"{model} does not exist")
+    feed = _read_npz(inputs) if inputs is not None else None
+    result = bench(model, baselines=names, settings=settings, source=source, feed=feed, say=say)
+    out_console.print(table_of(result))
+    if "profile" in result:
+        out_console.print(profile_table(result["profile"]))
+    for note in result["notes"]:
+        out_console.print(f"note: {note}")
+    if json_out is not None:
+        json_out.write_text(
+            json.dumps({"environment": environment(), "result": result}, indent=2) + "\n"
+        )
+    if markdown_out is not None:
+        markdown_out.write_text(markdown([result], environment(), command.strip()))
+    if plot_out is not None:
+        plot([result], plot_out)
 
 
 def _read_npz(path: Path) -> dict[str, Any]:

@@ -47,13 +47,18 @@ def index_bounds(model: ir.Model) -> dict[str, int]:
     return bounds
 
 
-def concrete_shape(spec: TensorSpec, symbols: dict[str, int]) -> tuple[int, ...]:
-    """A concrete shape for ``spec`` (consistent sizes for shared symbols)."""
+def concrete_shape(
+    spec: TensorSpec, symbols: dict[str, int], leading: int = LEADING_DIM
+) -> tuple[int, ...]:
+    """A concrete shape for ``spec`` (consistent sizes for shared symbols).
+
+    A dynamic leading axis takes ``leading`` (the batch), any other dynamic axis ``OTHER_DIM``.
+    """
     if spec.shape is None:
         return (OTHER_DIM,)
     shape = []
     for axis, dim in enumerate(spec.shape):
-        default = LEADING_DIM if axis == 0 else OTHER_DIM
+        default = leading if axis == 0 else OTHER_DIM
         if isinstance(dim, int):
             shape.append(dim)
         elif isinstance(dim, str):
@@ -67,7 +72,7 @@ def concrete_shape(spec: TensorSpec, symbols: dict[str, int]) -> tuple[int, ...]
 
 
 def synthetic_inputs(
-    specs: tuple[TensorSpec, ...], bounds: dict[str, int], seed: int = 0
+    specs: tuple[TensorSpec, ...], bounds: dict[str, int], seed: int = 0, batch: int = LEADING_DIM
 ) -> dict[str, np.ndarray] | None:
     """Random inputs that fit ``specs``; ``None`` if a non-tensor input makes that impossible."""
     rng = np.random.default_rng(seed)
@@ -76,7 +81,7 @@ def synthetic_inputs(
     for spec in specs:
         if spec.kind != "tensor" or not spec.dtype:
             return None
-        shape = concrete_shape(spec, symbols)
+        shape = concrete_shape(spec, symbols, batch)
         try:
             dtype = np.dtype(spec.dtype)
         except TypeError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,6 +60,33 @@ class CompiledModel:
     def report(self) -> dict[str, Any]:
         """The artifact's ``report.json`` (what was built and why)."""
         return read_report(self.root)
+
+    def run_profiled(
+        self, inputs: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], list[tuple[str, float]]]:
+        """Like ``run``, and the wall time of each partition in seconds, in run order."""
+        values = self._checker(inputs)
+        times: list[tuple[str, float]] = []
+        for part in self.manifest.partitions:
+            feed = {name: values[name] for name in part.inputs}
+            start = time.perf_counter()
+            values.update(self._executors[part.id].run(feed))
+            times.append((part.id, time.perf_counter() - start))
+        return {name: values[name] for name in self._output_names}, times
+
+    def profile_ops(self, inputs: Mapping[str, Any], runs: int = 20) -> list[dict[str, Any]]:
+        """Each partition's backend counters: ``{partition, target, op, ms}`` per op type."""
+        values = self._checker(inputs)
+        rows: list[dict[str, Any]] = []
+        for part in self.manifest.partitions:
+            feed = {name: values[name] for name in part.inputs}
+            executor = self._executors[part.id]
+            profile = getattr(executor, "profile_ops", None)
+            if profile is not None:
+                for row in profile(feed, runs):
+                    rows.append({"partition": part.id, "target": part.target, **row})
+            values.update(executor.run(feed))
+        return rows
 
     def __call__(self, **inputs: Any) -> dict[str, Any]:
         return self.run(inputs)

@@ -51,6 +51,7 @@ class OnnxRuntimeExecutor:
         except Exception as exc:
             raise ArtifactError(f"ONNX Runtime could not load {entry.name}: {exc}") from exc
         self._outputs = list(outputs) or [o.name for o in self._session.get_outputs()]
+        self._entry, self._config = entry, config
 
     def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -58,3 +59,30 @@ class OnnxRuntimeExecutor:
         except Exception as exc:
             raise InputError(f"ONNX Runtime failed to run: {exc}") from exc
         return dict(zip(self._outputs, values, strict=True))
+
+    def profile_ops(self, inputs: dict[str, Any], runs: int) -> list[dict[str, Any]]:
+        """Per-op-type time (ms per inference) from ONNX Runtime's own profiler."""
+        import json
+        import tempfile
+
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory(prefix="ai-vmm-ortprof-") as tmp:
+            options = session_options(self._config)
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(tmp) / "ort")
+            session = ort.InferenceSession(
+                str(self._entry), sess_options=options, providers=self._session.get_providers()
+            )
+            for _ in range(runs):
+                session.run(self._outputs, inputs)
+            events = json.loads(Path(session.end_profiling()).read_text())
+        totals: dict[str, float] = {}
+        for event in events:
+            if event.get("cat") != "Node" or not str(event.get("name", "")).endswith(
+                "_kernel_time"
+            ):
+                continue
+            op = str(event.get("args", {}).get("op_name", "?"))
+            totals[op] = totals.get(op, 0.0) + float(event.get("dur", 0)) / 1000.0
+        return [{"op": op, "ms": ms / runs} for op, ms in totals.items()]

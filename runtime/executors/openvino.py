@@ -54,6 +54,24 @@ class OpenVinoExecutor:
             )
         self._outputs = list(outputs) or [p.get_any_name() for p in self._compiled.outputs]
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._entry, self._device, self._config = entry, device, config
+
+    def profile_ops(self, inputs: dict[str, Any], runs: int) -> list[dict[str, Any]]:
+        """Per-op-type time (ms per inference) from OpenVINO's performance counters."""
+        import openvino as ov
+
+        core = ov.Core()
+        props = {**compile_properties(self._config), "PERF_COUNT": True}
+        compiled = core.compile_model(core.read_model(str(self._entry)), self._device, props)
+        request = compiled.create_infer_request()
+        totals: dict[str, float] = {}
+        for _ in range(runs):
+            request.infer(inputs)
+            for info in request.profiling_info:
+                if str(info.status).endswith("EXECUTED"):
+                    op = str(info.node_type)
+                    totals[op] = totals.get(op, 0.0) + info.real_time.total_seconds() * 1000.0
+        return [{"op": op, "ms": ms / runs} for op, ms in totals.items()]
 
     @property
     def compiled_model(self) -> Any:

@@ -1,0 +1,78 @@
+"""``vmmc bench --suite zoo``: every zoo model against the baselines; regenerates the docs.
+
+The zoo lives in ``models/zoo.py`` of the repository (it is not installed), so the suite runs
+from the repository root, or with ``--zoo PATH`` pointing at that file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ai_vmm.bench import BenchSettings
+from ai_vmm.bench_report import Say, bench, environment, markdown, plot
+from ai_vmm.runtime.errors import InputError
+
+CACHE = Path.home() / ".cache" / "ai-vmm" / "zoo"
+
+
+def load_zoo(path: Path) -> ModuleType:
+    if not path.is_file():
+        raise InputError(
+            f"--suite zoo needs the model zoo at {path}: run from the repository root or pass "
+            f"--zoo PATH/models/zoo.py"
+        )
+    spec = importlib.util.spec_from_file_location("ai_vmm_zoo", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ai_vmm_zoo"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_zoo(
+    zoo_path: Path,
+    out: Path,
+    settings: BenchSettings,
+    baselines: list[str],
+    names: list[str] | None,
+    command: str,
+    say: Say,
+    on_result: Any = None,
+) -> list[dict[str, Any]]:
+    """Benchmark each zoo model; write ``out`` (Markdown), its ``.png`` and ``.json``."""
+    zoo = load_zoo(zoo_path)
+    chosen = names or list(zoo.ZOO)
+    unknown = sorted(set(chosen) - set(zoo.ZOO))
+    if unknown:
+        raise InputError(f"not in the zoo: {', '.join(unknown)} (zoo: {', '.join(zoo.ZOO)})")
+    results = []
+    for index, name in enumerate(chosen, 1):
+        say(f"[{index}/{len(chosen)}] {name}: building")
+        path = zoo.build(name, CACHE)
+        feed = zoo.example_inputs(name, batch=settings.batch)
+        module = zoo.build_module(name) if "torch" in baselines else None
+        result = bench(
+            path,
+            baselines=baselines,
+            settings=settings,
+            feed=feed,
+            torch_module=module,
+            name=name,
+            say=lambda message, name=name: say(f"{name}: {message}"),
+        )
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    env = environment()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown(results, env, command))
+    plot(results, out.with_suffix(".png"))
+    out.with_suffix(".json").write_text(
+        json.dumps({"environment": env, "results": results}, indent=2) + "\n"
+    )
+    return results
