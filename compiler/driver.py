@@ -16,7 +16,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,11 @@ import onnx_ir as ir
 from ai_vmm import hardware, registry
 from ai_vmm.cache import CompileCache, cache_key, cache_root
 from ai_vmm.frontends import LoadedModel, load_model, source_digest
+from ai_vmm.hardware_profile import HardwareProfile, load_profile
 from ai_vmm.inputs import Tolerance, compare, index_bounds, synthetic_inputs
+from ai_vmm.partition import PartitionedBuild, build_partitioned
 from ai_vmm.passes.canonicalize import STEP_NAMES, canonicalize
+from ai_vmm.quantize import QuantizationOptions, quantize_candidates, validate_quantization
 from ai_vmm.runtime.artifact import (
     MANIFEST,
     REPORT,
@@ -80,9 +83,18 @@ class CompileOptions:
     precision: str = "fp32"
     disabled_passes: tuple[str, ...] = ()
     tune_budget_s: float = 1.0
+    hardware: str | None = None
+    """A hardware profile (shipped name or JSON path): plan for that machine, not this one."""
+    quantization: QuantizationOptions = field(default_factory=QuantizationOptions)
+    """INT8 / weight-only / reduced precision, behind the gates of ``ai_vmm.quantize``."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        quantization = (
+            {"quantization": self.quantization.to_json()}
+            if self.quantization.active(self.precision)
+            else {}
+        )
+        return quantization | {
             "target": self.target,
             "input_shapes": list(self.input_shapes),
             "tune": self.tune,
@@ -91,6 +103,7 @@ class CompileOptions:
             "precision": self.precision,
             "disabled_passes": sorted(self.disabled_passes),
             "tune_seconds": self.tune_budget_s,
+            "hardware": self.hardware,
         }
 
 
@@ -102,6 +115,16 @@ class CompileResult:
     manifest: dict[str, Any]
     report: dict[str, Any]
     cache_hit: bool = False
+
+
+@dataclass
+class _Machine:
+    """Where the artifact will run: this machine, or one a hardware profile describes."""
+
+    inventory: Inventory
+    profile: HardwareProfile | None
+    present: set[str]
+    """Device keys present here (none when planning for a profile)."""
 
 
 @dataclass
@@ -118,9 +141,12 @@ class _Candidate:
     unsupported: dict[str, str] = field(default_factory=dict)
     executor: Executor | None = None
     output_names: tuple[str, ...] = ()
+    quantization: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"device": self.device.key, "status": self.status}
+        if self.quantization:
+            out["quantization"] = self.quantization
         if self.reason:
             out["reason"] = self.reason
         if self.latency:
@@ -152,16 +178,25 @@ def compile_model(
     out_path = _output_path(source, output)
     started = time.perf_counter()
 
-    say("discovering devices")
-    inventory = hardware.discover(registry.discoverers())
+    if options.hardware:
+        say(f"planning for hardware profile {options.hardware}")
+        profile: HardwareProfile | None = load_profile(options.hardware)
+        inventory = profile.inventory  # type: ignore[union-attr]
+    else:
+        say("discovering devices")
+        profile = None
+        inventory = hardware.discover(registry.discoverers())
     candidates = resolve_targets(options.target, inventory)
+    candidates = [d for d in candidates if d.target in registry.TARGETS]
+    present = set() if profile is not None else {d.key for d in inventory.devices}
+    machine = _Machine(inventory, profile, present)
 
     label = source if isinstance(source, str | Path) else type(source).__name__
     cache = _open_cache(cache_dir)
     if cache is None:
         say(f"loading {label}")
         loaded = load_model(source, frontend_options)
-        return _compile_uncached(loaded, out_path, options, inventory, candidates, say, started)
+        return _compile_uncached(loaded, out_path, options, machine, candidates, say, started)
     # The cache key needs only the source's hash: a hit never parses the model.
     digest = source_digest(source)
     loaded_first: LoadedModel | None = None
@@ -192,7 +227,7 @@ def compile_model(
         if loaded_first is None:
             say(f"loading {label}")
         loaded = loaded_first or load_model(source, frontend_options)
-        result = _compile_uncached(loaded, out_path, options, inventory, candidates, say, started)
+        result = _compile_uncached(loaded, out_path, options, machine, candidates, say, started)
         if out_path.is_dir():
             cache.store(key, out_path)
         return result
@@ -202,7 +237,7 @@ def _compile_uncached(
     loaded: LoadedModel,
     out_path: Path,
     options: CompileOptions,
-    inventory: Inventory,
+    machine: _Machine,
     candidates: list[Device],
     say: Progress,
     started: float,
@@ -223,7 +258,7 @@ def _compile_uncached(
             work,
             out_path,
             options,
-            inventory,
+            machine,
             candidates,
             say,
             started,
@@ -239,7 +274,7 @@ def _compile_stages(
     work: Path,
     out_path: Path,
     options: CompileOptions,
-    inventory: Inventory,
+    machine: _Machine,
     candidates: list[Device],
     say: Progress,
     started: float,
@@ -261,10 +296,68 @@ def _compile_stages(
     verification_note, expected = _reference_outputs(model, reference, sample, options, say)
 
     target_options = TargetOptions(precision=options.precision, extra={"input_bounds": bounds})
-    built = _build_candidates(
-        model, candidates, target_options, options, work, sample, expected, say, timings
-    )
-    chosen, rule = _choose(built, options)
+    explicit_list = options.target.strip() not in ("", "auto") and len(candidates) > 1
+    hetero = machine.profile is not None or explicit_list
+    built: list[_Candidate] = []
+    if not hetero:
+        built = _build_candidates(
+            model, candidates, target_options, options, work, sample, expected, say, timings
+        )
+        try:
+            chosen, rule = _choose(built, options)
+        except UnsupportedModelError:
+            if len(candidates) < 2:
+                raise
+            say("no single device runs every node: planning partitions")
+            hetero = True
+    if hetero:
+        build = build_partitioned(
+            model,
+            candidates,
+            priority=explicit_list,
+            profile=machine.profile,
+            present=machine.present,
+            target_options=target_options,
+            sample=sample,
+            work=work,
+            say=say,
+        )
+        verification = _verify_partitioned(build, sample, expected, options.tolerance, say)
+        timings["total"] = time.perf_counter() - started
+        manifest = Manifest(
+            inputs=inputs,
+            outputs=outputs,
+            partitions=tuple(build.partitions),
+            compile_options=options.to_json(),
+            toolchain=toolchain(*sorted({p.target for p in build.partitions})),
+            source={"format": "onnx", "sha256": loaded.sha256, "opset": opset},
+        )
+        report = {
+            "source": {"path": loaded.source, "sha256": loaded.sha256, "notes": loaded.notes},
+            "stages": {"canonicalize": canon.to_json()},
+            "candidates": [c.to_json() for c in built],
+            "chosen": {
+                "device": ",".join(sorted({f"{p.target}:{p.device}" for p in build.partitions})),
+                "rule": build.report["rule"],
+            },
+            "plan": build.report,
+            "verification": verification
+            or {
+                "status": "skipped",
+                "reason": verification_note or "planned for devices that are not present",
+            },
+            "host": {
+                "cpu": machine.inventory.cpu.model,
+                "isa": list(machine.inventory.cpu.isa),
+                "libraries": machine.inventory.libraries,
+                "profile": machine.profile.name if machine.profile else None,
+            },
+        }
+        if options.tune:
+            report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+        say(f"writing {out_path}")
+        _write_artifact(out_path, manifest, report, build.payload_dirs)
+        return CompileResult(out_path, manifest.to_json(), report)
     timings["total"] = time.perf_counter() - started
     say(f"chose {chosen.device.key} ({rule})")
     assert chosen.work_dir is not None
@@ -291,11 +384,12 @@ def _compile_stages(
         "stages": {"canonicalize": canon.to_json()},
         "candidates": [c.to_json() for c in built],
         "chosen": {"device": chosen.device.key, "rule": rule},
+        **({"quantization": chosen.quantization} if chosen.quantization else {}),
         "verification": chosen.verification or {"status": "skipped", "reason": verification_note},
         "host": {
-            "cpu": inventory.cpu.model,
-            "isa": list(inventory.cpu.isa),
-            "libraries": inventory.libraries,
+            "cpu": machine.inventory.cpu.model,
+            "isa": list(machine.inventory.cpu.isa),
+            "libraries": machine.inventory.libraries,
         },
     }
     if options.tune:
@@ -304,8 +398,34 @@ def _compile_stages(
         report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
         report["compiled_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     say(f"writing {out_path}")
-    _write_artifact(out_path, manifest, report, chosen.work_dir, "p0")
+    _write_artifact(out_path, manifest, report, {"p0": chosen.work_dir})
     return CompileResult(out_path, manifest.to_json(), report)
+
+
+def _verify_partitioned(
+    build: PartitionedBuild,
+    sample: dict[str, np.ndarray] | None,
+    expected: dict[str, Any] | None,
+    tolerance: Tolerance,
+    say: Progress,
+) -> dict[str, Any] | None:
+    """Run the partitions in order against the reference; ``None`` when that is not possible."""
+    if sample is None or expected is None or len(build.executors) < len(build.partitions):
+        return None
+    say("verifying the partitioned model against the reference")
+
+    class _Chain:
+        def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
+            return build.run(inputs)
+
+    verification = _verify(_Chain(), sample, expected, tolerance)
+    if not verification["passed"]:
+        failed = [n for n, r in verification["outputs"].items() if not r["passed"]]
+        raise CompileError(
+            f"the partitioned model differs from the reference on {', '.join(failed)} "
+            f"(use --no-verify to accept unverified outputs)"
+        )
+    return verification
 
 
 def _validate_options(options: CompileOptions) -> None:
@@ -313,6 +433,7 @@ def _validate_options(options: CompileOptions) -> None:
         raise CompileError(
             f"unknown precision '{options.precision}' (choose from {', '.join(PRECISIONS)})"
         )
+    validate_quantization(options.quantization)
     unknown = sorted(set(options.disabled_passes) - set(STEP_NAMES))
     if unknown:
         raise CompileError(
@@ -400,6 +521,10 @@ def _build_candidates(
     say: Progress,
     timings: dict[str, float],
 ) -> list[_Candidate]:
+    quantizing = options.quantization.active(options.precision)
+    if quantizing:
+        # Lower precision is the quantize stage's job, behind its gates: build float first.
+        target_options = replace(target_options, precision="fp32")
     ordered = devices if options.tune else static_order(devices)
     built: list[_Candidate] = []
     for index, device in enumerate(ordered):
@@ -456,6 +581,21 @@ def _build_candidates(
                 continue
         candidate.status = "ok"
         candidate.executor = executor
+    if quantizing:
+        clock = time.perf_counter()
+        quantize_candidates(
+            model,
+            [c for c in built if c.status == "ok"],
+            options.quantization,
+            precision=options.precision,
+            target_options=target_options,
+            work=work,
+            host_isa=hardware.detect_cpu().isa,
+            measure_speed=options.tune,
+            speed_budget_s=options.tune_budget_s,
+            say=say,
+        )
+        timings["quantize"] = time.perf_counter() - clock
     if options.tune and sample is not None:
         _tune([c for c in built if c.status == "ok"], sample, options, say)
     return built
@@ -604,12 +744,13 @@ def _choose(built: list[_Candidate], options: CompileOptions) -> tuple[_Candidat
 
 
 def _write_artifact(
-    out_path: Path, manifest: Manifest, report: dict[str, Any], payload_dir: Path, part_id: str
+    out_path: Path, manifest: Manifest, report: dict[str, Any], payloads: dict[str, Path]
 ) -> None:
     as_zip = out_path.suffix == ".zip"
     directory = out_path.with_suffix("") if as_zip else out_path
     with staged_directory(directory) as stage:
-        shutil.copytree(payload_dir, stage / part_id)
+        for part_id, payload_dir in payloads.items():
+            shutil.copytree(payload_dir, stage / part_id)
         (stage / MANIFEST).write_bytes(dumps_json(manifest.to_json()))
         (stage / REPORT).write_bytes(dumps_json(report))
     if as_zip:
@@ -644,10 +785,10 @@ _TOOLCHAIN_PACKAGES = ("onnx", "onnx-ir", "onnxscript")
 _TARGET_PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
 
 
-def toolchain(target: str | None = None) -> dict[str, str]:
+def toolchain(*targets: str) -> dict[str, str]:
     """Versions of ai-vmm and the libraries that shaped a payload (all targets if none given)."""
     names = ["ai-vmm", *_TOOLCHAIN_PACKAGES]
-    names += [_TARGET_PACKAGES[target]] if target else list(_TARGET_PACKAGES.values())
+    names += [_TARGET_PACKAGES[t] for t in targets] if targets else list(_TARGET_PACKAGES.values())
     versions = {}
     for name in names:
         try:

@@ -7,6 +7,7 @@ not (``capability``), lowers the model for itself (``prepare``) and writes its p
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,6 +44,81 @@ class Payload:
     entry: str
     files: tuple[str, ...]
     config: dict[str, Any]
+
+
+Sample = dict[str, Any]
+"""One set of model inputs by name (numpy arrays)."""
+
+AccuracyScore = Callable[[Sequence[Sample], Sequence[int]], float]
+"""Outputs of a candidate for the held-out samples at ``indices`` -> normalized accuracy drop:
+0 is identical to float, 1 is exactly at the user's limit, above 1 is over it."""
+
+
+@dataclass(frozen=True)
+class AccuracyCheck:
+    """Held-out samples and the compiler's accuracy gate, for accuracy-controlled quantization."""
+
+    samples: tuple[Sample, ...]
+    score: AccuracyScore
+    output_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class QuantizationRequest:
+    """What the compiler asks a target to quantize (target-neutral; each target maps it).
+
+    Attributes:
+        activations: ``"int8"`` (static, calibrated), ``"int8-dynamic"`` or ``None``.
+        weights: weight-only compression, ``"int8"`` / ``"int4"`` or ``None``.
+        precision: ``fp32``, ``fp16`` or ``bf16`` for what stays float.
+        group_size: INT4 group size (``None``: the target's default).
+        ratio: share of weights in INT4, the rest INT8 (``None``: the target's default).
+        transformer: the model is a transformer (the architecture profile's verdict).
+        ignored_nodes: ONNX node names to keep in float, with the reason for each.
+        calibration: calibration samples (static INT8; optional for weight-only).
+        accuracy: when set, keep the most sensitive layers in float until the gate passes.
+        host_isa: the host CPU's inference ISA features (VNNI changes the best INT8 recipe).
+    """
+
+    activations: str | None = None
+    weights: str | None = None
+    precision: str = "fp32"
+    group_size: int | None = None
+    ratio: float | None = None
+    transformer: bool = False
+    ignored_nodes: tuple[tuple[str, str], ...] = ()
+    calibration: tuple[Sample, ...] = ()
+    accuracy: AccuracyCheck | None = None
+    host_isa: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class QuantizedPayload:
+    """What ``quantize`` wrote, and what it did: quantized layers, float layers and why."""
+
+    payload: Payload
+    quantized: tuple[str, ...]
+    """Layers (weighted ops, by name) that run in low precision."""
+    kept_float: dict[str, str]
+    """Layers left in float -> why (ignored scope, accuracy restoration, unsupported)."""
+    method: str
+    """The library and algorithm used, e.g. ``nncf.quantize (preset: transformer)``."""
+    notes: tuple[str, ...] = ()
+
+
+class QuantizingTarget(Protocol):
+    """A target that can also quantize (the optional part of the contract)."""
+
+    def quantize(
+        self,
+        model: ir.Model,
+        device: Device,
+        options: TargetOptions,
+        request: QuantizationRequest,
+        out_dir: Path,
+    ) -> QuantizedPayload:
+        """Write a low-precision payload for ``device`` into ``out_dir`` (exists, empty)."""
+        ...
 
 
 class Target(Protocol):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,15 @@ import onnx_ir as ir
 
 from ai_vmm.runtime.devices import CpuInfo, Device, Inventory
 from ai_vmm.runtime.errors import CompileError
-from ai_vmm.targets.base import NodeSupport, Payload, TargetOptions, devices_of, save_onnx
+from ai_vmm.targets.base import (
+    NodeSupport,
+    Payload,
+    QuantizationRequest,
+    QuantizedPayload,
+    TargetOptions,
+    devices_of,
+    save_onnx,
+)
 
 NAME = "openvino"
 MIN_OPSET = 7
@@ -75,22 +84,30 @@ class OpenVinoTarget:
                     for node in model.graph
                 }
             untranslated: set[str] = set()
+            downstream: set[str] = set()
             ops_by_name: dict[str, Any] = {}
             for op in ov_model.get_ordered_ops():
                 ops_by_name[op.get_friendly_name()] = op
                 if op.get_type_name() in _FRAMEWORK_NODE_TYPES:
-                    untranslated.add(op.get_friendly_name())
+                    # "NotSupportedONNXNode" also marks nodes that failed only because an
+                    # untranslated node upstream left their input without a shape; they get a
+                    # second chance alone below.
+                    names = {op.get_friendly_name()}
                     for output in op.outputs():
-                        untranslated.update(output.get_names())
-            try:
-                placed: set[str] | None = set(ov.Core().query_model(ov_model, device.name))
-            except Exception:
-                # query_model can throw on a model holding framework nodes (seen: a C++
-                # "basic_string::_M_create" with an unknown-domain node before a Result). The
-                # frontend's verdict per node still stands; translated nodes count as supported.
-                if not untranslated:
-                    raise
-                placed = None
+                        names.update(output.get_names())
+                    if op.get_type_name() == "NotSupportedONNXNode":
+                        downstream |= names
+                    else:
+                        untranslated |= names
+            placed: set[str] | None = None
+            if not (untranslated or downstream):
+                placed = set(ov.Core().query_model(ov_model, device.name))
+            # query_model on a model holding framework nodes is not safe (seen: a C++
+            # "basic_string::_M_create" exception, and a segfault once the frontend had loaded
+            # another model): such models keep the frontend's per-node verdict only.
+            del ov_model
+            if downstream:
+                untranslated |= _fails_alone(model, downstream, Path(tmp))
         support: dict[str, NodeSupport] = {}
         for node in model.graph:
             keys = {node.name or ""} | {v.name for v in node.outputs if v.name}
@@ -122,7 +139,7 @@ class OpenVinoTarget:
         with tempfile.TemporaryDirectory(prefix="ai-vmm-ov-") as tmp:
             source = Path(tmp) / "model.onnx"
             save_onnx(model, source)
-            ov_model = ov.convert_model(str(source))
+            ov_model = _convert(source)
             bounds = options.extra.get("input_bounds") or {}
             if bounds:
                 ov_model.reshape(
@@ -139,6 +156,41 @@ class OpenVinoTarget:
         self._check_compiles(out_dir / "model.xml", device, config)
         files = tuple(sorted(p.name for p in out_dir.iterdir()))
         return Payload(entry="model.xml", files=files, config=config)
+
+    def quantize(
+        self,
+        model: ir.Model,
+        device: Device,
+        options: TargetOptions,
+        request: QuantizationRequest,
+        out_dir: Path,
+    ) -> QuantizedPayload:
+        """NNCF on the float IR (``targets/openvino_quant.py``); precision is a runtime hint."""
+        import openvino as ov
+
+        from ai_vmm.targets.openvino_quant import quantize_model, quantized_ops
+
+        with tempfile.TemporaryDirectory(prefix="ai-vmm-ovq-") as tmp:
+            float_options = replace(options, precision="fp32")
+            self.codegen(model, device, float_options, Path(tmp))
+            ov_model = ov.Core().read_model(str(Path(tmp) / "model.xml"))
+            result = quantize_model(ov_model, request)
+            ov.save_model(result.model, str(out_dir / "model.xml"), compress_to_fp16=False)
+        config: dict[str, Any] = {
+            "performance_hint": options.performance_hint,
+            "inference_precision": _PRECISION_HINTS[request.precision],
+        }
+        if options.num_threads:
+            config["inference_num_threads"] = options.num_threads
+        self._check_compiles(out_dir / "model.xml", device, config)
+        files = tuple(sorted(p.name for p in out_dir.iterdir()))
+        return QuantizedPayload(
+            payload=Payload(entry="model.xml", files=files, config=config),
+            quantized=tuple(quantized_ops(result.model)),
+            kept_float=result.kept_float,
+            method=result.method,
+            notes=tuple(result.notes),
+        )
 
     @staticmethod
     def _check_compiles(xml: Path, device: Device, config: dict[str, Any]) -> None:
@@ -172,6 +224,66 @@ def _stable_names(ov_model: Any, onnx_names: set[str]) -> None:
         name = op.get_friendly_name()
         if name not in onnx_names and _AUTO_NAME.fullmatch(name):
             op.set_friendly_name(f"vmm_{op.get_type_name()}_{position}")
+
+
+def _convert(source: Path) -> Any:
+    """The ONNX file as an ``openvino.Model``: ovc's conversion, else the plain frontend's.
+
+    ``convert_model`` adds offline transformations to what ``Core.read_model`` does, and those
+    can fail where the runtime itself succeeds (Col2Im with a runtime ``image_shape``: "to_shape
+    was called on a dynamic shape"); the plugin applies its own transformations at compile time
+    either way, so the plain conversion is a complete IR.
+    """
+    import openvino as ov
+
+    try:
+        return ov.convert_model(str(source))
+    except Exception as exc:  # ovc re-raises the frontend's own exception types
+        try:
+            return ov.Core().read_model(str(source))
+        except Exception:
+            raise exc from None
+
+
+def _fails_alone(model: ir.Model, names: set[str], tmp: Path) -> set[str]:
+    """Of the nodes named in ``names``, those OpenVINO cannot translate even as a lone node."""
+    import onnx
+    import onnx.helper as oh
+    from openvino.frontend import FrontEndManager
+
+    proto = ir.serde.serialize_model(model)
+    types = {v.name: v for v in [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]}
+    weights = {t.name: t for t in proto.graph.initializer}
+    failing: set[str] = set()
+    for node in proto.graph.node:
+        keys = {node.name, *node.output}
+        if not keys & names:
+            continue
+        feeds = [n for n in node.input if n and n not in weights]
+        if any(n not in types for n in [*feeds, *node.output]):
+            failing |= keys
+            continue
+        single = oh.make_model(
+            oh.make_graph(
+                [node],
+                "single",
+                [types[n] for n in feeds],
+                [types[n] for n in node.output if n],
+                [weights[n] for n in node.input if n in weights],
+            ),
+            opset_imports=list(proto.opset_import),
+        )
+        path = tmp / "single.onnx"
+        onnx.save(single, path)
+        frontend = FrontEndManager().load_by_framework("onnx")
+        try:
+            converted = frontend.convert_partially(frontend.load(str(path)))
+        except Exception:
+            failing |= keys
+            continue
+        if any(op.get_type_name() in _FRAMEWORK_NODE_TYPES for op in converted.get_ordered_ops()):
+            failing |= keys
+    return failing
 
 
 def _partial(dims: list[Any]) -> list[Any]:

@@ -61,7 +61,10 @@ def test_passes_import_only_ir_and_runtime(path: Path) -> None:
 
 @pytest.mark.parametrize("path", _modules("targets"), ids=lambda p: p.name)
 def test_targets_never_import_each_other_or_the_compiler(path: Path) -> None:
-    own = path.stem
+    # A target may be split into companion modules named <target>_<part>.py (openvino_quant.py
+    # belongs to openvino); they share the target's imports, nncf being OpenVINO's compressor.
+    prefix = path.stem.split("_")[0]
+    own = prefix if (path.parent / f"{prefix}.py").is_file() else path.stem
     for name in _imports(path):
         if _is(name, "ai_vmm"):
             allowed = (
@@ -69,15 +72,19 @@ def test_targets_never_import_each_other_or_the_compiler(path: Path) -> None:
                 or _is(name, "ai_vmm.passes")
                 or name in ("ai_vmm.targets.base", f"ai_vmm.targets.{own}")
                 or _is(name, f"ai_vmm.targets.{own}")
+                or name.startswith(f"ai_vmm.targets.{own}_")
             )
             assert allowed, f"{path.name} imports {name}"
         root = name.split(".")[0]
         if root in VENDOR:
-            assert root == own or (own, root) in {("cuda", "torch")}, f"{path.name}: {name}"
+            allowed_pairs = {("cuda", "torch"), ("openvino", "nncf")}
+            assert root == own or (own, root) in allowed_pairs, f"{path.name}: {name}"
 
 
 @pytest.mark.parametrize("path", _modules("compiler/frontends"), ids=lambda p: p.name)
 def test_frontends_never_import_each_other(path: Path) -> None:
+    if path.name == "__init__.py":
+        return  # the dispatcher imports each frontend lazily, by design
     for name in _imports(path):
         if _is(name, "ai_vmm.frontends"):
             assert name == f"ai_vmm.frontends.{path.stem}", name

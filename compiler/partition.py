@@ -1,0 +1,231 @@
+"""The partitioned compile: capability per device, cost model, plan, outline, codegen per part.
+
+Used when one device cannot (or should not) run the whole model: a ``--target`` priority list,
+``--target auto`` when no single device runs every node, or ``--hardware PROFILE`` planning for
+a described machine. Each partition is an ONNX subgraph compiled by its own target; the
+manifest routes tensors between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from ai_vmm import registry
+from ai_vmm.cost import DeviceFigures, device_figures, node_seconds, value_bytes
+from ai_vmm.hardware_profile import HardwareProfile
+from ai_vmm.outline import outline
+from ai_vmm.planner import Plan, PlanGraph, PlanningError, PlanNode, PlanTensor, plan
+from ai_vmm.runtime.artifact import PartitionSpec, sha256_file
+from ai_vmm.runtime.devices import Device
+from ai_vmm.runtime.errors import CompileError, UnsupportedModelError, VmmError
+from ai_vmm.runtime.executors import Executor, create_executor
+from ai_vmm.targets.base import NodeSupport, TargetOptions
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class PartitionedBuild:
+    """What the driver needs to write a multi-partition artifact and its report."""
+
+    partitions: list[PartitionSpec]
+    payload_dirs: dict[str, Path]
+    plan: Plan
+    report: dict[str, Any]
+    executors: dict[str, Executor] = field(default_factory=dict)
+
+    def run(self, feed: dict[str, Any]) -> dict[str, Any]:
+        """Run the partitions in order on ``feed`` (every device must be present)."""
+        values = dict(feed)
+        for part in self.partitions:
+            values.update(self.executors[part.id].run({n: values[n] for n in part.inputs}))
+        return values
+
+
+def capabilities(
+    model: ir.Model, devices: list[Device], profile: HardwareProfile | None, present: set[str]
+) -> tuple[dict[str, dict[str, NodeSupport]], dict[str, str]]:
+    """Per device, per node: can it run there and why not. Absent devices use a proxy."""
+    result: dict[str, dict[str, NodeSupport]] = {}
+    notes: dict[str, str] = {}
+    for device in devices:
+        target = registry.get_target(device.target)
+        if device.key in present:
+            support = target.capability(model, device)
+        else:
+            proxy = next(
+                (d for d in devices if d.target == device.target and d.key in present), None
+            )
+            if proxy is not None:
+                support = target.capability(model, proxy)
+                notes[device.key] = f"capability of {proxy.key} used as a proxy (not present)"
+            else:
+                support = {n.name or "": NodeSupport(True) for n in model.graph}
+                notes[device.key] = "not present: every node assumed supported"
+        blocked = profile.unsupported_ops.get(device.key, frozenset()) if profile else frozenset()
+        if blocked:
+            for node in model.graph:
+                if node.op_type in blocked:
+                    support[node.name or ""] = NodeSupport(
+                        False, f"{node.op_type} is listed unsupported in the hardware profile"
+                    )
+        result[device.key] = support
+    return result, notes
+
+
+def plan_graph(
+    model: ir.Model,
+    devices: list[Device],
+    support: dict[str, dict[str, NodeSupport]],
+    figures: dict[str, DeviceFigures],
+    links: dict[tuple[str, str], Any],
+    dims: dict[str, int],
+    precision: str,
+) -> PlanGraph:
+    """The planner's view of ``model``: node costs per capable device, tensors with sizes."""
+    nodes = []
+    for node in model.graph:
+        name = node.name or ""
+        times = {
+            d.key: node_seconds(node, figures[d.key], dims, precision)
+            for d in devices
+            if support[d.key].get(name, NodeSupport(True)).supported
+        }
+        unsupported = {
+            d.key: support[d.key][name].reason
+            for d in devices
+            if name in support[d.key] and not support[d.key][name].supported
+        }
+        nodes.append(PlanNode(name, node.op_type, times, unsupported))
+    outputs = {v.name for v in model.graph.outputs}
+    tensors = []
+    values = [*model.graph.inputs, *(o for n in model.graph for o in n.outputs)]
+    for value in values:
+        consumers = tuple(sorted({user.name or "" for user, _ in value.uses()}))
+        producer = value.producer()
+        tensors.append(
+            PlanTensor(
+                value.name or "",
+                value_bytes(value, dims),
+                producer.name if producer is not None else None,
+                consumers,
+                is_output=value.name in outputs,
+            )
+        )
+    keys = [d.key for d in devices]
+    host = next((d.key for d in devices if d.kind == "cpu"), keys[0])
+    overhead = {k: figures[k].overhead_us * 1e-6 for k in keys}
+    return PlanGraph(nodes, tensors, keys, overhead, links, host=host)
+
+
+def sample_dims(model: ir.Model, sample: dict[str, np.ndarray] | None) -> dict[str, int]:
+    """Sizes of symbolic dimensions in the representative inputs."""
+    dims: dict[str, int] = {}
+    if not sample:
+        return dims
+    for value in model.graph.inputs:
+        array = sample.get(value.name or "")
+        if array is None or value.shape is None:
+            continue
+        for dim, size in zip(value.shape, array.shape, strict=False):
+            if isinstance(dim, ir.SymbolicDim) and dim.value:
+                dims[dim.value] = int(size)
+    return dims
+
+
+def build_partitioned(
+    model: ir.Model,
+    devices: list[Device],
+    *,
+    priority: bool,
+    profile: HardwareProfile | None,
+    present: set[str],
+    target_options: TargetOptions,
+    sample: dict[str, np.ndarray] | None,
+    work: Path,
+    say: Say,
+) -> PartitionedBuild:
+    """Plan, outline and build every partition; load executors where devices are present."""
+    say(f"checking capability on {', '.join(d.key for d in devices)}")
+    support, notes = capabilities(model, devices, profile, present)
+    figures: dict[str, DeviceFigures] = {}
+    for device in devices:
+        if profile is not None and device.key in profile.figures:
+            figures[device.key] = profile.figures[device.key]
+        else:
+            say(f"measuring {device.key} for the cost model (cached per machine)")
+            figures[device.key] = device_figures(device)
+    links = profile.links if profile is not None else {}
+    dims = sample_dims(model, sample)
+    graph = plan_graph(model, devices, support, figures, links, dims, target_options.precision)
+    try:
+        result = plan(graph, priority=[d.key for d in devices] if priority else None)
+    except PlanningError as exc:
+        raise UnsupportedModelError(str(exc)) from exc
+    say(
+        f"plan: {len(result.groups)} partition(s) "
+        f"({', '.join(result.group_devices())}), est. {result.cost * 1000:.3f} ms"
+    )
+    pieces = outline(model, result.groups)
+    by_key = {d.key: d for d in devices}
+    partitions, payload_dirs, executors = [], {}, {}
+    for index, (group, piece) in enumerate(zip(result.groups, pieces, strict=True)):
+        part_id = f"p{index}"
+        device = by_key[result.assignment[group[0]]]
+        target = registry.get_target(device.target)
+        out_dir = work / part_id
+        out_dir.mkdir()
+        say(f"[{part_id} {device.key}] generating code for {len(group)} nodes")
+        sub = ir.serde.deserialize_model(piece.model)
+        try:
+            payload = target.codegen(
+                target.prepare(sub, target_options), device, target_options, out_dir
+            )
+        except VmmError:
+            raise
+        except Exception as exc:
+            raise CompileError(f"{device.key} could not build partition {part_id}: {exc}") from exc
+        spec = PartitionSpec(
+            id=part_id,
+            target=device.target,
+            device=device.name,
+            entry=f"{part_id}/{payload.entry}",
+            files={f"{part_id}/{n}": sha256_file(out_dir / n) for n in payload.files},
+            inputs=piece.inputs,
+            outputs=piece.outputs,
+            config=payload.config,
+        )
+        partitions.append(spec)
+        payload_dirs[part_id] = out_dir
+        if device.key in present:
+            executors[part_id] = create_executor(
+                device.target,
+                out_dir / payload.entry,
+                device.name,
+                payload.config,
+                piece.outputs,
+            )
+    group_of = {name: i for i, group in enumerate(result.groups) for name in group}
+    report = {
+        "rule": "--target priority list" if priority else "cost model",
+        "estimate": result.to_json(),
+        "figures": {k: f.to_json() for k, f in figures.items()},
+        "capability_notes": notes,
+        "nodes": [
+            {
+                "node": node.name,
+                "op": node.op_type,
+                "device": result.assignment[node.name],
+                "partition": f"p{group_of[node.name]}",
+                "why": result.explanation[node.name],
+            }
+            for node in graph.nodes
+        ],
+    }
+    return PartitionedBuild(partitions, payload_dirs, result, report, executors)
