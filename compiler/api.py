@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ai_vmm.accuracy import parse_max_drop
+from ai_vmm.calibration import CalibrationSource, load_calibration
 from ai_vmm.driver import CompileOptions, CompileResult, Progress, compile_model
 from ai_vmm.inputs import Tolerance
+from ai_vmm.quantize import DEFAULT_CALIB_SAMPLES, QuantizationOptions
 
 
 def compile(
@@ -23,8 +26,17 @@ def compile(
     precision: str = "fp32",
     disable_passes: Sequence[str] = (),
     tune_seconds: float = 1.0,
+    hardware: str | Path | None = None,
     cache_dir: str | Path | None = None,
     progress: Progress | None = None,
+    quantize: str | None = None,
+    weights: str | None = None,
+    group_size: int | None = None,
+    ratio: float | None = None,
+    calibration: CalibrationSource | None = None,
+    calib_samples: int = DEFAULT_CALIB_SAMPLES,
+    max_accuracy_drop: Sequence[str] | Mapping[str, float] = (),
+    force_quantize: bool = False,
     **frontend_options: Any,
 ) -> CompileResult:
     """Compile ``model`` into an artifact and return where it went and what was decided.
@@ -45,8 +57,22 @@ def compile(
         precision: ``fp32`` (default), ``fp16`` or ``bf16`` inference precision.
         disable_passes: canonicalization steps to skip, by name.
         tune_seconds: timing budget per candidate when tuning.
+        hardware: plan for the machine a hardware profile describes (a shipped name such as
+            ``xeon-arc-npu``, or a JSON path) instead of this one; see docs/partitioning.md.
         cache_dir: a compile cache directory (default: ``$AI_VMM_CACHE_DIR`` if set).
         progress: called with a short message as each stage starts.
+        quantize: ``int8`` (static post-training quantization; needs ``calibration``) or
+            ``int8-dynamic`` (onnxruntime). See docs/quantization.md.
+        weights: weight-only compression, ``int8`` or ``int4``.
+        group_size: INT4 group size.
+        ratio: share of weight layers in INT4 (the rest INT8; openvino).
+        calibration: an ``.npz`` path, a directory of ``.npz``/``.npy`` files, an iterable of
+            input dicts, a callable returning one, or ``"random"`` (accuracy then unknown). The
+            last quarter is held out for the accuracy gate.
+        calib_samples: at most this many samples calibrate (default 300).
+        max_accuracy_drop: limits such as ``["cosine=0.01", "top1=1"]`` or
+            ``{"top1": 1.0}``; default ``cosine=0.01``.
+        force_quantize: keep the quantized payload even when it is not faster than float.
         **frontend_options: what a frontend needs beyond the model (``example_inputs``,
             ``dynamic_shapes``, ``input_names`` for torch models).
 
@@ -62,6 +88,17 @@ def compile(
         precision=precision,
         disabled_passes=tuple(disable_passes),
         tune_budget_s=tune_seconds,
+        hardware=str(hardware) if hardware is not None else None,
+        quantization=QuantizationOptions(
+            quantize=quantize,
+            weights=weights,
+            group_size=group_size,
+            ratio=ratio,
+            calibration=None if calibration is None else load_calibration(calibration),
+            calib_samples=calib_samples,
+            max_drop=tuple(sorted(parse_max_drop(_drop_specs(max_accuracy_drop)).items())),
+            force=force_quantize,
+        ),
     )
     return compile_model(
         model,
@@ -71,6 +108,12 @@ def compile(
         progress=progress,
         frontend_options=frontend_options,
     )
+
+
+def _drop_specs(limits: Sequence[str] | Mapping[str, float]) -> list[str]:
+    if isinstance(limits, Mapping):
+        return [f"{metric}={value}" for metric, value in limits.items()]
+    return [limits] if isinstance(limits, str) else list(limits)
 
 
 def load(path: str | Path) -> Any:

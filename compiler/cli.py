@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ai_vmm.runtime.errors import InputError, VmmError
+from ai_vmm.runtime.errors import CompileError, InputError, VmmError
 
 app = typer.Typer(
     add_completion=False,
@@ -82,10 +82,46 @@ def compile_cmd(
     tune_seconds: Annotated[
         float, typer.Option(help="Timing budget per candidate when tuning.")
     ] = 1.0,
+    hardware: Annotated[
+        str | None,
+        typer.Option(help="Plan for a described machine: a shipped profile name or a JSON path."),
+    ] = None,
+    explain: Annotated[
+        bool,
+        typer.Option("--explain", help="Show where every node went and why; draw the plan."),
+    ] = False,
     cache_dir: Annotated[
         Path | None,
         typer.Option(help="Compile cache directory (default: $AI_VMM_CACHE_DIR if set)."),
     ] = None,
+    quantize: Annotated[
+        str | None, typer.Option(help="int8 (static, needs --calib) or int8-dynamic.")
+    ] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="Weight-only compression: int8 or int4.")
+    ] = None,
+    group_size: Annotated[int | None, typer.Option(help="INT4 group size.")] = None,
+    ratio: Annotated[
+        float | None, typer.Option(help="Share of weight layers in INT4, the rest INT8.")
+    ] = None,
+    calib: Annotated[
+        str | None,
+        typer.Option(help="Calibration data: FILE.npz, a directory of .npz/.npy, or 'random'."),
+    ] = None,
+    calib_samples: Annotated[int, typer.Option(help="At most this many samples calibrate.")] = 300,
+    max_accuracy_drop: Annotated[
+        list[str] | None,
+        typer.Option(help="METRIC=VALUE (cosine, top1, max_abs, mean_abs); repeatable."),
+    ] = None,
+    force_quantize: Annotated[
+        bool, typer.Option("--force-quantize", help="Keep INT8 even when not faster.")
+    ] = False,
+    fail_on_accuracy_drop: Annotated[
+        bool,
+        typer.Option(
+            "--fail-on-accuracy-drop", help="Exit non-zero when the accuracy gate refused (CI)."
+        ),
+    ] = False,
 ) -> None:
     """Compile MODEL into an artifact, verified against ONNX Runtime on the original model."""
     from ai_vmm.api import compile as compile_model
@@ -108,9 +144,23 @@ def compile_cmd(
             precision=precision,
             disable_passes=disable_pass or (),
             tune_seconds=tune_seconds,
+            hardware=hardware,
             cache_dir=cache_dir,
             progress=progress,
+            quantize=quantize,
+            weights=weights,
+            group_size=group_size,
+            ratio=ratio,
+            calibration=calib,
+            calib_samples=calib_samples,
+            max_accuracy_drop=max_accuracy_drop or (),
+            force_quantize=force_quantize,
         )
+    quantization = result.report.get("quantization")
+    if quantization:
+        decision = quantization.get("decision", "?")
+        why = quantization.get("reason") or quantization.get("method", "")
+        err.print(f"quantization: {decision} ({why})", markup=False, soft_wrap=True)
     chosen = result.report.get("chosen", {})
     verdict = result.report.get("verification", {})
     check = "verified" if verdict.get("passed") else f"not verified ({verdict.get('reason', '')})"
@@ -120,6 +170,18 @@ def compile_cmd(
         f"{time.perf_counter() - start:.2f} s{suffix}",
         markup=False,
     )
+    if explain:
+        from ai_vmm.explain import node_table, plot_plan
+
+        out.print(node_table(result.report))
+        picture = result.path.with_name(result.path.name.split(".")[0] + ".plan.png")
+        if plot_plan(result.report, picture):
+            out.print(f"plan picture: {picture}", markup=False)
+    if fail_on_accuracy_drop and quantization and quantization.get("accuracy_limit_exceeded"):
+        raise CompileError(
+            f"accuracy drop over the limit: {quantization.get('reason', '')} "
+            f"(--fail-on-accuracy-drop; the float artifact is at {result.path})"
+        )
 
 
 @app.command()

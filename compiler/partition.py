@@ -227,5 +227,8 @@ def build_partitioned(
             }
             for node in graph.nodes
         ],
+        "edges": sorted(
+            {(t.producer, c) for t in graph.tensors if t.producer for c in t.consumers}
+        ),
     }
     return PartitionedBuild(partitions, payload_dirs, result, report, executors)

@@ -310,13 +310,35 @@ def local_search(plan_graph: PlanGraph, graph: nx.DiGraph | None = None) -> dict
     return best[1]
 
 
+def _transfer_of(plan_graph: PlanGraph, tensor: PlanTensor, assignment: dict[str, str]) -> float:
+    source = assignment[tensor.producer] if tensor.producer else plan_graph.host
+    readers = {assignment[c] for c in tensor.consumers if c in assignment}
+    if tensor.is_output and plan_graph.host:
+        readers.add(plan_graph.host)
+    total = 0.0
+    for reader in readers - {source}:
+        link = plan_graph.link(source, reader)
+        if link is not None:
+            total += link.seconds(tensor.nbytes)
+    return total
+
+
 def _improve(
     plan_graph: PlanGraph, assignment: dict[str, str], graph: nx.DiGraph
 ) -> dict[str, str]:
-    """Move one node, one group or two adjacent nodes to another device while the cost drops."""
+    """Move one node, one group or two adjacent nodes to another device while the cost drops.
+
+    A move's compute and transfer change is computed locally; only a move whose local change
+    could be outweighed by saved partition overheads pays for regrouping the whole graph.
+    """
     by_name = {node.name: node for node in plan_graph.nodes}
+    touching: dict[str, list[PlanTensor]] = {}
+    for tensor in plan_graph.tensors:
+        for name in {tensor.producer, *tensor.consumers} - {None}:
+            touching.setdefault(str(name), []).append(tensor)
+    min_overhead = min(plan_graph.overhead.values(), default=0.0)
     groups = group_nodes(plan_graph, assignment, graph)
-    best = evaluate(plan_graph, assignment, groups)[0]
+    best, parts = evaluate(plan_graph, assignment, groups)
     pairs = [[u, v] for u, v in graph.edges] if graph.number_of_nodes() <= PAIR_MOVES_UP_TO else []
     improved = True
     while improved:
@@ -329,10 +351,20 @@ def _improve(
                     continue
                 trial = dict(assignment)
                 trial.update({n: device for n in move})
+                tensors = {id(t): t for n in move for t in touching.get(n, [])}.values()
+                local = sum(
+                    by_name[n].times[device] - by_name[n].times[assignment[n]] for n in move
+                ) + sum(
+                    _transfer_of(plan_graph, t, trial) - _transfer_of(plan_graph, t, assignment)
+                    for t in tensors
+                )
+                if local >= parts["overhead"] - min_overhead - 1e-15:
+                    continue  # even one partition fewer could not pay for it
                 trial_groups = group_nodes(plan_graph, trial, graph)
-                cost = evaluate(plan_graph, trial, trial_groups)[0]
+                cost, trial_parts = evaluate(plan_graph, trial, trial_groups)
                 if cost < best - 1e-12:
-                    assignment, groups, best, improved = trial, trial_groups, cost, True
+                    assignment, groups, best, parts = trial, trial_groups, cost, trial_parts
+                    improved = True
                     break
             if improved:
                 break

@@ -51,3 +51,11 @@ def zoo_model(zoo: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Call
         return built[name]
 
     return get
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        help="Rewrite golden files (tests/golden/) from this run instead of comparing.",
+    )

@@ -1,0 +1,166 @@
+"""Partitioned compiles: a real OpenVINO -> ONNX Runtime fallback, profiles, golden plans."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from unpool_model import make_unpool_model
+
+import ai_vmm
+from ai_vmm.hardware_profile import builtin_profiles, load_profile
+from ai_vmm.runtime import CompileError, DeviceError, UnsupportedModelError, load
+from ai_vmm.runtime.artifact import read_manifest, verify_payloads
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "plans.json"
+
+
+@pytest.fixture(scope="module")
+def unpool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("unpool") / "unpool.onnx"
+    onnx.save(make_unpool_model(), path)
+    return path
+
+
+def test_openvino_falls_back_to_onnxruntime_for_maxunpool(unpool: Path, tmp_path: Path) -> None:
+    result = ai_vmm.compile(unpool, "openvino:CPU,onnxruntime:CPU", tmp_path / "u.vmm")
+    parts = result.manifest["partitions"]
+    assert [(p["target"], p["device"]) for p in parts] == [
+        ("openvino", "CPU"),
+        ("onnxruntime", "CPU"),
+        ("openvino", "CPU"),
+    ]
+    assert parts[1]["inputs"] == ["idx", "p"] and parts[1]["outputs"] == ["u"]
+    routes = {r["tensor"]: r for r in result.manifest["routing"]}
+    assert routes["u"] == {"tensor": "u", "from": "p1", "to": ["p2"]}
+    assert result.report["verification"]["passed"] is True
+    why = {row["node"]: row["why"] for row in result.report["plan"]["nodes"]}
+    assert (
+        "cannot run on openvino:CPU (OpenVINO's ONNX frontend cannot translate MaxUnpool)"
+        in (why["unpool"])
+    )
+    model = load(result.path)
+    session = ort.InferenceSession(str(unpool), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 16, 16)).astype(np.float32)
+        np.testing.assert_allclose(
+            model(x=x)["y"], session.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5
+        )
+
+
+def test_auto_and_single_targets_on_the_unpool_model(unpool: Path, tmp_path: Path) -> None:
+    auto = ai_vmm.compile(unpool, "auto", tmp_path / "a.vmm", tune_seconds=0.2)
+    assert auto.report["chosen"]["device"] == "onnxruntime:CPU"
+    candidates = {c["device"]: c for c in auto.report["candidates"]}
+    assert candidates["openvino:CPU"]["status"] == "unsupported"
+    with pytest.raises(UnsupportedModelError, match="unpool"):
+        ai_vmm.compile(unpool, "openvino:CPU", tmp_path / "o.vmm")
+
+
+def test_profiles_plan_for_absent_devices(unpool: Path, tmp_path: Path) -> None:
+    result = ai_vmm.compile(
+        unpool, "auto", tmp_path / "p.vmm", hardware="xeon-arc-npu", input_shapes=["x[8,3,16,16]"]
+    )
+    assert result.report["verification"]["status"] == "skipped"
+    manifest = read_manifest(result.path)
+    verify_payloads(result.path, manifest)
+    devices = {f"{p.target}:{p.device}" for p in manifest.partitions}
+    assert "onnxruntime:CPU" in devices  # MaxUnpool has nowhere else to go
+    if any(d.startswith("openvino:GPU") or d == "openvino:NPU" for d in devices):
+        with pytest.raises(DeviceError, match="is not present here"):
+            load(result.path)
+
+
+def test_malformed_profiles(tmp_path: Path) -> None:
+    with pytest.raises(CompileError, match="hardware profile nowhere not found .*xeon-nvidia"):
+        load_profile("nowhere")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(CompileError, match="is not valid JSON"):
+        load_profile(bad)
+    bad.write_text(
+        json.dumps(
+            {
+                "cpu": {"model": "x", "physical_cores": 4},
+                "devices": [
+                    {"target": "openvino", "name": "CPU", "figures": {"peak_gflops": {"fp32": 100}}}
+                ],
+            }
+        )
+    )
+    with pytest.raises(CompileError, match=r"devices\[0\].figures has no 'bandwidth_gbps'"):
+        load_profile(bad)
+    bad.write_text(
+        json.dumps(
+            {
+                "cpu": {"model": "x", "physical_cores": 4},
+                "devices": [
+                    {
+                        "target": "openvino",
+                        "name": "CPU",
+                        "figures": {
+                            "peak_gflops": {"fp32": 100},
+                            "bandwidth_gbps": 10,
+                            "overhead_us": 5,
+                        },
+                    }
+                ],
+                "links": [
+                    {"between": ["openvino:CPU", "cuda:0"], "bandwidth_gbps": 1, "latency_us": 1}
+                ],
+            }
+        )
+    )
+    with pytest.raises(CompileError, match=r"links\[0\].between must name two devices"):
+        load_profile(bad)
+
+
+def test_shipped_profiles_load() -> None:
+    assert builtin_profiles() == ["laptop-igpu-npu", "xeon-arc-npu", "xeon-nvidia"]
+    for name in builtin_profiles():
+        profile = load_profile(name)
+        assert all(f.source for f in profile.figures.values())
+        assert profile.inventory.devices
+
+
+GOLDEN_CASES = [
+    ("transformer_encoder", ["input_ids[8,128]", "attention_mask[8,128]"]),
+    ("resnet", ["pixel_values[8,3,64,64]"]),
+]
+
+
+@pytest.mark.parametrize(("name", "shapes"), GOLDEN_CASES, ids=[c[0] for c in GOLDEN_CASES])
+def test_golden_plans(
+    name: str,
+    shapes: list[str],
+    zoo_model: Callable[[str], Path],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    plans = {}
+    for profile in builtin_profiles():
+        result = ai_vmm.compile(
+            zoo_model(name),
+            "auto",
+            tmp_path / f"{profile}.vmm",
+            hardware=profile,
+            input_shapes=shapes,
+        )
+        estimate = result.report["plan"]["estimate"]
+        plans[f"{name}@{profile}"] = {
+            "partitions": estimate["partitions"],
+            "estimated_ms": estimate["estimated_ms"],
+        }
+    golden = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
+    if request.config.getoption("--update-golden"):
+        golden.update(plans)
+        GOLDEN.write_text(json.dumps(golden, indent=2, sort_keys=True) + "\n")
+    for key, plan in plans.items():
+        assert key in golden, f"no golden plan for {key}: run pytest --update-golden"
+        assert plan["partitions"] == golden[key]["partitions"], key
+        assert plan["estimated_ms"] == pytest.approx(golden[key]["estimated_ms"], rel=0.02), key
