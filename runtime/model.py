@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,9 @@ class CompiledModel:
         self._executors = executors
         self._output_names = tuple(spec.name for spec in manifest.outputs)
         self._checker = InputChecker(manifest.inputs)
+        self._waves = partition_waves(manifest.partitions)
+        self._executor_pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         single = manifest.partitions[0] if len(manifest.partitions) == 1 else None
         # One partition fed by every model input: hand the checked dict straight to it.
         self._direct = (
@@ -97,11 +102,49 @@ class CompiledModel:
         if self._direct is not None:
             outputs = self._direct.run(values)
             return {name: outputs[name] for name in self._output_names}
-        for part in self.manifest.partitions:
-            feed = {name: values[name] for name in part.inputs}
-            values.update(self._executors[part.id].run(feed))
+        for wave in self._waves:
+            if len(wave) == 1:
+                part = wave[0]
+                values.update(self._executors[part.id].run({n: values[n] for n in part.inputs}))
+                continue
+            # Independent partitions on different devices run at the same time.
+            futures = [
+                self._pool().submit(self._executors[p.id].run, {n: values[n] for n in p.inputs})
+                for p in wave
+            ]
+            for future in futures:
+                values.update(future.result())
         # Executors hand back arrays they own (no backend buffer escapes), so no copy here.
         return {name: values[name] for name in self._output_names}
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._executor_pool is None:
+                width = max(len(wave) for wave in self._waves)
+                self._executor_pool = ThreadPoolExecutor(width, thread_name_prefix="ai-vmm")
+            return self._executor_pool
+
+
+def partition_waves(partitions: tuple[PartitionSpec, ...]) -> list[list[PartitionSpec]]:
+    """Group partitions into waves: each wave's partitions only need earlier waves' outputs.
+
+    Partitions of one wave that share a device stay in separate waves (a device runs one
+    partition at a time), so only work on different devices overlaps.
+    """
+    produced_in: dict[str, int] = {}
+    waves: list[list[PartitionSpec]] = []
+    for part in partitions:
+        earliest = max((produced_in[n] + 1 for n in part.inputs if n in produced_in), default=0)
+        while earliest < len(waves) and any(
+            (p.target, p.device) == (part.target, part.device) for p in waves[earliest]
+        ):
+            earliest += 1
+        if earliest == len(waves):
+            waves.append([])
+        waves[earliest].append(part)
+        for name in part.outputs:
+            produced_in[name] = earliest
+    return waves
 
 
 def load(path: str | Path) -> CompiledModel:
@@ -155,14 +198,15 @@ class InputChecker:
         self._specs = specs
         self._fast: list[_FastSpec] | None = []
         for spec in specs:
-            if spec.kind != "tensor" or not spec.dtype or spec.shape is None:
+            dtype = numpy_dtype(spec.dtype)
+            if spec.kind != "tensor" or spec.shape is None or dtype is None:
                 self._fast = None
                 break
             dims = spec.shape
             self._fast.append(
                 (
                     spec.name,
-                    np.dtype(spec.dtype),
+                    dtype,
                     len(dims),
                     tuple((i, d) for i, d in enumerate(dims) if isinstance(d, int)),
                     tuple((i, d) for i, d in enumerate(dims) if isinstance(d, str)),
@@ -211,6 +255,26 @@ _FastSpec = tuple[
 ]
 
 
+def numpy_dtype(name: str) -> np.dtype[Any] | None:
+    """The numpy dtype a manifest names; ``None`` when the name is empty or unknown here.
+
+    bfloat16, float8, int4 and friends are ml_dtypes types: numpy knows their names only once
+    ml_dtypes is imported, which a deployment process may never have done.
+    """
+    if not name:
+        return None
+    try:
+        return np.dtype(name)
+    except TypeError:
+        pass
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    found = getattr(ml_dtypes, name, None)
+    return np.dtype(found) if found is not None else None
+
+
 def check_inputs(specs: tuple[TensorSpec, ...], inputs: Mapping[str, Any]) -> dict[str, Any]:
     """Check inputs by name, dtype and shape against the signature; return them as arrays.
 
@@ -237,10 +301,14 @@ def check_inputs(specs: tuple[TensorSpec, ...], inputs: Mapping[str, Any]) -> di
             values[spec.name] = value
             continue
         array = value if isinstance(value, np.ndarray) else np.asarray(value)
-        if spec.dtype and array.dtype != np.dtype(spec.dtype):
+        dtype = numpy_dtype(spec.dtype)
+        if dtype == np.dtype(object) and array.dtype.kind in "US":
+            array = array.astype(object)  # ONNX strings: numpy str arrays are welcome too
+        if dtype is not None and array.dtype != dtype:
+            hint = "object" if dtype == np.dtype(object) else spec.dtype
             raise InputError(
                 f"input '{spec.name}' has dtype {array.dtype}, the model expects {spec.dtype} "
-                f"(convert with .astype(np.{spec.dtype}))"
+                f"(convert with .astype({hint!r}))"
             )
         if spec.shape is not None:
             _check_shape(spec, array.shape, symbols)

@@ -103,3 +103,22 @@ def test_load_reads_the_report(two_inputs: CompiledModel, tmp_path: Path) -> Non
     report = two_inputs.report()
     assert report["chosen"]["device"] in ("onnxruntime:CPU", "openvino:CPU")
     assert report["verification"]["passed"] is True
+
+
+def test_partition_waves_overlap_only_independent_work_on_different_devices() -> None:
+    from ai_vmm.runtime.artifact import PartitionSpec
+    from ai_vmm.runtime.model import partition_waves
+
+    def part(
+        pid: str, target: str, inputs: tuple[str, ...], outputs: tuple[str, ...]
+    ) -> PartitionSpec:
+        return PartitionSpec(pid, target, "CPU", "e", {}, inputs, outputs)
+
+    parts = (
+        part("p0", "openvino", ("x",), ("a",)),
+        part("p1", "onnxruntime", ("x",), ("b",)),  # independent of p0, other device
+        part("p2", "openvino", ("x",), ("c",)),  # independent, but p0's device: next wave
+        part("p3", "onnxruntime", ("a", "b"), ("y",)),
+    )
+    waves = [[p.id for p in wave] for wave in partition_waves(parts)]
+    assert waves == [["p0", "p1"], ["p2", "p3"]]
