@@ -172,8 +172,33 @@ def build_partitioned(
         f"plan: {len(result.groups)} partition(s) "
         f"({', '.join(result.group_devices())}), est. {result.cost * 1000:.3f} ms"
     )
+    build = build_plan(model, result, devices, present, target_options, work, say)
+    build.report.update(
+        {
+            "rule": "--target priority list" if priority else "cost model",
+            "figures": {k: f.to_json() for k, f in figures.items()},
+            "capability_notes": notes,
+            "edges": sorted(
+                {(t.producer, c) for t in graph.tensors if t.producer for c in t.consumers}
+            ),
+        }
+    )
+    return build
+
+
+def build_plan(
+    model: ir.Model,
+    result: Plan,
+    devices: list[Device],
+    present: set[str],
+    target_options: TargetOptions,
+    work: Path,
+    say: Say,
+) -> PartitionedBuild:
+    """Outline the plan's groups and build each on its device (executors where present)."""
     pieces = outline(model, result.groups)
     by_key = {d.key: d for d in devices}
+    op_types = {node.name or "": node.op_type for node in model.graph}
     partitions, payload_dirs, executors = [], {}, {}
     for index, (group, piece) in enumerate(zip(result.groups, pieces, strict=True)):
         part_id = f"p{index}"
@@ -191,6 +216,7 @@ def build_partitioned(
             raise
         except Exception as exc:
             raise CompileError(f"{device.key} could not build partition {part_id}: {exc}") from exc
+        config = dict(payload.config)
         spec = PartitionSpec(
             id=part_id,
             target=device.target,
@@ -199,7 +225,7 @@ def build_partitioned(
             files={f"{part_id}/{n}": sha256_file(out_dir / n) for n in payload.files},
             inputs=piece.inputs,
             outputs=piece.outputs,
-            config=payload.config,
+            config=config,
         )
         partitions.append(spec)
         payload_dirs[part_id] = out_dir
@@ -212,23 +238,17 @@ def build_partitioned(
                 piece.outputs,
             )
     group_of = {name: i for i, group in enumerate(result.groups) for name in group}
-    report = {
-        "rule": "--target priority list" if priority else "cost model",
+    report: dict[str, Any] = {
         "estimate": result.to_json(),
-        "figures": {k: f.to_json() for k, f in figures.items()},
-        "capability_notes": notes,
         "nodes": [
             {
-                "node": node.name,
-                "op": node.op_type,
-                "device": result.assignment[node.name],
-                "partition": f"p{group_of[node.name]}",
-                "why": result.explanation[node.name],
+                "node": name,
+                "op": op_types.get(name, ""),
+                "device": result.assignment[name],
+                "partition": f"p{group_of[name]}",
+                "why": result.explanation.get(name, ""),
             }
-            for node in graph.nodes
+            for name in (node.name or "" for node in model.graph)
         ],
-        "edges": sorted(
-            {(t.producer, c) for t in graph.tensors if t.producer for c in t.consumers}
-        ),
     }
     return PartitionedBuild(partitions, payload_dirs, result, report, executors)
