@@ -34,6 +34,10 @@ def load_zoo(path: Path) -> ModuleType:
     return module
 
 
+def _prefixed(say: Say, prefix: str) -> Say:
+    return lambda message: say(f"{prefix}: {message}")
+
+
 def run_zoo(
     zoo_path: Path,
     out: Path,
@@ -63,7 +67,7 @@ def run_zoo(
             feed=feed,
             torch_module=module,
             name=name,
-            say=lambda message, name=name: say(f"{name}: {message}"),
+            say=_prefixed(say, name),
         )
         results.append(result)
         if on_result is not None:

@@ -310,6 +310,7 @@ def _compile_stages(
                 raise
             say("no single device runs every node: planning partitions")
             hetero = True
+    extra: dict[str, Any]
     if hetero:
         build = build_partitioned(
             model,
@@ -323,73 +324,59 @@ def _compile_stages(
             say=say,
         )
         verification = _verify_partitioned(build, sample, expected, options.tolerance, say)
-        timings["total"] = time.perf_counter() - started
-        manifest = Manifest(
-            inputs=inputs,
-            outputs=outputs,
-            partitions=tuple(build.partitions),
-            compile_options=options.to_json(),
-            toolchain=toolchain(*sorted({p.target for p in build.partitions})),
-            source={"format": "onnx", "sha256": loaded.sha256, "opset": opset},
-        )
-        report = {
-            "source": {"path": loaded.source, "sha256": loaded.sha256, "notes": loaded.notes},
-            "stages": {"canonicalize": canon.to_json()},
-            "candidates": [c.to_json() for c in built],
-            "chosen": {
-                "device": ",".join(sorted({f"{p.target}:{p.device}" for p in build.partitions})),
-                "rule": build.report["rule"],
-            },
+        partitions = tuple(build.partitions)
+        payloads = build.payload_dirs
+        devices = ",".join(sorted({f"{p.target}:{p.device}" for p in partitions}))
+        extra = {
+            "chosen": {"device": devices, "rule": build.report["rule"]},
             "plan": build.report,
             "verification": verification
             or {
                 "status": "skipped",
                 "reason": verification_note or "planned for devices that are not present",
             },
-            "host": {
-                "cpu": machine.inventory.cpu.model,
-                "isa": list(machine.inventory.cpu.isa),
-                "libraries": machine.inventory.libraries,
-                "profile": machine.profile.name if machine.profile else None,
-            },
         }
-        if options.tune:
-            report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
-        say(f"writing {out_path}")
-        _write_artifact(out_path, manifest, report, build.payload_dirs)
-        return CompileResult(out_path, manifest.to_json(), report)
+    else:
+        say(f"chose {chosen.device.key} ({rule})")
+        assert chosen.work_dir is not None
+        partitions = (
+            PartitionSpec(
+                id="p0",
+                target=chosen.device.target,
+                device=chosen.device.name,
+                entry=f"p0/{chosen.entry}",
+                files={f"p0/{n}": sha256_file(chosen.work_dir / n) for n in chosen.files},
+                inputs=tuple(spec.name for spec in inputs),
+                outputs=tuple(spec.name for spec in outputs),
+                config=chosen.config,
+            ),
+        )
+        payloads = {"p0": chosen.work_dir}
+        extra = {
+            "chosen": {"device": chosen.device.key, "rule": rule},
+            **({"quantization": chosen.quantization} if chosen.quantization else {}),
+            "verification": chosen.verification
+            or {"status": "skipped", "reason": verification_note},
+        }
     timings["total"] = time.perf_counter() - started
-    say(f"chose {chosen.device.key} ({rule})")
-    assert chosen.work_dir is not None
-    partition = PartitionSpec(
-        id="p0",
-        target=chosen.device.target,
-        device=chosen.device.name,
-        entry=f"p0/{chosen.entry}",
-        files={f"p0/{name}": sha256_file(chosen.work_dir / name) for name in chosen.files},
-        inputs=tuple(spec.name for spec in inputs),
-        outputs=tuple(spec.name for spec in outputs),
-        config=chosen.config,
-    )
     manifest = Manifest(
         inputs=inputs,
         outputs=outputs,
-        partitions=(partition,),
+        partitions=partitions,
         compile_options=options.to_json(),
-        toolchain=toolchain(chosen.device.target),
+        toolchain=toolchain(*sorted({p.target for p in partitions})),
         source={"format": "onnx", "sha256": loaded.sha256, "opset": opset},
     )
     report: dict[str, Any] = {
         "source": {"path": loaded.source, "sha256": loaded.sha256, "notes": loaded.notes},
         "stages": {"canonicalize": canon.to_json()},
         "candidates": [c.to_json() for c in built],
-        "chosen": {"device": chosen.device.key, "rule": rule},
-        **({"quantization": chosen.quantization} if chosen.quantization else {}),
-        "verification": chosen.verification or {"status": "skipped", "reason": verification_note},
+        **extra,
         "host": {
             "cpu": machine.inventory.cpu.model,
             "isa": list(machine.inventory.cpu.isa),
             "libraries": machine.inventory.libraries,
+            **({"profile": machine.profile.name} if machine.profile else {}),
         },
     }
     if options.tune:
@@ -398,7 +385,7 @@ def _compile_stages(
         report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
         report["compiled_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     say(f"writing {out_path}")
-    _write_artifact(out_path, manifest, report, {"p0": chosen.work_dir})
+    _write_artifact(out_path, manifest, report, payloads)
     return CompileResult(out_path, manifest.to_json(), report)
 
 
