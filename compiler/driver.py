@@ -306,8 +306,9 @@ def _compile_stages(
         try:
             chosen, rule = _choose(built, options)
         except UnsupportedModelError:
-            if len(candidates) < 2:
-                raise
+            nowhere = set.intersection(*(set(c.unsupported) for c in built))
+            if len(candidates) < 2 or nowhere:
+                raise  # some node runs nowhere: splitting cannot help
             say("no single device runs every node: planning partitions")
             hetero = True
     extra: dict[str, Any]

@@ -15,7 +15,6 @@ The goal (issue 5): the split costs < 10% over the best single-target run.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import onnx_ir as ir
 
 import ai_vmm
 from ai_vmm import hardware, registry
+from ai_vmm.bench_suite import load_zoo
 from ai_vmm.driver import _write_artifact, model_signature
 from ai_vmm.frontends import load_model
 from ai_vmm.partition import build_plan
@@ -37,15 +37,6 @@ from ai_vmm.targets.base import TargetOptions
 from ai_vmm.tuning import measure
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _zoo() -> Any:
-    spec = importlib.util.spec_from_file_location("ai_vmm_zoo", REPO / "models" / "zoo.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ai_vmm_zoo"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def cheapest_cut(model: ir.Model) -> int:
@@ -139,7 +130,7 @@ def main() -> int:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "partition-overhead.md")
     args = parser.parse_args()
-    zoo = _zoo()
+    zoo = load_zoo(REPO / "models" / "zoo.py")
     rows = []
     with tempfile.TemporaryDirectory(prefix="ai-vmm-bench-split-") as tmp:
         for name in args.models.split(","):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,19 +23,12 @@ def mlp_path(tmp_path: Path) -> Path:
     return path
 
 
-def _load_zoo() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ai_vmm_zoo", REPO / "models" / "zoo.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ai_vmm_zoo"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
 def zoo() -> ModuleType:
     """The model zoo module (models/zoo.py; models/ is not an installed package)."""
-    return _load_zoo()
+    from ai_vmm.bench_suite import load_zoo
+
+    return load_zoo(REPO / "models" / "zoo.py")
 
 
 @pytest.fixture(scope="session")

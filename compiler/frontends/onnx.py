@@ -47,19 +47,7 @@ def load_onnx(source: str | Path | onnx.ModelProto) -> LoadedModel:
     else:
         path = Path(source)
         label = str(path)
-        if not path.exists():
-            raise ModelLoadError(f"model file {path} does not exist")
-        if path.is_dir():
-            raise ModelLoadError(f"{path} is a directory, not an ONNX file")
-        try:
-            proto = onnx.load(str(path), load_external_data=False)
-        except (DecodeError, RuntimeError, ValueError, OSError) as exc:
-            raise ModelLoadError(
-                f"{path} is not a readable ONNX model (truncated or another format): "
-                f"{exc.__class__.__name__}"
-            ) from exc
-        if not proto.graph.node and not proto.graph.output:
-            raise ModelLoadError(f"{path} is not an ONNX model: it holds no graph")
+        proto = _read_proto(path)
         digest = _hash_with_external_data(path, proto)
         _check(str(path), label)
         if _needs_upgrade(proto):
@@ -125,8 +113,15 @@ def _upgrade_opset(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
 
 def onnx_file_digest(path: Path) -> str:
     """sha256 of an ONNX file and its external data files (what ``load_onnx`` records)."""
-    if not path.is_file():
+    return _hash_with_external_data(path, _read_proto(path))
+
+
+def _read_proto(path: Path) -> onnx.ModelProto:
+    """The file's ModelProto without external data; a clear error for anything else."""
+    if not path.exists():
         raise ModelLoadError(f"model file {path} does not exist")
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a directory, not an ONNX file")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
@@ -134,7 +129,9 @@ def onnx_file_digest(path: Path) -> str:
             f"{path} is not a readable ONNX model (truncated or another format): "
             f"{exc.__class__.__name__}"
         ) from exc
-    return _hash_with_external_data(path, proto)
+    if not proto.graph.node and not proto.graph.output:
+        raise ModelLoadError(f"{path} is not an ONNX model: it holds no graph")
+    return proto
 
 
 def _hash_with_external_data(path: Path, proto: onnx.ModelProto) -> str:
