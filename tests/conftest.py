@@ -32,9 +32,15 @@ def zoo() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
-def zoo_model(zoo: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+def zoo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where this session builds zoo models (each once: ``zoo.build`` reuses what is there)."""
+    return tmp_path_factory.mktemp("zoo")
+
+
+@pytest.fixture(scope="session")
+def zoo_model(zoo: ModuleType, zoo_dir: Path) -> Callable[[str], Path]:
     """Build a zoo model once per session and return its ONNX path."""
-    root = tmp_path_factory.mktemp("zoo")
+    root = zoo_dir
     built: dict[str, Path] = {}
 
     def get(name: str) -> Path:

@@ -8,8 +8,6 @@ another batch size than the export used.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -45,25 +43,6 @@ EXPECTED_SHAPES: dict[str, dict[str, tuple[int, ...]]] = {
 }
 CORE = ["small_cnn", "transformer_encoder", "lstm"]
 WIDER = [name for name in EXPECTED_SHAPES if name not in CORE]
-
-
-def _import_zoo() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("model_zoo", MODELS_DIR / "zoo.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # as an import would, for pickling and dataclasses
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="session")
-def zoo() -> ModuleType:
-    return _import_zoo()
-
-
-@pytest.fixture(scope="session")
-def zoo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("zoo")
 
 
 def _run(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
