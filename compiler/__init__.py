@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "compile": "ai_vmm.api",
+    "analyze": "ai_vmm.api",
     "load": "ai_vmm.api",
     "CompileResult": "ai_vmm.driver",
     "CompileOptions": "ai_vmm.driver",

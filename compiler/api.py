@@ -27,6 +27,8 @@ def compile(
     disable_passes: Sequence[str] = (),
     tune_seconds: float = 1.0,
     hardware: str | Path | None = None,
+    recipe: str | None = None,
+    trace_rules: bool = False,
     cache_dir: str | Path | None = None,
     progress: Progress | None = None,
     quantize: str | None = None,
@@ -59,6 +61,8 @@ def compile(
         tune_seconds: timing budget per candidate when tuning.
         hardware: plan for the machine a hardware profile describes (a shipped name such as
             ``xeon-arc-npu``, or a JSON path) instead of this one; see docs/partitioning.md.
+        recipe: a fusion recipe by name (default: chosen from the architecture profile).
+        trace_rules: record fusion near misses (a pattern matched, its check declined, why).
         cache_dir: a compile cache directory (default: ``$AI_VMM_CACHE_DIR`` if set).
         progress: called with a short message as each stage starts.
         quantize: ``int8`` (static post-training quantization; needs ``calibration``) or
@@ -89,6 +93,8 @@ def compile(
         disabled_passes=tuple(disable_passes),
         tune_budget_s=tune_seconds,
         hardware=str(hardware) if hardware is not None else None,
+        recipe=recipe,
+        trace_rules=trace_rules,
         quantization=QuantizationOptions(
             quantize=quantize,
             weights=weights,
@@ -121,3 +127,21 @@ def load(path: str | Path) -> Any:
     from ai_vmm.runtime import load as runtime_load
 
     return runtime_load(path)
+
+
+def analyze(model: Any) -> Any:
+    """The architecture profile of a model (an ONNX path, ``ModelProto`` or ``onnx_ir.Model``).
+
+    Labels with confidence and evidence, FLOPs by op class, parameters, activation memory,
+    op histogram, dynamic dimensions: ``ai_vmm.passes.analyze.ModelProfile``. The model is
+    loaded and canonicalized first, as ``compile`` does.
+    """
+    import onnx_ir as ir
+
+    from ai_vmm.frontends import load_model
+    from ai_vmm.passes.analyze import analyze as analyze_ir
+    from ai_vmm.passes.canonicalize import canonicalize
+
+    ir_model = model if isinstance(model, ir.Model) else load_model(model).model
+    canonicalize(ir_model)
+    return analyze_ir(ir_model)

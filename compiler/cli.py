@@ -86,6 +86,12 @@ def compile_cmd(
         str | None,
         typer.Option(help="Plan for a described machine: a shipped profile name or a JSON path."),
     ] = None,
+    recipe: Annotated[
+        str | None, typer.Option(help="Fusion recipe (default: from the architecture profile).")
+    ] = None,
+    trace_rules: Annotated[
+        bool, typer.Option("--trace-rules", help="Record fusion near misses and why.")
+    ] = False,
     explain: Annotated[
         bool,
         typer.Option("--explain", help="Show where every node went and why; draw the plan."),
@@ -145,6 +151,8 @@ def compile_cmd(
             disable_passes=disable_pass or (),
             tune_seconds=tune_seconds,
             hardware=hardware,
+            recipe=recipe,
+            trace_rules=trace_rules,
             cache_dir=cache_dir,
             progress=progress,
             quantize=quantize,
@@ -186,22 +194,41 @@ def compile_cmd(
 
 @app.command()
 def inspect(
-    artifact: Annotated[Path, typer.Argument(help="A .vmm artifact.")],
+    artifact: Annotated[Path, typer.Argument(help="A .vmm artifact, or a model to analyse.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print manifest and report.")] = False,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Draw an artifact's partition plan (PNG/SVG).")
+    ] = None,
 ) -> None:
-    """What an artifact holds: signature, partitions, and why each choice was made."""
+    """What an artifact holds and why; for a model file: its architecture profile."""
     from ai_vmm.runtime.artifact import read_manifest, read_report
     from ai_vmm.runtime.model import _unpack_zip
 
+    if not artifact.exists():
+        raise InputError(f"{artifact} does not exist")
+    if artifact.is_file() and artifact.suffix != ".zip":
+        from ai_vmm.api import analyze
+        from ai_vmm.passes.analyze import format_profile
+
+        profile = analyze(artifact)
+        if as_json:
+            out.print_json(json.dumps(profile.to_json()))
+        else:
+            out.print(format_profile(profile), markup=False)
+        return
     root = _unpack_zip(artifact) if artifact.is_file() else artifact
-    if not root.exists():
-        raise InputError(f"artifact {artifact} does not exist")
     manifest = read_manifest(root)
     report = read_report(root)
     if as_json:
         out.print_json(json.dumps({"manifest": manifest.to_json(), "report": report}))
         return
     _print_inspection(artifact, manifest.to_json(), report)
+    if plot is not None:
+        from ai_vmm.explain import plot_plan
+
+        if not plot_plan(report, plot):
+            raise InputError(f"{artifact} has one partition: no plan to draw")
+        out.print(f"plan picture: {plot}", markup=False)
 
 
 @app.command()
@@ -388,7 +415,22 @@ def _print_inspection(path: Path, manifest: dict[str, Any], report: dict[str, An
             json.dumps(part["config"], sort_keys=True),
         )
     out.print(parts)
-    counts = report.get("stages", {}).get("canonicalize", {}).get("node_counts", {})
+    counts = list(report.get("stages", {}).get("canonicalize", {}).get("node_counts", []))
+    chosen = report.get("chosen", {}).get("device", "")
+    for cand in report.get("candidates", []):
+        if cand.get("device") == chosen and cand.get("recipe"):
+            recipe = cand["recipe"]
+            counts += [
+                [f"{recipe['recipe']}: {s['name']}", s["nodes_after"]]
+                for s in recipe.get("steps", [])
+                if "nodes_after" in s
+            ]
+    if report.get("profile"):
+        out.print(
+            f"architecture: {report['profile'].get('primary_label')}  "
+            f"recipe: {report.get('recipe')}",
+            markup=False,
+        )
     if counts:
         stages = Table(title="node counts per stage")
         stages.add_column("stage")

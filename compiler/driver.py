@@ -29,7 +29,10 @@ from ai_vmm.frontends import LoadedModel, load_model, source_digest
 from ai_vmm.hardware_profile import HardwareProfile, load_profile
 from ai_vmm.inputs import Tolerance, compare, index_bounds, synthetic_inputs
 from ai_vmm.partition import PartitionedBuild, build_partitioned
+from ai_vmm.passes.analyze import analyze
 from ai_vmm.passes.canonicalize import STEP_NAMES, canonicalize
+from ai_vmm.passes.recipes import RECIPES, apply_recipe, choose_recipe
+from ai_vmm.passes.recipes import STEP_NAMES as RECIPE_STEPS
 from ai_vmm.quantize import QuantizationOptions, quantize_candidates, validate_quantization
 from ai_vmm.runtime.artifact import (
     MANIFEST,
@@ -85,6 +88,10 @@ class CompileOptions:
     tune_budget_s: float = 1.0
     hardware: str | None = None
     """A hardware profile (shipped name or JSON path): plan for that machine, not this one."""
+    recipe: str | None = None
+    """A fusion recipe by name; ``None``: chosen from the architecture profile."""
+    trace_rules: bool = False
+    """Record fusion near misses (pattern matched, check declined) in the report."""
     quantization: QuantizationOptions = field(default_factory=QuantizationOptions)
     """INT8 / weight-only / reduced precision, behind the gates of ``ai_vmm.quantize``."""
 
@@ -104,6 +111,8 @@ class CompileOptions:
             "disabled_passes": sorted(self.disabled_passes),
             "tune_seconds": self.tune_budget_s,
             "hardware": self.hardware,
+            "recipe": self.recipe,
+            "trace_rules": self.trace_rules,
         }
 
 
@@ -139,6 +148,8 @@ class _Candidate:
     latency: dict[str, Any] | None = None
     verification: dict[str, Any] | None = None
     unsupported: dict[str, str] = field(default_factory=dict)
+    recipe: dict[str, Any] | None = None
+    """The fusion recipe's report for this candidate's target."""
     executor: Executor | None = None
     output_names: tuple[str, ...] = ()
     quantization: dict[str, Any] | None = None
@@ -155,6 +166,8 @@ class _Candidate:
             out["verification"] = self.verification
         if self.unsupported:
             out["unsupported_nodes"] = dict(sorted(self.unsupported.items())[:50])
+        if self.recipe:
+            out["recipe"] = self.recipe
         return out
 
 
@@ -291,6 +304,12 @@ def _compile_stages(
     timings["canonicalize"] = time.perf_counter() - clock
     inputs, outputs = model_signature(model)
     inputs = bounded_signature(inputs, bounds)
+    say("analysing the architecture")
+    clock = time.perf_counter()
+    profile = analyze(model)
+    recipe = options.recipe or choose_recipe(profile)
+    timings["analyze"] = time.perf_counter() - clock
+    say(f"architecture: {profile.primary_label or 'unclassified'}; recipe: {recipe}")
 
     sample = synthetic_inputs(inputs, index_bounds(model))
     verification_note, expected = _reference_outputs(model, reference, sample, options, say)
@@ -301,7 +320,16 @@ def _compile_stages(
     built: list[_Candidate] = []
     if not hetero:
         built = _build_candidates(
-            model, candidates, target_options, options, work, sample, expected, say, timings
+            model,
+            recipe,
+            candidates,
+            target_options,
+            options,
+            work,
+            sample,
+            expected,
+            say,
+            timings,
         )
         try:
             chosen, rule = _choose(built, options)
@@ -313,6 +341,7 @@ def _compile_stages(
             hetero = True
     extra: dict[str, Any]
     if hetero:
+        model, fusion = _fuse_for_all(model, recipe, candidates, options)
         build = build_partitioned(
             model,
             candidates,
@@ -329,6 +358,7 @@ def _compile_stages(
         payloads = build.payload_dirs
         devices = ",".join(sorted({f"{p.target}:{p.device}" for p in partitions}))
         extra = {
+            "fusion": fusion,
             "chosen": {"device": devices, "rule": build.report["rule"]},
             "plan": build.report,
             "verification": verification
@@ -371,6 +401,8 @@ def _compile_stages(
     report: dict[str, Any] = {
         "source": {"path": loaded.source, "sha256": loaded.sha256, "notes": loaded.notes},
         "stages": {"canonicalize": canon.to_json()},
+        "profile": profile.to_json(),
+        "recipe": recipe,
         "candidates": [c.to_json() for c in built],
         **extra,
         "host": {
@@ -388,6 +420,23 @@ def _compile_stages(
     say(f"writing {out_path}")
     _write_artifact(out_path, manifest, report, payloads)
     return CompileResult(out_path, manifest.to_json(), report)
+
+
+def _fuse_for_all(
+    model: ir.Model, recipe: str, devices: list[Device], options: CompileOptions
+) -> tuple[ir.Model, dict[str, Any]]:
+    """Fuse a copy of ``model`` with only the ops every candidate's target runs."""
+    targets = [registry.get_target(t) for t in sorted({d.target for d in devices})]
+    fused = model.clone()
+    report = apply_recipe(
+        fused,
+        recipe,
+        target="+".join(t.name for t in targets),
+        supported_ops=lambda domain, op: all(t.supports_op(domain, op) for t in targets),
+        disabled=frozenset(options.disabled_passes),
+        trace=options.trace_rules,
+    )
+    return fused, report.to_json()
 
 
 def _verify_partitioned(
@@ -422,11 +471,15 @@ def _validate_options(options: CompileOptions) -> None:
             f"unknown precision '{options.precision}' (choose from {', '.join(PRECISIONS)})"
         )
     validate_quantization(options.quantization)
-    unknown = sorted(set(options.disabled_passes) - set(STEP_NAMES))
+    passes = (*STEP_NAMES, *RECIPE_STEPS)
+    unknown = sorted(set(options.disabled_passes) - set(passes))
     if unknown:
         raise CompileError(
-            f"unknown pass {', '.join(unknown)} for --disable-pass "
-            f"(passes: {', '.join(STEP_NAMES)})"
+            f"unknown pass {', '.join(unknown)} for --disable-pass (passes: {', '.join(passes)})"
+        )
+    if options.recipe is not None and options.recipe not in RECIPES:
+        raise CompileError(
+            f"unknown recipe '{options.recipe}' (recipes: {', '.join(sorted(RECIPES))})"
         )
     if options.tune_budget_s <= 0:
         raise CompileError("the tuning budget must be positive")
@@ -500,6 +553,7 @@ def _reference_outputs(
 
 def _build_candidates(
     model: ir.Model,
+    recipe: str,
     devices: list[Device],
     target_options: TargetOptions,
     options: CompileOptions,
@@ -523,8 +577,19 @@ def _build_candidates(
             continue
         clock = time.perf_counter()
         target = registry.get_target(device.target)
+        say(f"[{device.key}] fusing ({recipe} recipe)")
+        # Fusions are target-aware, so each candidate gets its own copy (tensors are shared).
+        fused = model.clone()
+        candidate.recipe = apply_recipe(
+            fused,
+            recipe,
+            target=device.target,
+            supported_ops=target.supports_op,
+            disabled=frozenset(options.disabled_passes),
+            trace=options.trace_rules,
+        ).to_json()
         say(f"[{device.key}] checking capability")
-        support: dict[str, NodeSupport] = target.capability(model, device)
+        support: dict[str, NodeSupport] = target.capability(fused, device)
         candidate.unsupported = {n: s.reason for n, s in support.items() if not s.supported}
         if candidate.unsupported:
             candidate.status = "unsupported"
@@ -534,9 +599,9 @@ def _build_candidates(
         candidate.work_dir = work / f"c{index}"
         candidate.work_dir.mkdir()
         try:
-            prepared = target.prepare(model, target_options)
+            prepared = target.prepare(fused, target_options)
             payload = target.codegen(prepared, device, target_options, candidate.work_dir)
-            candidate.output_names = tuple(v.name or "" for v in model.graph.outputs)
+            candidate.output_names = tuple(v.name or "" for v in fused.graph.outputs)
             executor = create_executor(
                 device.target,
                 candidate.work_dir / payload.entry,

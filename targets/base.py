@@ -148,6 +148,10 @@ class Target(Protocol):
         """Write the payload for ``device`` into ``out_dir`` (which exists and is empty)."""
         ...
 
+    def supports_op(self, domain: str, op_type: str) -> bool:
+        """Whether a fusion may produce ``domain::op_type`` for this target."""
+        ...
+
     def tuning_space(self, device: Device) -> list[dict[str, Any]]:
         """Executor config overrides worth timing against the payload's own config."""
         ...

@@ -16,7 +16,15 @@ import onnx
 import onnx_ir as ir
 
 from ai_vmm.runtime.devices import CpuInfo, Device, Inventory
-from ai_vmm.targets.base import NodeSupport, Payload, TargetOptions, devices_of, save_onnx
+from ai_vmm.targets.base import (
+    NodeSupport,
+    Payload,
+    QuantizationRequest,
+    QuantizedPayload,
+    TargetOptions,
+    devices_of,
+    save_onnx,
+)
 
 NAME = "onnxruntime"
 _STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training")
@@ -79,6 +87,44 @@ class OnnxRuntimeTarget:
 
     def prepare(self, model: ir.Model, options: TargetOptions) -> ir.Model:
         return model
+
+    def quantize(
+        self,
+        model: ir.Model,
+        device: Device,
+        options: TargetOptions,
+        request: QuantizationRequest,
+        out_dir: Path,
+    ) -> QuantizedPayload:
+        """Q/DQ, dynamic, MatMulNBits or float16 (``targets/onnxruntime_quant.py``).
+
+        The payload is not optimized offline: ONNX Runtime fuses Q/DQ pairs into integer
+        kernels at load, for the CPU it finds there.
+        """
+        from ai_vmm.targets.onnxruntime_quant import float_nodes, quantize_onnx, weighted_nodes
+
+        entry = out_dir / "model.onnx"
+        with tempfile.TemporaryDirectory(prefix="ai-vmm-ortq-") as tmp:
+            source = Path(tmp) / "source.onnx"
+            save_onnx(model, source)
+            result = quantize_onnx(source, entry, request, Path(tmp))
+            candidates = weighted_nodes(onnx.load(str(source), load_external_data=False))
+        still_float = float_nodes(onnx.load(str(entry), load_external_data=False))
+        config: dict[str, Any] = {"graph_optimization_level": "all", "offline_optimized": False}
+        if options.num_threads:
+            config["intra_op_num_threads"] = options.num_threads
+        files = tuple(sorted(p.name for p in out_dir.iterdir()))
+        return QuantizedPayload(
+            payload=Payload(entry=entry.name, files=files, config=config),
+            quantized=tuple(n for n in candidates if n not in still_float),
+            kept_float=result.kept_float,
+            method=result.method,
+            notes=tuple(result.notes),
+        )
+
+    def supports_op(self, domain: str, op_type: str) -> bool:
+        """Whether fusions may produce this op for ONNX Runtime (standard and contrib ops)."""
+        return domain in (*_STANDARD_DOMAINS, *_CONTRIB_DOMAINS)
 
     def tuning_space(self, device: Device) -> list[dict[str, Any]]:
         # One intra-op thread often wins for small models: no fork/join per op.

@@ -126,7 +126,16 @@ class OpenVinoTarget:
         return support
 
     def prepare(self, model: ir.Model, options: TargetOptions) -> ir.Model:
-        return model
+        """Expand the ops OpenVINO translates wrongly into their ONNX function bodies."""
+        return lower_misread_ops(model)
+
+    def supports_op(self, domain: str, op_type: str) -> bool:
+        """Whether fusions may produce this op for OpenVINO: standard ONNX ops only.
+
+        (OpenVINO 2026.4 runs some com.microsoft ops too, but their semantics are ONNX
+        Runtime's; the contrib fusions stay on the onnxruntime target.)
+        """
+        return domain in ("", "ai.onnx")
 
     def tuning_space(self, device: Device) -> list[dict[str, Any]]:
         return [{"inference_num_threads": 1}] if device.kind == "cpu" else []
@@ -224,6 +233,99 @@ def _stable_names(ov_model: Any, onnx_names: set[str]) -> None:
         name = op.get_friendly_name()
         if name not in onnx_names and _AUTO_NAME.fullmatch(name):
             op.set_friendly_name(f"vmm_{op.get_type_name()}_{position}")
+
+
+_LOWERED_DOMAIN = "ai_vmm.lowered"
+
+
+def misread_reason(node: ir.Node) -> str | None:
+    """Why OpenVINO's ONNX frontend would compute ``node`` differently from ONNX, if it would.
+
+    Measured with openvino 2026.4 on the ONNX node tests, against both ONNX Runtime and the op's
+    own function body run by OpenVINO: ``Attention`` ignores ``left_window_size`` /
+    ``right_window_size`` (errors up to 2.0), and gets causal attention over a KV cache with a
+    mask wrong (up to 0.08).
+    """
+    if node.op_type != "Attention" or node.domain not in ("", "ai.onnx"):
+        return None
+
+    def attr(name: str, default: int) -> int:
+        value = node.attributes.get(name)
+        return value.as_int() if value is not None else default
+
+    if attr("left_window_size", -1) >= 0 or attr("right_window_size", -1) >= 0:
+        return "Attention with a local window"
+    present = [i < len(node.inputs) and node.inputs[i] is not None for i in range(5)]
+    if attr("is_causal", 0) and present[3] and present[4]:
+        return "causal Attention with a mask and a KV cache"
+    return None
+
+
+def lower_misread_ops(model: ir.Model) -> ir.Model:
+    """A copy of ``model`` with each node ``misread_reason`` names replaced by its ONNX function
+    body (what ``onnx`` defines the op as, in primitive ops OpenVINO translates correctly).
+
+    ``model`` itself is not changed (other targets compile it too); it is returned as it is when
+    nothing needs lowering.
+    """
+    if not any(misread_reason(node) for node in model.graph):
+        return model
+    model = model.clone()
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+    lowered = 0
+    for node in [n for n in model.graph if misread_reason(n)]:
+        function = _function_body(node, opset, f"{node.op_type}_{lowered}")
+        if function is None:
+            continue
+        model.functions[function.identifier()] = function
+        node.domain, node.op_type = _LOWERED_DOMAIN, function.name
+        for name in list(node.attributes):
+            del node.attributes[name]
+        lowered += 1
+    if lowered:
+        import onnx_ir.passes.common as common
+
+        model.opset_imports[_LOWERED_DOMAIN] = 1
+        common.InlinePass()(model)
+        del model.opset_imports[_LOWERED_DOMAIN]
+    return model
+
+
+def _function_body(node: ir.Node, opset: int, name: str) -> ir.Function | None:
+    """``node``'s op as a model-local function specialized to its attributes and input types."""
+    import onnx
+
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
+        known = schema.context_dependent_function_opset_versions  # type: ignore[attr-defined]
+        versions = [v for v in known if v <= opset]
+        if not versions:
+            return None
+        types = [
+            ir.serde.serialize_value(v).type if v is not None else onnx.TypeProto()
+            for v in node.inputs
+        ]
+        proto = onnx.FunctionProto()
+        proto.ParseFromString(
+            schema.get_context_dependent_function_with_opset_version(  # type: ignore[attr-defined]
+                max(versions),
+                ir.serde.serialize_node(node).SerializeToString(),
+                [t.SerializeToString() for t in types],
+            )
+        )
+    except Exception:  # no function body for this op/opset: leave the node to OpenVINO
+        return None
+    # The body computes only the outputs its inputs allow (no present_key without past_key):
+    # keep the ones the node uses.
+    produced = {output for body_node in proto.node for output in body_node.output}
+    used = list(proto.output)[: len(node.outputs)]
+    if not all(output in produced for output in used):
+        return None
+    del proto.output[:]
+    proto.output.extend(used)
+    del proto.attribute[:]  # the body is already specialized to the node's attributes
+    proto.domain, proto.name = _LOWERED_DOMAIN, name
+    return ir.serde.deserialize_function(proto)
 
 
 def _convert(source: Path) -> Any:
