@@ -79,7 +79,7 @@ def _itemsize(value: ir.Value | None) -> int:
         return 4
     try:
         return int(value.dtype.itemsize)
-    except (AttributeError, TypeError, ValueError):
+    except (AttributeError, TypeError, ValueError):  # strings: no fixed width
         return 4
 
 

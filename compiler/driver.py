@@ -306,10 +306,11 @@ def _compile_stages(
     inputs = bounded_signature(inputs, bounds)
     say("analysing the architecture")
     clock = time.perf_counter()
-    profile = analyze(model)
-    recipe = options.recipe or choose_recipe(profile)
+    profile = _analyze_or_none(model)
+    recipe = options.recipe or (choose_recipe(profile) if profile is not None else "default")
     timings["analyze"] = time.perf_counter() - clock
-    say(f"architecture: {profile.primary_label or 'unclassified'}; recipe: {recipe}")
+    label = profile.primary_label if profile is not None else None
+    say(f"architecture: {label or 'unclassified'}; recipe: {recipe}")
 
     sample = synthetic_inputs(inputs, index_bounds(model))
     verification_note, expected = _reference_outputs(model, reference, sample, options, say)
@@ -401,7 +402,7 @@ def _compile_stages(
     report: dict[str, Any] = {
         "source": {"path": loaded.source, "sha256": loaded.sha256, "notes": loaded.notes},
         "stages": {"canonicalize": canon.to_json()},
-        "profile": profile.to_json(),
+        "profile": profile.to_json() if profile is not None else None,
         "recipe": recipe,
         "candidates": [c.to_json() for c in built],
         **extra,
@@ -427,16 +428,47 @@ def _fuse_for_all(
 ) -> tuple[ir.Model, dict[str, Any]]:
     """Fuse a copy of ``model`` with only the ops every candidate's target runs."""
     targets = [registry.get_target(t) for t in sorted({d.target for d in devices})]
-    fused = model.clone()
-    report = apply_recipe(
-        fused,
+    return _fuse(
+        model,
         recipe,
-        target="+".join(t.name for t in targets),
-        supported_ops=lambda domain, op: all(t.supports_op(domain, op) for t in targets),
-        disabled=frozenset(options.disabled_passes),
-        trace=options.trace_rules,
+        options,
+        "+".join(t.name for t in targets),
+        lambda domain, op: all(t.supports_op(domain, op) for t in targets),
     )
+
+
+def _fuse(
+    model: ir.Model,
+    recipe: str,
+    options: CompileOptions,
+    target: str,
+    supported_ops: Callable[[str, str], bool],
+) -> tuple[ir.Model, dict[str, Any]]:
+    """A fused copy of ``model``; if a fusion breaks, the unfused model and the reason.
+
+    Fusion is an optimization: it must never be why a compile fails.
+    """
+    fused = model.clone()
+    try:
+        report = apply_recipe(
+            fused,
+            recipe,
+            target=target,
+            supported_ops=supported_ops,
+            disabled=frozenset(options.disabled_passes),
+            trace=options.trace_rules,
+        )
+    except Exception as exc:
+        return model.clone(), {"recipe": recipe, "target": target, "error": _one_line(exc)}
     return fused, report.to_json()
+
+
+def _analyze_or_none(model: ir.Model) -> Any:
+    """The architecture profile, or ``None`` when analysis fails on an unusual graph."""
+    try:
+        return analyze(model)
+    except Exception:
+        return None
 
 
 def _verify_partitioned(
@@ -579,15 +611,7 @@ def _build_candidates(
         target = registry.get_target(device.target)
         say(f"[{device.key}] fusing ({recipe} recipe)")
         # Fusions are target-aware, so each candidate gets its own copy (tensors are shared).
-        fused = model.clone()
-        candidate.recipe = apply_recipe(
-            fused,
-            recipe,
-            target=device.target,
-            supported_ops=target.supports_op,
-            disabled=frozenset(options.disabled_passes),
-            trace=options.trace_rules,
-        ).to_json()
+        fused, candidate.recipe = _fuse(model, recipe, options, device.target, target.supports_op)
         say(f"[{device.key}] checking capability")
         support: dict[str, NodeSupport] = target.capability(fused, device)
         candidate.unsupported = {n: s.reason for n, s in support.items() if not s.supported}

@@ -503,7 +503,11 @@ def _peak_activation_bytes(model: ir.Model) -> int:
     def nbytes(value: ir.Value) -> int:
         if value.dtype is None or value.const_value is not None:
             return 0
-        return math.ceil(_numel(value, {}) * value.dtype.itemsize)
+        try:
+            itemsize = value.dtype.itemsize
+        except (TypeError, ValueError):  # strings have no fixed width: count a pointer
+            itemsize = 8
+        return math.ceil(_numel(value, {}) * itemsize)
 
     remaining: Counter[int] = Counter()
     for node in model.graph:

@@ -22,7 +22,9 @@ def session_options(config: dict[str, Any]) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    # Fatal only: a failed run raises InputError with ONNX Runtime's message, and its own log
+    # line would print the same error a second time, unasked, on the user's terminal.
+    options.log_severity_level = 4
     level = config.get("graph_optimization_level", "all")
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
     if config.get("intra_op_num_threads"):

@@ -53,6 +53,11 @@ class OpenVinoExecutor:
                 f"the manifest {len(outputs)}"
             )
         self._outputs = list(outputs) or [p.get_any_name() for p in self._compiled.outputs]
+        self._ports = {
+            name: index
+            for index, port in enumerate(self._compiled.inputs)
+            for name in port.get_names()
+        }
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._entry, self._device, self._config = entry, device, config
 
@@ -66,12 +71,41 @@ class OpenVinoExecutor:
         request = compiled.create_infer_request()
         totals: dict[str, float] = {}
         for _ in range(runs):
-            request.infer(inputs)
+            request.infer(self._feed(inputs))
             for info in request.profiling_info:
                 if str(info.status).endswith("EXECUTED"):
                     op = str(info.node_type)
                     totals[op] = totals.get(op, 0.0) + info.real_time.total_seconds() * 1000.0
         return [{"op": op, "ms": ms / runs} for op, ms in totals.items()]
+
+    def _feed(self, inputs: dict[str, Any]) -> dict[Any, Any]:
+        """Inputs keyed by port: by tensor name, else by position among the unnamed ports.
+
+        OpenVINO's IR does not always keep an ONNX input's name: a Parameter that feeds a Result
+        directly keeps only the output's name after ``save_model``/``read_model``, and the ONNX
+        frontend turns zero-element and unused inputs into constants (no Parameter at all).
+        ``inputs`` comes in the model's input order, which is also OpenVINO's Parameter order.
+        """
+        if self._ports.keys() >= inputs.keys():
+            return inputs
+        feed: dict[Any, Any] = {}
+        unmatched: list[tuple[str, Any]] = []
+        for name, value in inputs.items():
+            if name in self._ports:
+                feed[self._ports[name]] = value
+            else:
+                unmatched.append((name, value))
+        free = [i for i in range(len(self._compiled.inputs)) if i not in feed]
+        if len(unmatched) > len(free):
+            # Zero-element inputs are the ones the frontend folds into constants.
+            unmatched = [(n, v) for n, v in unmatched if np.size(v) != 0] if free else []
+        if len(unmatched) != len(free):
+            names = ", ".join(repr(name) for name, _ in unmatched)
+            raise InputError(
+                f"OpenVINO model has {len(self._compiled.inputs)} inputs; cannot place {names}"
+            )
+        feed.update((index, value) for index, (_, value) in zip(free, unmatched, strict=True))
+        return feed
 
     @property
     def compiled_model(self) -> Any:
@@ -84,7 +118,7 @@ class OpenVinoExecutor:
         except queue.Empty:
             request = self._compiled.create_infer_request()
         try:
-            request.infer(inputs, share_inputs=True)
+            request.infer(self._feed(inputs), share_inputs=True)
             return {
                 name: np.array(request.get_output_tensor(i).data, copy=True)
                 for i, name in enumerate(self._outputs)
