@@ -113,6 +113,8 @@ def bench(
 
 def environment() -> dict[str, Any]:
     """Machine and library versions, for the report header."""
+    import os
+
     import onnxruntime as ort
     import openvino as ov
 
@@ -120,6 +122,7 @@ def environment() -> dict[str, Any]:
 
     cpu = hardware.detect_cpu()
     env = {
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "cpu": cpu.model,
         "logical_cores": cpu.logical_cores,
         "physical_cores": cpu.physical_cores,
@@ -188,7 +191,9 @@ def markdown(results: list[dict[str, Any]], env: dict[str, Any], command: str) -
         f"logical cores, ISA {' '.join(env['isa'])}. Python {env['python']}, ONNX Runtime "
         f"{env['onnxruntime']}, OpenVINO {env['openvino']}"
         + (f", torch {env['torch']} ({env['torch_threads']} threads)" if "torch" in env else "")
-        + ".",
+        + f". Load average when the report was written (1, 5, 15 min): "
+        f"{', '.join(str(x) for x in env.get('load_average', []))} (other work on the "
+        "machine shows up in p90/p99 more than in p50, and hits every contender alike).",
         "",
         "Method: all contenders run in one process on the same input arrays. Baselines use "
         "their libraries' default settings: ONNX Runtime's default session (intra-op threads = "

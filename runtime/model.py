@@ -70,7 +70,7 @@ class CompiledModel:
         self, inputs: Mapping[str, Any]
     ) -> tuple[dict[str, Any], list[tuple[str, float]]]:
         """Like ``run``, and the wall time of each partition in seconds, in run order."""
-        values = self._checker(inputs)
+        values = dict(self._checker(inputs))
         times: list[tuple[str, float]] = []
         for part in self.manifest.partitions:
             feed = {name: values[name] for name in part.inputs}
@@ -81,7 +81,7 @@ class CompiledModel:
 
     def profile_ops(self, inputs: Mapping[str, Any], runs: int = 20) -> list[dict[str, Any]]:
         """Each partition's backend counters: ``{partition, target, op, ms}`` per op type."""
-        values = self._checker(inputs)
+        values = dict(self._checker(inputs))
         rows: list[dict[str, Any]] = []
         for part in self.manifest.partitions:
             feed = {name: values[name] for name in part.inputs}
@@ -98,10 +98,11 @@ class CompiledModel:
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Run the model on ``inputs`` (by name) and return every output by name."""
-        values = self._checker(inputs)
+        checked = self._checker(inputs)
         if self._direct is not None:
-            outputs = self._direct.run(values)
-            return {name: outputs[name] for name in self._output_names}
+            # The executor returns exactly the manifest's outputs, as fresh arrays.
+            return self._direct.run(checked)
+        values = dict(checked)  # never add intermediate tensors to the caller's dict
         for wave in self._waves:
             if len(wave) == 1:
                 part = wave[0]
@@ -220,7 +221,7 @@ class InputChecker:
 
     def __call__(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         if self._fast is not None and len(inputs) == len(self._fast) and self._passes(inputs):
-            return dict(inputs)
+            return inputs if isinstance(inputs, dict) else dict(inputs)
         return check_inputs(self._specs, inputs)
 
     def _passes(self, inputs: Mapping[str, Any]) -> bool:
