@@ -342,6 +342,8 @@ def _compile_stages(
             hetero = True
     extra: dict[str, Any]
     if hetero:
+        if options.quantization.active(options.precision):
+            say("note: --quantize and --weights are not applied to partitioned builds yet")
         model, fusion = _fuse_for_all(model, recipe, candidates, options)
         build = build_partitioned(
             model,
