@@ -78,7 +78,8 @@ def compile(
             ``{"top1": 1.0}``; default ``cosine=0.01``.
         force_quantize: keep the quantized payload even when it is not faster than float.
         **frontend_options: what a frontend needs beyond the model (``example_inputs``,
-            ``dynamic_shapes``, ``input_names`` for torch models).
+            ``dynamic_shapes`` for torch; ``input_signature``, ``signature``, ``tag`` for
+            TensorFlow; ``input_names``, ``output_names``, ``opset`` for both).
 
     Raises:
         ai_vmm.VmmError: a subclass whose one-line message says what was wrong.

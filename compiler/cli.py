@@ -56,7 +56,12 @@ def devices(
 
 @app.command("compile")
 def compile_cmd(
-    model: Annotated[Path, typer.Argument(help="The model: an ONNX file.")],
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="The model: .onnx, .pt2, TorchScript .pt, a SavedModel dir, .keras/.h5 or .tflite."
+        ),
+    ],
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Artifact path (.vmm or .vmm.zip).")
     ] = None,
