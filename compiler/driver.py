@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import NameFixPass
 
 from ai_vmm import hardware, registry
 from ai_vmm.cache import CompileCache, cache_key, cache_root
@@ -462,6 +463,8 @@ def _fuse(
         )
     except Exception as exc:
         return model.clone(), {"recipe": recipe, "target": target, "error": _one_line(exc)}
+    # Rewrites create nodes without names; capability and partition plans key nodes by name.
+    NameFixPass()(fused)
     return fused, report.to_json()
 
 
