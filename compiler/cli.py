@@ -460,6 +460,19 @@ def _print_inspection(path: Path, manifest: dict[str, Any], report: dict[str, An
             cand.get("reason", ""),
         )
     out.print(candidates)
+    quantization = report.get("quantization")
+    if quantization:
+        accuracy = quantization.get("accuracy", {})
+        speed = quantization.get("speed", {})
+        out.print(
+            f"quantization: {quantization.get('decision')} "
+            f"({quantization.get('reason') or quantization.get('method', '')}); "
+            f"{quantization.get('quantized_layers', {}).get('count', 0)} layers low precision, "
+            f"{len(quantization.get('float_layers', {}))} float; accuracy "
+            f"{accuracy.get('metrics', {})}; speed ratio {speed.get('ratio', 'not measured')}",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 class _nullcontext:

@@ -104,14 +104,14 @@ def plan_graph(
         }
         nodes.append(PlanNode(name, node.op_type, times, unsupported))
     outputs = {v.name for v in model.graph.outputs}
-    node_names = {node.name for node in model.graph}
+    node_names = {node.name or "" for node in model.graph}
     tensors = []
     values = [*model.graph.inputs, *(o for n in model.graph for o in n.outputs)]
     for value in values:
         # Only this graph's nodes: a value can also list users in subgraphs or in rewrite
         # candidates that never joined the graph.
         consumers = tuple(
-            sorted({user.name for user, _ in value.uses() if user.name in node_names})
+            sorted({user.name or "" for user, _ in value.uses() if user.name in node_names})
         )
         producer = value.producer()
         tensors.append(

@@ -195,7 +195,16 @@ def quantize_candidates(
         stage.split = split_samples(CalibrationData("random", "synthetic inputs"), inputs, 0, model)
     transformer, evidence, source = architecture(model)
     stage.profile = {"transformer": transformer, "evidence": evidence, "source": source}
-    stage.ignored = sensitive_nodes(model, transformer)
+    ignored = sensitive_nodes(model, transformer)
+    # Their output tensor names too: a backend may name an op after the tensor it produces.
+    by_name = {node.name: node for node in model.graph if node.name}
+    aliases = [
+        (value.name, why)
+        for name, why in ignored
+        for value in by_name[name].outputs
+        if value.name and value.name != name
+    ]
+    stage.ignored = tuple(ignored) + tuple(aliases)
     weighted = count_weighted(model)
     for candidate in candidates:
         candidate.quantization = _quantize_one(stage, candidate, weighted, work)

@@ -234,9 +234,18 @@ class Outcome:
 Runner = Callable[[bytes, Path, Sequence[Any]], list[Any]]
 
 
+# OpenVINO prefixes its messages with the C++ source locations they passed through.
+_SOURCE_LOCATION = re.compile(r"(Exception from|Check '[^']*' failed at) \S+:\d+:\s*")
+
+
+def clean_message(exc: BaseException | str) -> str:
+    """An error message on one line, without OpenVINO's C++ source locations."""
+    return " ".join(_SOURCE_LOCATION.sub("", str(exc)).split())
+
+
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{exc.__class__.__name__}: {text[:240]}" if text else exc.__class__.__name__
+    text = clean_message(exc)
+    return f"{exc.__class__.__name__}: {text[:300]}" if text else exc.__class__.__name__
 
 
 def _graph_names(model: bytes) -> tuple[list[str], list[str]]:
@@ -363,7 +372,7 @@ def _prepare_reason(mode: str, exc: BaseException) -> str:
             "CompileError": "compile error",
             "InputError": "run error",
         }
-        return f"{labels.get(kind, 'compile error')}: {' '.join(str(exc).split())[:300]}"
+        return f"{labels.get(kind, 'compile error')}: {clean_message(exc)[:300]}"
     return "load error: " + _one_line(exc)
 
 
@@ -560,9 +569,13 @@ _VARIABLE = re.compile(
 )
 
 
+_OP_LIST = re.compile(r"(operations?:|nodes?:)\s*[\w\-.,; ]+")
+
+
 def reason_family(reason: str) -> str:
     """A failure reason with names, numbers and shapes blanked, so similar failures group."""
-    text = _VARIABLE.sub("…", reason)
+    text = _VARIABLE.sub("…", clean_message(reason))
+    text = _OP_LIST.sub(r"\1 …", text)
     text = re.sub(r"(…[\s,]*)+", "… ", text).strip()
     return text[:110] + ("…" if len(text) > 110 else "")
 

@@ -74,7 +74,8 @@ class QuantizationRequest:
         group_size: INT4 group size (``None``: the target's default).
         ratio: share of weights in INT4, the rest INT8 (``None``: the target's default).
         transformer: the model is a transformer (the architecture profile's verdict).
-        ignored_nodes: ONNX node names to keep in float, with the reason for each.
+        ignored_nodes: ONNX node names (and their output tensor names, for backends that name
+            ops after the tensor they produce) to keep in float, with the reason for each.
         calibration: calibration samples (static INT8; optional for weight-only).
         accuracy: when set, keep the most sensitive layers in float until the gate passes.
         host_isa: the host CPU's inference ISA features (VNNI changes the best INT8 recipe).

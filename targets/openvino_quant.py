@@ -140,8 +140,9 @@ def _static_int8(ov_model: Any, request: QuantizationRequest) -> NncfResult:
             **kwargs,
         )
         method = f"nncf.quantize_with_accuracy_control, preset {preset}"
-    kept = dict(ignored)
-    for name in sorted(weighted_ops(quantized)):
+    weighted = sorted(weighted_ops(quantized))
+    kept = {name: why for name, why in ignored.items() if name in weighted}
+    for name in weighted:
         if name not in kept and not is_quantized(quantized, name):
             kept[name] = (
                 "left float by NNCF's accuracy control"
@@ -182,8 +183,9 @@ def _weights_only(ov_model: Any, request: QuantizationRequest) -> NncfResult:
         )
     except nncf.errors.InvalidGroupSizeError as exc:  # type: ignore[attr-defined]
         raise CompileError(f"--group-size {kwargs.get('group_size')}: {exc}") from exc
-    kept = dict(ignored)
-    for name in sorted(weighted_ops(compressed)):
+    weighted = sorted(weighted_ops(compressed))
+    kept = {name: why for name, why in ignored.items() if name in weighted}
+    for name in weighted:
         if name not in kept and not is_quantized(compressed, name):
             kept[name] = "not compressed by NNCF (too small, or not a weight of a matmul)"
     return NncfResult(compressed, method, kept, [])
@@ -192,11 +194,16 @@ def _weights_only(ov_model: Any, request: QuantizationRequest) -> NncfResult:
 def map_ignored(ov_model: Any, nodes: tuple[tuple[str, str], ...]) -> dict[str, str]:
     """ONNX node names -> the OpenVINO ops they became (same name, or ``name/...`` for the
     pieces of a decomposed node such as Gemm -> MatMul + Add)."""
-    names = [op.get_friendly_name() for op in ov_model.get_ordered_ops()]
+    ops = [
+        (op.get_friendly_name(), {t for out in op.outputs() for t in out.get_names()})
+        for op in ov_model.get_ordered_ops()
+        if op.get_type_name() not in ("Parameter", "Result", "Constant")
+    ]
     found: dict[str, str] = {}
     for onnx_name, why in nodes:
-        for name in names:
-            if name == onnx_name or name.startswith(onnx_name + "/"):
+        for name, tensors in ops:
+            # An op that produces a graph output is named after that output by the frontend.
+            if name == onnx_name or name.startswith(onnx_name + "/") or onnx_name in tensors:
                 found[name] = why
     return found
 
