@@ -28,6 +28,7 @@ import onnx
 import onnx.helper as oh
 import onnx_ir as ir
 
+from ai_vmm.passes.analyze import node_flops as classed_node_flops
 from ai_vmm.runtime.devices import Device
 from ai_vmm.runtime.executors import create_executor
 
@@ -84,36 +85,9 @@ def _itemsize(value: ir.Value | None) -> int:
 
 
 def node_flops(node: ir.Node, dims: dict[str, int]) -> float:
-    """Floating-point operations of one node (multiply-add = 2), from its shapes."""
-    out = _shape(node.outputs[0], dims) if node.outputs else None
-    op = node.op_type
-    if op in ("MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "FusedMatMul") and out:
-        a = _shape(node.inputs[0], dims)
-        k = a[-1] if a else 1
-        if op == "Gemm" and a and node.attributes.get("transA") is not None:
-            k = a[0] if node.attributes["transA"].as_int() else a[-1]
-        return 2.0 * _numel(out) * k
-    if op in ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "FusedConv") and out:
-        w = _shape(node.inputs[1] if len(node.inputs) > 1 else None, dims)
-        if w and len(w) >= 2:
-            per_output = math.prod(w[1:])  # C_in / groups * kernel
-            if op == "ConvTranspose":
-                x = _shape(node.inputs[0], dims)
-                return 2.0 * _numel(x) * w[1] * math.prod(w[2:])
-            return 2.0 * _numel(out) * per_output
-    if op in ("Attention", "MultiHeadAttention") and out:
-        q = _shape(node.inputs[0], dims)
-        if q and len(q) >= 3:
-            seq = q[-2]
-            return 4.0 * _numel(q) * seq
-    if op in ("LSTM", "GRU", "RNN") and out:
-        x = _shape(node.inputs[0], dims)
-        w = _shape(node.inputs[1], dims)
-        r = _shape(node.inputs[2], dims)
-        if x and w and r:
-            # Per step and batch row: every gate's input and recurrent weights, all directions.
-            return 2.0 * x[0] * x[1] * (_numel(w) + _numel(r))
-    return float(sum(_numel(_shape(v, dims)) for v in node.outputs))
+    """Floating-point operations of one node: the architecture analysis's count (one formula
+    for FLOPs in the whole project, ``ai_vmm.passes.analyze.node_flops``)."""
+    return float(classed_node_flops(node, dims)[1])
 
 
 def node_bytes(node: ir.Node, dims: dict[str, int]) -> float:

@@ -415,6 +415,10 @@ def _node_flops(node: ir.Node, sizes: dict[str, int]) -> tuple[str, int]:
     return "other", 0
 
 
+node_flops = _node_flops
+"""Public name of ``_node_flops``: the cost model (``ai_vmm.cost``) uses the same count."""
+
+
 def _attention_flops(node: ir.Node, inputs: list[list[int] | None]) -> int:
     q, k, v = [*inputs, None, None, None][:3]
     if q is None or k is None or v is None:
