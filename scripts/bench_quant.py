@@ -16,6 +16,14 @@ Sections (``--sections``, default all):
 - ``digits``: a CNN trained here on scikit-learn's digits; top-1 on the test split.
 - ``decoder``: MiniLM's weights as a causal decoder; weight-only INT8 / INT4: file size ratio,
   logits cosine, next-token agreement, speed ratio.
+- ``minilm-speed`` (not in the default run): SPEED ONLY, for machines without the real weights.
+  A model with all-MiniLM-L6-v2's exact shape (``BertConfig``: 6 layers, hidden 384, 12 heads,
+  intermediate 1536, vocab 30522) and random weights, calibrated on random token ids of
+  realistic lengths; openvino:CPU float32 vs INT8 (the ``minilm`` section's options) vs BF16,
+  interleaved, at the ``minilm`` section's sentence lengths (batch 1) and at sequence 128,
+  batch 1 and 8; with the kernels OpenVINO picked for the FullyConnected layers. Latency does
+  not depend on weight values, so the ratios carry over to the real model; the accuracy gate
+  is relaxed here (random weights say nothing about accuracy: see ``minilm``).
 
 Results merge into ``--json`` (sections run separately keep the others) and the table between
 the ``bench_quant`` markers of ``--out`` is regenerated from it.
@@ -24,6 +32,7 @@ Usage::
 
     python scripts/bench_quant.py                       # everything (~20 min on 2 busy cores)
     python scripts/bench_quant.py --sections digits --rounds 5
+    python scripts/bench_quant.py --sections minilm-speed --host "Xeon SPR"  # no real weights
 """
 
 from __future__ import annotations
@@ -43,6 +52,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("minilm", "nncf-onnx", "digits", "decoder")
+EXTRA_SECTIONS = ("minilm-speed",)  # run only when named
+# Token counts of the 16 held-out sentences the ``minilm`` section times (real tokenizer).
+MINILM_TIMED_LENGTHS = (14, 11, 11, 24, 16, 12, 10, 26, 9, 9, 12, 13, 14, 16, 9, 20)
 BEGIN, END = "<!-- bench_quant:begin -->", "<!-- bench_quant:end -->"
 OV, ORT = "openvino:CPU", "onnxruntime:CPU"
 
@@ -333,6 +345,203 @@ def bench_decoder(qm: Any, work: Path, args: argparse.Namespace) -> dict[str, An
     return results
 
 
+def export_shaped_minilm(out: Path, seed: int = 0) -> Path:
+    """A model shaped exactly like all-MiniLM-L6-v2 with random weights, exported to ONNX.
+
+    Same graph as ``quant_models.export_minilm`` (``BertModel`` without pooler, eager
+    attention, three int64 inputs, dynamic batch x sequence, opset 17); for speed only.
+    """
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        hidden_act="gelu",
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+    )
+    config._attn_implementation = "eager"
+    model = transformers.BertModel(config, add_pooling_layer=False).eval()
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self, bert: torch.nn.Module) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.bert(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+
+    ids = torch.ones((2, 9), dtype=torch.int64)
+    dynamic = {0: "batch", 1: "sequence"}
+    with torch.no_grad():
+        torch.onnx.export(
+            LastHidden(model),
+            (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+            str(out),
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["last_hidden_state"],
+            dynamic_axes={
+                name: dynamic
+                for name in ("input_ids", "attention_mask", "token_type_ids", "last_hidden_state")
+            },
+            opset_version=17,
+            dynamo=False,
+        )
+    return out
+
+
+def random_token_feed(batch: int, length: int, rng: np.random.Generator) -> dict[str, Any]:
+    """[CLS] random word-piece ids [SEP], all attended, segment 0."""
+    ids = rng.integers(1996, 30522, size=(batch, length), dtype=np.int64)
+    ids[:, 0], ids[:, -1] = 101, 102
+    return {
+        "input_ids": ids,
+        "attention_mask": np.ones_like(ids),
+        "token_type_ids": np.zeros_like(ids),
+    }
+
+
+def _fc_kernels(run: Callable[[dict[str, Any]], Any], feed: dict[str, Any]) -> dict[str, int]:
+    """``primitiveType (runtimePrecision)`` counts of OpenVINO's FullyConnected / MatMul nodes."""
+    run(feed)  # dynamic shapes: primitives are picked at the first inference
+    compiled = getattr(run, "__self__", None)
+    compiled = getattr(compiled, "compiled_model", None)
+    if compiled is None:
+        return {}
+    counts: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        kind = info["layerType"].astype(str) if "layerType" in info else ""
+        if kind not in ("FullyConnected", "MatMul"):
+            continue
+        prim = info["primitiveType"].astype(str) if "primitiveType" in info else "?"
+        prec = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
+        key = f"{kind}: {prim} ({prec})"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def cpu_details() -> dict[str, Any]:
+    """CPU model and the int8/bf16-relevant flags (/proc/cpuinfo), and what OpenVINO sees."""
+    flags: list[str] = []
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].split()
+    wanted = (
+        "avx2",
+        "avx512f",
+        "avx512_vnni",
+        "avx_vnni",
+        "avx512_bf16",
+        "avx512_fp16",
+        "amx_tile",
+        "amx_int8",
+        "amx_bf16",
+    )
+    details: dict[str, Any] = {"model": model, "flags": [f for f in wanted if f in flags]}
+    try:
+        import openvino as ov
+
+        core = ov.Core()
+        details["openvino_device"] = str(core.get_property("CPU", "FULL_DEVICE_NAME"))
+        details["openvino_capabilities"] = [
+            str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        ]
+    except Exception as exc:  # the numbers still count without it
+        details["openvino_error"] = str(exc)
+    return details
+
+
+def bench_minilm_speed(qm: Any, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """SPEED ONLY: MiniLM-shaped random-weight model, openvino:CPU float32 vs INT8 vs BF16."""
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    model = export_shaped_minilm(work / "minilm-shaped.onnx")
+    export_s = time.perf_counter() - started
+    # Calibration / gate samples: random ids, sentence-like lengths (6-64 tokens, as the real
+    # sentences), one in four at 128 so the ranges also cover the long shapes timed below.
+    count = max(8, int(args.calib_samples * 4 / 3))
+    lengths = [128 if i % 4 == 3 else int(rng.integers(6, 65)) for i in range(count)]
+    feeds = [random_token_feed(1, n, rng) for n in lengths]
+    results: dict[str, Any] = {
+        "model": "BertModel(all-MiniLM-L6-v2 config), random weights (seed 0), for speed only",
+        "cpu": cpu_details(),
+        "calibration": f"{len(feeds)} random-id samples (last quarter held out)",
+        "export_s": round(export_s, 1),
+    }
+    print(json.dumps(results["cpu"], indent=1), flush=True)
+    arts = {name: work / f"minilm-shaped-{name}.vmm" for name in ("float", "int8", "bf16")}
+    variants: dict[str, dict[str, Any]] = {
+        "float": {},
+        "int8": {
+            "quantize": "int8",
+            "calibration": feeds,
+            "calib_samples": args.calib_samples,
+            "force_quantize": True,
+            # Random weights: accuracy means nothing here, and accuracy control would leave
+            # layers float and change what is timed. The real-weight gate is the minilm section.
+            "max_accuracy_drop": {"cosine": 1.0},
+        },
+        "bf16": {"precision": "bf16", "force_quantize": True},
+    }
+    compiles: dict[str, Any] = {}
+    for name, options in variants.items():
+        print(f"minilm-speed: compile {name}", flush=True)
+        started = time.perf_counter()
+        result = _compile(model, OV, arts[name], **options)
+        compiles[name] = {
+            "compile_s": round(time.perf_counter() - started, 1),
+            **(_quant_summary(result.report) if name != "float" else {}),
+        }
+    results["compiles"] = compiles
+    print(json.dumps(compiles, indent=1), flush=True)
+    shapes: dict[str, list[dict[str, Any]]] = {
+        "sentences, batch 1": [random_token_feed(1, n, rng) for n in MINILM_TIMED_LENGTHS],
+        "batch 1, seq 128": [random_token_feed(1, 128, rng)],
+        "batch 8, seq 128": [random_token_feed(8, 128, rng)],
+    }
+    kernels: dict[str, dict[str, int]] = {}
+    speed: dict[str, Any] = {}
+    for threads in (0, 1):
+        runs = {name: _executor(art, threads) for name, art in arts.items()}
+        if threads == 0:
+            for name, run in runs.items():
+                kernels[name] = _fc_kernels(run, shapes["batch 1, seq 128"][0])
+            print(json.dumps(kernels, indent=1), flush=True)
+        label = "default threads" if threads == 0 else "1 thread"
+        for shape, timed in shapes.items():
+            ms = interleaved(
+                {
+                    name: (lambda r, t: lambda: [r(f) for f in t] and None)(run, timed)
+                    for name, run in runs.items()
+                },
+                args.rounds,
+            )
+            row = {f"{name}_ms": round(ms[name] / len(timed), 3) for name in runs}
+            row["int8_speedup"] = round(ms["float"] / ms["int8"], 3)
+            row["bf16_speedup"] = round(ms["float"] / ms["bf16"], 3)
+            row["int8_vs_bf16"] = round(ms["bf16"] / ms["int8"], 3)
+            speed.setdefault(shape, {})[label] = row
+            print(f"minilm-speed: {shape}, {label}: {json.dumps(row)}", flush=True)
+    results["kernels"] = kernels
+    results["speed"] = speed
+    results["rounds"] = args.rounds
+    return results
+
+
 def environment() -> dict[str, Any]:
     import importlib.metadata
 
@@ -340,7 +549,7 @@ def environment() -> dict[str, Any]:
 
     cpu = hardware.detect_cpu()
     versions = {}
-    for name in ("openvino", "nncf", "onnxruntime", "torch", "numpy"):
+    for name in ("openvino", "nncf", "onnxruntime", "torch", "transformers", "numpy"):
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -422,6 +631,35 @@ def markdown(data: dict[str, Any]) -> str:
                         f"| {b64['default threads']['speedup']}x / {b64['1 thread']['speedup']}x |"
                     )
             lines.append("")
+        speed = sections.get("minilm-speed")
+        if speed:
+            cpu = speed.get("cpu", {})
+            int8 = speed.get("compiles", {}).get("int8", {})
+            lines += [
+                "MiniLM-shaped model (all-MiniLM-L6-v2's config, random weights: speed only), "
+                f"openvino:CPU; CPU flags {' '.join(cpu.get('flags', [])) or '?'}; INT8 layers "
+                f"{int8.get('quantized_layers')} / float {int8.get('float_layers')}; "
+                f"median of {speed.get('rounds')} interleaved rounds:",
+                "",
+                "| shape | threads | float32 ms | INT8 ms | BF16 ms | INT8 speed-up "
+                "| BF16 speed-up | INT8 vs BF16 |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for shape, by_threads in speed.get("speed", {}).items():
+                for label, row in by_threads.items():
+                    lines.append(
+                        f"| {shape} | {label} | {row['float_ms']} | {row['int8_ms']} "
+                        f"| {row['bf16_ms']} | **{row['int8_speedup']}x** "
+                        f"| {row['bf16_speedup']}x | {row['int8_vs_bf16']}x |"
+                    )
+            lines.append("")
+            kernels = speed.get("kernels", {})
+            if kernels:
+                lines += ["OpenVINO's kernels for the FullyConnected / MatMul nodes:", ""]
+                for name, counts in kernels.items():
+                    listed = ", ".join(f"{k} x{v}" for k, v in counts.items()) or "?"
+                    lines.append(f"- {name}: {listed}")
+                lines.append("")
         decoder = sections.get("decoder")
         if decoder:
             lines += [
@@ -455,9 +693,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "quantization.md")
     args = parser.parse_args()
     chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = sorted(set(chosen) - set(SECTIONS))
+    unknown = sorted(set(chosen) - set(SECTIONS) - set(EXTRA_SECTIONS))
     if unknown:
-        parser.error(f"unknown sections {unknown} (sections: {', '.join(SECTIONS)})")
+        known = ", ".join(SECTIONS + EXTRA_SECTIONS)
+        parser.error(f"unknown sections {unknown} (sections: {known})")
     qm = _quant_models()
     env = environment()
     host = args.host or env["cpu"]
@@ -469,6 +708,7 @@ def main() -> int:
         "nncf-onnx": bench_nncf_onnx,
         "digits": bench_digits,
         "decoder": bench_decoder,
+        "minilm-speed": bench_minilm_speed,
     }
     with tempfile.TemporaryDirectory(prefix="bench-quant-") as tmp:
         for name in chosen:
