@@ -74,9 +74,30 @@ def run_zoo(
             on_result(result)
     env = environment()
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(markdown(results, env, command))
+    out.write_text(markdown(results, env, command) + partition_overhead_note(out.parent))
     plot(results, out.with_suffix(".png"))
     out.with_suffix(".json").write_text(
         json.dumps({"environment": env, "results": results}, indent=2) + "\n"
     )
     return results
+
+
+def partition_overhead_note(docs: Path) -> str:
+    """The per-boundary overhead line for the generated page, from ``partition-overhead.md``.
+
+    ``scripts/bench_partition.py`` measures what a partition boundary costs and writes that
+    file with a ``Summary:`` line; the zoo page repeats the line with a link (issue 5 asks for
+    the per-boundary overhead in ``docs/performance.md``). ``""`` when there is no such file.
+    """
+    path = docs / "partition-overhead.md"
+    if not path.is_file():
+        return ""
+    for line in path.read_text().splitlines():
+        if line.startswith("Summary: "):
+            return (
+                "\nPartition boundary overhead ([partition-overhead.md](partition-overhead.md), "
+                "`scripts/bench_partition.py`, its own run): "
+                + line.removeprefix("Summary: ")
+                + "\n"
+            )
+    return ""

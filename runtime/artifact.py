@@ -235,6 +235,31 @@ def write_zip(directory: Path, zip_path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def write_artifact(
+    out_path: Path, manifest: Manifest, report: dict[str, Any], payloads: dict[str, Path]
+) -> None:
+    """Write an artifact: each partition's payload directory, ``manifest.json``, ``report.json``.
+
+    ``payloads`` maps a partition id to the directory holding its files, copied to ``ID/``.
+    ``out_path`` ending in ``.zip`` gives the zip form (``NAME.vmm.zip``), else a directory.
+    The directory is staged next to its destination and renamed into place, so a failure
+    leaves nothing half-written.
+    """
+    out_path = Path(out_path)
+    as_zip = out_path.suffix == ".zip"
+    directory = out_path.with_suffix("") if as_zip else out_path
+    with staged_directory(directory) as stage:
+        for part_id, payload_dir in payloads.items():
+            shutil.copytree(payload_dir, stage / part_id)
+        (stage / MANIFEST).write_bytes(dumps_json(manifest.to_json()))
+        (stage / REPORT).write_bytes(dumps_json(report))
+    if as_zip:
+        try:
+            write_zip(directory, out_path)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
 def read_manifest(root: Path) -> Manifest:
     path = root / MANIFEST
     if not path.is_file():

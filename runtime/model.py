@@ -164,11 +164,36 @@ def load(path: str | Path) -> CompiledModel:
     verify_payloads(root, manifest)
     executors = {
         part.id: create_executor(
-            part.target, root / part.entry, part.device, part.config, part.outputs
+            part.target,
+            root / part.entry,
+            part.device,
+            executor_config(manifest, part),
+            part.outputs,
         )
         for part in manifest.partitions
     }
     return CompiledModel(root, manifest, executors)
+
+
+def executor_config(manifest: Manifest, part: PartitionSpec) -> dict[str, Any]:
+    """``part``'s executor config, plus what taking turns with other partitions on the CPU needs.
+
+    ONNX Runtime's intra-op workers keep spinning for a while after a run returns, waiting for
+    more work. Where several partitions take turns on the host CPU, the workers of the session
+    that just ran spin on the cores that the next partition's workers need: on 2 cores, a ResNet
+    cut in two ran 1.62 ms as one partition and 2.43 ms as two at batch 8
+    (docs/partition-overhead.md). There, ONNX Runtime partitions on the CPU get
+    ``force_spinning_stop``: their workers stop spinning when the run returns (the split: 1.72
+    ms), at the price of waking them on the next run (10-40 us a call at batch 1 there).
+    Single-partition artifacts keep ONNX Runtime's defaults, and a partition whose config sets
+    ``force_spinning_stop`` itself (true or false) keeps that.
+    """
+    on_cpu = sum(1 for p in manifest.partitions if p.device == "CPU")
+    if "force_spinning_stop" in part.config:
+        return part.config
+    if part.target == "onnxruntime" and part.device == "CPU" and on_cpu > 1:
+        return {**part.config, "force_spinning_stop": True}
+    return part.config
 
 
 def _unpack_zip(path: Path) -> Path:
@@ -365,4 +390,11 @@ def _describe(spec: TensorSpec) -> str:
     return f"{spec.name}: {spec.dtype}{shape}"
 
 
-__all__ = ["ArtifactError", "CompiledModel", "InputError", "check_inputs", "load"]
+__all__ = [
+    "ArtifactError",
+    "CompiledModel",
+    "InputError",
+    "check_inputs",
+    "executor_config",
+    "load",
+]

@@ -164,3 +164,15 @@ def test_golden_plans(
         assert key in golden, f"no golden plan for {key}: run pytest --update-golden"
         assert plan["partitions"] == golden[key]["partitions"], key
         assert plan["estimated_ms"] == pytest.approx(golden[key]["estimated_ms"], rel=0.02), key
+
+
+def test_zoo_page_repeats_the_partition_overhead_summary(tmp_path: Path) -> None:
+    from ai_vmm.bench_suite import partition_overhead_note
+
+    assert partition_overhead_note(tmp_path) == ""
+    (tmp_path / "partition-overhead.md").write_text(
+        "# Partition boundary overhead\n\nSummary: batch 1: split / single 1.05, 12.0 us.\n"
+    )
+    note = partition_overhead_note(tmp_path)
+    assert "[partition-overhead.md](partition-overhead.md)" in note
+    assert note.rstrip().endswith("batch 1: split / single 1.05, 12.0 us.")

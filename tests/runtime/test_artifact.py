@@ -83,3 +83,70 @@ def test_staged_directory_leaves_nothing_on_failure(tmp_path: Path) -> None:
         (stage / "half").write_text("written")
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def _relu_chain(tmp_path: Path) -> tuple[Manifest, dict[str, Path]]:
+    """Two ONNX Runtime CPU partitions, ``x -> Relu -> t -> Relu -> y`` on ``[n, 4]``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from ai_vmm.runtime.artifact import PartitionSpec, TensorSpec, sha256_file
+
+    payloads: dict[str, Path] = {}
+    parts = []
+    for pid, source, target in (("p0", "x", "t"), ("p1", "t", "y")):
+        directory = tmp_path / f"payload-{pid}"
+        directory.mkdir()
+        graph = helper.make_graph(
+            [helper.make_node("Relu", [source], [target])],
+            "relu",
+            [helper.make_tensor_value_info(source, TensorProto.FLOAT, ["n", 4])],
+            [helper.make_tensor_value_info(target, TensorProto.FLOAT, ["n", 4])],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        onnx.save(model, directory / "model.onnx")
+        payloads[pid] = directory
+        files = {f"{pid}/model.onnx": sha256_file(directory / "model.onnx")}
+        entry = f"{pid}/model.onnx"
+        parts.append(PartitionSpec(pid, "onnxruntime", "CPU", entry, files, (source,), (target,)))
+    signature = (TensorSpec("x", "float32", ("n", 4)),), (TensorSpec("y", "float32", ("n", 4)),)
+    return Manifest(*signature, tuple(parts), {}, {}, {}), payloads
+
+
+@pytest.mark.parametrize("name", ["chain.vmm", "chain.vmm.zip"])
+def test_write_artifact_writes_a_loadable_two_partition_artifact(tmp_path: Path, name: str) -> None:
+    from ai_vmm.runtime.artifact import write_artifact
+
+    manifest, payloads = _relu_chain(tmp_path)
+    out = tmp_path / name
+    write_artifact(out, manifest, {"note": "test"}, payloads)
+    assert out.is_file() == name.endswith(".zip")
+    if name.endswith(".zip"):
+        assert not (tmp_path / "chain.vmm").exists()  # the staged directory is gone
+    model = load(out)
+    assert model.report() == {"note": "test"}
+    assert [route["from"] for route in model.manifest.routing()] == ["p0", "input", "p1"]
+    x = np.array([[-1.0, 2.0, -3.0, 4.0]], np.float32)
+    np.testing.assert_array_equal(model(x=x)["y"], np.maximum(x, 0))
+
+
+def test_write_artifact_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    from ai_vmm.runtime.artifact import write_artifact
+
+    manifest = Manifest((), (), (), {}, {}, {})
+    with pytest.raises(OSError):
+        write_artifact(tmp_path / "bad.vmm", manifest, {}, {"p0": tmp_path / "absent"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_two_partition_artifact_loads_with_spinning_stop(tmp_path: Path) -> None:
+    from ai_vmm.runtime.artifact import write_artifact
+
+    manifest, payloads = _relu_chain(tmp_path)
+    write_artifact(tmp_path / "chain.vmm", manifest, {}, payloads)
+    model = load(tmp_path / "chain.vmm")
+    for executor in model._executors.values():
+        options = executor._session.get_session_options()  # type: ignore[attr-defined]
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    x = np.linspace(-2, 2, 12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(model(x=x)["y"], np.maximum(x, 0))

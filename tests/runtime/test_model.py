@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -122,3 +123,124 @@ def test_partition_waves_overlap_only_independent_work_on_different_devices() ->
     )
     waves = [[p.id for p in wave] for wave in partition_waves(parts)]
     assert waves == [["p0", "p1"], ["p2", "p3"]]
+
+
+def _ort_executor(tmp_path: Path) -> tuple[Any, dict[str, np.ndarray]]:
+    from ai_vmm.runtime.executors import create_executor
+
+    onnx.save(make_two_input_model(), tmp_path / "m.onnx")
+    return create_executor("onnxruntime", tmp_path / "m.onnx", "CPU", {}, ("y",)), _feed(2, 5)
+
+
+def test_onnxruntime_executor_calls_the_binding_and_matches_session_run(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    executor, feed = _ort_executor(tmp_path)
+    assert executor.direct_run is True
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (want,) = session.run(["y"], feed)
+    got = executor.run(feed)
+    assert list(got) == ["y"]
+    np.testing.assert_array_equal(got["y"], want)
+    # The shared RunOptions and the binding are safe under concurrent calls.
+    feeds = [_feed(1 + i % 3, 2 + i % 7) for i in range(32)]
+    expected = [session.run(["y"], f)[0] for f in feeds]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda f: executor.run(f)["y"], feeds))
+    for want_one, have in zip(expected, results, strict=True):
+        np.testing.assert_array_equal(want_one, have)
+
+
+def test_onnxruntime_executor_failures_stay_input_errors(tmp_path: Path) -> None:
+    executor, feed = _ort_executor(tmp_path)
+    with pytest.raises(InputError, match="ONNX Runtime failed to run"):
+        executor.run({"ids": feed["ids"]})  # no mask
+    with pytest.raises(InputError, match="ONNX Runtime failed to run"):
+        executor.run(feed | {"mask": feed["mask"].astype(np.float64)})
+
+
+def test_onnxruntime_executor_without_the_binding_uses_session_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxruntime as ort
+
+    real = ort.InferenceSession
+
+    class PublicOnly:
+        """An ``InferenceSession`` exposing only its public methods (no ``_sess``)."""
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            self._inner = real(*args, **kwargs)
+            self.calls = 0
+
+        def run(self, *args: object) -> object:
+            self.calls += 1
+            return self._inner.run(*args)
+
+        def get_outputs(self) -> object:
+            return self._inner.get_outputs()
+
+    monkeypatch.setattr(ort, "InferenceSession", PublicOnly)
+    executor, feed = _ort_executor(tmp_path)
+    assert executor.direct_run is False
+    assert executor.run(feed)["y"].shape == (2, 5, 4)
+    assert executor._session.calls == 1
+
+
+def _spinning_stop(executor: Any) -> bool:
+    options = executor._session.get_session_options()
+    try:
+        return bool(options.get_session_config_entry("session.force_spinning_stop") == "1")
+    except Exception:  # ONNX Runtime raises for a key that was never set
+        return False
+
+
+def test_partitions_taking_turns_on_the_cpu_stop_spinning_after_a_run() -> None:
+    from ai_vmm.runtime.artifact import Manifest, PartitionSpec
+    from ai_vmm.runtime.model import executor_config
+
+    def part(pid: str, target: str, device: str) -> PartitionSpec:
+        return PartitionSpec(pid, target, device, "e", {}, ("x",), ("y",), {"a": 1})
+
+    def manifest(*parts: PartitionSpec) -> Manifest:
+        return Manifest((), (), parts, {}, {}, {})
+
+    one = part("p0", "onnxruntime", "CPU")
+    assert executor_config(manifest(one), one) == {"a": 1}
+    ort_cpu, ov_cpu, ort_gpu = (
+        part("p0", "onnxruntime", "CPU"),
+        part("p1", "openvino", "CPU"),
+        part("p2", "onnxruntime", "CUDA"),
+    )
+    both = manifest(ort_cpu, ov_cpu)
+    assert executor_config(both, ort_cpu) == {"a": 1, "force_spinning_stop": True}
+    assert executor_config(both, ov_cpu) == {"a": 1}  # OpenVINO's threads are its own
+    alone_on_cpu = manifest(ort_cpu, ort_gpu)
+    assert executor_config(alone_on_cpu, ort_cpu) == {"a": 1}
+    assert executor_config(alone_on_cpu, ort_gpu) == {"a": 1}
+    assert ort_cpu.config == {"a": 1}  # the manifest's config is left alone
+    chosen = PartitionSpec(
+        "p0", "onnxruntime", "CPU", "e", {}, ("x",), ("y",), {"force_spinning_stop": False}
+    )
+    assert executor_config(manifest(chosen, ov_cpu), chosen) == {"force_spinning_stop": False}
+
+
+def test_loaded_split_artifact_sets_spinning_stop_and_matches(tmp_path: Path) -> None:
+    from ai_vmm.runtime.executors import create_executor
+    from ai_vmm.runtime.executors.onnxruntime import session_options
+
+    assert (
+        session_options({"force_spinning_stop": True}).get_session_config_entry(
+            "session.force_spinning_stop"
+        )
+        == "1"
+    )
+    onnx.save(make_two_input_model(), tmp_path / "m.onnx")
+    alone = create_executor("onnxruntime", tmp_path / "m.onnx", "CPU", {}, ("y",))
+    assert not _spinning_stop(alone)
+    stopping = create_executor(
+        "onnxruntime", tmp_path / "m.onnx", "CPU", {"force_spinning_stop": True}, ("y",)
+    )
+    assert _spinning_stop(stopping)
+    feed = _feed(3, 4)
+    np.testing.assert_array_equal(stopping.run(feed)["y"], alone.run(feed)["y"])
