@@ -1,0 +1,355 @@
+"""ONNX -> torch conversion (the cuda target's source for ONNX subgraphs), checked on the CPU
+against ONNX Runtime: single ops on tiny graphs, and the zoo models whole."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+torch = pytest.importorskip("torch")
+
+from ai_vmm.passes.analyze import analyze  # noqa: E402
+from ai_vmm.passes.canonicalize import canonicalize  # noqa: E402
+from ai_vmm.passes.recipes import apply_recipe, choose_recipe  # noqa: E402
+from ai_vmm.targets.cuda import CudaTarget  # noqa: E402
+from ai_vmm.targets.cuda_convert import ConversionError, node_support, to_torch  # noqa: E402
+
+F32 = onnx.TensorProto.FLOAT
+I64 = onnx.TensorProto.INT64
+
+
+def _run_both(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> tuple[list[Any], list[Any]]:
+    session = ort.InferenceSession(proto.SerializeToString())
+    expected = session.run(None, feeds)
+    module = to_torch(ir.serde.deserialize_model(proto)).eval()
+    with torch.no_grad():
+        got = module(*[torch.from_numpy(feeds[n]) for n in module.input_names])
+    return expected, [g.numpy() for g in got]
+
+
+def _model(
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    inits: list[onnx.TensorProto] = (),  # type: ignore[assignment]
+    opset: int = 23,
+) -> onnx.ModelProto:
+    graph = oh.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
+
+
+def _vi(name: str, shape: list[Any], dtype: int = F32) -> onnx.ValueInfoProto:
+    return oh.make_tensor_value_info(name, dtype, shape)
+
+
+def _const(name: str, values: Any, dtype: Any = np.int64) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(values, dtype=dtype), name)
+
+
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((2, 4, 6, 6)).astype(np.float32)
+
+# (id, nodes, inputs, outputs, initializers, feeds)
+CASES: list[tuple[str, Any, Any, Any, Any, dict[str, np.ndarray]]] = [
+    (
+        "conv-asymmetric-pads-groups",
+        [oh.make_node("Conv", ["x", "w"], ["y"], pads=[0, 1, 1, 0], strides=[2, 1], group=2)],
+        [_vi("x", ["N", 4, 6, 6])],
+        [_vi("y", None)],
+        [numpy_helper.from_array(RNG.standard_normal((6, 2, 3, 3)).astype(np.float32), "w")],
+        {"x": X},
+    ),
+    (
+        "conv-same-upper",
+        [oh.make_node("Conv", ["x", "w"], ["y"], auto_pad="SAME_UPPER", strides=[2, 2])],
+        [_vi("x", ["N", 4, 6, 6])],
+        [_vi("y", None)],
+        [numpy_helper.from_array(RNG.standard_normal((3, 4, 2, 2)).astype(np.float32), "w")],
+        {"x": X},
+    ),
+    (
+        "maxpool-ceil-pads",
+        [
+            oh.make_node(
+                "MaxPool",
+                ["x"],
+                ["y"],
+                kernel_shape=[3, 3],
+                strides=[2, 2],
+                pads=[1, 1, 1, 1],
+                ceil_mode=1,
+            )
+        ],
+        [_vi("x", ["N", 4, 6, 6])],
+        [_vi("y", None)],
+        [],
+        {"x": X},
+    ),
+    (
+        "avgpool-exclude-pad",
+        [oh.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])],
+        [_vi("x", ["N", 4, 6, 6])],
+        [_vi("y", None)],
+        [],
+        {"x": X},
+    ),
+    (
+        "gemm-trans-alpha-beta",
+        [oh.make_node("Gemm", ["a", "b", "c"], ["y"], transA=1, transB=1, alpha=0.5, beta=2.0)],
+        [_vi("a", [5, 3]), _vi("b", [4, 5]), _vi("c", [3, 4])],
+        [_vi("y", None)],
+        [],
+        {
+            "a": RNG.standard_normal((5, 3)).astype(np.float32),
+            "b": RNG.standard_normal((4, 5)).astype(np.float32),
+            "c": RNG.standard_normal((3, 4)).astype(np.float32),
+        },
+    ),
+    (
+        "shape-arithmetic-reshape",
+        [
+            oh.make_node("Shape", ["x"], ["s"]),
+            oh.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+            oh.make_node("Unsqueeze", ["n", "zero1"], ["n1"]),
+            oh.make_node("Concat", ["n1", "minus1"], ["shape"], axis=0),
+            oh.make_node("Reshape", ["x", "shape"], ["y"]),
+        ],
+        [_vi("x", ["N", 4, 6, 6])],
+        [_vi("y", None)],
+        [_const("zero", 0), _const("zero1", [0]), _const("minus1", [-1])],
+        {"x": X},
+    ),
+    (
+        "slice-steps-negative-ends",
+        [oh.make_node("Slice", ["x", "st", "en", "ax", "sp"], ["y"])],
+        [_vi("x", ["N", 4, 6, 6])],
+        [_vi("y", None)],
+        [_const("st", [1, 0]), _const("en", [-1, 99]), _const("ax", [1, 3]), _const("sp", [1, 2])],
+        {"x": X},
+    ),
+    (
+        "split-num-outputs-uneven",
+        [oh.make_node("Split", ["x"], ["a", "b", "c"], axis=3, num_outputs=3)],
+        [_vi("x", [2, 4, 6, 7])],
+        [_vi("a", None), _vi("b", None), _vi("c", None)],
+        [],
+        {"x": RNG.standard_normal((2, 4, 6, 7)).astype(np.float32)},
+    ),
+    (
+        "cumsum-exclusive-reverse",
+        [oh.make_node("CumSum", ["x", "axis"], ["y"], exclusive=1, reverse=1)],
+        [_vi("x", [3, 5])],
+        [_vi("y", None)],
+        [_const("axis", 1)],
+        {"x": RNG.standard_normal((3, 5)).astype(np.float32)},
+    ),
+    (
+        "pad-reflect-and-where-expand",
+        [
+            oh.make_node("Pad", ["x", "pads"], ["p"], mode="reflect"),
+            oh.make_node("Expand", ["b", "shape"], ["e"]),
+            oh.make_node("Neg", ["p"], ["p2"]),
+            oh.make_node("Where", ["e", "p", "p2"], ["y"]),
+        ],
+        [_vi("x", [2, 4, 6, 6]), _vi("b", [1, 1, 1, 8], onnx.TensorProto.BOOL)],
+        [_vi("y", None)],
+        [_const("pads", [0, 0, 1, 1, 0, 0, 1, 1]), _const("shape", [2, 4, 8, 1])],
+        {"x": X, "b": RNG.integers(0, 2, (1, 1, 1, 8)).astype(bool)},
+    ),
+    (
+        "attention-3d-gqa-causal",
+        [
+            oh.make_node(
+                "Attention", ["q", "k", "v"], ["y"], q_num_heads=4, kv_num_heads=2, is_causal=1
+            )
+        ],
+        [_vi("q", [2, 5, 32]), _vi("k", [2, 5, 16]), _vi("v", [2, 5, 16])],
+        [_vi("y", None)],
+        [],
+        {
+            "q": RNG.standard_normal((2, 5, 32)).astype(np.float32),
+            "k": RNG.standard_normal((2, 5, 16)).astype(np.float32),
+            "v": RNG.standard_normal((2, 5, 16)).astype(np.float32),
+        },
+    ),
+    (
+        "attention-4d-bool-mask-scale",
+        [oh.make_node("Attention", ["q", "k", "v", "m"], ["y"], scale=0.3)],
+        [
+            _vi("q", [2, 2, 5, 8]),
+            _vi("k", [2, 2, 7, 8]),
+            _vi("v", [2, 2, 7, 8]),
+            _vi("m", [5, 7], onnx.TensorProto.BOOL),
+        ],
+        [_vi("y", None)],
+        [],
+        {
+            "q": RNG.standard_normal((2, 2, 5, 8)).astype(np.float32),
+            "k": RNG.standard_normal((2, 2, 7, 8)).astype(np.float32),
+            "v": RNG.standard_normal((2, 2, 7, 8)).astype(np.float32),
+            "m": np.tril(np.ones((5, 7), bool), 2),
+        },
+    ),
+    (
+        "rotary-interleaved-position-ids",
+        [
+            oh.make_node(
+                "RotaryEmbedding", ["x", "cos", "sin", "pos"], ["y"], interleaved=1, num_heads=2
+            )
+        ],
+        [_vi("x", [2, 3, 16]), _vi("pos", [2, 3], I64)],
+        [_vi("y", None)],
+        [
+            numpy_helper.from_array(RNG.standard_normal((10, 4)).astype(np.float32), "cos"),
+            numpy_helper.from_array(RNG.standard_normal((10, 4)).astype(np.float32), "sin"),
+        ],
+        {
+            "x": RNG.standard_normal((2, 3, 16)).astype(np.float32),
+            "pos": np.array([[0, 1, 2], [5, 6, 7]], dtype=np.int64),
+        },
+    ),
+    (
+        "layernorm-rmsnorm-gelu-tanh",
+        [
+            oh.make_node("LayerNormalization", ["x", "g", "b"], ["l"], axis=-1, epsilon=1e-5),
+            oh.make_node("RMSNormalization", ["l", "g"], ["r"], axis=-1, epsilon=1e-6),
+            oh.make_node("Gelu", ["r"], ["y"], approximate="tanh"),
+        ],
+        [_vi("x", ["N", 3, 8])],
+        [_vi("y", None)],
+        [
+            numpy_helper.from_array(RNG.standard_normal(8).astype(np.float32), "g"),
+            numpy_helper.from_array(RNG.standard_normal(8).astype(np.float32), "b"),
+        ],
+        {"x": RNG.standard_normal((2, 3, 8)).astype(np.float32)},
+    ),
+    (
+        "reduce-axes-input-and-topk",
+        [
+            oh.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0),
+            oh.make_node("TopK", ["m", "k"], ["vals", "idx"], axis=-1),
+        ],
+        [_vi("x", [2, 4, 6, 6])],
+        [_vi("vals", None), _vi("idx", None, I64)],
+        [_const("axes", [1, 2]), _const("k", [3])],
+        {"x": X},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("nodes", "inputs", "outputs", "inits", "feeds"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
+def test_op_matches_onnxruntime(
+    nodes: Any, inputs: Any, outputs: Any, inits: Any, feeds: dict[str, np.ndarray]
+) -> None:
+    expected, got = _run_both(_model(nodes, inputs, outputs, inits), feeds)
+    assert len(got) == len(expected)
+    for want, have in zip(expected, got, strict=True):
+        assert have.shape == want.shape
+        np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-5)
+
+
+def test_unsupported_nodes_say_why() -> None:
+    body = oh.make_graph([oh.make_node("Identity", ["x"], ["z"])], "b", [], [_vi("z", [1])])
+    proto = _model(
+        [
+            oh.make_node("DepthToSpace", ["x"], ["d"], name="d2s", blocksize=2),
+            oh.make_node("If", ["c"], ["i"], name="if", then_branch=body, else_branch=body),
+            oh.make_node("Custom", ["x"], ["u"], name="custom", domain="my.ops"),
+        ],
+        [_vi("x", [1, 4, 2, 2]), _vi("c", [], onnx.TensorProto.BOOL)],
+        [_vi("d", None), _vi("i", None), _vi("u", None)],
+    )
+    model = ir.serde.deserialize_model(proto)
+    reasons = [node_support(node, 23) for node in model.graph]
+    assert (
+        reasons[0] is not None and "DepthToSpace is not in our ONNX->torch op mapping" in reasons[0]
+    )
+    assert reasons[1] is not None and "subgraph" in reasons[1]
+    assert reasons[2] is not None and "domain 'my.ops'" in reasons[2]
+    with pytest.raises(ConversionError, match="DepthToSpace"):
+        to_torch(model)
+    support = CudaTarget().capability(model, None)  # type: ignore[arg-type]
+    assert [s.supported for s in support.values()] == [False, False, False]
+
+
+ZOO = ["small_cnn", "resnet", "mobilenet", "transformer_encoder", "vit", "gpt2", "llama", "dlrm"]
+
+
+def _fused(path: Path) -> ir.Model:
+    """The zoo model as the cuda target receives it: canonicalized and fused for it."""
+    model = ir.load(path)
+    canonicalize(model, frozenset())
+    target = CudaTarget()
+    apply_recipe(
+        model,
+        choose_recipe(analyze(model)),
+        target="cuda",
+        supported_ops=target.supports_op,
+        disabled=frozenset(),
+        trace=False,
+    )
+    return model
+
+
+def _zoo_feeds(session: ort.InferenceSession, batch: int, seq: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    feeds = {}
+    for spec in session.get_inputs():
+        shape = [
+            d if isinstance(d, int) else (batch if i == 0 else seq)
+            for i, d in enumerate(spec.shape)
+        ]
+        if "int64" in spec.type:
+            feeds[spec.name] = (
+                np.ones(shape, np.int64) if "mask" in spec.name else rng.integers(0, 100, shape)
+            )
+        else:
+            feeds[spec.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_model_converts_and_matches(
+    name: str, zoo_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    model = _fused(zoo_model(name))
+    path = tmp_path / "fused.onnx"
+    ir.save(model, path)
+    session = ort.InferenceSession(str(path))
+    module = to_torch(model).eval()
+    for batch, seq in ((1, 5), (3, 9)):
+        feeds = _zoo_feeds(session, batch, seq)
+        expected = session.run(None, feeds)
+        with torch.no_grad():
+            got = module(*[torch.from_numpy(feeds[n]) for n in module.input_names])
+        for want, have in zip(expected, got, strict=True):
+            np.testing.assert_allclose(have.numpy(), want, rtol=1e-4, atol=2e-5)
+
+
+def test_export_keeps_dynamic_axes(zoo_model: Callable[[str], Path]) -> None:
+    """Shape arithmetic stays symbolic: a llama exported once runs at other batch/seq sizes."""
+    model = _fused(zoo_model("llama"))
+    module = to_torch(model).eval()
+    batch, seq = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("seq", min=1, max=128)
+    example = torch.zeros((2, 7), dtype=torch.int64)
+    program = torch.export.export(
+        module, (example,), dynamic_shapes={module.arg_names[0]: {0: batch, 1: seq}}, strict=False
+    )
+    ids = torch.randint(0, 100, (3, 11))
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            program.module()(ids)[0].numpy(), module(ids)[0].numpy(), rtol=1e-5, atol=1e-6
+        )
