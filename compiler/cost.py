@@ -28,6 +28,7 @@ import onnx
 import onnx.helper as oh
 import onnx_ir as ir
 
+from ai_vmm import registry
 from ai_vmm.passes.analyze import node_flops as classed_node_flops
 from ai_vmm.runtime.devices import Device
 from ai_vmm.runtime.executors import create_executor
@@ -45,6 +46,8 @@ class DeviceFigures:
     overhead_us: float
     source: str
     """``measured on <cpu>`` or ``spec: <where the numbers come from>``."""
+    link_gbps: float | None = None
+    """Host <-> device copy bandwidth, for an accelerator with its own memory (measured)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,6 +59,7 @@ class DeviceFigures:
             bandwidth_gbps=float(data["bandwidth_gbps"]),
             overhead_us=float(data["overhead_us"]),
             source=str(data.get("source", "profile")),
+            link_gbps=float(data["link_gbps"]) if data.get("link_gbps") else None,
         )
 
 
@@ -165,7 +169,21 @@ def _median_seconds(run: Any, repeats: int) -> float:
 
 
 def measure_figures(device: Device) -> DeviceFigures:
-    """Micro-benchmark ``device`` through its target's runtime (about a second)."""
+    """Micro-benchmark ``device`` through its target's runtime (about a second).
+
+    A target with its own micro-benchmark (``measure_figures(device) -> dict``, the cuda target:
+    its payloads take a compiler run to build) measures itself.
+    """
+    target = registry.get_target(device.target)
+    if hasattr(target, "measure_figures"):
+        data = target.measure_figures(device)
+        return DeviceFigures(
+            peak_gflops=dict(data["peak_gflops"]),
+            bandwidth_gbps=float(data["bandwidth_gbps"]),
+            overhead_us=float(data["overhead_us"]),
+            source=str(data.get("source", "measured")),
+            link_gbps=float(data["link_gbps"]) if data.get("link_gbps") else None,
+        )
     with tempfile.TemporaryDirectory(prefix="ai-vmm-figures-") as tmp:
         mm, add, ident = _micro_models(Path(tmp))
         n, m = 512, 1 << 22

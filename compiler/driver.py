@@ -29,7 +29,7 @@ from ai_vmm.cache import CompileCache, cache_key, cache_root
 from ai_vmm.frontends import LoadedModel, load_model, source_digest
 from ai_vmm.hardware_profile import HardwareProfile, load_profile
 from ai_vmm.inputs import Tolerance, compare, index_bounds, synthetic_inputs
-from ai_vmm.partition import PartitionedBuild, build_partitioned
+from ai_vmm.partition import PartitionedBuild, build_partitioned, sample_dims
 from ai_vmm.passes.analyze import analyze
 from ai_vmm.passes.canonicalize import STEP_NAMES, canonicalize
 from ai_vmm.passes.recipes import RECIPES, apply_recipe, choose_recipe
@@ -37,13 +37,12 @@ from ai_vmm.passes.recipes import STEP_NAMES as RECIPE_STEPS
 from ai_vmm.quantize import QuantizationOptions, quantize_candidates, validate_quantization
 from ai_vmm.runtime.artifact import (
     MANIFEST,
-    REPORT,
     Manifest,
     PartitionSpec,
-    dumps_json,
     read_report,
     sha256_file,
     staged_directory,
+    write_artifact,
     write_zip,
 )
 from ai_vmm.runtime.devices import Device, Inventory
@@ -316,7 +315,18 @@ def _compile_stages(
     sample = synthetic_inputs(inputs, index_bounds(model))
     verification_note, expected = _reference_outputs(model, reference, sample, options, say)
 
-    target_options = TargetOptions(precision=options.precision, extra={"input_bounds": bounds})
+    target_extra: dict[str, Any] = {
+        "input_bounds": bounds,
+        "sample_dims": sample_dims(model, sample),
+    }
+    if loaded.torch_program is not None:
+        # The cuda target compiles the frontend's own torch program when it gets the whole model.
+        target_extra["torch_program"] = loaded.torch_program
+        target_extra["torch_program_io"] = (
+            [v.name for v in model.graph.inputs],
+            [v.name for v in model.graph.outputs],
+        )
+    target_options = TargetOptions(precision=options.precision, extra=target_extra)
     explicit_list = options.target.strip() not in ("", "auto") and len(candidates) > 1
     hetero = machine.profile is not None or explicit_list
     built: list[_Candidate] = []
@@ -422,7 +432,7 @@ def _compile_stages(
         report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
         report["compiled_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     say(f"writing {out_path}")
-    _write_artifact(out_path, manifest, report, payloads)
+    write_artifact(out_path, manifest, report, payloads)
     return CompileResult(out_path, manifest.to_json(), report)
 
 
@@ -825,23 +835,6 @@ def _choose(built: list[_Candidate], options: CompileOptions) -> tuple[_Candidat
     )
 
 
-def _write_artifact(
-    out_path: Path, manifest: Manifest, report: dict[str, Any], payloads: dict[str, Path]
-) -> None:
-    as_zip = out_path.suffix == ".zip"
-    directory = out_path.with_suffix("") if as_zip else out_path
-    with staged_directory(directory) as stage:
-        for part_id, payload_dir in payloads.items():
-            shutil.copytree(payload_dir, stage / part_id)
-        (stage / MANIFEST).write_bytes(dumps_json(manifest.to_json()))
-        (stage / REPORT).write_bytes(dumps_json(report))
-    if as_zip:
-        try:
-            write_zip(directory, out_path)
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
-
-
 def _copy_artifact(source: Path, out_path: Path) -> None:
     if out_path.suffix == ".zip":
         write_zip(source, out_path)
@@ -864,13 +857,19 @@ def _read_json(path: Path, name: str) -> dict[str, Any]:
 
 
 _TOOLCHAIN_PACKAGES = ("onnx", "onnx-ir", "onnxscript")
-_TARGET_PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
+_TARGET_PACKAGES = {
+    "openvino": "openvino",
+    "onnxruntime": "onnxruntime",
+    "cuda": "torch",
+    "tensorrt": "tensorrt",
+}
 
 
 def toolchain(*targets: str) -> dict[str, str]:
     """Versions of ai-vmm and the libraries that shaped a payload (all targets if none given)."""
     names = ["ai-vmm", *_TOOLCHAIN_PACKAGES]
     names += [_TARGET_PACKAGES[t] for t in targets] if targets else list(_TARGET_PACKAGES.values())
+    names = list(dict.fromkeys(names))
     versions = {}
     for name in names:
         try:

@@ -20,12 +20,12 @@ from ai_vmm import registry
 from ai_vmm.cost import DeviceFigures, device_figures, node_seconds, value_bytes
 from ai_vmm.hardware_profile import HardwareProfile
 from ai_vmm.outline import outline
-from ai_vmm.planner import Plan, PlanGraph, PlanningError, PlanNode, PlanTensor, plan
+from ai_vmm.planner import Link, Plan, PlanGraph, PlanningError, PlanNode, PlanTensor, plan
 from ai_vmm.runtime.artifact import PartitionSpec, sha256_file
 from ai_vmm.runtime.devices import Device
 from ai_vmm.runtime.errors import CompileError, UnsupportedModelError, VmmError
 from ai_vmm.runtime.executors import Executor, create_executor
-from ai_vmm.targets.base import NodeSupport, TargetOptions
+from ai_vmm.targets.base import NodeSupport, Payload, TargetOptions, save_onnx
 
 Say = Callable[[str], None]
 
@@ -166,7 +166,7 @@ def build_partitioned(
         else:
             say(f"measuring {device.key} for the cost model (cached per machine)")
             figures[device.key] = device_figures(device)
-    links = profile.links if profile is not None else {}
+    links = profile.links if profile is not None else measured_links(devices, figures)
     dims = sample_dims(model, sample)
     graph = plan_graph(model, devices, support, figures, links, dims, target_options.precision)
     try:
@@ -191,6 +191,30 @@ def build_partitioned(
     return build
 
 
+HOST_LINK_LATENCY_US = 10.0
+"""Latency of one host <-> accelerator copy (a synchronous copy call and its launch)."""
+
+
+def measured_links(
+    devices: list[Device], figures: dict[str, DeviceFigures]
+) -> dict[tuple[str, str], Any]:
+    """Links between present accelerators with their own memory and the host's devices.
+
+    An accelerator whose micro-benchmark measured a host copy bandwidth (``link_gbps``: the
+    cuda target's pageable host -> GPU copy) gets a link to every CPU device; devices that share
+    host memory (CPU targets) need none.
+    """
+    links: dict[tuple[str, str], Any] = {}
+    for device in devices:
+        bandwidth = figures[device.key].link_gbps if device.key in figures else None
+        if not bandwidth:
+            continue
+        for other in devices:
+            if other.kind == "cpu":
+                links[(device.key, other.key)] = Link(bandwidth, HOST_LINK_LATENCY_US)
+    return links
+
+
 def build_plan(
     model: ir.Model,
     result: Plan,
@@ -205,6 +229,11 @@ def build_plan(
     by_key = {d.key: d for d in devices}
     op_types = {node.name or "": node.op_type for node in model.graph}
     partitions, payload_dirs, executors = [], {}, {}
+    readers: dict[str, set[str]] = {}  # tensor -> devices of the partitions that read it
+    for group, piece in zip(result.groups, pieces, strict=True):
+        for name in piece.inputs:
+            readers.setdefault(name, set()).add(result.assignment[group[0]])
+    graph_outputs = {v.name for v in model.graph.outputs}
     for index, (group, piece) in enumerate(zip(result.groups, pieces, strict=True)):
         part_id = f"p{index}"
         device = by_key[result.assignment[group[0]]]
@@ -213,15 +242,30 @@ def build_plan(
         out_dir.mkdir()
         say(f"[{part_id} {device.key}] generating code for {len(group)} nodes")
         sub = ir.serde.deserialize_model(piece.model)
-        try:
-            payload = target.codegen(
-                target.prepare(sub, target_options), device, target_options, out_dir
-            )
-        except VmmError:
-            raise
-        except Exception as exc:
-            raise CompileError(f"{device.key} could not build partition {part_id}: {exc}") from exc
+        if device.key not in present and getattr(target, "builds_on_device_only", False):
+            payload = _deferred_payload(sub, device, out_dir)
+            say(f"[{part_id} {device.key}] deferred: {payload.config['deferred']}")
+        else:
+            try:
+                payload = target.codegen(
+                    target.prepare(sub, target_options), device, target_options, out_dir
+                )
+            except VmmError:
+                raise
+            except Exception as exc:
+                raise CompileError(
+                    f"{device.key} could not build partition {part_id}: {exc}"
+                ) from exc
         config = dict(payload.config)
+        if device.target == "cuda":
+            # Tensors read only by partitions on the same GPU stay there (torch tensors).
+            stay = [
+                name
+                for name in piece.outputs
+                if name not in graph_outputs and readers.get(name) == {device.key}
+            ]
+            if stay:
+                config["device_outputs"] = stay
         spec = PartitionSpec(
             id=part_id,
             target=device.target,
@@ -239,7 +283,7 @@ def build_plan(
                 device.target,
                 out_dir / payload.entry,
                 device.name,
-                payload.config,
+                config,
                 piece.outputs,
             )
     group_of = {name: i for i, group in enumerate(result.groups) for name in group}
@@ -257,3 +301,19 @@ def build_plan(
         ],
     }
     return PartitionedBuild(partitions, payload_dirs, result, report, executors)
+
+
+def _deferred_payload(sub: ir.Model, device: Device, out_dir: Path) -> Payload:
+    """The ONNX subgraph of a partition whose payload can only be built on its device.
+
+    The artifact records the plan and the subgraph; loading it names the partition and says to
+    build it on the device (the runtime refuses to run a deferred partition).
+    """
+    save_onnx(sub, out_dir / "model.onnx")
+    reason = (
+        f"{device.target} payloads can only be built on a machine with {device.key} "
+        f"({device.full_name or device.name}); this compile planned for it without it: "
+        f"run the compile on that machine to build this partition"
+    )
+    files = tuple(sorted(p.name for p in out_dir.iterdir()))
+    return Payload(entry="model.onnx", files=files, config={"deferred": reason})

@@ -10,13 +10,22 @@ from ai_vmm.runtime.errors import CompileError
 TARGETS: dict[str, str] = {
     "openvino": "ai_vmm.targets.openvino:OpenVinoTarget",
     "onnxruntime": "ai_vmm.targets.onnxruntime:OnnxRuntimeTarget",
+    "cuda": "ai_vmm.targets.cuda:CudaTarget",
+    "tensorrt": "ai_vmm.targets.tensorrt:TensorRtTarget",
 }
 
 # The static rule of --no-tune: the first device in this order that runs every node wins.
 # OpenVINO first on Intel hardware (its CPU plugin and its GPU/NPU plugins are the reason to
 # compile at all); ONNX Runtime first elsewhere (measured on AMD EPYC: see docs/targets.md).
-STATIC_PRIORITY_INTEL = ("openvino:GPU", "openvino:NPU", "openvino:CPU", "onnxruntime:CPU")
-STATIC_PRIORITY_OTHER = ("onnxruntime:CPU", "openvino:CPU")
+STATIC_PRIORITY_INTEL = (
+    "tensorrt:0",
+    "cuda:0",
+    "openvino:GPU",
+    "openvino:NPU",
+    "openvino:CPU",
+    "onnxruntime:CPU",
+)
+STATIC_PRIORITY_OTHER = ("tensorrt:0", "cuda:0", "onnxruntime:CPU", "openvino:CPU")
 
 _instances: dict[str, Any] = {}
 

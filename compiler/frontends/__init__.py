@@ -135,11 +135,12 @@ def load_model(source: Any, frontend_options: dict[str, Any] | None = None) -> L
     if kind.startswith("torch."):
         from ai_vmm.frontends.torch import export_torch
 
-        proto, notes = export_torch(source, kind, **options)
+        proto, notes, program = export_torch(source, kind, **options)
     else:
         from ai_vmm.frontends.tensorflow import export_tensorflow
 
         proto, notes = export_tensorflow(source, kind, **options)
+        program = None
     proto = rename_io(proto, input_names, output_names)
     loaded = load_onnx(proto)
     return LoadedModel(
@@ -147,6 +148,7 @@ def load_model(source: Any, frontend_options: dict[str, Any] | None = None) -> L
         sha256=loaded.sha256,
         source=label,
         notes=[f"{kind} source exported to ONNX", *notes, *loaded.notes],
+        torch_program=program,
     )
 
 

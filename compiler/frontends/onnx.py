@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
@@ -30,6 +31,9 @@ class LoadedModel:
     sha256: str
     source: str
     notes: list[str]
+    torch_program: Any = None
+    """The ``torch.export`` program a torch source was exported from (the cuda target compiles
+    it directly when the whole model goes to the GPU)."""
 
 
 def load_onnx(source: str | Path | onnx.ModelProto) -> LoadedModel:

@@ -53,7 +53,7 @@ def export_torch(
     example_inputs: Any = None,
     dynamic_shapes: Any = None,
     opset: int | None = None,
-) -> tuple[onnx.ModelProto, list[str]]:
+) -> tuple[onnx.ModelProto, list[str], Any]:
     """Export a PyTorch model to an ONNX ``ModelProto``.
 
     Args:
@@ -69,7 +69,9 @@ def export_torch(
         opset: the ONNX opset to export to (default: the exporter's).
 
     Returns:
-        The ONNX model and notes for the compile report.
+        The ONNX model, notes for the compile report, and the ``torch.export`` program it was
+        translated from (``None`` when it cannot be called positionally with the ONNX inputs):
+        the cuda target compiles that program directly instead of the ONNX graph.
 
     Raises:
         ModelLoadError: PyTorch is missing, the file is unreadable, inputs are missing, or the
@@ -135,8 +137,11 @@ def export_torch(
     else:
         notes.extend(_check_other_sizes(torch, program, eager, label))
     proto = program.model_proto
+    exported = program.exported_program
+    if kwargs or len(proto.graph.input) != len(exported.graph_signature.user_inputs):
+        exported = None  # keyword inputs or folded inputs: not callable as the ONNX graph is
     program.release()
-    return proto, notes
+    return proto, notes, exported
 
 
 def _check_other_sizes(torch: Any, program: Any, eager: Any, label: str) -> list[str]:

@@ -15,9 +15,16 @@ from ai_vmm.runtime.errors import ArtifactError, DeviceError
 _EXECUTORS: dict[str, str] = {
     "openvino": "ai_vmm.runtime.executors.openvino:OpenVinoExecutor",
     "onnxruntime": "ai_vmm.runtime.executors.onnxruntime:OnnxRuntimeExecutor",
+    "cuda": "ai_vmm.runtime.executors.cuda:CudaExecutor",
+    "tensorrt": "ai_vmm.runtime.executors.tensorrt:TensorRtExecutor",
 }
 
-_SDK = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
+_SDK = {
+    "openvino": "openvino",
+    "onnxruntime": "onnxruntime",
+    "cuda": "torch",
+    "tensorrt": "tensorrt",
+}
 
 
 class Executor(Protocol):
@@ -35,6 +42,10 @@ def create_executor(
 
     ``outputs`` names the payload's outputs in their order, as the manifest records them.
     """
+    if config.get("deferred"):
+        raise DeviceError(
+            f"partition payload for {target}:{device} was not built: {config['deferred']}"
+        )
     spec = _EXECUTORS.get(target)
     if spec is None:
         raise ArtifactError(
