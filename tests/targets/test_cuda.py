@@ -67,6 +67,21 @@ def test_cpu_package_runs_with_dynamic_batch_and_checks_fixed_axes(
         np.testing.assert_allclose(got, session.run(None, {"pixel_values": x})[0], atol=1e-5)
     with pytest.raises(InputError, match=r"compiled for \('\?', 3, 32, 32\)"):
         executor.run({"pixel_values": np.zeros((1, 3, 16, 16), np.float32)})
+    # Outputs that only another partition on the same device reads stay torch tensors there,
+    # and a torch tensor is taken as an input as it is.
+    keep = create_executor(
+        "cuda",
+        tmp_path / payload.entry,
+        "cpu",
+        {**payload.config, "device_outputs": ["logits"]},
+        outputs,
+    )
+    x = torch.randn(2, 3, 32, 32)
+    kept = keep.run({"pixel_values": x})["logits"]
+    assert isinstance(kept, torch.Tensor)
+    np.testing.assert_allclose(
+        kept.numpy(), executor.run({"pixel_values": x.numpy()})["logits"], atol=1e-6
+    )
 
 
 def test_plan_for_an_absent_gpu_defers_its_partitions(
