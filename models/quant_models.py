@@ -136,7 +136,6 @@ def fetch_realmodels(cache: Path = REALMODELS_CACHE) -> Path:
 
 def export_minilm(out: Path, cache: Path = REALMODELS_CACHE) -> Path:
     """Export the real all-MiniLM-L6-v2 as ONNX (three int64 inputs, dynamic batch x seq)."""
-    import torch
     import transformers
     from safetensors.torch import load_file
 
@@ -150,6 +149,14 @@ def export_minilm(out: Path, cache: Path = REALMODELS_CACHE) -> Path:
     if real_missing:
         raise RuntimeError(f"MiniLM weights are missing {real_missing[:5]}")
     model.eval()
+    return export_bert_last_hidden(model, out)
+
+
+def export_bert_last_hidden(model: Any, out: Path) -> Path:
+    """Export a ``transformers.BertModel`` as ONNX: its last hidden state from three int64
+    inputs (``input_ids``, ``attention_mask``, ``token_type_ids``), dynamic batch x sequence,
+    opset 17 (the TorchScript exporter)."""
+    import torch
 
     class LastHidden(torch.nn.Module):
         def __init__(self, bert: torch.nn.Module) -> None:

@@ -58,25 +58,6 @@ def _zoo() -> Any:
     return load_zoo(REPO / "models" / "zoo.py")
 
 
-def _feeds(path: Path, batch: int, seq: int = 12) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
-
-    rng = np.random.default_rng(batch)
-    feeds = {}
-    for spec in ort.InferenceSession(str(path)).get_inputs():
-        shape = [
-            d if isinstance(d, int) else (batch if i == 0 else seq)
-            for i, d in enumerate(spec.shape)
-        ]
-        if "int64" in spec.type:
-            feeds[spec.name] = (
-                np.ones(shape, np.int64) if "mask" in spec.name else rng.integers(0, 100, shape)
-            )
-        else:
-            feeds[spec.name] = rng.standard_normal(shape).astype(np.float32)
-    return feeds
-
-
 def section_parity(work: Path) -> list[dict[str, Any]]:
     import onnxruntime as ort
 
@@ -96,7 +77,7 @@ def section_parity(work: Path) -> list[dict[str, Any]]:
             compile_s = time.perf_counter() - started
             compiled = ai_vmm.runtime.load(out)
             for batch in (1, 4):
-                feeds = _feeds(path, batch)
+                feeds = zoo.example_inputs(name, batch, dims={"seq": 12})
                 expected = session.run(None, feeds)
                 got = compiled.run(feeds)
                 for spec, want in zip(session.get_outputs(), expected, strict=True):

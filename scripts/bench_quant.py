@@ -368,34 +368,7 @@ def export_shaped_minilm(out: Path, seed: int = 0) -> Path:
     )
     config._attn_implementation = "eager"
     model = transformers.BertModel(config, add_pooling_layer=False).eval()
-
-    class LastHidden(torch.nn.Module):
-        def __init__(self, bert: torch.nn.Module) -> None:
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            return self.bert(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
-
-    ids = torch.ones((2, 9), dtype=torch.int64)
-    dynamic = {0: "batch", 1: "sequence"}
-    with torch.no_grad():
-        torch.onnx.export(
-            LastHidden(model),
-            (ids, torch.ones_like(ids), torch.zeros_like(ids)),
-            str(out),
-            input_names=["input_ids", "attention_mask", "token_type_ids"],
-            output_names=["last_hidden_state"],
-            dynamic_axes={
-                name: dynamic
-                for name in ("input_ids", "attention_mask", "token_type_ids", "last_hidden_state")
-            },
-            opset_version=17,
-            dynamo=False,
-        )
-    return out
+    return _quant_models().export_bert_last_hidden(model, out)
 
 
 def random_token_feed(batch: int, length: int, rng: np.random.Generator) -> dict[str, Any]:
@@ -440,17 +413,9 @@ def cpu_details() -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
             if line.startswith("flags") and not flags:
                 flags = line.split(":", 1)[1].split()
-    wanted = (
-        "avx2",
-        "avx512f",
-        "avx512_vnni",
-        "avx_vnni",
-        "avx512_bf16",
-        "avx512_fp16",
-        "amx_tile",
-        "amx_int8",
-        "amx_bf16",
-    )
+    from ai_vmm.hardware import ISA_FEATURES
+
+    wanted = tuple(f for f in ISA_FEATURES if f.startswith(("avx2", "avx512", "avx_", "amx")))
     details: dict[str, Any] = {"model": model, "flags": [f for f in wanted if f in flags]}
     try:
         import openvino as ov

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import onnx
@@ -106,29 +107,12 @@ FP32_TOL = {"rtol": 1e-3, "atol": 1e-4}
 FP16_TOL = {"rtol": 2e-2, "atol": 2e-2}
 
 
-def _feeds(path: Path, batch: int, seq: int = 12) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(batch)
-    feeds = {}
-    for spec in ort.InferenceSession(str(path)).get_inputs():
-        shape = [
-            d if isinstance(d, int) else (batch if i == 0 else seq)
-            for i, d in enumerate(spec.shape)
-        ]
-        if "int64" in spec.type:
-            feeds[spec.name] = (
-                np.ones(shape, np.int64) if "mask" in spec.name else rng.integers(0, 100, shape)
-            )
-        else:
-            feeds[spec.name] = rng.standard_normal(shape).astype(np.float32)
-    return feeds
-
-
 @pytest.mark.gpu
 @GPU
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("name", ["resnet", "transformer_encoder", "llama"])
 def test_gpu_parity_on_zoo_models(
-    name: str, precision: str, zoo_model: Callable[[str], Path], tmp_path: Path
+    name: str, precision: str, zoo: ModuleType, zoo_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
     path = zoo_model(name)
     result = ai_vmm.compile(
@@ -140,7 +124,7 @@ def test_gpu_parity_on_zoo_models(
     session = ort.InferenceSession(str(path))
     tol = FP32_TOL if precision == "fp32" else FP16_TOL
     for batch in (1, 4):
-        feeds = _feeds(path, batch)
+        feeds = zoo.example_inputs(name, batch, dims={"seq": 12})
         expected = session.run(None, feeds)
         got = compiled.run(feeds)
         for spec, want in zip(session.get_outputs(), expected, strict=True):
@@ -170,7 +154,7 @@ def test_gpu_torch_source_compiles_the_frontends_program(tmp_path: Path) -> None
 @pytest.mark.gpu
 @GPU
 def test_gpu_cuda_graph_replay_matches_plain_runs(
-    zoo_model: Callable[[str], Path], tmp_path: Path
+    zoo: ModuleType, zoo_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
     path = zoo_model("resnet")
     model = ir.load(path)
@@ -184,7 +168,7 @@ def test_gpu_cuda_graph_replay_matches_plain_runs(
         "cuda", tmp_path / payload.entry, "0", {**payload.config, "cuda_graphs": False}, outputs
     )
     for batch in (1, 3, 1):
-        feeds = _feeds(path, batch)
+        feeds = zoo.example_inputs("resnet", batch)
         np.testing.assert_allclose(
             graphs.run(feeds)["logits"], plain.run(feeds)["logits"], atol=1e-5
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -304,26 +305,9 @@ def _fused(path: Path) -> ir.Model:
     return model
 
 
-def _zoo_feeds(session: ort.InferenceSession, batch: int, seq: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(3)
-    feeds = {}
-    for spec in session.get_inputs():
-        shape = [
-            d if isinstance(d, int) else (batch if i == 0 else seq)
-            for i, d in enumerate(spec.shape)
-        ]
-        if "int64" in spec.type:
-            feeds[spec.name] = (
-                np.ones(shape, np.int64) if "mask" in spec.name else rng.integers(0, 100, shape)
-            )
-        else:
-            feeds[spec.name] = rng.standard_normal(shape).astype(np.float32)
-    return feeds
-
-
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_model_converts_and_matches(
-    name: str, zoo_model: Callable[[str], Path], tmp_path: Path
+    name: str, zoo: ModuleType, zoo_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
     model = _fused(zoo_model(name))
     path = tmp_path / "fused.onnx"
@@ -331,7 +315,7 @@ def test_zoo_model_converts_and_matches(
     session = ort.InferenceSession(str(path))
     module = to_torch(model).eval()
     for batch, seq in ((1, 5), (3, 9)):
-        feeds = _zoo_feeds(session, batch, seq)
+        feeds = zoo.example_inputs(name, batch, dims={"seq": seq})
         expected = session.run(None, feeds)
         with torch.no_grad():
             got = module(*[torch.from_numpy(feeds[n]) for n in module.input_names])
