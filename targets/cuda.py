@@ -327,10 +327,10 @@ def _torch_source(model: ir.Model, options: TargetOptions, compute: Any) -> Any:
     outputs = [v.name for v in model.graph.outputs]
     if not names or list(names[0]) != inputs or list(names[1]) != outputs:
         return None  # a partition, or a graph whose signature changed: use the ONNX graph
-    return _ProgramModule(program, inputs, compute)
+    return _program_module(program, inputs, compute)
 
 
-def _ProgramModule(program: Any, input_names: list[str | None], compute: Any) -> Any:
+def _program_module(program: Any, input_names: list[str | None], compute: Any) -> Any:
     """An ``nn.Module`` around an ExportedProgram: float32 in and out, ``compute`` inside."""
     import torch
 

@@ -286,7 +286,18 @@ def test_unsupported_nodes_say_why() -> None:
     assert [s.supported for s in support.values()] == [False, False, False]
 
 
-ZOO = ["small_cnn", "resnet", "mobilenet", "transformer_encoder", "vit", "gpt2", "llama", "dlrm"]
+ZOO = [
+    "small_cnn",
+    "resnet",
+    "mobilenet",
+    "transformer_encoder",
+    "vit",
+    "gpt2",
+    "llama",
+    "t5",
+    "dlrm",
+    "mlp",
+]
 
 
 def _fused(path: Path) -> ir.Model:
