@@ -12,29 +12,29 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import NameFixPass
 
 from ai_vmm import hardware, registry
 from ai_vmm.cache import CompileCache, cache_key, cache_root
+from ai_vmm.candidates import Candidate, build_candidates, choose, verify
 from ai_vmm.frontends import LoadedModel, load_model, source_digest
+from ai_vmm.fusion_stage import fuse_for_all
 from ai_vmm.hardware_profile import HardwareProfile, load_profile
-from ai_vmm.inputs import Tolerance, compare, index_bounds, synthetic_inputs
+from ai_vmm.inputs import Tolerance, index_bounds, synthetic_inputs
 from ai_vmm.partition import PartitionedBuild, build_partitioned, sample_dims
 from ai_vmm.passes.analyze import analyze
 from ai_vmm.passes.canonicalize import STEP_NAMES, canonicalize
-from ai_vmm.passes.recipes import RECIPES, apply_recipe, choose_recipe
+from ai_vmm.passes.recipes import RECIPES, choose_recipe
 from ai_vmm.passes.recipes import STEP_NAMES as RECIPE_STEPS
-from ai_vmm.quantize import QuantizationOptions, quantize_candidates, validate_quantization
+from ai_vmm.quantize import QuantizationOptions, validate_quantization
 from ai_vmm.runtime.artifact import (
     MANIFEST,
     Manifest,
@@ -47,15 +47,14 @@ from ai_vmm.runtime.artifact import (
 )
 from ai_vmm.runtime.devices import Device, Inventory
 from ai_vmm.runtime.errors import CompileError, DeviceError, UnsupportedModelError, VmmError
-from ai_vmm.runtime.executors import Executor, create_executor
+from ai_vmm.runtime.executors import create_executor
 from ai_vmm.signature import (
     apply_input_shapes,
     bounded_signature,
     model_signature,
     parse_input_specs,
 )
-from ai_vmm.targets.base import NodeSupport, TargetOptions, save_onnx
-from ai_vmm.tuning import measure
+from ai_vmm.targets.base import TargetOptions, save_onnx
 
 Progress = Callable[[str], None]
 
@@ -71,7 +70,6 @@ NONDETERMINISTIC_OPS = frozenset(
     }
 )
 PRECISIONS = ("fp32", "fp16", "bf16")
-TUNE_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -134,41 +132,6 @@ class _Machine:
     profile: HardwareProfile | None
     present: set[str]
     """Device keys present here (none when planning for a profile)."""
-
-
-@dataclass
-class _Candidate:
-    device: Device
-    status: str = "pending"
-    reason: str = ""
-    work_dir: Path | None = None
-    entry: str = ""
-    files: tuple[str, ...] = ()
-    config: dict[str, Any] = field(default_factory=dict)
-    latency: dict[str, Any] | None = None
-    verification: dict[str, Any] | None = None
-    unsupported: dict[str, str] = field(default_factory=dict)
-    recipe: dict[str, Any] | None = None
-    """The fusion recipe's report for this candidate's target."""
-    executor: Executor | None = None
-    output_names: tuple[str, ...] = ()
-    quantization: dict[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"device": self.device.key, "status": self.status}
-        if self.quantization:
-            out["quantization"] = self.quantization
-        if self.reason:
-            out["reason"] = self.reason
-        if self.latency:
-            out["latency"] = self.latency
-        if self.verification:
-            out["verification"] = self.verification
-        if self.unsupported:
-            out["unsupported_nodes"] = dict(sorted(self.unsupported.items())[:50])
-        if self.recipe:
-            out["recipe"] = self.recipe
-        return out
 
 
 def compile_model(
@@ -329,9 +292,9 @@ def _compile_stages(
     target_options = TargetOptions(precision=options.precision, extra=target_extra)
     explicit_list = options.target.strip() not in ("", "auto") and len(candidates) > 1
     hetero = machine.profile is not None or explicit_list
-    built: list[_Candidate] = []
+    built: list[Candidate] = []
     if not hetero:
-        built = _build_candidates(
+        built = build_candidates(
             model,
             recipe,
             candidates,
@@ -344,7 +307,7 @@ def _compile_stages(
             timings,
         )
         try:
-            chosen, rule = _choose(built, options)
+            chosen, rule = choose(built, options)
         except UnsupportedModelError:
             nowhere = set.intersection(*(set(c.unsupported) for c in built))
             if len(candidates) < 2 or nowhere:
@@ -355,7 +318,7 @@ def _compile_stages(
     if hetero:
         if options.quantization.active(options.precision):
             say("note: --quantize and --weights are not applied to partitioned builds yet")
-        model, fusion = _fuse_for_all(model, recipe, candidates, options)
+        model, fusion = fuse_for_all(model, recipe, candidates, options)
         build = build_partitioned(
             model,
             candidates,
@@ -436,48 +399,6 @@ def _compile_stages(
     return CompileResult(out_path, manifest.to_json(), report)
 
 
-def _fuse_for_all(
-    model: ir.Model, recipe: str, devices: list[Device], options: CompileOptions
-) -> tuple[ir.Model, dict[str, Any]]:
-    """Fuse a copy of ``model`` with only the ops every candidate's target runs."""
-    targets = [registry.get_target(t) for t in sorted({d.target for d in devices})]
-    return _fuse(
-        model,
-        recipe,
-        options,
-        "+".join(t.name for t in targets),
-        lambda domain, op: all(t.supports_op(domain, op) for t in targets),
-    )
-
-
-def _fuse(
-    model: ir.Model,
-    recipe: str,
-    options: CompileOptions,
-    target: str,
-    supported_ops: Callable[[str, str], bool],
-) -> tuple[ir.Model, dict[str, Any]]:
-    """A fused copy of ``model``; if a fusion breaks, the unfused model and the reason.
-
-    Fusion is an optimization: it must never be why a compile fails.
-    """
-    fused = model.clone()
-    try:
-        report = apply_recipe(
-            fused,
-            recipe,
-            target=target,
-            supported_ops=supported_ops,
-            disabled=frozenset(options.disabled_passes),
-            trace=options.trace_rules,
-        )
-    except Exception as exc:
-        return model.clone(), {"recipe": recipe, "target": target, "error": _one_line(exc)}
-    # Rewrites create nodes without names; capability and partition plans key nodes by name.
-    NameFixPass()(fused)
-    return fused, report.to_json()
-
-
 def _analyze_or_none(model: ir.Model) -> Any:
     """The architecture profile, or ``None`` when analysis fails on an unusual graph."""
     try:
@@ -502,7 +423,7 @@ def _verify_partitioned(
         def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
             return build.run(inputs)
 
-    verification = _verify(_Chain(), sample, expected, tolerance)
+    verification = verify(_Chain(), sample, expected, tolerance)
     if not verification["passed"]:
         failed = [n for n, r in verification["outputs"].items() if not r["passed"]]
         raise CompileError(
@@ -598,243 +519,6 @@ def _reference_outputs(
         return f"ONNX Runtime cannot run the original model: {exc}", None
 
 
-def _build_candidates(
-    model: ir.Model,
-    recipe: str,
-    devices: list[Device],
-    target_options: TargetOptions,
-    options: CompileOptions,
-    work: Path,
-    sample: dict[str, np.ndarray] | None,
-    expected: dict[str, Any] | None,
-    say: Progress,
-    timings: dict[str, float],
-) -> list[_Candidate]:
-    quantizing = options.quantization.active(options.precision)
-    if quantizing:
-        # Lower precision is the quantize stage's job, behind its gates: build float first.
-        target_options = replace(target_options, precision="fp32")
-    ordered = devices if options.tune else static_order(devices)
-    built: list[_Candidate] = []
-    for index, device in enumerate(ordered):
-        candidate = _Candidate(device)
-        built.append(candidate)
-        if not options.tune and any(c.status == "ok" for c in built):
-            candidate.status, candidate.reason = "not built", "--no-tune: static rule chose earlier"
-            continue
-        clock = time.perf_counter()
-        target = registry.get_target(device.target)
-        say(f"[{device.key}] fusing ({recipe} recipe)")
-        # Fusions are target-aware, so each candidate gets its own copy (tensors are shared).
-        fused, candidate.recipe = _fuse(model, recipe, options, device.target, target.supports_op)
-        say(f"[{device.key}] checking capability")
-        support: dict[str, NodeSupport] = target.capability(fused, device)
-        candidate.unsupported = {n: s.reason for n, s in support.items() if not s.supported}
-        if candidate.unsupported:
-            candidate.status = "unsupported"
-            candidate.reason = f"{len(candidate.unsupported)} nodes it cannot run"
-            continue
-        say(f"[{device.key}] generating code")
-        candidate.work_dir = work / f"c{index}"
-        candidate.work_dir.mkdir()
-        try:
-            prepared = target.prepare(fused, target_options)
-            payload = target.codegen(prepared, device, target_options, candidate.work_dir)
-            candidate.output_names = tuple(v.name or "" for v in fused.graph.outputs)
-            executor = create_executor(
-                device.target,
-                candidate.work_dir / payload.entry,
-                device.name,
-                payload.config,
-                candidate.output_names,
-            )
-        except VmmError as exc:
-            candidate.status, candidate.reason = "failed", str(exc)
-            continue
-        except Exception as exc:  # a backend's own exception: keep its message, one line
-            candidate.status, candidate.reason = "failed", _one_line(exc)
-            continue
-        candidate.entry, candidate.files, candidate.config = (
-            payload.entry,
-            payload.files,
-            payload.config,
-        )
-        timings[f"build {device.key}"] = time.perf_counter() - clock
-        if sample is not None and expected is not None:
-            say(f"[{device.key}] verifying against the reference")
-            candidate.verification = _verify(executor, sample, expected, options.tolerance)
-            if not candidate.verification["passed"]:
-                candidate.status = "mismatch"
-                candidate.reason = "outputs differ from the reference: " + ", ".join(
-                    f"{name} max abs error {r.get('max_abs_error', r.get('reason', '?'))}"
-                    for name, r in candidate.verification["outputs"].items()
-                    if not r["passed"]
-                )
-                continue
-        candidate.status = "ok"
-        candidate.executor = executor
-    if quantizing:
-        clock = time.perf_counter()
-        quantize_candidates(
-            model,
-            [c for c in built if c.status == "ok"],
-            options.quantization,
-            precision=options.precision,
-            target_options=target_options,
-            work=work,
-            host_isa=hardware.detect_cpu().isa,
-            measure_speed=options.tune,
-            speed_budget_s=options.tune_budget_s,
-            say=say,
-        )
-        timings["quantize"] = time.perf_counter() - clock
-    if options.tune and sample is not None:
-        _tune([c for c in built if c.status == "ok"], sample, options, say)
-    return built
-
-
-def _tune(
-    candidates: list[_Candidate],
-    sample: dict[str, np.ndarray],
-    options: CompileOptions,
-    say: Progress,
-) -> None:
-    """Time every candidate and each of its target's runtime variants; keep each one's best.
-
-    Contenders are timed in interleaved rounds (every contender once per round) and ranked by
-    the median of their round medians, so a noisy neighbour on the machine hits all alike.
-    """
-    contenders: list[tuple[_Candidate, dict[str, Any], Executor]] = []
-    for candidate in candidates:
-        assert candidate.executor is not None and candidate.work_dir is not None
-        contenders.append((candidate, {}, candidate.executor))
-        target = registry.get_target(candidate.device.target)
-        for override in target.tuning_space(candidate.device):
-            config = {**candidate.config, **override}
-            try:
-                executor = create_executor(
-                    candidate.device.target,
-                    candidate.work_dir / candidate.entry,
-                    candidate.device.name,
-                    config,
-                    candidate.output_names,
-                )
-            except VmmError:
-                continue
-            contenders.append((candidate, override, executor))
-    say(f"timing {len(contenders)} contenders in {TUNE_ROUNDS} interleaved rounds")
-    rounds: list[list[float]] = [[] for _ in contenders]
-    budget = options.tune_budget_s / TUNE_ROUNDS
-    for _ in range(TUNE_ROUNDS):
-        for index, (candidate, _, executor) in enumerate(contenders):
-            try:
-                rounds[index].append(measure(_runner(executor, sample), budget_s=budget).median_ms)
-            except VmmError as exc:
-                candidate.status, candidate.reason = "failed", str(exc)
-                rounds[index].append(float("inf"))
-    for candidate in candidates:
-        variants = [
-            (statistics.median(rounds[i]), override)
-            for i, (owner, override, _) in enumerate(contenders)
-            if owner is candidate
-        ]
-        best_ms, best_override = min(variants, key=lambda item: item[0])
-        candidate.config = {**candidate.config, **best_override}
-        candidate.latency = {
-            "median_ms": round(best_ms, 4),
-            "variants": [
-                {"config": override, "median_ms": round(ms, 4)} for ms, override in variants
-            ],
-        }
-
-
-def _runner(executor: Executor, feed: dict[str, np.ndarray]) -> Callable[[], Any]:
-    return lambda: executor.run(feed)
-
-
-def static_order(devices: list[Device]) -> list[Device]:
-    """The documented ``--no-tune`` order (see ``registry.STATIC_PRIORITY_*``)."""
-    cpu = hardware.detect_cpu()
-    priority = (
-        registry.STATIC_PRIORITY_INTEL
-        if "intel" in cpu.vendor.lower()
-        else registry.STATIC_PRIORITY_OTHER
-    )
-
-    def rank(device: Device) -> tuple[int, str]:
-        base = f"{device.target}:{device.name.split('.')[0]}"
-        return (priority.index(base) if base in priority else len(priority), device.key)
-
-    return sorted(devices, key=rank)
-
-
-def _verify(
-    executor: Executor,
-    sample: dict[str, np.ndarray],
-    expected: dict[str, Any],
-    tolerance: Tolerance,
-) -> dict[str, Any]:
-    try:
-        got = executor.run(sample)
-    except VmmError as exc:
-        return {"passed": False, "outputs": {"*": {"passed": False, "reason": str(exc)}}}
-    results = {}
-    for name, ref in expected.items():
-        if name not in got:
-            results[name] = {"passed": False, "reason": "output missing"}
-        elif isinstance(ref, list | dict) or ref is None:
-            results[name] = {"passed": True, "note": "non-tensor output not compared"}
-        else:
-            results[name] = compare(got[name], ref, tolerance)
-    return {
-        "passed": all(r["passed"] for r in results.values()),
-        "tolerance": tolerance.to_json(),
-        "inputs": "synthetic (seed 0)",
-        "outputs": results,
-    }
-
-
-def _choose(built: list[_Candidate], options: CompileOptions) -> tuple[_Candidate, str]:
-    ok = [c for c in built if c.status == "ok"]
-    if not ok:
-        unsupported = [c for c in built if c.status == "unsupported"]
-        if unsupported and len(unsupported) == len(built):
-            # A node counts when no candidate can run it; say why, per target.
-            blocking = sorted(set.intersection(*(set(c.unsupported) for c in unsupported)))
-            blocking = blocking or sorted({n for c in unsupported for n in c.unsupported})
-            details = [
-                f"{name} ("
-                + "; ".join(
-                    f"{c.device.key}: {c.unsupported[name]}"
-                    for c in unsupported
-                    if name in c.unsupported
-                )
-                + ")"
-                for name in blocking[:5]
-            ]
-            raise UnsupportedModelError(
-                f"no available target can run {len(blocking)} node(s): {', '.join(details)}"
-                + (" ..." if len(blocking) > 5 else "")
-            )
-        raise CompileError(
-            "no target produced a verified payload: "
-            + "; ".join(f"{c.device.key}: {c.status} ({c.reason})" for c in built)
-            + (
-                " (use --no-verify to accept unverified outputs)"
-                if any(c.status == "mismatch" for c in built)
-                else ""
-            )
-        )
-    if options.tune and all(c.latency for c in ok) and len(ok) > 1:
-        best = min(ok, key=lambda c: c.latency["median_ms"] if c.latency else float("inf"))
-        return best, "fastest measured on this machine"
-    if len(ok) == 1 and len(built) > 1 and options.tune:
-        return ok[0], "the only candidate that built and verified"
-    return ok[0], (
-        "first in the static priority order" if not options.tune else "the only candidate"
-    )
-
-
 def _copy_artifact(source: Path, out_path: Path) -> None:
     if out_path.suffix == ".zip":
         write_zip(source, out_path)
@@ -878,8 +562,3 @@ def toolchain(*targets: str) -> dict[str, str]:
             versions[name] = "absent"
     versions["python"] = platform.python_version().rsplit(".", 1)[0]
     return versions
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{exc.__class__.__name__}: {text[:300]}" if text else exc.__class__.__name__
