@@ -176,3 +176,56 @@ def test_zoo_page_repeats_the_partition_overhead_summary(tmp_path: Path) -> None
     note = partition_overhead_note(tmp_path)
     assert "[partition-overhead.md](partition-overhead.md)" in note
     assert note.rstrip().endswith("batch 1: split / single 1.05, 12.0 us.")
+
+
+def test_gpu_partition_outputs_read_only_by_gpu_partitions_stay_on_the_device(
+    tmp_path: Path,
+) -> None:
+    """p0 (cuda) -> t1 -> p1 (openvino) and p0 -> t2 -> p2 (cuda): t2 stays a torch tensor.
+
+    The cuda partitions are built as CPU AOTInductor packages (the same codegen path; no GPU
+    here), so the hand-over logic and the executors run for real.
+    """
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("openvino")
+    import onnx.helper as oh
+    import onnx_ir as ir
+
+    from ai_vmm.partition import build_plan
+    from ai_vmm.planner import Plan
+    from ai_vmm.runtime.devices import Device
+    from ai_vmm.targets.base import TargetOptions
+
+    f32 = onnx.TensorProto.FLOAT
+    graph = oh.make_graph(
+        [
+            oh.make_node("Relu", ["x"], ["t1"], name="n1"),
+            oh.make_node("Neg", ["t1"], ["t2"], name="n2"),
+            oh.make_node("Abs", ["t1"], ["t3"], name="n3"),
+            oh.make_node("Add", ["t2", "t3"], ["y"], name="n4"),
+        ],
+        "handover",
+        [oh.make_tensor_value_info("x", f32, ["N", 8])],
+        [oh.make_tensor_value_info("y", f32, ["N", 8])],
+    )
+    model = ir.serde.deserialize_model(
+        onnx.shape_inference.infer_shapes(
+            oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=10)
+        )
+    )
+    gpu = Device("cuda", "cpu", "cpu", "CPU package (test)", {"torch_device": "cpu"})
+    cpu = Device("openvino", "CPU", "cpu", "CPU")
+    assignment = {"n1": gpu.key, "n2": gpu.key, "n3": cpu.key, "n4": gpu.key}
+    result = Plan(assignment, [["n1", "n2"], ["n3"], ["n4"]], 0.0, {}, {})
+    options = TargetOptions(extra={"input_bounds": {}, "sample_dims": {"N": 2}})
+    build = build_plan(
+        model, result, [gpu, cpu], {gpu.key, cpu.key}, options, tmp_path, lambda message: None
+    )
+    first = build.partitions[0]
+    assert first.config["device_outputs"] == ["t2"]
+    assert "device_outputs" not in build.partitions[2].config  # y is a graph output
+    x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    handed = build.executors[first.id].run({"x": x})
+    assert isinstance(handed["t2"], torch.Tensor) and isinstance(handed["t1"], np.ndarray)
+    got = build.run({"x": x})["y"]
+    np.testing.assert_allclose(got, -np.maximum(x, 0) + np.abs(np.maximum(x, 0)), atol=1e-6)
