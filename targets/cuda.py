@@ -284,7 +284,7 @@ def build_package(
     sample_dims = options.extra.get("sample_dims") or {}
     example, dims = _example_inputs(graph_inputs, bounds, sample_dims, torch_device)
     arg_names = list(module.arg_names)
-    program, dynamic_note = _export(module, example, arg_names, dims, graph_inputs, bounds)
+    program, dynamic_note = _export(module, example, arg_names, dims, graph_inputs)
     entry = out_dir / "model.pt2"
     started = time.perf_counter()
     with _quiet():
@@ -414,7 +414,6 @@ def _export(
     arg_names: list[str],
     dims: dict[str, tuple[int, int]],
     inputs: list[ir.Value],
-    bounds: dict[str, list[Any]],
 ) -> tuple[Any, str]:
     """``torch.export`` with named dims; if the model pins one, let export decide (AUTO)."""
     import torch
