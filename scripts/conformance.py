@@ -11,6 +11,9 @@ runs two ways per target:
   on unless ``--no-verify``; with one target, tuning would only time it) then
   ``ai_vmm.load(path).run(inputs)``.
 
+A third mode, ``torch`` (used by ``scripts/conformance_cuda.py``), runs the cuda target's ONNX ->
+torch converter eagerly on the CPU.
+
 Test data is fed as the ONNX runner does, with two conversions the raw backends need: TensorProto
 data becomes numpy (``numpy_helper.to_array``) and numpy scalars become 0-d arrays (ONNX Runtime
 rejects ``np.float32(1.0)`` as an input).
@@ -332,12 +335,61 @@ def _run_compiled(target: str, verify: bool) -> Callable[..., Callable[..., Any]
     return prepare
 
 
+class UnsupportedCase(Exception):
+    """The cuda converter's ``node_support`` rejects a node of the case (the message says why)."""
+
+
+def _torch_value(value: Any) -> Any:
+    import torch
+
+    array = np.asarray(value)
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(np.array(array, copy=True))
+
+
+def _numpy_value(value: Any) -> Any:
+    import ml_dtypes
+    import torch
+
+    value = value.detach().cpu()
+    if value.dtype == torch.bfloat16:
+        return value.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return value.numpy()
+
+
+def _run_torch(model: bytes, work: Path, inputs: Sequence[Any]) -> Callable[..., Any]:
+    """The cuda target's ONNX -> torch module, run eagerly on the CPU (``mode="torch"``)."""
+    import onnx
+    import onnx_ir as ir
+    import torch
+
+    from ai_vmm.targets.cuda_convert import node_support, to_torch
+
+    ir_model = ir.serde.deserialize_model(onnx.load_from_string(model))
+    opset = ir_model.opset_imports.get("", ir_model.opset_imports.get("ai.onnx", 1))
+    for node in ir_model.graph:
+        reason = node_support(node, opset)
+        if reason is not None:
+            raise UnsupportedCase(reason)
+    module = to_torch(ir_model).eval()
+
+    def run(values: Sequence[Any]) -> list[Any]:
+        with torch.no_grad():
+            outs = module(*[_torch_value(v) for v in values])
+        return [_numpy_value(o) for o in outs]
+
+    return run
+
+
 def run_task(task: Task) -> Outcome:
     """Run one case one way and compare with the expected outputs (never raises)."""
     started = time.perf_counter()
     outcome = Outcome(task.case.name, task.target, task.mode, passed=False)
     if task.mode == "raw":
         prepare = _run_raw_onnxruntime if task.target == "onnxruntime" else _run_raw_openvino
+    elif task.mode == "torch":
+        prepare = _run_torch
     else:
         prepare = _run_compiled(task.target, task.verify)
     rtol, atol = max(RTOL, task.case.rtol), max(ATOL, task.case.atol)
@@ -365,6 +417,10 @@ def run_task(task: Task) -> Outcome:
 
 def _prepare_reason(mode: str, exc: BaseException) -> str:
     kind = exc.__class__.__name__
+    if mode == "torch":
+        if isinstance(exc, UnsupportedCase):
+            return f"unsupported: {clean_message(exc)[:300]}"
+        return "convert error: " + _one_line(exc)
     if mode == "compiled":
         labels = {
             "UnsupportedModelError": "unsupported",

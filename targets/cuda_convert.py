@@ -225,7 +225,6 @@ _UNARY: dict[str, Callable[[Any], Any]] = {
     "Softsign": F.softsign,
     "Mish": F.mish,
     "IsNaN": torch.isnan,
-    "Not": torch.logical_not,
 }
 
 
@@ -247,6 +246,8 @@ _SHAPE_BINARY: dict[str, Callable[[Any, Any], Any]] = {
     "Greater": lambda a, b: int(a > b),
     "LessOrEqual": lambda a, b: int(a <= b),
     "GreaterOrEqual": lambda a, b: int(a >= b),
+    "And": lambda a, b: int(bool(a) and bool(b)),
+    "Or": lambda a, b: int(bool(a) or bool(b)),
 }
 _TENSOR_BINARY: dict[str, Callable[[Any, Any], Any]] = {
     "Add": torch.add,
@@ -272,6 +273,8 @@ def _binary(name: str) -> Op:
         if shape_fn is not None and _is_shape(a) and _is_shape(b):
             return _shape_elementwise(shape_fn, [a, b])
         a, b = _tensor(a, device), _tensor(b, device)
+        if name == "Pow" and a.dtype in _INT_TYPES and b.is_floating_point():
+            return torch.pow(a.to(b.dtype), b).to(a.dtype)  # ONNX: the base's type
         if name == "Div":
             if a.dtype in _INT_TYPES:
                 return torch.div(a, b, rounding_mode="trunc")
@@ -295,9 +298,23 @@ def _bit_shift(node: Node, device: torch.device, a: Any, b: Any) -> Any:
     return torch.bitwise_left_shift(a, b)
 
 
-@_op("Mod")
+@_op("Mod", shape_aware=True)
 def _mod(node: Node, device: torch.device, a: Any, b: Any) -> Any:
-    return torch.fmod(a, b) if node.attr("fmod", 0) else torch.remainder(a, b)
+    fmod = bool(node.attr("fmod", 0))
+    if _is_shape(a) and _is_shape(b):
+        # fmod: the sign of the dividend (C's %); else of the divisor (Python's %).
+        return _shape_elementwise(
+            (lambda x, y: x - y * int(x / y)) if fmod else (lambda x, y: x % y), [a, b]
+        )
+    a, b = _tensor(a, device), _tensor(b, device)
+    return torch.fmod(a, b) if fmod else torch.remainder(a, b)
+
+
+@_op("Not", shape_aware=True)
+def _not(node: Node, device: torch.device, x: Any) -> Any:
+    if _is_shape(x):
+        return ShapeValue([int(not v) for v in x.values], x.scalar)
+    return torch.logical_not(_tensor(x, device))
 
 
 @_op("Max", "Min", "Sum", "Mean", shape_aware=True)
@@ -517,6 +534,9 @@ def _constant_of_shape(node: Node, device: torch.device, shape: Any) -> Any:
     if value is None:
         return torch.zeros(sizes, dtype=node.compute, device=device)
     fill = torch.from_numpy(np.asarray(value).reshape(-1)[:1].copy())
+    small = len(sizes) == 1 and type(sizes[0]) is int and sizes[0] <= _SMALL_CONSTANT
+    if fill.dtype == torch.int64 and small:  # e.g. a run of 1s for a reduced shape: sizes
+        return ShapeValue([int(fill.item())] * sizes[0])
     dtype = node.compute if fill.dtype == torch.float32 else fill.dtype
     return torch.full(sizes, fill.item(), dtype=dtype, device=device)
 
@@ -524,13 +544,16 @@ def _constant_of_shape(node: Node, device: torch.device, shape: Any) -> Any:
 @_op("Range", shape_aware=True)
 def _range(node: Node, device: torch.device, start: Any, limit: Any, delta: Any) -> Any:
     if all(_is_shape(v) for v in (start, limit, delta)):
-        return torch.arange(
+        bounds = (
             _scalar(start, "Range start"),
             _scalar(limit, "Range limit"),
             _scalar(delta, "Range delta"),
-            dtype=torch.int64,
-            device=device,
         )
+        if all(type(v) is int for v in bounds):
+            values = range(*bounds)
+            if len(values) <= _SMALL_CONSTANT:  # e.g. axes: kept as sizes, not data
+                return ShapeValue(list(values))
+        return torch.arange(*bounds, dtype=torch.int64, device=device)
     raise ConversionError("Range over computed (non-shape) values")
 
 
@@ -726,10 +749,25 @@ def _avg_pool(node: Node, device: torch.device, x: Any) -> Any:
     pads = node.attr("pads") or [0] * (2 * spatial)
     if node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         raise ConversionError("AveragePool with auto_pad SAME")
-    if list(pads[:spatial]) != list(pads[spatial:]) or (node.attr("dilations") or [1]) != [1] * len(
-        node.attr("dilations") or [1]
+    if any(d != 1 for d in node.attr("dilations") or []):
+        raise ConversionError("AveragePool with dilations")
+    padding = list(pads[:spatial])
+    if padding != list(pads[spatial:]) or any(
+        2 * p > k for p, k in zip(padding, kernel, strict=True)
     ):
-        raise ConversionError("AveragePool with asymmetric pads or dilations")
+        # torch pools take symmetric padding of at most half the kernel: pad explicitly.
+        if node.attr("ceil_mode", 0):
+            raise ConversionError("AveragePool with ceil_mode and asymmetric or large pads")
+        flat: list[Any] = []
+        for i in reversed(range(spatial)):
+            flat.extend((pads[i], pads[i + spatial]))
+        pool = _AVG_POOL[spatial]
+        stride = node.attr("strides") or 1
+        summed = pool(F.pad(x, flat), kernel, stride=stride)
+        if node.attr("count_include_pad", 0):
+            return summed
+        ones = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
+        return summed / pool(F.pad(ones, flat), kernel, stride=stride)
     return _AVG_POOL[spatial](
         x,
         kernel,
@@ -765,13 +803,20 @@ def _layer_norm(node: Node, device: torch.device, x: Any, scale: Any, bias: Any 
     axis = _axis(node.attr("axis", -1), x.dim())
     shape = tuple(x.shape[axis:])
     eps = node.attr("epsilon", 1e-5)
-    if scale.dim() == len(shape) and (bias is None or bias.dim() == len(shape)):
+    extra = len(node.outputs) > 1 and any(node.outputs[1:])
+    if not extra and scale.dim() == len(shape) and (bias is None or bias.dim() == len(shape)):
         return F.layer_norm(x, shape, scale, bias, eps)
     dims = tuple(range(axis, x.dim()))
     mean = x.mean(dim=dims, keepdim=True)
     var = ((x - mean) ** 2).mean(dim=dims, keepdim=True)
-    out = (x - mean) * torch.rsqrt(var + eps) * scale
-    return out + bias if bias is not None else out
+    inv_std = torch.rsqrt(var + eps)
+    out = (x - mean) * inv_std * scale
+    out = out + bias if bias is not None else out
+    if not extra:
+        return out
+    # Mean and InvStdDev have the stash type (float32 by default, ONNX's 1).
+    stash = torch_dtype(node.attr("stash_type", 1), node.compute)
+    return out, mean.to(stash), inv_std.to(stash)
 
 
 @_op("RMSNormalization")
@@ -836,10 +881,12 @@ def _reduce(node: Node, device: torch.device, x: Any, axes: Any = None) -> Any:
 
 @_op("ArgMax", "ArgMin")
 def _argmax(node: Node, device: torch.device, x: Any) -> Any:
-    if node.attr("select_last_index", 0):
-        raise ConversionError(f"{node.op_type} with select_last_index=1")
     fn = torch.argmax if node.op_type == "ArgMax" else torch.argmin
-    return fn(x, dim=node.attr("axis", 0), keepdim=bool(node.attr("keepdims", 1)))
+    dim = _axis(node.attr("axis", 0), x.dim())
+    keep = bool(node.attr("keepdims", 1))
+    if node.attr("select_last_index", 0):
+        return x.shape[dim] - 1 - fn(x.flip(dim), dim=dim, keepdim=keep)
+    return fn(x, dim=dim, keepdim=keep)
 
 
 @_op("TopK", shape_aware=True)
@@ -871,6 +918,8 @@ def _clip(node: Node, device: torch.device, x: Any, low: Any = None, high: Any =
         low, high = node.attr("min"), node.attr("max")
     low = _tensor(low, device) if low is not None else None
     high = _tensor(high, device) if high is not None else None
+    if low is None and high is None:
+        return x
     return torch.clamp(x, low, high)
 
 
@@ -945,9 +994,11 @@ def _attention(
         v = torch.cat([past_value, v], dim=2)
     is_causal = bool(node.attr("is_causal", 0))
     if is_causal and (mask is not None or past_key is not None):
-        # Bottom-right aligned causal mask, added to the user's mask.
+        # Causal mask aligned after the past keys (top-left without a past, as ONNX does),
+        # added to the user's mask.
         q_len, kv_len = q.shape[2], k.shape[2]
-        rows = torch.arange(q_len, device=q.device).unsqueeze(1) + (kv_len - q_len)
+        offset = past_key.shape[2] if past_key is not None else 0
+        rows = torch.arange(q_len, device=q.device).unsqueeze(1) + offset
         allowed = torch.arange(kv_len, device=q.device).unsqueeze(0) <= rows
         causal = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(
             ~allowed, float("-inf")
@@ -1048,6 +1099,53 @@ def node_support(node: ir.Node, opset: int) -> str | None:
         return "MaxPool with an Indices output"
     if node.op_type == "Dropout" and len(node.outputs) > 1:
         return "Dropout with a mask output"
+    return _feature_support(node)
+
+
+def _const_bool(value: ir.Value | None) -> bool | None:
+    """A constant boolean input's value, ``None`` when it is not a constant."""
+    if value is None or value.const_value is None:
+        return None
+    return bool(np.asarray(value.const_value.numpy()).reshape(-1)[0])
+
+
+def _feature_support(node: ir.Node) -> str | None:
+    """Features of mapped ops that the op functions do not express (checked per node)."""
+    op = node.op_type
+
+    def attr(name: str, default: Any = None) -> Any:
+        a = node.attributes.get(name)
+        return default if a is None else a.value
+
+    for value in [*node.inputs, *node.outputs]:
+        kind = value.type if value is not None else None
+        if kind is not None and not isinstance(kind, ir.TensorType):
+            return f"{op} on a {type(kind).__name__} (sequences/optionals)"
+    named_outputs = [bool(v.name) for v in node.outputs]
+    if op == "BatchNormalization" and (attr("training_mode", 0) or any(named_outputs[1:])):
+        return "BatchNormalization with training_mode=1 (batch statistics)"
+    training = node.inputs[2] if op == "Dropout" and len(node.inputs) > 2 else None
+    if training is not None and _const_bool(training) is not False:
+        return "Dropout with a training_mode input that is not a constant false"
+    if op == "Attention":
+        if any(named_outputs[3:]):
+            return "Attention with a qk_matmul_output output"
+        if len(node.inputs) > 6 and node.inputs[6] is not None:
+            return "Attention with nonpad_kv_seqlen"
+        if attr("softcap", 0.0) or attr("qk_matmul_output_mode", 0):
+            return "Attention with softcap or qk_matmul_output_mode"
+        if attr("left_window_size", -1) != -1 or attr("right_window_size", -1) != -1:
+            return "Attention with a sliding window"
+    if op in ("MaxPool", "AveragePool") and attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return f"{op} with auto_pad SAME"
+    if op == "ConvTranspose" and (
+        attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or attr("output_shape")
+    ):
+        return "ConvTranspose with auto_pad SAME or output_shape"
+    if op == "AveragePool" and any(d != 1 for d in attr("dilations") or []):
+        return "AveragePool with dilations"
+    if op == "GatherND" and attr("batch_dims", 0):
+        return "GatherND with batch_dims > 0"
     return None
 
 

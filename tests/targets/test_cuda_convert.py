@@ -244,6 +244,123 @@ CASES: list[tuple[str, Any, Any, Any, Any, dict[str, np.ndarray]]] = [
         [_const("axes", [1, 2]), _const("k", [3])],
         {"x": X},
     ),
+    # Fixes found by scripts/conformance_cuda.py (ONNX node tests):
+    (
+        "pow-int-base-float-exponent",  # the result has the base's type
+        [oh.make_node("Pow", ["a", "b"], ["y"])],
+        [_vi("a", [2, 3], onnx.TensorProto.INT32), _vi("b", [3])],
+        [_vi("y", None, onnx.TensorProto.INT32)],
+        [],
+        {
+            "a": np.array([[1, 2, 3], [4, 5, 6]], dtype=np.int32),
+            "b": np.array([2.0, 0.5, 3.0], dtype=np.float32),
+        },
+    ),
+    (
+        "clip-without-bounds",
+        [oh.make_node("Clip", ["x"], ["y"])],
+        [_vi("x", [2, 4, 6, 6])],
+        [_vi("y", None)],
+        [],
+        {"x": X},
+    ),
+    (
+        "attention-causal-mask-kv-longer-than-q",  # causal is top-left aligned without a past
+        [oh.make_node("Attention", ["q", "k", "v", "m"], ["y"], is_causal=1)],
+        [
+            _vi("q", [2, 2, 3, 8]),
+            _vi("k", [2, 2, 5, 8]),
+            _vi("v", [2, 2, 5, 8]),
+            _vi("m", [3, 5]),
+        ],
+        [_vi("y", None)],
+        [],
+        {
+            "q": RNG.standard_normal((2, 2, 3, 8)).astype(np.float32),
+            "k": RNG.standard_normal((2, 2, 5, 8)).astype(np.float32),
+            "v": RNG.standard_normal((2, 2, 5, 8)).astype(np.float32),
+            "m": RNG.standard_normal((3, 5)).astype(np.float32),
+        },
+    ),
+    (
+        "argmax-argmin-select-last-index",
+        [
+            oh.make_node("ArgMax", ["x"], ["a"], axis=1, select_last_index=1),
+            oh.make_node("ArgMin", ["x"], ["b"], axis=-1, keepdims=0, select_last_index=1),
+        ],
+        [_vi("x", [3, 4])],
+        [_vi("a", None, I64), _vi("b", None, I64)],
+        [],
+        {"x": np.array([[1, 3, 3, 0], [2, 2, 1, 1], [0, 5, 5, 5]], dtype=np.float32)},
+    ),
+    (
+        "avgpool-large-asymmetric-pads",
+        [
+            oh.make_node("AveragePool", ["x"], ["a"], kernel_shape=[3, 3], pads=[2, 0, 1, 2]),
+            oh.make_node(
+                "AveragePool",
+                ["x"],
+                ["b"],
+                kernel_shape=[3, 3],
+                pads=[2, 2, 2, 2],
+                count_include_pad=1,
+            ),
+        ],
+        [_vi("x", ["N", 4, 6, 6])],
+        [_vi("a", None), _vi("b", None)],
+        [],
+        {"x": X},
+    ),
+    (
+        "shape-logic-not-mod-and-where-range-axes",  # stay ShapeValues, as expanded functions
+        [
+            oh.make_node("Shape", ["x"], ["a"], start=1, end=2),
+            oh.make_node("Shape", ["x"], ["b"], start=2, end=3),
+            oh.make_node("Equal", ["a", "b"], ["eq"]),
+            oh.make_node("Not", ["eq"], ["ne"]),
+            oh.make_node("Mod", ["b", "a"], ["m"]),
+            oh.make_node("Equal", ["m", "two1"], ["me"]),
+            oh.make_node("And", ["ne", "me"], ["c"]),
+            oh.make_node("Where", ["c", "a", "b"], ["w"]),
+            oh.make_node("Shape", ["x"], ["n"], start=0, end=1),
+            oh.make_node("Concat", ["n", "w", "minus1"], ["shape"], axis=0),
+            oh.make_node("Reshape", ["x", "shape"], ["y"]),
+            oh.make_node("Shape", ["x"], ["s"]),
+            oh.make_node("Size", ["s"], ["rank"]),
+            oh.make_node("Range", ["two", "rank", "one"], ["axes"]),
+            oh.make_node("ReduceMean", ["x", "axes"], ["r"]),
+            oh.make_node("Sub", ["rank", "two1"], ["nreduced"]),
+            oh.make_node("ConstantOfShape", ["nreduced"], ["ones"], value=_const("v", [1])),
+            oh.make_node("Slice", ["s", "zero1", "two1"], ["prefix"]),
+            oh.make_node("Concat", ["prefix", "ones"], ["rshape"], axis=0),
+            oh.make_node("Reshape", ["r", "rshape"], ["r4"]),
+        ],
+        [_vi("x", ["N", 4, 6, 6])],
+        [_vi("y", None), _vi("r", None), _vi("r4", None)],
+        [
+            _const("two1", [2]),
+            _const("zero1", [0]),
+            _const("minus1", [-1]),
+            _const("two", 2),
+            _const("one", 1),
+        ],
+        {"x": X},
+    ),
+    (
+        "layernorm-mean-invstddev-outputs",
+        [
+            oh.make_node(
+                "LayerNormalization", ["x", "g", "b"], ["y", "mean", "inv"], axis=1, epsilon=1e-3
+            )
+        ],
+        [_vi("x", ["N", 3, 8])],
+        [_vi("y", None), _vi("mean", None), _vi("inv", None)],
+        [
+            numpy_helper.from_array(RNG.standard_normal((3, 8)).astype(np.float32), "g"),
+            numpy_helper.from_array(RNG.standard_normal((3, 8)).astype(np.float32), "b"),
+        ],
+        {"x": RNG.standard_normal((2, 3, 8)).astype(np.float32)},
+    ),
 ]
 
 
@@ -284,6 +401,50 @@ def test_unsupported_nodes_say_why() -> None:
         to_torch(model)
     support = CudaTarget().capability(model, None)  # type: ignore[arg-type]
     assert [s.supported for s in support.values()] == [False, False, False]
+
+
+def test_op_features_not_converted_are_rejected_with_a_reason() -> None:
+    """Semantics the op functions do not express: node_support says no, no silent mismatch."""
+    seq = onnx.helper.make_tensor_sequence_value_info("s", F32, None)
+    proto = _model(
+        [
+            oh.make_node("BatchNormalization", ["x", "c", "c", "c", "c"], ["bn"], training_mode=1),
+            oh.make_node("Dropout", ["x", "r", "t"], ["dr"]),
+            oh.make_node("Attention", ["q", "q", "q"], ["at", "", "", "qk"]),
+            oh.make_node("Identity", ["s"], ["si"]),
+            oh.make_node("MaxPool", ["x"], ["mp"], kernel_shape=[2, 2], auto_pad="SAME_UPPER"),
+            oh.make_node("AveragePool", ["x"], ["ap"], kernel_shape=[2, 2], dilations=[2, 2]),
+        ],
+        [
+            _vi("x", [1, 4, 6, 6]),
+            _vi("c", [4]),
+            _vi("r", []),
+            _vi("t", [], onnx.TensorProto.BOOL),
+            _vi("q", [1, 2, 3, 8]),
+            seq,
+        ],
+        [
+            _vi("bn", None),
+            _vi("dr", None),
+            _vi("at", None),
+            _vi("qk", None),
+            onnx.helper.make_tensor_sequence_value_info("si", F32, None),
+            _vi("mp", None),
+            _vi("ap", None),
+        ],
+    )
+    model = ir.serde.deserialize_model(proto)
+    reasons = [node_support(node, 23) for node in model.graph]
+    expected = [
+        "training_mode=1",
+        "training_mode input",
+        "qk_matmul_output",
+        "SequenceType",
+        "auto_pad SAME",
+        "dilations",
+    ]
+    for reason, want in zip(reasons, expected, strict=True):
+        assert reason is not None and want in reason
 
 
 ZOO = [
