@@ -7,12 +7,13 @@ raw model. The full run writes ``docs/conformance.md``.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests_support import load_module
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "conformance.py"
 
@@ -74,15 +75,8 @@ def _load_script() -> ModuleType:
     Worker processes are spawned and unpickle tasks by module name, so the module is registered
     under its own name and the scripts folder (which the children inherit) goes on ``sys.path``.
     """
-    if "conformance" in sys.modules:
-        return sys.modules["conformance"]
     sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("conformance", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["conformance"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module(SCRIPT, "conformance")
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ timing assertions.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -23,6 +21,7 @@ import ai_vmm
 import ai_vmm.quantize
 from ai_vmm.cli import main
 from ai_vmm.runtime.errors import CompileError, InputError
+from tests_support import load_module
 
 REPO = Path(__file__).resolve().parents[2]
 ORT = "onnxruntime:CPU"
@@ -30,12 +29,7 @@ OV = "openvino:CPU"
 
 
 def _quant_models() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("quant_models", REPO / "models/quant_models.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["quant_models"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module(REPO / "models" / "quant_models.py", "quant_models")
 
 
 @dataclass

@@ -9,9 +9,7 @@ with ``force_quantize``.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -19,6 +17,7 @@ import numpy as np
 import pytest
 
 import ai_vmm
+from tests_support import load_module
 
 REPO = Path(__file__).resolve().parents[2]
 SENTENCES = 400
@@ -26,12 +25,7 @@ CALIBRATION = 100
 
 
 def _quant_models() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("quant_models", REPO / "models/quant_models.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["quant_models"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module(REPO / "models" / "quant_models.py", "quant_models")
 
 
 @pytest.fixture(scope="module")

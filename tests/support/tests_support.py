@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import numpy as np
 import onnx
 import onnx.helper as oh
@@ -53,3 +58,19 @@ def make_two_input_model() -> onnx.ModelProto:
         [table, axes],
     )
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+
+
+def load_module(path: Path, name: str) -> ModuleType:
+    """Import a file that is not in an installed package (``models/``, ``scripts/``) as ``name``.
+
+    The module is registered in ``sys.modules`` under ``name`` (spawned worker processes unpickle
+    by module name) and imported once per process.
+    """
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
