@@ -51,8 +51,10 @@ class CudaExecutor:
                 strict_fp32(torch)
         else:
             self._device = torch.device(device_type)
-        self._specs = list(config.get("inputs", []))
-        self._names = [str(spec["name"]) for spec in self._specs]
+        specs = list(config.get("inputs", []))
+        self._names = [str(spec["name"]) for spec in specs]
+        # name -> the shape the package was compiled for (None where an axis is dynamic)
+        self._shapes = {str(spec["name"]): list(spec.get("shape") or []) for spec in specs}
         self._outputs = list(outputs)
         self._keep = set(config.get("device_outputs", ()))
         self._use_graphs = bool(config.get("cuda_graphs")) and self._device.type == "cuda"
@@ -93,8 +95,7 @@ class CudaExecutor:
         if isinstance(value, torch.Tensor):
             return value if value.device == self._device else value.to(self._device)
         array = np.ascontiguousarray(value)
-        spec = next(s for s in self._specs if s["name"] == name)
-        shape = spec.get("shape") or []
+        shape = self._shapes[name]
         if len(shape) != array.ndim or any(
             want is not None and want != got for want, got in zip(shape, array.shape, strict=False)
         ):
