@@ -666,10 +666,16 @@ def _conv_padding(node: Node, x: Any, kernel: list[int]) -> tuple[Any, list[int]
         pads_begin, pads_end = list(pads[:spatial]), list(pads[spatial:])
     if pads_begin == pads_end:
         return x, pads_begin
+    return F.pad(x, _torch_pads(pads_begin, pads_end)), [0] * spatial
+
+
+def _torch_pads(begin: Sequence[Any], end: Sequence[Any]) -> list[Any]:
+    """ONNX per-axis (begin..., end...) pads of the spatial axes -> ``F.pad``'s order (last
+    axis first, (begin, end) pairs)."""
     flat: list[Any] = []
-    for i in reversed(range(spatial)):
-        flat.extend((pads_begin[i], pads_end[i]))
-    return F.pad(x, flat), [0] * spatial
+    for i in reversed(range(len(begin))):
+        flat.extend((begin[i], end[i]))
+    return flat
 
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -727,10 +733,7 @@ def _max_pool(node: Node, device: torch.device, x: Any) -> Any:
     if padding != list(pads[spatial:]) or any(
         2 * p > k for p, k in zip(padding, kernel, strict=True)
     ):
-        flat: list[Any] = []
-        for i in reversed(range(spatial)):
-            flat.extend((pads[i], pads[i + spatial]))
-        x = F.pad(x, flat, value=float("-inf"))
+        x = F.pad(x, _torch_pads(pads[:spatial], pads[spatial:]), value=float("-inf"))
         padding = [0] * spatial
     return _MAX_POOL[spatial](
         x,
@@ -758,9 +761,7 @@ def _avg_pool(node: Node, device: torch.device, x: Any) -> Any:
         # torch pools take symmetric padding of at most half the kernel: pad explicitly.
         if node.attr("ceil_mode", 0):
             raise ConversionError("AveragePool with ceil_mode and asymmetric or large pads")
-        flat: list[Any] = []
-        for i in reversed(range(spatial)):
-            flat.extend((pads[i], pads[i + spatial]))
+        flat = _torch_pads(pads[:spatial], pads[spatial:])
         pool = _AVG_POOL[spatial]
         stride = node.attr("strides") or 1
         summed = pool(F.pad(x, flat), kernel, stride=stride)
@@ -1071,7 +1072,6 @@ def _rotary(
 # --------------------------------------------------------------------------------------------
 
 _MIN_OPSET = {"Softmax": 13, "LogSoftmax": 13, "Split": 13, "Squeeze": 1, "Unsqueeze": 1}
-_NEEDS_DTYPE_CHECK = ("Cast",)
 
 
 def node_support(node: ir.Node, opset: int) -> str | None:
