@@ -24,6 +24,10 @@ _LAZY = {
     "ArtifactError": "ai_vmm.runtime.errors",
     "InputError": "ai_vmm.runtime.errors",
     "DeviceError": "ai_vmm.runtime.errors",
+    "ConstraintError": "ai_vmm.runtime.errors",
+    "VMM": "ai_vmm.deploy",
+    "Deployment": "ai_vmm.deploy",
+    "Constraints": "ai_vmm.deploy",
 }
 
 __all__ = sorted(_LAZY)

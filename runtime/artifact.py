@@ -105,6 +105,34 @@ class PartitionSpec:
 
 
 @dataclass(frozen=True)
+class PlanSpec:
+    """One way to run the model: a subset of the partitions, for the input shapes in ``when``.
+
+    ``when`` maps an input name to ``{axis (as a string): {"min": int, "max": int}}``; a plan
+    matches a call when every listed axis of the call's inputs lies in its range. The runtime
+    takes the first plan that matches; the last plan of an artifact has an empty ``when``.
+    """
+
+    id: str
+    partitions: tuple[str, ...]
+    when: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "partitions": list(self.partitions), "when": self.when}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PlanSpec:
+        return cls(
+            id=str(data["id"]),
+            partitions=tuple(str(p) for p in data["partitions"]),
+            when={
+                str(name): {str(axis): dict(rng) for axis, rng in axes.items()}
+                for name, axes in dict(data.get("when", {})).items()
+            },
+        )
+
+
+@dataclass(frozen=True)
 class Manifest:
     """What an artifact holds and how to run it."""
 
@@ -116,6 +144,14 @@ class Manifest:
     toolchain: dict[str, str]
     source: dict[str, Any]
     format_version: int = FORMAT_VERSION
+    kind: str = "model"
+    """``model`` (tensors in, tensors out) or ``causal-lm`` (run by ``ai_vmm.runtime.llm``)."""
+    plans: tuple[PlanSpec, ...] = ()
+    """Shape-bucketed plans (see ``PlanSpec``); empty: one plan of every partition in order."""
+    assets: dict[str, str] = field(default_factory=dict)
+    """Hashed files that belong to no partition (relative path -> sha256), e.g. a tokenizer."""
+    llm: dict[str, Any] = field(default_factory=dict)
+    """For ``causal-lm`` artifacts: what ``ai_vmm.runtime.llm`` needs (it owns this schema)."""
 
     def routing(self) -> list[dict[str, Any]]:
         """Where each tensor crossing a partition boundary comes from and goes to."""
@@ -138,7 +174,7 @@ class Manifest:
         return [routes[k] for k in sorted(routes)]
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "format": FORMAT_NAME,
             "format_version": self.format_version,
             "inputs": [s.to_json() for s in self.inputs],
@@ -149,6 +185,16 @@ class Manifest:
             "toolchain": dict(sorted(self.toolchain.items())),
             "source": self.source,
         }
+        # Optional fields stay out of the JSON when unused, so older manifests keep their bytes.
+        if self.kind != "model":
+            data["kind"] = self.kind
+        if self.plans:
+            data["plans"] = [p.to_json() for p in self.plans]
+        if self.assets:
+            data["assets"] = dict(sorted(self.assets.items()))
+        if self.llm:
+            data["llm"] = self.llm
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
@@ -171,6 +217,10 @@ class Manifest:
                 toolchain=dict(data.get("toolchain", {})),
                 source=dict(data.get("source", {})),
                 format_version=version,
+                kind=str(data.get("kind", "model")),
+                plans=tuple(PlanSpec.from_json(d) for d in data.get("plans", [])),
+                assets={str(k): str(v) for k, v in dict(data.get("assets", {})).items()},
+                llm=dict(data.get("llm", {})),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ArtifactError(f"manifest.json is malformed: missing or bad field {exc}") from exc
@@ -287,6 +337,15 @@ def verify_payloads(root: Path, manifest: Manifest) -> None:
                     f"payload {rel} of partition {part.id} was changed after compile "
                     f"(sha256 mismatch); recompile the model or restore the file"
                 )
+    for rel, expected in manifest.assets.items():
+        path = root / rel
+        if not path.is_file():
+            raise ArtifactError(f"asset {rel} is missing from {root}; recompile")
+        if sha256_file(path) != expected:
+            raise ArtifactError(
+                f"asset {rel} was changed after compile (sha256 mismatch); recompile the model "
+                f"or restore the file"
+            )
 
 
 def read_report(root: Path) -> dict[str, Any]:

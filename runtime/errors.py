@@ -52,3 +52,9 @@ class DeviceError(VmmError):
     """A device or target that was asked for is not present on this machine."""
 
     exit_code = 7
+
+
+class ConstraintError(VmmError):
+    """No deployment candidate satisfies the constraints (the message names the best figures)."""
+
+    exit_code = 8

@@ -162,6 +162,14 @@ def load(path: str | Path) -> CompiledModel:
         root = _unpack_zip(root)
     manifest = read_manifest(root)
     verify_payloads(root, manifest)
+    if manifest.kind == "causal-lm":
+        from ai_vmm.runtime.llm import load_causal_lm  # type: ignore[attr-defined]
+
+        return load_causal_lm(root, manifest)  # type: ignore[no-any-return]
+    if manifest.kind != "model":
+        raise ArtifactError(
+            f"{path}: artifact kind '{manifest.kind}' is unknown to this runtime; upgrade ai-vmm"
+        )
     executors = {
         part.id: create_executor(
             part.target,

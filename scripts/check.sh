@@ -10,4 +10,4 @@ ruff format --check .
 echo "== mypy"
 mypy
 echo "== pytest"
-python -m pytest -q -m "not gpu" --durations=15 "$@"
+python -m pytest -q -m "not gpu and not heavy" --durations=15 "$@"

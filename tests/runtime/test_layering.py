@@ -103,3 +103,24 @@ def test_import_runtime_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[] []"
+
+
+def _on_top(path: Path) -> bool:
+    """The public API (``__init__``) and the CLI (``cli.py``, ``cli_*.py``) sit on every floor."""
+    return path.parent.name == "compiler" and (
+        path.name in ("__init__.py", "cli.py") or path.name.startswith("cli_")
+    )
+
+
+@pytest.mark.parametrize("path", _modules("compiler"), ids=lambda p: p.name)
+def test_compiler_never_imports_deploy_or_serve(path: Path) -> None:
+    if _on_top(path):
+        return
+    for name in _imports(path):
+        assert not (_is(name, "ai_vmm.deploy") or _is(name, "ai_vmm.serve")), name
+
+
+@pytest.mark.parametrize("path", _modules("deploy"), ids=lambda p: p.name)
+def test_deploy_never_imports_serve(path: Path) -> None:
+    for name in _imports(path):
+        assert not _is(name, "ai_vmm.serve"), name
