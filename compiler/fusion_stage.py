@@ -17,7 +17,7 @@ from ai_vmm.passes.recipes import apply_recipe
 from ai_vmm.runtime.devices import Device
 
 if TYPE_CHECKING:
-    from ai_vmm.driver import CompileOptions
+    from ai_vmm.options import CompileOptions
 
 
 def fuse_for_all(

@@ -8,6 +8,8 @@ manifest routes tensors between them.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +20,13 @@ import onnx_ir as ir
 
 from ai_vmm import registry
 from ai_vmm.cost import DeviceFigures, device_figures, node_seconds, value_bytes
+from ai_vmm.fusion_stage import one_line
 from ai_vmm.hardware_profile import HardwareProfile
 from ai_vmm.outline import outline
 from ai_vmm.planner import Link, Plan, PlanGraph, PlanningError, PlanNode, PlanTensor, plan
 from ai_vmm.runtime.artifact import PartitionSpec, sha256_file
 from ai_vmm.runtime.devices import Device
-from ai_vmm.runtime.errors import CompileError, UnsupportedModelError, VmmError
+from ai_vmm.runtime.errors import CompileError, UnsupportedModelError
 from ai_vmm.runtime.executors import Executor, create_executor
 from ai_vmm.targets.base import NodeSupport, Payload, TargetOptions, save_onnx
 
@@ -39,6 +42,8 @@ class PartitionedBuild:
     plan: Plan
     report: dict[str, Any]
     executors: dict[str, Executor] = field(default_factory=dict)
+    models: list[ir.Model] = field(default_factory=list)
+    """Each partition's outlined graph, in partition order (the quantize stage reads them)."""
 
     def run(self, feed: dict[str, Any]) -> dict[str, Any]:
         """Run the partitions in order on ``feed`` (every device must be present)."""
@@ -129,6 +134,49 @@ def plan_graph(
     return PlanGraph(nodes, tensors, keys, overhead, links, host=host)
 
 
+def observe_missing_shapes(model: ir.Model, sample: dict[str, np.ndarray] | None) -> list[str]:
+    """Give values without a known rank (or type) the rank and type they have in a real run.
+
+    Shape inference leaves some values untyped or of unknown rank (ops it cannot see through,
+    e.g. MaxUnpool's output shape input); an outlined partition with such a boundary input has
+    a dynamic-rank input, which OpenVINO refuses. One ONNX Runtime run on the sample tells the
+    rank; every axis stays dynamic.
+    """
+    values = {
+        v.name: v
+        for node in model.graph
+        for v in node.outputs
+        if v.name and (v.type is None or v.shape is None)
+    }
+    if not values or not sample:
+        return []
+    probe = model.clone()
+    by_name = {v.name: v for node in probe.graph for v in node.outputs if v.name in values}
+    probe.graph.outputs.extend(by_name[name] for name in sorted(by_name))
+    with tempfile.TemporaryDirectory(prefix="ai-vmm-probe-") as tmp:
+        path = Path(tmp) / "probe.onnx"
+        try:
+            save_onnx(probe, path)
+            names = tuple(v.name or "" for v in probe.graph.outputs)
+            runner = create_executor(
+                "onnxruntime", path, "CPU", {"graph_optimization_level": "disable"}, names
+            )
+            got = runner.run(dict(sample))
+        except Exception:  # the probe is a nicety: outlining reports what stays untyped
+            return []
+    typed = []
+    for name, value in values.items():
+        array = got.get(name)
+        if not isinstance(array, np.ndarray):
+            continue
+        if value.type is None:
+            value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
+        if value.shape is None:
+            value.shape = ir.Shape([ir.SymbolicDim(None) for _ in array.shape])
+        typed.append(name)
+    return typed
+
+
 def sample_dims(model: ir.Model, sample: dict[str, np.ndarray] | None) -> dict[str, int]:
     """Sizes of symbolic dimensions in the representative inputs."""
     dims: dict[str, int] = {}
@@ -156,7 +204,14 @@ def build_partitioned(
     work: Path,
     say: Say,
 ) -> PartitionedBuild:
-    """Plan, outline and build every partition; load executors where devices are present."""
+    """Plan, outline and build every partition; load executors where devices are present.
+
+    A partition whose codegen or load fails is not fatal: its device loses those nodes (the
+    reason is recorded) and the planner tries again, up to ``MAX_REPLANS`` times.
+    """
+    observed = observe_missing_shapes(model, sample)
+    if observed:
+        say(f"typed {len(observed)} value(s) shape inference left without a rank, by a run")
     say(f"checking capability on {', '.join(d.key for d in devices)}")
     support, notes = capabilities(model, devices, profile, present)
     figures: dict[str, DeviceFigures] = {}
@@ -168,21 +223,43 @@ def build_partitioned(
             figures[device.key] = device_figures(device)
     links = profile.links if profile is not None else measured_links(devices, figures)
     dims = sample_dims(model, sample)
-    graph = plan_graph(model, devices, support, figures, links, dims, target_options.precision)
-    try:
-        result = plan(graph, priority=[d.key for d in devices] if priority else None)
-    except PlanningError as exc:
-        raise UnsupportedModelError(str(exc)) from exc
-    say(
-        f"plan: {len(result.groups)} partition(s) "
-        f"({', '.join(result.group_devices())}), est. {result.cost * 1000:.3f} ms"
-    )
-    build = build_plan(model, result, devices, present, target_options, work, say)
+    replanned: list[dict[str, str]] = []
+    for _ in range(MAX_REPLANS + 1):
+        graph = plan_graph(model, devices, support, figures, links, dims, target_options.precision)
+        try:
+            result = plan(graph, priority=[d.key for d in devices] if priority else None)
+        except PlanningError as exc:
+            detail = f" (after re-planning around {len(replanned)} failed partition(s))"
+            raise UnsupportedModelError(str(exc) + (detail if replanned else "")) from exc
+        say(
+            f"plan: {len(result.groups)} partition(s) "
+            f"({', '.join(result.group_devices())}), est. {result.cost * 1000:.3f} ms"
+        )
+        try:
+            build = build_plan(model, result, devices, present, target_options, work, say)
+            break
+        except PartitionFailed as failed:
+            # Not fatal: that device loses those nodes, and the planner tries again.
+            say(f"[{failed.device}] partition failed ({failed.reason}): re-planning without it")
+            replanned.append(
+                {"device": failed.device, "nodes": str(len(failed.nodes)), "reason": failed.reason}
+            )
+            for name in failed.nodes:
+                support[failed.device][name] = NodeSupport(
+                    False, f"its partition failed to build here: {failed.reason}"
+                )
+            _clear(work)
+    else:
+        raise CompileError(
+            f"no buildable plan after {MAX_REPLANS} re-plans: "
+            + "; ".join(f"{r['device']}: {r['reason']}" for r in replanned)
+        )
     build.report.update(
         {
             "rule": "--target priority list" if priority else "cost model",
             "figures": {k: f.to_json() for k, f in figures.items()},
             "capability_notes": notes,
+            "replanned": replanned,
             "edges": sorted(
                 {(t.producer, c) for t in graph.tensors if t.producer for c in t.consumers}
             ),
@@ -228,7 +305,7 @@ def build_plan(
     pieces = outline(model, result.groups)
     by_key = {d.key: d for d in devices}
     op_types = {node.name or "": node.op_type for node in model.graph}
-    partitions, payload_dirs, executors = [], {}, {}
+    partitions, payload_dirs, executors, models = [], {}, {}, []
     readers: dict[str, set[str]] = {}  # tensor -> devices of the partitions that read it
     for group, piece in zip(result.groups, pieces, strict=True):
         for name in piece.inputs:
@@ -250,15 +327,11 @@ def build_plan(
                 payload = target.codegen(
                     target.prepare(sub, target_options), device, target_options, out_dir
                 )
-            except VmmError:
-                raise
             except Exception as exc:
-                raise CompileError(
-                    f"{device.key} could not build partition {part_id}: {exc}"
-                ) from exc
+                raise PartitionFailed(device.key, group, one_line(exc)) from exc
         config = dict(payload.config)
-        if device.target == "cuda":
-            # Tensors read only by partitions on the same GPU stay there (torch tensors).
+        if getattr(target, "keeps_outputs_on_device", False):
+            # Tensors read only by partitions on the same device stay there (device tensors).
             stay = [
                 name
                 for name in piece.outputs
@@ -278,14 +351,14 @@ def build_plan(
         )
         partitions.append(spec)
         payload_dirs[part_id] = out_dir
+        models.append(sub)
         if device.key in present:
-            executors[part_id] = create_executor(
-                device.target,
-                out_dir / payload.entry,
-                device.name,
-                config,
-                piece.outputs,
-            )
+            try:
+                executors[part_id] = create_executor(
+                    device.target, out_dir / payload.entry, device.name, config, piece.outputs
+                )
+            except Exception as exc:
+                raise PartitionFailed(device.key, group, one_line(exc)) from exc
     group_of = {name: i for i, group in enumerate(result.groups) for name in group}
     report: dict[str, Any] = {
         "estimate": result.to_json(),
@@ -300,7 +373,25 @@ def build_plan(
             for name in (node.name or "" for node in model.graph)
         ],
     }
-    return PartitionedBuild(partitions, payload_dirs, result, report, executors)
+    return PartitionedBuild(partitions, payload_dirs, result, report, executors, models)
+
+
+class PartitionFailed(Exception):
+    """A partition's codegen or load failed on its device: re-plan without that device there."""
+
+    def __init__(self, device: str, nodes: list[str], reason: str) -> None:
+        super().__init__(reason)
+        self.device, self.nodes, self.reason = device, list(nodes), reason
+
+
+MAX_REPLANS = 4
+
+
+def _clear(work: Path) -> None:
+    """Empty ``work`` for the next attempt (partition directories are named p0, p1, ...)."""
+    for path in work.iterdir():
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _deferred_payload(sub: ir.Model, device: Device, out_dir: Path) -> Payload:
