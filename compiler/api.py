@@ -39,6 +39,7 @@ def compile(
     calib_samples: int = DEFAULT_CALIB_SAMPLES,
     max_accuracy_drop: Sequence[str] | Mapping[str, float] = (),
     force_quantize: bool = False,
+    force: bool = False,
     **frontend_options: Any,
 ) -> CompileResult:
     """Compile ``model`` into an artifact and return where it went and what was decided.
@@ -77,6 +78,8 @@ def compile(
         max_accuracy_drop: limits such as ``["cosine=0.01", "top1=1"]`` or
             ``{"top1": 1.0}``; default ``cosine=0.01``.
         force_quantize: keep the quantized payload even when it is not faster than float.
+        force: replace whatever is at ``output`` even when it is not an ai-vmm artifact (a
+            file, or a directory of other files); without it such a path is refused.
         **frontend_options: what a frontend needs beyond the model (``example_inputs``,
             ``dynamic_shapes`` for torch; ``input_signature``, ``signature``, ``tag`` for
             TensorFlow; ``input_names``, ``output_names``, ``opset`` for both).
@@ -114,6 +117,7 @@ def compile(
         cache_dir=cache_dir,
         progress=progress,
         frontend_options=frontend_options,
+        force=force,
     )
 
 

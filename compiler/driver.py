@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,15 +37,16 @@ from ai_vmm.runtime.artifact import (
     MANIFEST,
     Manifest,
     PartitionSpec,
+    check_output_path,
+    copy_artifact,
     read_report,
     sha256_file,
-    staged_directory,
     write_artifact,
-    write_zip,
 )
 from ai_vmm.runtime.devices import Device, Inventory
 from ai_vmm.runtime.errors import CompileError, DeviceError, UnsupportedModelError, VmmError
 from ai_vmm.runtime.executors import create_executor
+from ai_vmm.runtime.staging import build_directory
 from ai_vmm.signature import (
     apply_input_shapes,
     bounded_signature,
@@ -142,8 +141,11 @@ def compile_model(
     cache_dir: str | Path | None = None,
     progress: Progress | None = None,
     frontend_options: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> CompileResult:
     """Compile a model (ONNX path or ``ModelProto``, or what a frontend takes) into an artifact.
+
+    ``force``: replace whatever is at ``output`` even when it is not an ai-vmm artifact.
 
     Raises:
         VmmError: a subclass saying what was wrong (model, options, targets, verification).
@@ -151,7 +153,8 @@ def compile_model(
     options = options or CompileOptions()
     say = progress or (lambda message: None)
     _validate_options(options)
-    out_path = _output_path(source, output)
+    # Before any compile work: never destroy what the user has at the output path.
+    out_path = check_output_path(_output_path(source, output), force=force)
     started = time.perf_counter()
 
     if options.hardware:
@@ -222,8 +225,8 @@ def _compile_uncached(
     clock = time.perf_counter()
     model = loaded.model
     bounds = apply_input_shapes(model, parse_input_specs(options.input_shapes))
-    with tempfile.TemporaryDirectory(prefix="ai-vmm-build-") as tmp:
-        work = Path(tmp)
+    # Locked while it lives, so a later compile sweeps it if this one is killed.
+    with build_directory() as work:
         # The reference is the model as given (shapes applied), saved before any pass runs.
         reference = work / "reference.onnx"
         save_onnx(model, reference)
@@ -520,12 +523,7 @@ def _reference_outputs(
 
 
 def _copy_artifact(source: Path, out_path: Path) -> None:
-    if out_path.suffix == ".zip":
-        write_zip(source, out_path)
-        return
-    with staged_directory(out_path) as stage:
-        shutil.rmtree(stage)
-        shutil.copytree(source, stage)
+    copy_artifact(source, out_path)
 
 
 def _read_json(path: Path, name: str) -> dict[str, Any]:

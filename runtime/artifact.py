@@ -20,12 +20,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ai_vmm.runtime.errors import ArtifactError
+from ai_vmm.runtime.errors import ArtifactError, CompileError
+from ai_vmm.runtime.staging import (
+    STAGE_PREFIX,
+    fsync_directory,
+    fsync_tree,
+    os_error_text,
+    replace_path,
+    staging_directory,
+    sweep_stale,
+)
 
 FORMAT_NAME = "ai-vmm-artifact"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 REPORT = "report.json"
+MAX_MANIFEST_BYTES = 16 << 20
+"""A manifest larger than this is not one of ours (they are a few kilobytes)."""
 
 Dim = int | str | dict[str, int] | None
 """A dimension: a size, a symbol (``"batch"``), a range ``{"min": 1, "max": 8}`` or unknown."""
@@ -243,46 +254,52 @@ def sha256_file(path: Path) -> str:
 def staged_directory(destination: Path) -> Iterator[Path]:
     """Yield an empty temporary directory that becomes ``destination`` on success.
 
-    The staging directory is a sibling of the destination (same filesystem, so the final rename
-    is atomic). On any exception it is removed and the destination is left untouched.
+    The staging directory is a uniquely named hidden sibling of the destination (same
+    filesystem, so the final rename is atomic). On any exception it is removed and the
+    destination is left untouched.
     """
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
-    try:
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    replace_path(stage, destination)
-
-
-def replace_path(source: Path, destination: Path) -> None:
-    """Move ``source`` (a file or directory) onto ``destination``, replacing what is there."""
-    if destination.exists() or destination.is_symlink():
-        trash = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old.", dir=destination.parent))
-        os.replace(destination, trash / "old")
-        os.replace(source, destination)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(source, destination)
+    with staging_directory(destination.parent) as stage:
+        tree = stage / "artifact"
+        tree.mkdir()
+        yield tree
+        _land(tree, destination, stage)
 
 
 def write_zip(directory: Path, zip_path: Path) -> None:
-    """Pack an artifact directory into one deterministic zip file (fixed timestamps, sorted)."""
-    tmp = zip_path.with_name(f".{zip_path.name}.part")
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-                info = zipfile.ZipInfo(
-                    path.relative_to(directory).as_posix(), (1980, 1, 1, 0, 0, 0)
-                )
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = 0o644 << 16
-                archive.writestr(info, path.read_bytes())
-        os.replace(tmp, zip_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Pack an artifact directory into one deterministic zip file (fixed timestamps, sorted).
+
+    The zip is written inside a unique staging directory next to ``zip_path``, flushed to the
+    disk and renamed into place: readers see the old file or the new one, never half of one.
+    """
+    zip_path = Path(zip_path)
+    with staging_directory(zip_path.parent) as stage:
+        _zip_into(Path(directory), stage / "artifact.zip")
+        _replace_synced(stage / "artifact.zip", zip_path)
+
+
+def _zip_into(directory: Path, target: Path) -> None:
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            info = zipfile.ZipInfo(path.relative_to(directory).as_posix(), (1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, path.read_bytes())
+
+
+def _replace_synced(source: Path, destination: Path) -> None:
+    fsync_tree(source)
+    replace_path(source, destination)
+    fsync_directory(destination.parent)
+
+
+def _land(tree: Path, out_path: Path, stage: Path) -> None:
+    """Move a finished artifact directory to ``out_path`` (zipped first for ``.zip``)."""
+    if out_path.suffix == ".zip":
+        _zip_into(tree, stage / "artifact.zip")
+        _replace_synced(stage / "artifact.zip", out_path)
+    else:
+        _replace_synced(tree, out_path)
 
 
 def write_artifact(
@@ -292,22 +309,136 @@ def write_artifact(
 
     ``payloads`` maps a partition id to the directory holding its files, copied to ``ID/``.
     ``out_path`` ending in ``.zip`` gives the zip form (``NAME.vmm.zip``), else a directory.
-    The directory is staged next to its destination and renamed into place, so a failure
-    leaves nothing half-written.
+    Everything is staged in a unique hidden sibling, flushed and renamed into place, so a
+    failure leaves nothing half-written and concurrent writers never mix their files.
+
+    Raises:
+        CompileError: the artifact cannot be written (the message names the path and cause).
     """
     out_path = Path(out_path)
-    as_zip = out_path.suffix == ".zip"
-    directory = out_path.with_suffix("") if as_zip else out_path
-    with staged_directory(directory) as stage:
-        for part_id, payload_dir in payloads.items():
-            shutil.copytree(payload_dir, stage / part_id)
-        (stage / MANIFEST).write_bytes(dumps_json(manifest.to_json()))
-        (stage / REPORT).write_bytes(dumps_json(report))
-    if as_zip:
-        try:
-            write_zip(directory, out_path)
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
+    try:
+        with staged_directory(out_path) as tree:
+            for part_id, payload_dir in payloads.items():
+                shutil.copytree(payload_dir, tree / part_id)
+            (tree / MANIFEST).write_bytes(dumps_json(manifest.to_json()))
+            (tree / REPORT).write_bytes(dumps_json(report))
+    except OSError as exc:
+        raise CompileError(f"cannot write the artifact {out_path}: {os_error_text(exc)}") from exc
+
+
+def copy_artifact(source: Path, out_path: Path) -> None:
+    """Copy a finished artifact directory (a cache entry) to ``out_path`` (``.zip``: zipped).
+
+    Raises:
+        CompileError: the copy cannot be written (the message names the path and cause).
+    """
+    out_path = Path(out_path)
+    try:
+        with staging_directory(out_path.parent) as stage:
+            shutil.copytree(source, stage / "artifact")
+            _land(stage / "artifact", out_path, stage)
+    except OSError as exc:
+        raise CompileError(f"cannot write the artifact {out_path}: {os_error_text(exc)}") from exc
+
+
+def is_artifact(path: Path) -> bool:
+    """Whether ``path`` is an ai-vmm artifact (a directory or zip whose manifest says so)."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            manifest = path / MANIFEST
+            if not manifest.is_file() or manifest.stat().st_size > MAX_MANIFEST_BYTES:
+                return False
+            data = json.loads(manifest.read_bytes())
+        elif path.is_file() and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                info = archive.getinfo(MANIFEST)
+                if info.file_size > MAX_MANIFEST_BYTES:
+                    return False
+                data = json.loads(archive.read(info))
+        else:
+            return False
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, RuntimeError, NotImplementedError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT_NAME
+
+
+def check_output_path(path: str | Path, force: bool = False) -> Path:
+    """Check, before any compile work, that an artifact may be written at ``path``.
+
+    Refuses (unless ``force``) to replace anything that is not an ai-vmm artifact: a regular
+    file, a symbolic link, a non-empty directory without our manifest. Always refuses the
+    current, home or root directory and their ancestors, and a path with no name (``-o .``).
+    Checks that the nearest existing ancestor is a writable directory. Sweeps staging
+    leftovers of killed compiles in the destination's directory.
+
+    Raises:
+        CompileError: one line naming the path and what is wrong with it.
+    """
+    path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise CompileError(
+            f"output '{path}' names a directory, not an artifact: give a new path such as "
+            f"model.vmm or model.vmm.zip"
+        )
+    try:
+        resolved = path.resolve()
+        cwd = Path.cwd().resolve()
+        protected = {Path(resolved.anchor), Path.home().resolve(), cwd, *cwd.parents}
+    except (OSError, RuntimeError) as exc:
+        raise CompileError(f"cannot use the output path {path}: {exc}") from exc
+    if resolved in protected:
+        raise CompileError(
+            f"refusing to replace {path} ({resolved}): it is the current, home or root "
+            f"directory or one above it; give a new path such as model.vmm"
+        )
+    _check_parent_writable(path)
+    if path.is_symlink():
+        if not force:
+            raise CompileError(
+                f"{path} is a symbolic link; not replacing it (use --force / force=True to "
+                f"replace the link with the artifact)"
+            )
+    elif path.is_dir():
+        if not force and not is_artifact(path) and _non_empty(path):
+            raise CompileError(
+                f"{path} is a directory that is not an ai-vmm artifact; not replacing it "
+                f"(choose another -o path, or use --force / force=True to replace it)"
+            )
+    elif path.exists() and not force and not is_artifact(path):
+        raise CompileError(
+            f"{path} is a file that is not an ai-vmm artifact; not replacing it "
+            f"(choose another -o path, or use --force / force=True to replace it)"
+        )
+    if path.parent.is_dir():
+        sweep_stale(path.parent)
+    return path
+
+
+def _non_empty(directory: Path) -> bool:
+    try:
+        return any(directory.iterdir())
+    except OSError:
+        return True
+
+
+def _check_parent_writable(path: Path) -> None:
+    """The nearest existing ancestor of ``path`` must be a directory we can create files in."""
+    ancestor = path.parent
+    while not (ancestor.exists() or ancestor.is_symlink()):
+        if ancestor.parent == ancestor:
+            break
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CompileError(
+            f"cannot write {path}: {ancestor} is a file, not a directory (choose another -o path)"
+        )
+    try:
+        handle, probe = tempfile.mkstemp(prefix=STAGE_PREFIX, dir=ancestor)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CompileError(f"cannot write {path}: {os_error_text(exc)}") from exc
 
 
 def read_manifest(root: Path) -> Manifest:

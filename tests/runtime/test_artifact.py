@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ai_vmm
-from ai_vmm.runtime import ArtifactError, load
+from ai_vmm.runtime import ArtifactError, CompileError, load
 from ai_vmm.runtime.artifact import Manifest, read_manifest, staged_directory
 
 
@@ -134,7 +134,7 @@ def test_write_artifact_leaves_nothing_on_failure(tmp_path: Path) -> None:
     from ai_vmm.runtime.artifact import write_artifact
 
     manifest = Manifest((), (), (), {}, {}, {})
-    with pytest.raises(OSError):
+    with pytest.raises(CompileError, match="absent"):
         write_artifact(tmp_path / "bad.vmm", manifest, {}, {"p0": tmp_path / "absent"})
     assert list(tmp_path.iterdir()) == []
 
