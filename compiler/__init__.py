@@ -16,7 +16,7 @@ _LAZY = {
     "analyze": "ai_vmm.api",
     "load": "ai_vmm.api",
     "CompileResult": "ai_vmm.driver",
-    "CompileOptions": "ai_vmm.driver",
+    "CompileOptions": "ai_vmm.options",
     "VmmError": "ai_vmm.runtime.errors",
     "ModelLoadError": "ai_vmm.runtime.errors",
     "UnsupportedModelError": "ai_vmm.runtime.errors",

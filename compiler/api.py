@@ -8,9 +8,12 @@ from typing import Any
 
 from ai_vmm.accuracy import parse_max_drop
 from ai_vmm.calibration import CalibrationSource, load_calibration
-from ai_vmm.driver import CompileOptions, CompileResult, Progress, compile_model
+from ai_vmm.driver import CompileResult, Progress, compile_model
 from ai_vmm.inputs import Tolerance
+from ai_vmm.options import CompileOptions
 from ai_vmm.quantize import DEFAULT_CALIB_SAMPLES, QuantizationOptions
+from ai_vmm.runtime.errors import CompileError
+from ai_vmm.samples import SampleSource, load_samples
 
 
 def compile(
@@ -40,6 +43,7 @@ def compile(
     max_accuracy_drop: Sequence[str] | Mapping[str, float] = (),
     force_quantize: bool = False,
     force: bool = False,
+    samples: SampleSource | None = None,
     **frontend_options: Any,
 ) -> CompileResult:
     """Compile ``model`` into an artifact and return where it went and what was decided.
@@ -78,6 +82,10 @@ def compile(
         max_accuracy_drop: limits such as ``["cosine=0.01", "top1=1"]`` or
             ``{"top1": 1.0}``; default ``cosine=0.01``.
         force_quantize: keep the quantized payload even when it is not faster than float.
+        samples: real inputs, as users send them: a dict of arrays (one call), a list of such
+            dicts, an ``.npz`` file (one call) or a directory of ``.npz`` files. Verification
+            runs on them and candidates are timed at their shapes; without samples, the shapes
+            come from the model and a ladder of common sizes (docs/targets.md).
         force: replace whatever is at ``output`` even when it is not an ai-vmm artifact (a
             file, or a directory of other files); without it such a path is refused.
         **frontend_options: what a frontend needs beyond the model (``example_inputs``,
@@ -87,6 +95,7 @@ def compile(
     Raises:
         ai_vmm.VmmError: a subclass whose one-line message says what was wrong.
     """
+    check_keywords(model, frontend_options)
     options = CompileOptions(
         target=target,
         input_shapes=tuple(input_shapes),
@@ -109,6 +118,7 @@ def compile(
             max_drop=tuple(sorted(parse_max_drop(_drop_specs(max_accuracy_drop)).items())),
             force=force_quantize,
         ),
+        samples=None if samples is None else load_samples(samples),
     )
     return compile_model(
         model,
@@ -118,6 +128,42 @@ def compile(
         progress=progress,
         frontend_options=frontend_options,
         force=force,
+    )
+
+
+def check_keywords(model: Any, frontend_options: dict[str, Any]) -> None:
+    """Refuse keyword arguments that neither ``compile`` nor the model's frontend takes, before
+    any work (and before a cache hit could hide them), with the nearest known name.
+
+    Raises:
+        CompileError: naming the unknown argument and, where one is close, the intended one.
+    """
+    if not frontend_options:
+        return
+    import difflib
+    import inspect
+
+    from ai_vmm.frontends import FRONTEND_OPTIONS, detect_format
+
+    own = [
+        p for p in inspect.signature(compile).parameters if p not in ("model", "frontend_options")
+    ]
+    try:
+        allowed = FRONTEND_OPTIONS[detect_format(model)]
+    except Exception:  # an unknown source: load_model reports it properly
+        return
+    unknown = sorted(set(frontend_options) - allowed)
+    if not unknown:
+        return
+    known = sorted({*own, *allowed})
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hints.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    raise CompileError(
+        f"ai_vmm.compile got unknown keyword argument(s) {', '.join(hints)}; it takes "
+        f"{', '.join(own)}"
+        + (f", and for this model's format {', '.join(sorted(allowed))}" if allowed else "")
     )
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -25,15 +25,13 @@ import onnx_ir as ir
 from ai_vmm import hardware, registry
 from ai_vmm.fusion_stage import fuse, fuse_for_all, one_line
 from ai_vmm.hardware_profile import HardwareProfile
+from ai_vmm.options import CompileOptions
 from ai_vmm.partition import build_partitioned
 from ai_vmm.runtime.artifact import PartitionSpec, sha256_file
 from ai_vmm.runtime.devices import Device
 from ai_vmm.runtime.errors import VmmError
 from ai_vmm.runtime.executors import Executor, create_executor
 from ai_vmm.targets.base import NodeSupport, TargetOptions
-
-if TYPE_CHECKING:
-    from ai_vmm.options import CompileOptions
 
 Progress = Callable[[str], None]
 
@@ -64,9 +62,7 @@ class BuiltPartition:
     def output_names(self) -> tuple[str, ...]:
         return self.outputs
 
-    def spec(
-        self, part_id: str, root: str, config: dict[str, Any] | None = None
-    ) -> PartitionSpec:
+    def spec(self, part_id: str, root: str, config: dict[str, Any] | None = None) -> PartitionSpec:
         """The manifest entry, payload files under ``root/`` in the artifact."""
         assert self.work_dir is not None
         return PartitionSpec(
@@ -122,7 +118,9 @@ class Candidate:
             values.update(executor.run({n: values[n] for n in part.inputs}))
         return values
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, clocks: bool = True) -> dict[str, Any]:
+        """The report entry; ``clocks=False`` leaves out wall-clock readings (``--no-tune``
+        artifacts reproduce byte for byte)."""
         out: dict[str, Any] = {"device": self.name, "status": self.status}
         if self.partitioned:
             out["partitions"] = [
@@ -140,7 +138,7 @@ class Candidate:
             out["unsupported_nodes"] = dict(sorted(self.unsupported.items())[:50])
         if self.recipe:
             out["recipe"] = self.recipe
-        if self.build_s:
+        if self.build_s and clocks:
             out["build_s"] = round(self.build_s, 3)
         return out
 

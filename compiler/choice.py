@@ -110,6 +110,20 @@ def contenders(candidates: list[Candidate]) -> list[Contender]:
     return found
 
 
+def contender_executors(candidate: Candidate, override: dict[str, Any]) -> dict[str, Executor]:
+    """Executors of ``candidate``'s one partition with ``override`` applied to its config."""
+    part = candidate.partitions[0]
+    assert part.work_dir is not None
+    executor = create_executor(
+        part.device.target,
+        part.work_dir / part.entry,
+        part.device.name,
+        {**part.config, **override},
+        part.outputs,
+    )
+    return {part.id: executor}
+
+
 def choose(
     candidates: list[Candidate],
     buckets: list[Bucket],

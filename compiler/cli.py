@@ -115,6 +115,14 @@ def compile_cmd(
     ratio: Annotated[
         float | None, typer.Option(help="Share of weight layers in INT4, the rest INT8.")
     ] = None,
+    sample: Annotated[
+        Path | None,
+        typer.Option(
+            "--sample",
+            help="Real inputs: FILE.npz (one call) or a directory of them; verify and time "
+            "at their shapes.",
+        ),
+    ] = None,
     calib: Annotated[
         str | None,
         typer.Option(help="Calibration data: FILE.npz, a directory of .npz/.npy, or 'random'."),
@@ -165,6 +173,7 @@ def compile_cmd(
             group_size=group_size,
             ratio=ratio,
             calibration=calib,
+            samples=sample,
             calib_samples=calib_samples,
             max_accuracy_drop=max_accuracy_drop or (),
             force_quantize=force_quantize,

@@ -7,17 +7,15 @@ driver's partitioned builds (one fusion every candidate's target runs).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import onnx_ir as ir
 from onnx_ir.passes.common import NameFixPass
 
 from ai_vmm import registry
+from ai_vmm.options import CompileOptions
 from ai_vmm.passes.recipes import apply_recipe
 from ai_vmm.runtime.devices import Device
-
-if TYPE_CHECKING:
-    from ai_vmm.options import CompileOptions
 
 
 def fuse_for_all(

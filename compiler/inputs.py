@@ -75,7 +75,9 @@ def input_domains(model: ir.Model) -> dict[str, Domain]:
     unsigned subtraction below zero), where their outputs legitimately differ. Those inputs get
     values from the valid domain, derived from the consuming op:
 
-    - ``Gather`` indices: within the gathered axis;
+    - ``Gather`` / ``GatherElements`` / ``ScatterElements`` indices: within the indexed axis;
+      ``GatherND`` / ``ScatterND``: within the leading axes they index;
+    - ``TopK``'s ``K``: 1; ``OneHot``'s depth: 4;
     - lengths: ``Attention``'s ``nonpad_kv_seqlen`` and any integer compared against a constant
       ``arange(n)`` (a padding mask built from lengths) take the full length ``n``;
     - ``Range`` operands: 0, 16, 1;
@@ -124,6 +126,23 @@ def _domain_for_use(value: ir.Value, node: ir.Node, index: int) -> Domain | None
         axis = attr.as_int() if attr is not None else 0
         if data is not None and -len(data) <= axis < len(data):
             return Domain(0, data[axis])
+    if op in ("GatherElements", "ScatterElements") and index == 1:
+        data = _static_dims(node.inputs[0])
+        attr = node.attributes.get("axis")
+        axis = attr.as_int() if attr is not None else 0
+        if data is not None and -len(data) <= axis < len(data):
+            return Domain(0, data[axis])
+    if op in ("GatherND", "ScatterND") and index == 1:
+        data = _static_dims(node.inputs[0])
+        indices = _static_dims(value)
+        if data is not None and indices:
+            depth = indices[-1]
+            if 0 < depth <= len(data):
+                return Domain(0, min(data[:depth]))
+    if op == "TopK" and index == 1:
+        return Domain(fill=(1.0,))
+    if op == "OneHot" and index == 1:
+        return Domain(fill=(4.0,))
     if op == "Attention" and index == 6:
         key = _static_dims(node.inputs[1])
         if key is not None and len(key) in (3, 4):

@@ -79,7 +79,8 @@ def samples_digest(samples: Samples) -> str:
         for name in sorted(sample):
             array = np.ascontiguousarray(sample[name])
             digest.update(f"{name}|{array.dtype}|{array.shape}|".encode())
-            digest.update(array.tobytes() if array.dtype.kind not in "OUS" else repr(array).encode())
+            raw = array.tobytes() if array.dtype.kind not in "OUS" else repr(array).encode()
+            digest.update(raw)
     return digest.hexdigest()
 
 

@@ -165,24 +165,16 @@ class Manifest:
     """For ``causal-lm`` artifacts: what ``ai_vmm.runtime.llm`` needs (it owns this schema)."""
 
     def routing(self) -> list[dict[str, Any]]:
-        """Where each tensor crossing a partition boundary comes from and goes to."""
-        producer = {spec.name: "input" for spec in self.inputs}
-        for part in self.partitions:
-            for name in part.outputs:
-                producer[name] = part.id
-        routes: dict[str, dict[str, Any]] = {}
-        for part in self.partitions:
-            for name in part.inputs:
-                route = routes.setdefault(
-                    name, {"tensor": name, "from": producer.get(name, "?"), "to": []}
-                )
-                route["to"].append(part.id)
-        for spec in self.outputs:
-            route = routes.setdefault(
-                spec.name, {"tensor": spec.name, "from": producer.get(spec.name, "?"), "to": []}
-            )
-            route["to"].append("output")
-        return [routes[k] for k in sorted(routes)]
+        """Where each tensor crossing a partition boundary comes from and goes to (per plan,
+        for shape-bucketed artifacts: each route then names its plan)."""
+        if not self.plans:
+            return _routes(self.inputs, self.outputs, self.partitions)
+        by_id = {part.id: part for part in self.partitions}
+        routes = []
+        for plan in self.plans:
+            parts = tuple(by_id[p] for p in plan.partitions if p in by_id)
+            routes += [{"plan": plan.id, **r} for r in _routes(self.inputs, self.outputs, parts)]
+        return routes
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -235,6 +227,30 @@ class Manifest:
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ArtifactError(f"manifest.json is malformed: missing or bad field {exc}") from exc
+
+
+def _routes(
+    inputs: tuple[TensorSpec, ...],
+    outputs: tuple[TensorSpec, ...],
+    partitions: tuple[PartitionSpec, ...],
+) -> list[dict[str, Any]]:
+    producer = {spec.name: "input" for spec in inputs}
+    for part in partitions:
+        for name in part.outputs:
+            producer[name] = part.id
+    routes: dict[str, dict[str, Any]] = {}
+    for part in partitions:
+        for name in part.inputs:
+            route = routes.setdefault(
+                name, {"tensor": name, "from": producer.get(name, "?"), "to": []}
+            )
+            route["to"].append(part.id)
+    for spec in outputs:
+        route = routes.setdefault(
+            spec.name, {"tensor": spec.name, "from": producer.get(spec.name, "?"), "to": []}
+        )
+        route["to"].append("output")
+    return [routes[k] for k in sorted(routes)]
 
 
 def dumps_json(data: Any) -> bytes:

@@ -22,6 +22,7 @@ from ai_vmm.runtime.artifact import (
     read_report,
     verify_payloads,
 )
+from ai_vmm.runtime.dispatch import build_plans, partition_waves, select_plan
 from ai_vmm.runtime.errors import ArtifactError, InputError
 from ai_vmm.runtime.executors import Executor, create_executor
 
@@ -39,16 +40,9 @@ class CompiledModel:
         self._executors = executors
         self._output_names = tuple(spec.name for spec in manifest.outputs)
         self._checker = InputChecker(manifest.inputs)
-        self._waves = partition_waves(manifest.partitions)
+        self._plans = build_plans(manifest, executors)
         self._executor_pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
-        single = manifest.partitions[0] if len(manifest.partitions) == 1 else None
-        # One partition fed by every model input: hand the checked dict straight to it.
-        self._direct = (
-            executors[single.id]
-            if single is not None and set(single.inputs) == {s.name for s in manifest.inputs}
-            else None
-        )
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -66,13 +60,17 @@ class CompiledModel:
         """The artifact's ``report.json`` (what was built and why)."""
         return read_report(self.root)
 
+    def plan_for(self, inputs: Mapping[str, Any]) -> str:
+        """The id of the plan that runs for ``inputs`` (shape-bucketed artifacts have several)."""
+        return select_plan(self._plans, self._checker(inputs)).id
+
     def run_profiled(
         self, inputs: Mapping[str, Any]
     ) -> tuple[dict[str, Any], list[tuple[str, float]]]:
         """Like ``run``, and the wall time of each partition in seconds, in run order."""
         values = dict(self._checker(inputs))
         times: list[tuple[str, float]] = []
-        for part in self.manifest.partitions:
+        for part in select_plan(self._plans, values).partitions:
             feed = {name: values[name] for name in part.inputs}
             start = time.perf_counter()
             values.update(self._executors[part.id].run(feed))
@@ -83,7 +81,7 @@ class CompiledModel:
         """Each partition's backend counters: ``{partition, target, op, ms}`` per op type."""
         values = dict(self._checker(inputs))
         rows: list[dict[str, Any]] = []
-        for part in self.manifest.partitions:
+        for part in select_plan(self._plans, values).partitions:
             feed = {name: values[name] for name in part.inputs}
             executor = self._executors[part.id]
             profile = getattr(executor, "profile_ops", None)
@@ -99,11 +97,12 @@ class CompiledModel:
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Run the model on ``inputs`` (by name) and return every output by name."""
         checked = self._checker(inputs)
-        if self._direct is not None:
+        plan = select_plan(self._plans, checked)
+        if plan.direct is not None:
             # The executor returns exactly the manifest's outputs, as fresh arrays.
-            return self._direct.run(checked)
+            return plan.direct.run(checked)
         values = dict(checked)  # never add intermediate tensors to the caller's dict
-        for wave in self._waves:
+        for wave in plan.waves:
             if len(wave) == 1:
                 part = wave[0]
                 values.update(self._executors[part.id].run({n: values[n] for n in part.inputs}))
@@ -121,31 +120,9 @@ class CompiledModel:
     def _pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:
             if self._executor_pool is None:
-                width = max(len(wave) for wave in self._waves)
+                width = max(len(wave) for plan in self._plans for wave in plan.waves)
                 self._executor_pool = ThreadPoolExecutor(width, thread_name_prefix="ai-vmm")
             return self._executor_pool
-
-
-def partition_waves(partitions: tuple[PartitionSpec, ...]) -> list[list[PartitionSpec]]:
-    """Group partitions into waves: each wave's partitions only need earlier waves' outputs.
-
-    Partitions of one wave that share a device stay in separate waves (a device runs one
-    partition at a time), so only work on different devices overlaps.
-    """
-    produced_in: dict[str, int] = {}
-    waves: list[list[PartitionSpec]] = []
-    for part in partitions:
-        earliest = max((produced_in[n] + 1 for n in part.inputs if n in produced_in), default=0)
-        while earliest < len(waves) and any(
-            (p.target, p.device) == (part.target, part.device) for p in waves[earliest]
-        ):
-            earliest += 1
-        if earliest == len(waves):
-            waves.append([])
-        waves[earliest].append(part)
-        for name in part.outputs:
-            produced_in[name] = earliest
-    return waves
 
 
 def load(path: str | Path) -> CompiledModel:
@@ -405,4 +382,5 @@ __all__ = [
     "check_inputs",
     "executor_config",
     "load",
+    "partition_waves",
 ]

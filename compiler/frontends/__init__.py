@@ -20,7 +20,14 @@ import onnx_ir as ir
 from ai_vmm.frontends.onnx import LoadedModel, load_onnx, onnx_file_digest
 from ai_vmm.runtime.errors import CompileError, ModelLoadError
 
-__all__ = ["SUPPORTED_FORMATS", "LoadedModel", "detect_format", "load_model", "source_digest"]
+__all__ = [
+    "FRONTEND_OPTIONS",
+    "SUPPORTED_FORMATS",
+    "LoadedModel",
+    "detect_format",
+    "load_model",
+    "source_digest",
+]
 
 SUPPORTED_FORMATS = (
     "ONNX (a .onnx file or an onnx.ModelProto)",
@@ -37,7 +44,7 @@ _TORCH_OPTIONS = frozenset(
 _TF_OPTIONS = frozenset(
     {"input_signature", "signature", "tag", "input_names", "output_names", "opset"}
 )
-_OPTIONS: dict[str, frozenset[str]] = {
+FRONTEND_OPTIONS: dict[str, frozenset[str]] = {
     "onnx": frozenset(),
     "torch.module": _TORCH_OPTIONS,
     "torch.exported": _TORCH_OPTIONS,
@@ -119,7 +126,7 @@ def load_model(source: Any, frontend_options: dict[str, Any] | None = None) -> L
     """
     options = dict(frontend_options or {})
     kind = detect_format(source)
-    allowed = _OPTIONS[kind]
+    allowed = FRONTEND_OPTIONS[kind]
     unknown = sorted(set(options) - allowed)
     if unknown:
         takes = ", ".join(sorted(allowed)) if allowed else "none"

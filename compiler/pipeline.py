@@ -1,0 +1,509 @@
+"""The one compile pipeline, after the model is loaded (``ai_vmm.driver`` calls ``run``):
+
+    canonicalize -> representative inputs (the user's samples, the calibration data's, or
+    synthetic shapes the reference runs at) -> reference outputs -> analyse once, at those
+    shapes -> candidates: one-partition plans per device, a partitioned plan when asked for or
+    when no device runs every node -> verify each against the reference -> precision /
+    quantization gates per partition -> time at every shape bucket and choose (or the static
+    rule) -> assemble the manifest (a plan per shape bucket where winners differ) -> write the
+    artifact, load it through the runtime, check it, put it in place
+
+Every decision lands in ``report.json``; the manifest holds only what the runtime needs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from ai_vmm import choice, gates, hardware
+from ai_vmm.calibration import split_samples
+from ai_vmm.candidates import Candidate, build_single, build_split, static_order
+from ai_vmm.frontends import LoadedModel
+from ai_vmm.hardware_profile import HardwareProfile
+from ai_vmm.inputs import compare, input_domains
+from ai_vmm.options import CompileOptions
+from ai_vmm.partition import sample_dims
+from ai_vmm.passes.analyze import analyze
+from ai_vmm.passes.canonicalize import canonicalize
+from ai_vmm.passes.recipes import choose_recipe
+from ai_vmm.reference import Reference
+from ai_vmm.runtime.artifact import Manifest, PartitionSpec, PlanSpec, copy_artifact
+from ai_vmm.runtime.artifact import write_artifact as write_artifact_files
+from ai_vmm.runtime.devices import Device, Inventory
+from ai_vmm.runtime.errors import CompileError, UnsupportedModelError, VmmError
+from ai_vmm.samples import MAX_VERIFY, check_samples, shape_groups
+from ai_vmm.shapes import Bucket, ShapeChoice, Variable, choose_shapes, dynamic_variables
+from ai_vmm.signature import bounded_signature, model_signature
+from ai_vmm.targets.base import TargetOptions
+
+Progress = Callable[[str], None]
+Sample = dict[str, np.ndarray]
+
+
+@dataclass
+class Machine:
+    """Where the artifact will run: this machine, or one a hardware profile describes."""
+
+    inventory: Inventory
+    profile: HardwareProfile | None
+    present: set[str]
+    """Device keys present here (none when planning for a profile)."""
+
+
+@dataclass
+class Inputs:
+    """The representative inputs: samples to verify on, buckets to time at, and their source."""
+
+    verify: list[Sample] = field(default_factory=list)
+    buckets: list[Bucket] = field(default_factory=list)
+    variables: list[Variable] = field(default_factory=list)
+    description: str = ""
+    report: dict[str, Any] = field(default_factory=dict)
+    failure: str | None = None
+
+    @property
+    def primary(self) -> Sample | None:
+        return self.buckets[0].sample if self.buckets else None
+
+
+@dataclass
+class Result:
+    """What the driver writes: the manifest, the report, and the payload directories."""
+
+    manifest: Manifest
+    report: dict[str, Any]
+    payloads: dict[str, Path]
+    decision: choice.Decision
+    inputs: Inputs
+
+
+def run(
+    loaded: LoadedModel,
+    reference_path: Path,
+    bounds: dict[str, list[Any]],
+    work: Path,
+    options: CompileOptions,
+    machine: Machine,
+    devices: list[Device],
+    say: Progress,
+    timings: dict[str, float],
+) -> Result:
+    """Every stage after loading; see the module docstring."""
+    model = loaded.model
+    reference = Reference(model, reference_path)
+    clock = time.perf_counter()
+    say("canonicalizing")
+    canon = canonicalize(model, frozenset(options.disabled_passes))
+    timings["canonicalize"] = time.perf_counter() - clock
+    signature_in, signature_out = model_signature(model)
+    signature_in = bounded_signature(signature_in, bounds)
+
+    clock = time.perf_counter()
+    inputs = representative_inputs(model, signature_in, reference, options, say)
+    expected, verify_note = reference_outputs(inputs, reference, options, say)
+    timings["inputs"] = time.perf_counter() - clock
+
+    say("analysing the architecture")
+    clock = time.perf_counter()
+    dims = sample_dims(model, inputs.primary)
+    profile = analyze_or_none(model, dims)
+    recipe = options.recipe or (choose_recipe(profile) if profile is not None else "default")
+    timings["analyze"] = time.perf_counter() - clock
+    label = profile.primary_label if profile is not None else None
+    say(f"architecture: {label or 'unclassified'}; recipe: {recipe}")
+
+    extra: dict[str, Any] = {"input_bounds": bounds, "sample_dims": dims}
+    if loaded.torch_program is not None:
+        # The cuda target compiles the frontend's own torch program when it gets the whole model.
+        extra["torch_program"] = loaded.torch_program
+        extra["torch_program_io"] = (
+            [v.name for v in model.graph.inputs],
+            [v.name for v in model.graph.outputs],
+        )
+    quantizing = options.quantization.active(options.precision)
+    # Lower precision is the quantize stage's job, behind its gates: build float first.
+    target_options = TargetOptions(
+        precision="fp32" if quantizing else options.precision, extra=extra
+    )
+    clock = time.perf_counter()
+    built = build_candidates(
+        model, recipe, devices, target_options, options, machine, inputs, expected, work, say
+    )
+    timings["build"] = time.perf_counter() - clock
+    ok = [c for c in built if c.status == "ok"]
+    if not ok:
+        raise no_candidate_error(built)
+    if quantizing:
+        clock = time.perf_counter()
+        gates.quantize(
+            model,
+            [c for c in ok if not c.deferred],
+            options.quantization,
+            precision=options.precision,
+            target_options=target_options,
+            work=work,
+            host_isa=hardware.detect_cpu().isa,
+            measure_speed=options.tune,
+            speed_budget_s=options.tune_budget_s,
+            say=say,
+        )
+        timings["quantize"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    decision = decide(ok, inputs, options, say)
+    timings["tune"] = time.perf_counter() - clock
+    manifest_parts, plans, payloads = assemble(decision)
+    primary = decision.primary.candidate
+    chosen_devices = sorted({f"{p.device.target}:{p.device.name}" for p in primary.partitions})
+    report: dict[str, Any] = {
+        "source": {"path": loaded.source, "sha256": loaded.sha256, "notes": loaded.notes},
+        "stages": {"canonicalize": canon.to_json()},
+        "profile": profile.to_json() if profile is not None else None,
+        "architecture": label,
+        "recipe": recipe,
+        "inputs": inputs.report,
+        "candidates": [c.to_json(clocks=options.tune) for c in built],
+        "chosen": {
+            "device": ",".join(chosen_devices),
+            "rule": decision.primary.rule,
+            "candidate": primary.name,
+            "config": decision.primary.override,
+        },
+        "buckets": [c.to_json() for c in decision.choices],
+        "timing": decision.timing,
+        "verification": primary.verification
+        or {"status": "skipped", "reason": verify_note or inputs.failure or "not verified"},
+    }
+    if primary.quantization:
+        report["quantization"] = primary.quantization
+    if primary.plan is not None:
+        report["plan"] = primary.plan
+    if inputs.failure:
+        report["unverified"] = inputs.failure
+    manifest = Manifest(
+        inputs=signature_in,
+        outputs=signature_out,
+        partitions=tuple(manifest_parts),
+        compile_options=options.to_json(),
+        toolchain={},
+        source={
+            "format": "onnx",
+            "sha256": loaded.sha256,
+            "opset": model.opset_imports.get("", 0),
+        },
+        plans=tuple(plans),
+    )
+    return Result(manifest, report, payloads, decision, inputs)
+
+
+def representative_inputs(
+    model: ir.Model,
+    signature: tuple[Any, ...],
+    reference: Reference,
+    options: CompileOptions,
+    say: Progress,
+) -> Inputs:
+    """The user's samples; else the calibration data's; else synthetic shapes (``shapes``)."""
+    variables = dynamic_variables(signature)
+    inputs = Inputs(variables=variables)
+    data = options.quantization.calibration
+    if options.samples is not None:
+        check_samples(options.samples, signature)
+        items = list(options.samples.items)
+        inputs.description = f"the given samples ({options.samples.description})"
+        inputs.report = {
+            **options.samples.to_json(),
+            "source": "samples",
+            "from": options.samples.description,
+        }
+    elif data is not None and not data.is_random:
+        split = split_samples(data, signature, options.quantization.calib_samples, model)
+        items = list(split.held_out or split.calibration)
+        inputs.description = f"held-out calibration samples ({data.description})"
+        inputs.report = {"source": "calibration", "count": len(items)}
+    else:
+        needs_reference = reference.runs and (options.verify or options.tune)
+        say("choosing representative input shapes")
+        shapes: ShapeChoice = choose_shapes(
+            signature,
+            input_domains(model),
+            reference.try_run if needs_reference else None,
+            dict(model.metadata_props),
+        )
+        inputs.report = {"source": shapes.source, **shapes.to_json()}
+        inputs.failure = shapes.failure
+        if shapes.primary is None:
+            if shapes.failure:
+                say(f"WARNING: {shapes.failure}")
+            return inputs
+        inputs.buckets = [shapes.primary, *shapes.buckets]
+        inputs.verify = [b.sample for b in inputs.buckets]
+        inputs.description = "synthetic (seed 0) at " + "; ".join(
+            f"{b.name} {b.sizes}" for b in inputs.buckets
+        )
+        return inputs
+    groups = shape_groups(items)
+    for index, group in enumerate(groups):
+        sizes = {
+            v.name: int(np.shape(group[0][v.axes[0][0]])[v.axes[0][1]])
+            for v in variables
+            if v.axes[0][0] in group[0]
+        }
+        name = "primary" if index == 0 else f"shape {index}"
+        inputs.buckets.append(Bucket(name, sizes, group[0]))
+    inputs.verify = items[:MAX_VERIFY]
+    return inputs
+
+
+def reference_outputs(
+    inputs: Inputs, reference: Reference, options: CompileOptions, say: Progress
+) -> tuple[list[dict[str, Any]] | None, str]:
+    """The reference outputs for every verification sample, or why there are none."""
+    if not options.verify:
+        return None, "disabled by --no-verify"
+    if not reference.comparable:
+        return None, reference.note
+    if not inputs.verify:
+        return None, inputs.failure or "no input could be made for the model"
+    say(f"running the reference on {len(inputs.verify)} sample(s)")
+    expected = []
+    for index, sample in enumerate(inputs.verify):
+        try:
+            expected.append(reference.outputs(sample))
+        except VmmError as exc:
+            note = (
+                f"ONNX Runtime cannot run the original model on {inputs.description}, "
+                f"sample {index}: {exc}"
+            )
+            inputs.failure = note
+            return None, note
+    return expected, ""
+
+
+def analyze_or_none(model: ir.Model, dims: dict[str, int]) -> Any:
+    """The architecture profile at the representative sizes, or ``None`` on an odd graph."""
+    try:
+        return analyze(model, dims=dims)
+    except TypeError:  # an analysis without the dims parameter
+        try:
+            return analyze(model)
+        except Exception:
+            return None
+    except Exception:
+        return None
+
+
+def build_candidates(
+    model: ir.Model,
+    recipe: str,
+    devices: list[Device],
+    target_options: TargetOptions,
+    options: CompileOptions,
+    machine: Machine,
+    inputs: Inputs,
+    expected: list[dict[str, Any]] | None,
+    work: Path,
+    say: Progress,
+) -> list[Candidate]:
+    """Build and verify the candidates (see the module docstring for which ones)."""
+    explicit = options.target.strip() not in ("", "auto") and len(devices) > 1
+    common = {"target_options": target_options, "options": options, "work": work, "say": say}
+    built: list[Candidate] = []
+    if not explicit and machine.profile is None:
+        ordered = devices if options.tune else static_order(devices)
+        for index, device in enumerate(ordered):
+            if not options.tune and any(c.status == "ok" for c in built):
+                skipped = Candidate(device.key, [device], status="not built")
+                skipped.reason = "--no-tune: the static rule chose an earlier candidate"
+                built.append(skipped)
+                continue
+            candidate = build_single(model, recipe, device, index, **common)  # type: ignore[arg-type]
+            built.append(candidate)
+            _verify(candidate, inputs, expected, options, say)
+        if any(c.status == "ok" for c in built) or len(devices) < 2:
+            return built
+        nowhere = set.intersection(*(set(c.unsupported) for c in built))
+        if nowhere and all(c.status == "unsupported" for c in built):
+            return built  # some node runs nowhere: splitting cannot help
+        say("no single device runs the model: planning partitions")
+    split = build_split(
+        model,
+        recipe,
+        devices,
+        priority=explicit,
+        profile=machine.profile,
+        present=machine.present,
+        sample=inputs.primary,
+        **common,  # type: ignore[arg-type]
+    )
+    built.append(split)
+    if split.status == "built" and split.deferred:
+        split.status = "ok"
+        split.verification = {
+            "status": "skipped",
+            "reason": "planned for devices that are not present",
+        }
+    else:
+        _verify(split, inputs, expected, options, say)
+    return built
+
+
+def _verify(
+    candidate: Candidate,
+    inputs: Inputs,
+    expected: list[dict[str, Any]] | None,
+    options: CompileOptions,
+    say: Progress,
+) -> None:
+    if candidate.status != "built":
+        return
+    candidate.status = "ok"
+    if expected is None:
+        return
+    say(f"[{candidate.name}] verifying against the reference")
+    candidate.verification = gates.verify(
+        candidate, inputs.verify, expected, options.tolerance, inputs.description
+    )
+    if not candidate.verification["passed"]:
+        candidate.status = "mismatch"
+        candidate.reason = gates.mismatch_reason(candidate.verification)
+
+
+def no_candidate_error(built: list[Candidate]) -> VmmError:
+    """Why nothing can be written: nodes no device runs, or every candidate failed."""
+    unsupported = [c for c in built if c.status == "unsupported"]
+    if unsupported and len(unsupported) == len(built):
+        blocking = sorted(set.intersection(*(set(c.unsupported) for c in unsupported)))
+        blocking = blocking or sorted({n for c in unsupported for n in c.unsupported})
+        details = [
+            f"{name} ("
+            + "; ".join(
+                f"{c.name}: {c.unsupported[name]}" for c in unsupported if name in c.unsupported
+            )
+            + ")"
+            for name in blocking[:5]
+        ]
+        return UnsupportedModelError(
+            f"no available target can run {len(blocking)} node(s): {', '.join(details)}"
+            + (" ..." if len(blocking) > 5 else "")
+        )
+    return CompileError(
+        "no target produced a verified payload: "
+        + "; ".join(f"{c.name}: {c.status} ({c.reason})" for c in built if c.status != "not built")
+        + (
+            " (use --no-verify to accept unverified outputs)"
+            if any(c.status == "mismatch" for c in built)
+            else ""
+        )
+    )
+
+
+def decide(
+    ok: list[Candidate], inputs: Inputs, options: CompileOptions, say: Progress
+) -> choice.Decision:
+    """Measure and choose, or take the static rule when nothing can be timed."""
+    timeable = [c for c in ok if not c.deferred]
+    if options.tune and inputs.buckets and timeable and len(ok) == len(timeable):
+        decision = choice.choose(
+            timeable, inputs.buckets, inputs.variables, options.tune_budget_s, say
+        )
+        say(f"chose {decision.primary.candidate.name} ({decision.primary.rule})")
+        for extra in decision.choices[:-1]:
+            say(f"at {extra.bucket.name}: {extra.candidate.name} ({extra.rule})")
+        return decision
+    if not options.tune:
+        why = "first in the static priority order (--no-tune)"
+    elif not inputs.buckets:
+        why = "first in the static priority order (no input the reference runs on to time)"
+    else:
+        why = "first in the static priority order (devices not present: nothing to time)"
+    first, rule = choice.static_choice(ok, why)
+    bucket = inputs.buckets[0] if inputs.buckets else Bucket("primary", {}, {})
+    return choice.Decision([choice.BucketChoice(bucket, first, {}, rule, False)], {})
+
+
+def assemble(
+    decision: choice.Decision,
+) -> tuple[list[PartitionSpec], list[PlanSpec], dict[str, Path]]:
+    """Manifest partitions (the primary plan's are ``p0``, ``p1``...), plans, payload dirs."""
+    ordered = [decision.primary, *decision.choices[:-1]]
+    specs: list[PartitionSpec] = []
+    payloads: dict[str, Path] = {}
+    plan_ids: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}
+    plans: list[PlanSpec] = []
+    for number, item in enumerate(ordered):
+        key = (item.candidate.name, repr(sorted(item.override.items())))
+        if key not in plan_ids:
+            prefix = "" if number == 0 else f"b{number}"
+            ids = []
+            for part in item.candidate.partitions:
+                part_id = f"{prefix}{part.id}"
+                config = {**part.config, **item.override}
+                specs.append(part.spec(part_id, part_id, config))
+                assert part.work_dir is not None
+                payloads[part_id] = part.work_dir
+                ids.append(part_id)
+            plan_ids[key] = (f"plan{len(plan_ids)}", tuple(ids))
+        plan_id, ids = plan_ids[key]
+        plans.append(PlanSpec(f"{plan_id}-{item.bucket.name}", ids, item.when))
+    if len(plan_ids) == 1:
+        return specs, [], payloads
+    # Dispatch order: the extra buckets first, the primary plan (empty ``when``) last.
+    return specs, [*plans[1:], replace(plans[0], when={})], payloads
+
+
+def write_checked(
+    result: Result, out_path: Path, work: Path, options: CompileOptions, say: Progress
+) -> None:
+    """Write the artifact in ``work``, load it through the runtime and check that each bucket's
+    sample gives what the candidate chosen for that bucket gave; then put it at ``out_path``."""
+    decision, inputs = result.decision, result.inputs
+    check = work / "artifact.vmm"
+    write_artifact_files(check, result.manifest, result.report, result.payloads)
+    if any(c.candidate.deferred for c in decision.choices) or not inputs.buckets:
+        say(f"writing {out_path}")
+        copy_artifact(check, out_path)
+        return
+    from ai_vmm.runtime import load
+
+    say("checking the written artifact through the runtime")
+    loaded = load(check)
+    try:
+        for item in decision.choices:
+            if not item.bucket.sample:
+                continue
+            executors = {}
+            if item.override:
+                executors = choice.contender_executors(item.candidate, item.override)
+            wanted = item.candidate.run(item.bucket.sample, executors)
+            try:
+                got = loaded.run(item.bucket.sample)
+            except VmmError as exc:
+                raise CompileError(
+                    f"the written artifact does not run at {item.bucket.name} ({exc}); "
+                    "this is a bug in ai-vmm: please report it with the model"
+                ) from exc
+            for spec in result.manifest.outputs:
+                if spec.kind != "tensor" or not isinstance(got.get(spec.name), np.ndarray):
+                    continue
+                check_result = compare(got[spec.name], wanted[spec.name], options.tolerance)
+                if not check_result["passed"]:
+                    raise CompileError(
+                        f"the written artifact differs from the chosen candidate at "
+                        f"{item.bucket.name} on {spec.name}: this is a bug in ai-vmm"
+                    )
+    finally:
+        close = getattr(loaded, "close", None)
+        if close is not None:
+            close()
+    say(f"writing {out_path}")
+    copy_artifact(check, out_path)
+
+
+__all__ = ["Machine", "Result", "run", "write_checked"]
