@@ -149,12 +149,21 @@ def check_keywords(model: Any, frontend_options: dict[str, Any]) -> None:
         p for p in inspect.signature(compile).parameters if p not in ("model", "frontend_options")
     ]
     try:
-        allowed = FRONTEND_OPTIONS[detect_format(model)]
+        kind = detect_format(model)
     except Exception:  # an unknown source: load_model reports it properly
         return
+    allowed = FRONTEND_OPTIONS[kind]
     unknown = sorted(set(frontend_options) - allowed)
     if not unknown:
         return
+    elsewhere = set().union(*FRONTEND_OPTIONS.values())
+    misplaced = [name for name in unknown if name in elsewhere]
+    if misplaced:
+        takes = ", ".join(sorted(allowed)) if allowed else "none"
+        raise CompileError(
+            f"option(s) {', '.join(misplaced)} do not apply to a {kind} source "
+            f"(its frontend takes: {takes})"
+        )
     known = sorted({*own, *allowed})
     hints = []
     for name in unknown:
@@ -163,7 +172,7 @@ def check_keywords(model: Any, frontend_options: dict[str, Any]) -> None:
     raise CompileError(
         f"ai_vmm.compile got unknown keyword argument(s) {', '.join(hints)}; it takes "
         f"{', '.join(own)}"
-        + (f", and for this model's format {', '.join(sorted(allowed))}" if allowed else "")
+        + (f", and for a {kind} source {', '.join(sorted(allowed))}" if allowed else "")
     )
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ai_vmm.runtime.errors import CompileError
+from ai_vmm.tuning import NOISY_SPREAD, Rounds, load_average, ratio_summary
 
 BASELINES = ("onnxruntime", "openvino", "torch")
 OURS = "ai-vmm"
@@ -231,23 +232,47 @@ def measure_all(
 
 
 def compare(contenders: list[Contender]) -> dict[str, Any]:
-    """Ratios of ours to the best baseline (p50 latency; throughput)."""
+    """Ours against the best baseline, always as a ratio of times (ours / baseline: below 1
+    is faster), with the range of the per-round ratios and a verdict that says when the
+    rounds disagree about which side is faster (the machine was too noisy to tell)."""
     ours = next((c for c in contenders if c.name == OURS), None)
     others = [c for c in contenders if c.name != OURS]
     if ours is None or not others:
         return {}
     best_latency = min(others, key=lambda c: statistics.median(c.samples_ms))
     best_throughput = max(others, key=lambda c: c.throughput)
-    return {
+    paired = ratio_summary(
+        Rounds(tuple(ours.round_medians_ms)), Rounds(tuple(best_latency.round_medians_ms))
+    )
+    low, high = paired.get("range", [None, None])
+    if low is None or high is None:
+        verdict = "not measured"
+    elif high < 1.0:
+        verdict = "faster in every round"
+    elif low > 1.0:
+        verdict = "slower in every round"
+    else:
+        verdict = "within the noise: rounds disagree on which is faster"
+    spread = max(Rounds(tuple(c.round_medians_ms)).spread for c in (ours, best_latency))
+    out: dict[str, Any] = {
         "best_baseline_latency": best_latency.name,
         "latency_ratio": round(
             statistics.median(ours.samples_ms) / statistics.median(best_latency.samples_ms), 3
         ),
+        "latency_ratio_rounds": paired,
+        "verdict": verdict,
         "best_baseline_throughput": best_throughput.name,
-        "throughput_ratio": round(ours.throughput / best_throughput.throughput, 3)
-        if best_throughput.throughput
+        # Time per inference with requests in flight, ours / baseline (same direction).
+        "throughput_time_ratio": round(best_throughput.throughput / ours.throughput, 3)
+        if ours.throughput
         else None,
     }
+    if spread > NOISY_SPREAD:
+        out["warning"] = (
+            f"noisy machine: round medians spread {spread:.0%} (load average "
+            f"{load_average()}); rerun on a quieter machine before trusting the ratio"
+        )
+    return out
 
 
 def profile_rows(model: Any, feed: dict[str, Any], runs: int = 20) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ai_vmm.bench import (
     BenchSettings,
     Contender,
@@ -65,16 +67,19 @@ def bench(
                 f"is: pass --source MODEL.onnx (or --baselines '' for ours alone)"
             )
         if feed is None:
-            from ai_vmm.inputs import synthetic_inputs
-
             specs = read_manifest(artifact).inputs if artifact.is_dir() else None
             if specs is None:
                 from ai_vmm.runtime import load
 
-                specs = load(artifact).inputs
-            feed = synthetic_inputs(specs, {}, batch=settings.batch)
+                loaded = load(artifact)
+                specs = loaded.inputs
+                getattr(loaded, "close", lambda: None)()
+            feed = representative_feed(specs, report, settings.batch, source)
             if feed is None:
                 raise InputError("the model has non-tensor inputs: no synthetic inputs for it")
+            result["inputs"] = "synthetic, at " + json.dumps(
+                {name: list(np.shape(array)) for name, array in feed.items()}
+            )
         ours, holder = artifact_contender(artifact, feed)
         contenders: list[Contender] = [ours]
         notes: list[str] = []
@@ -109,6 +114,32 @@ def bench(
             say("profiling (per partition, per op)")
             result["profile"] = profile_rows(model, feed)
     return result
+
+
+def representative_feed(
+    specs: Any, report: dict[str, Any], batch: int, source: Path | None
+) -> dict[str, Any] | None:
+    """Synthetic inputs at the shape the compile chose as representative (its report's
+    primary bucket), batch ``batch``; index inputs in their domains when the source is known."""
+    from ai_vmm.shapes import dynamic_variables, first_fit, sample_at
+
+    domains: dict[str, Any] = {}
+    if source is not None and source.suffix == ".onnx":
+        import onnx_ir as ir
+
+        from ai_vmm.inputs import input_domains
+
+        try:
+            domains = input_domains(ir.load(source))
+        except Exception:  # the domains are a nicety: plain synthetic values otherwise
+            domains = {}
+    variables = dynamic_variables(tuple(specs))
+    chosen = dict(report.get("inputs", {}).get("primary") or {})
+    sizes = {
+        v.name: batch if v.cls == "batch" else int(chosen.get(v.name) or first_fit(v))
+        for v in variables
+    }
+    return sample_at(tuple(specs), variables, sizes, domains)
 
 
 def environment() -> dict[str, Any]:
@@ -147,9 +178,12 @@ def terminal_table(result: dict[str, Any]) -> Any:
     comparison = result.get("comparison", {})
     title = f"{result['model']}: {', '.join(result['chosen'])}"
     if comparison:
+        rounds = comparison.get("latency_ratio_rounds", {}).get("range")
+        spread = f" (rounds {rounds[0]}-{rounds[1]})" if rounds else ""
         title += (
-            f"  ours / best baseline: latency {comparison['latency_ratio']}, "
-            f"throughput {comparison['throughput_ratio']}"
+            f"  ours / best baseline time: latency {comparison['latency_ratio']}{spread}, "
+            f"{comparison.get('verdict', '')}; with requests in flight "
+            f"{comparison.get('throughput_time_ratio')}"
         )
     table = Table(title=title)
     for column in ("contender", "p50 ms", "p90 ms", "p99 ms", "req/s", "load s", "peak MiB"):
@@ -202,13 +236,16 @@ def markdown(results: list[dict[str, Any]], env: dict[str, Any], command: str) -
         "setting its tuning chose (never more threads than the defaults). Latency: warm-up, "
         "then interleaved rounds with equal time boxes; p50/p90/p99 over all calls. Throughput: "
         "requests in flight for a fixed time (OpenVINO `AsyncInferQueue`, threads otherwise). "
-        "Memory: peak RSS increase while the contender loads and warms up.",
+        "Memory: peak RSS increase while the contender loads and warms up. Ratios are always "
+        "times, ours / baseline (below 1: ours is faster; throughput as time per inference); "
+        "the per-round range pairs each round's medians, and the verdict says when the rounds "
+        "disagree about which side is faster.",
         "",
         "## Latency at batch 1 (ms) and ours / best baseline",
         "",
         "| model | chosen | ours p50 | ours p90 | ours p99 | ONNX Runtime p50 | "
-        "OpenVINO p50 | torch eager p50 | ours / best |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "OpenVINO p50 | torch eager p50 | ours / best | per-round range | verdict |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for result in results:
         by_name = {row["name"]: row for row in result["contenders"]}
@@ -221,13 +258,14 @@ def markdown(results: list[dict[str, Any]], env: dict[str, Any], command: str) -
             f"| {result['model']} | {', '.join(result['chosen'])} | {ours['p50_ms']:.3f} | "
             f"{ours['p90_ms']:.3f} | {ours['p99_ms']:.3f} | {p50('onnxruntime')} | "
             f"{p50('openvino')} | {p50('torch eager')} | "
-            f"{result['comparison'].get('latency_ratio', 'n/a')} |"
+            f"{result['comparison'].get('latency_ratio', 'n/a')} | "
+            f"{_range(result['comparison'])} | {result['comparison'].get('verdict', '')} |"
         )
     lines += [
         "",
         "## Throughput (inferences/s) and resources",
         "",
-        "| model | streams | ours | ONNX Runtime | OpenVINO | torch eager | ours / best | "
+        "| model | streams | ours | ONNX Runtime | OpenVINO | torch eager | ours / best (time) | "
         "compile s | ours peak MiB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -240,7 +278,7 @@ def markdown(results: list[dict[str, Any]], env: dict[str, Any], command: str) -
         lines.append(
             f"| {result['model']} | {result['settings']['streams']} | {tput('ai-vmm')} | "
             f"{tput('onnxruntime')} | {tput('openvino')} | {tput('torch eager')} | "
-            f"{result['comparison'].get('throughput_ratio', 'n/a')} | "
+            f"{result['comparison'].get('throughput_time_ratio', 'n/a')} | "
             f"{result.get('compile_s', 'n/a')} | {by_name['ai-vmm']['peak_rss_mb']:.0f} |"
         )
     lines += [
@@ -254,6 +292,11 @@ def markdown(results: list[dict[str, Any]], env: dict[str, Any], command: str) -
         "",
     ]
     return "\n".join(lines)
+
+
+def _range(comparison: dict[str, Any]) -> str:
+    found = comparison.get("latency_ratio_rounds", {}).get("range")
+    return f"{found[0]}-{found[1]}" if found else "n/a"
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:

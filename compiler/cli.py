@@ -178,6 +178,9 @@ def compile_cmd(
             max_accuracy_drop=max_accuracy_drop or (),
             force_quantize=force_quantize,
         )
+    warning = result.report.get("timing", {}).get("warning")
+    if warning:
+        err.print(f"warning: {warning}", markup=False, soft_wrap=True)
     quantization = result.report.get("quantization")
     if quantization:
         decision = quantization.get("decision", "?")
@@ -372,6 +375,9 @@ def bench_cmd(
         out_console.print(profile_table(result["profile"]))
     for note in result["notes"]:
         out_console.print(f"note: {note}")
+    warning = result.get("comparison", {}).get("warning")
+    if warning:
+        err.print(f"warning: {warning}", markup=False, soft_wrap=True)
     if json_out is not None:
         json_out.write_text(
             json.dumps({"environment": environment(), "result": result}, indent=2) + "\n"

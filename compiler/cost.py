@@ -175,8 +175,8 @@ def measure_figures(device: Device) -> DeviceFigures:
     its payloads take a compiler run to build) measures itself.
     """
     target = registry.get_target(device.target)
-    if hasattr(target, "measure_figures"):
-        data = target.measure_figures(device)
+    data = target.measure_figures(device)
+    if data is not None:
         return DeviceFigures(
             peak_gflops=dict(data["peak_gflops"]),
             bandwidth_gbps=float(data["bandwidth_gbps"]),
@@ -191,8 +191,7 @@ def measure_figures(device: Device) -> DeviceFigures:
 
         def executor(path: Path, outputs: tuple[str, ...]) -> Any:
             # The model runs as it is: no offline optimization needed for one op.
-            config = {"graph_optimization_level": "all"} if device.target == "onnxruntime" else {}
-            return create_executor(device.target, path, device.name, config, outputs)
+            return create_executor(device.target, path, device.name, target.raw_config, outputs)
 
         x = {"x": rng.standard_normal((n, n)).astype(np.float32)}
         matmul = executor(mm, ("y",))

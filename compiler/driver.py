@@ -233,18 +233,12 @@ def _read_json(path: Path, name: str) -> dict[str, Any]:
 
 
 _TOOLCHAIN_PACKAGES = ("onnx", "onnx-ir", "onnxscript")
-_TARGET_PACKAGES = {
-    "openvino": "openvino",
-    "onnxruntime": "onnxruntime",
-    "cuda": "torch",
-    "tensorrt": "tensorrt",
-}
 
 
 def toolchain(*targets: str) -> dict[str, str]:
     """Versions of ai-vmm and the libraries that shaped a payload (all targets if none given)."""
     names = ["ai-vmm", *_TOOLCHAIN_PACKAGES]
-    names += [_TARGET_PACKAGES[t] for t in targets] if targets else list(_TARGET_PACKAGES.values())
+    names += [registry.PACKAGES[t] for t in (targets or tuple(registry.PACKAGES))]
     names = list(dict.fromkeys(names))
     versions = {}
     for name in names:

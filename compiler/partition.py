@@ -319,7 +319,7 @@ def build_plan(
         out_dir.mkdir()
         say(f"[{part_id} {device.key}] generating code for {len(group)} nodes")
         sub = ir.serde.deserialize_model(piece.model)
-        if device.key not in present and getattr(target, "builds_on_device_only", False):
+        if device.key not in present and target.builds_on_device_only:
             payload = _deferred_payload(sub, device, out_dir)
             say(f"[{part_id} {device.key}] deferred: {payload.config['deferred']}")
         else:
@@ -330,7 +330,7 @@ def build_plan(
             except Exception as exc:
                 raise PartitionFailed(device.key, group, one_line(exc)) from exc
         config = dict(payload.config)
-        if getattr(target, "keeps_outputs_on_device", False):
+        if target.keeps_outputs_on_device:
             # Tensors read only by partitions on the same device stay there (device tensors).
             stay = [
                 name

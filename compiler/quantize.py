@@ -234,7 +234,7 @@ def _quantize_one(
             "weights",
         )
     target = registry.get_target(candidate.device.target)
-    if not hasattr(target, "quantize"):
+    if not target.can_quantize:
         return _float(report, f"target {candidate.device.target} does not offer quantization")
     held = split.held_out
     stage.say(f"[{key}] float outputs on {len(held)} held-out samples")

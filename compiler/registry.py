@@ -6,6 +6,7 @@ import importlib
 from typing import Any
 
 from ai_vmm.runtime.errors import CompileError
+from ai_vmm.targets.base import Target
 
 TARGETS: dict[str, str] = {
     "openvino": "ai_vmm.targets.openvino:OpenVinoTarget",
@@ -13,6 +14,15 @@ TARGETS: dict[str, str] = {
     "cuda": "ai_vmm.targets.cuda:CudaTarget",
     "tensorrt": "ai_vmm.targets.tensorrt:TensorRtTarget",
 }
+
+PACKAGES: dict[str, str] = {
+    "openvino": "openvino",
+    "onnxruntime": "onnxruntime",
+    "cuda": "torch",
+    "tensorrt": "tensorrt",
+}
+"""The library whose version shapes each target's payloads (the manifest's toolchain); the same
+as each target's ``package``, readable without importing the target."""
 
 # The static rule of --no-tune: the first device in this order that runs every node wins.
 # OpenVINO first on Intel hardware (its CPU plugin and its GPU/NPU plugins are the reason to
@@ -27,10 +37,10 @@ STATIC_PRIORITY_INTEL = (
 )
 STATIC_PRIORITY_OTHER = ("tensorrt:0", "cuda:0", "onnxruntime:CPU", "openvino:CPU")
 
-_instances: dict[str, Any] = {}
+_instances: dict[str, Target] = {}
 
 
-def get_target(name: str) -> Any:
+def get_target(name: str) -> Target:
     """The target called ``name`` (imported on first use)."""
     if name not in TARGETS:
         raise CompileError(f"unknown target '{name}' (known: {', '.join(sorted(TARGETS))})")
@@ -40,7 +50,10 @@ def get_target(name: str) -> Any:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise CompileError(f"target '{name}' cannot be used here: {exc}") from exc
-        _instances[name] = getattr(module, class_name)()
+        instance = getattr(module, class_name)()
+        if not isinstance(instance, Target):
+            raise CompileError(f"target '{name}' does not implement ai_vmm.targets.base.Target")
+        _instances[name] = instance
     return _instances[name]
 
 

@@ -214,7 +214,7 @@ def choose_shapes(
         choice.source = f"synthetic, sizes from the model's metadata ({json.dumps(stated)})"
 
     def make(sizes: dict[str, int], name: str, varied: str | None = None) -> Bucket | None:
-        sample = _sample_at(specs, variables, sizes, domains)
+        sample = sample_at(specs, variables, sizes, domains)
         if sample is None:
             return None
         return Bucket(name, dict(sizes), sample, varied)
@@ -229,7 +229,7 @@ def choose_shapes(
         choice.tried.append({"sizes": dict(sizes), "error": error})
         return bucket if error is None else None
 
-    first = {v.name: stated.get(v.name) or _first_fit(v) for v in variables}
+    first = {v.name: stated.get(v.name) or first_fit(v) for v in variables}
     deadline = time.monotonic() + TRIAL_BUDGET_S
     primary = runs(first)
     if primary is None and try_reference is not None:
@@ -259,7 +259,7 @@ def choose_shapes(
     return choice
 
 
-def _first_fit(variable: Variable) -> int:
+def first_fit(variable: Variable) -> int:
     for size in LADDERS[variable.cls]:
         if variable.fits(size):
             return size
@@ -326,7 +326,7 @@ def _search(
     return found
 
 
-def _sample_at(
+def sample_at(
     specs: tuple[TensorSpec, ...],
     variables: list[Variable],
     sizes: dict[str, int],

@@ -161,23 +161,26 @@ def load(path: str | Path) -> CompiledModel:
 
 
 def executor_config(manifest: Manifest, part: PartitionSpec) -> dict[str, Any]:
-    """``part``'s executor config, plus what taking turns with other partitions on the CPU needs.
+    """``part``'s executor config, plus ``shares_cpu`` where it takes turns with other
+    partitions of its plan on the host CPU.
 
-    ONNX Runtime's intra-op workers keep spinning for a while after a run returns, waiting for
-    more work. Where several partitions take turns on the host CPU, the workers of the session
-    that just ran spin on the cores that the next partition's workers need: on 2 cores, a ResNet
-    cut in two ran 1.62 ms as one partition and 2.43 ms as two at batch 8
-    (docs/partition-overhead.md). There, ONNX Runtime partitions on the CPU get
-    ``force_spinning_stop``: their workers stop spinning when the run returns (the split: 1.72
-    ms), at the price of waking them on the next run (10-40 us a call at batch 1 there).
-    Single-partition artifacts keep ONNX Runtime's defaults, and a partition whose config sets
-    ``force_spinning_stop`` itself (true or false) keeps that.
+    Each executor decides what sharing the CPU means for its backend. ONNX Runtime's intra-op
+    workers keep spinning for a while after a run returns, waiting for more work; where several
+    partitions take turns on the host CPU, they spin on the cores that the next partition's
+    workers need: on 2 cores, a ResNet cut in two ran 1.62 ms as one partition and 2.43 ms as
+    two at batch 8 (docs/partition-overhead.md). So the ONNX Runtime executor stops its workers
+    spinning when a run returns (the split: 1.72 ms), at the price of waking them on the next
+    run (10-40 us a call at batch 1 there); OpenVINO's threads are its own and it ignores the
+    hint. Partitions alone on the CPU keep their backend's defaults.
     """
-    on_cpu = sum(1 for p in manifest.partitions if p.device == "CPU")
-    if "force_spinning_stop" in part.config:
-        return part.config
-    if part.target == "onnxruntime" and part.device == "CPU" and on_cpu > 1:
-        return {**part.config, "force_spinning_stop": True}
+    by_id = {p.id: p for p in manifest.partitions}
+    plans = [plan.partitions for plan in manifest.plans] or [tuple(by_id)]
+    sharing = any(
+        part.id in ids and sum(1 for pid in ids if pid in by_id and by_id[pid].device == "CPU") > 1
+        for ids in plans
+    )
+    if part.device == "CPU" and sharing:
+        return {**part.config, "shares_cpu": True}
     return part.config
 
 

@@ -122,40 +122,81 @@ class QuantizingTarget(Protocol):
         ...
 
 
-class Target(Protocol):
-    """A backend: capability, lowering, codegen."""
+class Target:
+    """A backend: capability, lowering, codegen. Every target subclasses this.
 
-    name: str
+    Required (each target implements them): ``name``, ``discover``, ``available``,
+    ``capability``, ``prepare``, ``codegen``, ``supports_op``, ``tuning_space``.
+    Optional, with the defaults below (the compiler asks these, never a target's name):
+    ``package`` (the library whose version shapes the payload: the manifest's toolchain),
+    ``builds_on_device_only`` (payloads can only be built on the device: a plan for an absent
+    one writes the partition as a deferred ONNX subgraph), ``keeps_outputs_on_device`` (tensors
+    read only by partitions on the same device stay there between partitions), ``raw_config``
+    (the executor config that runs a plain ONNX model, for micro-benchmarks), ``quantize``
+    (see ``QuantizingTarget``; ``can_quantize`` says whether it is offered),
+    ``measure_figures`` (its own cost-model micro-benchmark) and ``estimate`` (a latency
+    estimate before building, so ``auto`` can skip a candidate that cannot win).
+    """
+
+    name: str = ""
+    package: str = ""
+    builds_on_device_only: bool = False
+    keeps_outputs_on_device: bool = False
+    raw_config: dict[str, Any] = {}  # noqa: RUF012 - read-only class default
 
     def discover(self, cpu: CpuInfo) -> tuple[list[Device], str | None, str | None]:
         """Devices this backend sees here, its library version, and a note when it has none."""
-        ...
+        raise NotImplementedError
 
     def available(self, inventory: Inventory) -> list[Device]:
         """This target's devices in ``inventory``."""
-        ...
+        return devices_of(self.name, inventory)
 
     def capability(self, model: ir.Model, device: Device) -> dict[str, NodeSupport]:
         """For each node (by name) of the main graph: can it run on ``device``, and if not why."""
-        ...
+        raise NotImplementedError
 
     def prepare(self, model: ir.Model, options: TargetOptions) -> ir.Model:
         """Target-specific lowering; returns the model to hand to ``codegen``."""
-        ...
+        return model
 
     def codegen(
         self, model: ir.Model, device: Device, options: TargetOptions, out_dir: Path
     ) -> Payload:
         """Write the payload for ``device`` into ``out_dir`` (which exists and is empty)."""
-        ...
+        raise NotImplementedError
 
     def supports_op(self, domain: str, op_type: str) -> bool:
         """Whether a fusion may produce ``domain::op_type`` for this target."""
-        ...
+        raise NotImplementedError
 
     def tuning_space(self, device: Device) -> list[dict[str, Any]]:
         """Executor config overrides worth timing against the payload's own config."""
-        ...
+        return []
+
+    @property
+    def can_quantize(self) -> bool:
+        """Whether this target implements ``quantize``."""
+        return type(self).quantize is not Target.quantize
+
+    def quantize(
+        self,
+        model: ir.Model,
+        device: Device,
+        options: TargetOptions,
+        request: QuantizationRequest,
+        out_dir: Path,
+    ) -> QuantizedPayload:
+        """Write a low-precision payload for ``device`` into ``out_dir`` (exists, empty)."""
+        raise NotImplementedError(f"target {self.name} does not offer quantization")
+
+    def measure_figures(self, device: Device) -> dict[str, Any] | None:
+        """Its own cost-model micro-benchmark (``None``: the compiler's generic one)."""
+        return None
+
+    def estimate(self, model: ir.Model, device: Device, dims: dict[str, int]) -> float | None:
+        """Estimated seconds for one call of ``model`` at ``dims`` (``None``: no estimate)."""
+        return None
 
 
 def devices_of(target: str, inventory: Inventory) -> list[Device]:

@@ -40,6 +40,7 @@ from ai_vmm.targets.base import (
     Payload,
     QuantizationRequest,
     QuantizedPayload,
+    Target,
     TargetOptions,
     devices_of,
 )
@@ -80,10 +81,12 @@ def spec_figures(gpu_name: str) -> dict[str, Any] | None:
     return None
 
 
-class CudaTarget:
+class CudaTarget(Target):
     """NVIDIA GPUs, one device per CUDA index, through AOTInductor packages."""
 
     name = NAME
+    package = "torch"
+    keeps_outputs_on_device = True
     builds_on_device_only = True
     """AOTInductor compiles for the GPU it runs on: a plan for an absent GPU defers the build."""
 

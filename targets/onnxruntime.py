@@ -21,6 +21,7 @@ from ai_vmm.targets.base import (
     Payload,
     QuantizationRequest,
     QuantizedPayload,
+    Target,
     TargetOptions,
     devices_of,
     save_onnx,
@@ -33,10 +34,12 @@ _DEVICE_PROVIDERS = {"CPU": "CPUExecutionProvider", "CUDA": "CUDAExecutionProvid
 MIN_OPSET = 7
 
 
-class OnnxRuntimeTarget:
+class OnnxRuntimeTarget(Target):
     """ONNX Runtime, one device per execution provider we drive (CPU here)."""
 
     name = NAME
+    package = "onnxruntime"
+    raw_config = {"graph_optimization_level": "all"}  # noqa: RUF012
     min_opset = MIN_OPSET
 
     def discover(self, cpu: CpuInfo) -> tuple[list[Device], str | None, str | None]:

@@ -24,6 +24,7 @@ from ai_vmm.targets.base import (
     Payload,
     QuantizationRequest,
     QuantizedPayload,
+    Target,
     TargetOptions,
     devices_of,
     save_onnx,
@@ -35,10 +36,11 @@ _PRECISION_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 _FRAMEWORK_NODE_TYPES = ("ONNXFrameworkNode", "FrameworkNode", "NotSupportedONNXNode")
 
 
-class OpenVinoTarget:
+class OpenVinoTarget(Target):
     """OpenVINO, one device per plugin device (CPU, GPU.0, NPU ...)."""
 
     name = NAME
+    package = "openvino"
     min_opset = MIN_OPSET
 
     def discover(self, cpu: CpuInfo) -> tuple[list[Device], str | None, str | None]:

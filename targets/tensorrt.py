@@ -40,7 +40,14 @@ from ai_vmm.runtime.executors.tensorrt import (
     cuda_gpus,
     set_current_device,
 )
-from ai_vmm.targets.base import NodeSupport, Payload, TargetOptions, devices_of, save_onnx
+from ai_vmm.targets.base import (
+    NodeSupport,
+    Payload,
+    Target,
+    TargetOptions,
+    devices_of,
+    save_onnx,
+)
 
 NAME = "tensorrt"
 MIN_OPSET = 9
@@ -462,10 +469,11 @@ def _write_cache(path: Path | None, data: bytes) -> None:
             os.unlink(tmp)
 
 
-class TensorRtTarget:
+class TensorRtTarget(Target):
     """TensorRT, one device per CUDA GPU (``tensorrt:0``, ``tensorrt:1`` ...)."""
 
     name = NAME
+    package = "tensorrt"
     min_opset = MIN_OPSET
 
     def discover(self, cpu: CpuInfo) -> tuple[list[Device], str | None, str | None]:

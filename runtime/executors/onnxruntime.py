@@ -29,9 +29,10 @@ def session_options(config: dict[str, Any]) -> Any:
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
     if config.get("intra_op_num_threads"):
         options.intra_op_num_threads = int(config["intra_op_num_threads"])
-    if config.get("force_spinning_stop"):
+    if config.get("force_spinning_stop", config.get("shares_cpu")):
         # The intra-op workers stop spinning as soon as a run returns (they spin again on the
-        # next run): see ``executor_config`` in ``ai_vmm.runtime.model`` for when.
+        # next run) where partitions take turns on the CPU: ``executor_config`` in
+        # ``ai_vmm.runtime.model`` says why. A config's own ``force_spinning_stop`` wins.
         options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 

@@ -38,6 +38,20 @@ def test_bench_artifact_against_baselines(artifact: Path, tmp_path: Path) -> Non
     ratio = result["comparison"]["latency_ratio"]
     best = min(r["p50_ms"] for r in result["contenders"][1:])
     assert ratio == pytest.approx(result["contenders"][0]["p50_ms"] / best, rel=1e-2)
+    # One direction (ours / baseline time) with the per-round range and a verdict.
+    comparison = result["comparison"]
+    low, high = comparison["latency_ratio_rounds"]["range"]
+    assert low <= comparison["latency_ratio_rounds"]["ratio"] <= high
+    assert comparison["verdict"] in (
+        "faster in every round",
+        "slower in every round",
+        "within the noise: rounds disagree on which is faster",
+    )
+    tput = {row["name"]: row["throughput_per_s"] for row in result["contenders"]}
+    best_tput = max(v for k, v in tput.items() if k != "ai-vmm")
+    assert comparison["throughput_time_ratio"] == pytest.approx(
+        best_tput / tput["ai-vmm"], rel=1e-2
+    )
     assert result["profile"]["partitions"].keys() == {"p0"}
     assert {row["target"] for row in result["profile"]["top_ops"]} == {"openvino"}
     text = markdown([result], environment(), "vmmc bench test")

@@ -213,8 +213,10 @@ def test_partitions_taking_turns_on_the_cpu_stop_spinning_after_a_run() -> None:
         part("p2", "onnxruntime", "CUDA"),
     )
     both = manifest(ort_cpu, ov_cpu)
-    assert executor_config(both, ort_cpu) == {"a": 1, "force_spinning_stop": True}
-    assert executor_config(both, ov_cpu) == {"a": 1}  # OpenVINO's threads are its own
+    # A generic hint; each executor maps it (ONNX Runtime: workers stop spinning; OpenVINO's
+    # threads are its own and it ignores the hint).
+    assert executor_config(both, ort_cpu) == {"a": 1, "shares_cpu": True}
+    assert executor_config(both, ov_cpu) == {"a": 1, "shares_cpu": True}
     alone_on_cpu = manifest(ort_cpu, ort_gpu)
     assert executor_config(alone_on_cpu, ort_cpu) == {"a": 1}
     assert executor_config(alone_on_cpu, ort_gpu) == {"a": 1}
@@ -222,7 +224,20 @@ def test_partitions_taking_turns_on_the_cpu_stop_spinning_after_a_run() -> None:
     chosen = PartitionSpec(
         "p0", "onnxruntime", "CPU", "e", {}, ("x",), ("y",), {"force_spinning_stop": False}
     )
-    assert executor_config(manifest(chosen, ov_cpu), chosen) == {"force_spinning_stop": False}
+    shared = executor_config(manifest(chosen, ov_cpu), chosen)
+    assert shared == {"force_spinning_stop": False, "shares_cpu": True}
+    from ai_vmm.runtime.executors.onnxruntime import session_options
+
+    options = session_options(shared)  # the config's own setting wins over the hint
+    assert not _entry_is_one(options, "session.force_spinning_stop")
+    assert _entry_is_one(session_options({"shares_cpu": True}), "session.force_spinning_stop")
+
+
+def _entry_is_one(options: Any, key: str) -> bool:
+    try:
+        return bool(options.get_session_config_entry(key) == "1")
+    except Exception:  # ONNX Runtime raises for a key that was never set
+        return False
 
 
 def test_loaded_split_artifact_sets_spinning_stop_and_matches(tmp_path: Path) -> None:
