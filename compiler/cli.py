@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ai_vmm.cli_serve import serve_cmd
 from ai_vmm.runtime.errors import CompileError, InputError, VmmError
 
 app = typer.Typer(
@@ -371,6 +372,9 @@ def bench_cmd(
         markdown_out.write_text(markdown([result], environment(), command.strip()))
     if plot_out is not None:
         plot([result], plot_out)
+
+
+app.command("serve")(serve_cmd)
 
 
 def _read_npz(path: Path) -> dict[str, Any]:
