@@ -170,8 +170,7 @@ def _wrap(compiled: Any, artifact: Path) -> LoadedTensorModel:
             if dtype is None:
                 raise ModelLoadError(f"{artifact}: {spec.name} has an unknown dtype {spec.dtype!r}")
             shape = None if spec.shape is None else tuple(_dim(d) for d in spec.shape)
-            batch = spec.shape is not None and len(spec.shape) > 0 and spec.shape[0] == batch_symbol
-            out.append(Tensor(spec.name, dtype, shape, batch and batch_symbol is not None))
+            out.append(Tensor(spec.name, dtype, shape, batch_symbol is not None))
         return tuple(out)
 
     memory: dict[str, int] = {}
@@ -198,16 +197,24 @@ def _dim(dim: Any) -> int:
 
 
 def _batch_symbol(inputs: Any, outputs: Any) -> Any:
-    """The symbol of axis 0 when every input and output shares it (the model batches)."""
+    """The symbol of the inputs' axis 0 when the model looks batchable, else ``None``.
+
+    Every input must share one named axis 0 and every output must have a named (not fixed)
+    axis 0: exporters often give each output its own symbol for what is the batch axis. Like
+    Triton's ``max_batch_size``, a model config asking for batching is the user's word that
+    axis 0 is the batch; the batcher checks each output's rows at run time.
+    """
     firsts = []
-    for spec in (*inputs, *outputs):
+    for spec in inputs:
         if spec.shape is None or len(spec.shape) == 0:
             return None
         firsts.append(spec.shape[0])
-    first = firsts[0] if firsts else None
-    if first is None or isinstance(first, int) or any(f != first for f in firsts):
+    if not firsts or not isinstance(firsts[0], str) or any(f != firsts[0] for f in firsts):
         return None
-    return first if isinstance(first, str) else None
+    for spec in outputs:
+        if spec.shape is None or len(spec.shape) == 0 or not isinstance(spec.shape[0], str):
+            return None
+    return firsts[0]
 
 
 __all__ = [

@@ -321,6 +321,15 @@ def _deliver(batch: list[WorkItem], outputs: dict[str, np.ndarray], split: bool)
             if not item.future.done():
                 item.future.set_result(outputs)
         return
+    rows = sum(item.rows for item in batch)
+    for name, value in outputs.items():
+        if value.ndim == 0 or value.shape[0] != rows:
+            raise Rejected(
+                500,
+                "bad_batch_axis",
+                f"output '{name}' has shape {list(value.shape)} for a batch of {rows} rows, so "
+                "its axis 0 is not the batch; serve this model with batching.max_batch = 0",
+            )
     start = 0
     for item in batch:
         end = start + item.rows
