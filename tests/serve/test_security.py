@@ -35,7 +35,9 @@ models = ["other"]
 """
 
 
-def _json_infer(shape: list[int], data: Any, datatype: str = "FP32", name: str = "pixel_values") -> dict[str, Any]:  # fmt: skip
+def _json_infer(
+    shape: list[int], data: Any, datatype: str = "FP32", name: str = "pixel_values"
+) -> dict[str, Any]:
     return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}
 
 
