@@ -264,11 +264,7 @@ def collect_evidence(copy: ir.Model) -> Evidence:
     for name, ops in _FUSED_EVIDENCE.items():
         ev.patterns[name] += sum(histogram[op] for op in ops)
     fused_attention = [n for n in nodes(copy.graph) if n.op_type in ATTENTION_OPS]
-    attention_pairs += [
-        (n.inputs[0], n.inputs[1])
-        for n in fused_attention
-        if len(n.inputs) > 1 and n.inputs[0] is not None and n.inputs[1] is not None
-    ]
+    attention_pairs += [pair for n in fused_attention if (pair := _query_key(n)) is not None]
 
     ev.patterns["cross_attention"] = sum(
         1
@@ -319,6 +315,27 @@ def collect_evidence(copy: ir.Model) -> Evidence:
     return ev
 
 
+def _query_key(node: ir.Node) -> tuple[ir.Value, ir.Value] | None:
+    """The query and key of an attention op. com.microsoft ``Attention`` projects one input
+    (its second input is the weight) and a packed QKV has no key: both are self-attention."""
+    query = node.inputs[0] if node.inputs else None
+    if query is None:
+        return None
+    if node.domain == "com.microsoft" and node.op_type in ("Attention", "PackedAttention"):
+        return query, query
+    key = node.inputs[1] if len(node.inputs) > 1 else None
+    return query, key if key is not None else query
+
+
+# (contrib domain, op) -> the slice of its inputs that holds past keys/values.
+_PAST_INPUTS = {
+    (False, "Attention"): (4, 6),
+    (True, "Attention"): (4, 5),
+    (True, "MultiHeadAttention"): (6, 8),
+    (True, "GroupQueryAttention"): (3, 5),
+}
+
+
 def _kv_cache_inputs(model: ir.Model, fused_attention: list[ir.Node]) -> int:
     """Graph inputs that are past keys/values: concatenated along the sequence axis of a 4-D
     tensor, or fed to an attention op's past key/value inputs."""
@@ -331,7 +348,8 @@ def _kv_cache_inputs(model: ir.Model, fused_attention: list[ir.Node]) -> int:
                 if v is not None and v.is_graph_input() and len(v.shape or ()) == 4
             )
     for node in fused_attention:
-        past = node.inputs[4:6] if node.op_type == "Attention" else node.inputs[3:5]
+        start, stop = _PAST_INPUTS.get((node.domain == "com.microsoft", node.op_type), (0, 0))
+        past = node.inputs[start:stop]
         found.update(id(v) for v in past if v is not None and v.is_graph_input())
     return len(found)
 

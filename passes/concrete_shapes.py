@@ -28,6 +28,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -121,7 +122,11 @@ class DimSizes:
         if not self.sizes:
             return "all input shapes are static"
         given = [f"{k}={v}" for k, v in self.sizes.items() if self.sources[k] == "given"]
-        assumed = [f"{k}={v} ({self.sources[k]})" for k, v in self.sizes.items() if k not in given]
+        assumed = [
+            f"{k}={v} ({source})"
+            for k, v in self.sizes.items()
+            if (source := self.sources[k]) != "given"
+        ]
         parts = []
         if given:
             parts.append("given " + ", ".join(given))
@@ -195,6 +200,90 @@ def _fold_small_constant_of_shape(node: ir.Node) -> bool | None:
     return math.prod(int(d) for d in shape.numpy().reshape(-1)) <= FOLD_LIMIT or None
 
 
+_SAME_SHAPE_CONTRIB = frozenset(
+    {
+        "SkipLayerNormalization",
+        "SkipSimplifiedLayerNormalization",
+        "SimplifiedLayerNormalization",
+        "FastGelu",
+        "BiasGelu",
+        "Gelu",
+        "QuickGelu",
+        "BiasAdd",
+        "RotaryEmbedding",
+    }
+)
+
+
+def _contrib_shape(node: ir.Node) -> list[int] | None:
+    """The first output shape of common com.microsoft ops (ONNX shape inference knows none of
+    them, and every shape after an unknown one is lost), from their documented layouts."""
+    shapes: list[list[int] | None] = [
+        [int(d) for d in v.shape.numpy()]
+        if v is not None and v.shape is not None and v.shape.is_static()
+        else None
+        for v in node.inputs
+    ]
+    shapes += [None] * 4
+    x = shapes[0]
+    op = node.op_type
+    if x is None:
+        return None
+    if op in _SAME_SHAPE_CONTRIB:
+        return x
+    heads = node.attributes.get_int("num_heads", 1) or 1
+    if op == "Attention" and shapes[1] is not None and len(x) == 3:
+        hidden = node.attributes.get_ints("qkv_hidden_sizes", None)
+        return [x[0], x[1], hidden[2] if hidden else shapes[1][1] // 3]
+    if op == "MultiHeadAttention":
+        v = shapes[2]
+        if len(x) == 5:  # packed QKV [B, S, N, 3, H]
+            return [x[0], x[1], x[2] * x[4]]
+        if v is not None and len(v) == 4:  # BNSH value
+            return [x[0], x[1], v[1] * v[3]]
+        return [x[0], x[1], v[2] if v is not None and len(v) == 3 else x[2]]
+    if op == "GroupQueryAttention" and len(x) == 3:
+        kv_heads = node.attributes.get_int("kv_num_heads", heads) or heads
+        packed = node.inputs[1] is None if len(node.inputs) > 1 else True
+        head = x[2] // (heads + 2 * kv_heads) if packed else x[2] // heads
+        return [x[0], x[1], heads * head]
+    if op == "MatMulNBits":
+        return [*x[:-1], node.attributes.get_int("N", 0)]
+    if op in ("FusedMatMul", "FusedGemm") and shapes[1] is not None:
+        a, b = list(x), list(shapes[1])
+        if node.attributes.get_int("transA", 0):
+            a[-2:] = a[-2:][::-1]
+        if node.attributes.get_int("transB", 0):
+            b[-2:] = b[-2:][::-1]
+        if len(a) < 2 or len(b) < 2:
+            return None
+        batch = list(np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2])))
+        return [*batch, a[-2], b[-1]]
+    if op == "EmbedLayerNormalization" and shapes[2] is not None and len(x) == 2:
+        return [x[0], x[1], shapes[2][1]]  # input_ids [B, S], word_embedding [V, H]
+    return None
+
+
+class _ConcreteFold(TolerantFoldConstantsPass):
+    """Constant folding with incremental shape inference that also knows the contrib ops."""
+
+    def process_node(self, node: ir.Node, is_function: bool) -> Any:
+        replacement = super().process_node(node, is_function)
+        if node.domain == "com.microsoft" and node.outputs and node.outputs[0].shape is None:
+            shape = _contrib_shape(node)
+            if shape is not None and all(d >= 0 for d in shape):
+                node.outputs[0].shape = ir.Shape(shape)
+                floats = [
+                    v.dtype
+                    for v in node.inputs
+                    if v is not None and v.dtype is not None and v.dtype.is_floating_point()
+                ]
+                if node.outputs[0].dtype is None and floats:
+                    node.outputs[0].dtype = floats[0]  # the activations' type, not the ids'
+
+        return replacement
+
+
 def concrete_copy(model: ir.Model, dims: Mapping[str, int] | None = None) -> ConcreteModel:
     """A copy of ``model`` (unchanged) whose symbolic input dims take the sizes of ``dims``
     (defaults: see the module docstring), with constants folded and shapes inferred."""
@@ -223,7 +312,7 @@ def concrete_copy(model: ir.Model, dims: Mapping[str, int] | None = None) -> Con
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
-            folding = TolerantFoldConstantsPass(
+            folding = _ConcreteFold(
                 shape_inference=True,
                 input_size_limit=FOLD_LIMIT,
                 output_size_limit=FOLD_LIMIT,

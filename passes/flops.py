@@ -37,7 +37,10 @@ from ai_vmm.passes.concrete_shapes import SEQUENCE_SIZE, ConcreteModel, nodes
 
 CONV_OPS = frozenset({"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "FusedConv"})
 MATMUL_OPS = frozenset(
-    {"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "FusedMatMul", "FusedGemm", "Einsum"}
+    {
+        *("MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "MatMulNBits"),
+        *("FusedMatMul", "FusedGemm", "Einsum"),
+    }
 )
 ATTENTION_OPS = frozenset(
     {"Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention"}
@@ -185,7 +188,7 @@ def _attention_flops(node: ir.Node, inputs: list[list[int] | None]) -> int:
     if q is None:
         return 0
     heads = _heads(node, "q_num_heads", "num_heads")
-    kv_heads = _heads(node, "kv_num_heads") if (k is None or len(k) == 3) else 0
+    kv_heads = node.attributes.get_int("kv_num_heads", 0) or heads
     past_index = {"Attention": 4, "MultiHeadAttention": 6, "GroupQueryAttention": 3}
     past = padded[past_index.get(node.op_type, 4)]
     if len(q) == 4:  # [B, N, S, D]
@@ -194,7 +197,7 @@ def _attention_flops(node: ir.Node, inputs: list[list[int] | None]) -> int:
         batch, q_len, heads, _, head = q
     elif k is None and node.op_type == "GroupQueryAttention":  # packed [B, S, (N + 2 Nkv) D]
         batch, q_len = q[0], q[1]
-        head = q[2] // (heads + 2 * _heads(node, "kv_num_heads"))
+        head = q[2] // (heads + 2 * kv_heads)
     else:  # [B, S, N * D]
         batch, q_len, head = q[0], q[1], q[2] // heads
     if k is None or len(q) == 5:
@@ -205,7 +208,7 @@ def _attention_flops(node: ir.Node, inputs: list[list[int] | None]) -> int:
         kv_len, v_head = k[1], head
     else:  # [B, L, Nkv * D]
         kv_len = k[1]
-        v_head = v[2] // max(kv_heads or heads, 1) if v is not None else head
+        v_head = v[2] // kv_heads if v is not None else head
     if node.op_type == "GroupQueryAttention" and len(node.outputs) > 1:
         present = node.outputs[1].shape
         total = present[2] if present is not None and len(present) == 4 else None
