@@ -244,7 +244,9 @@ def inspect(
     if as_json:
         out.print_json(json.dumps({"manifest": manifest.to_json(), "report": report}))
         return
-    _print_inspection(artifact, manifest.to_json(), report)
+    from ai_vmm.inspection import print_inspection
+
+    print_inspection(out, artifact, manifest.to_json(), report)
     if plot is not None:
         from ai_vmm.explain import plot_plan
 
@@ -440,85 +442,6 @@ def _write_npz(path: Path, values: dict[str, Any]) -> None:
             np.savez(handle, **arrays)
         fsync_tree(stage / "outputs.npz")
         replace_path(stage / "outputs.npz", path)
-
-
-def _print_inspection(path: Path, manifest: dict[str, Any], report: dict[str, Any]) -> None:
-    out.print(
-        f"[bold]{path}[/bold]  format v{manifest['format_version']}  "
-        f"source sha256 {manifest['source'].get('sha256', '?')[:16]}"
-    )
-    sig = Table(title="signature")
-    for column in ("", "name", "dtype", "shape"):
-        sig.add_column(column)
-    for role in ("inputs", "outputs"):
-        for spec in manifest[role]:
-            sig.add_row(role[:-1], spec["name"], spec["dtype"] or spec["kind"], str(spec["shape"]))
-    out.print(sig)
-    parts = Table(title="partitions")
-    for column in ("id", "target", "device", "entry", "config"):
-        parts.add_column(column)
-    for part in manifest["partitions"]:
-        parts.add_row(
-            part["id"],
-            part["target"],
-            part["device"],
-            part["entry"],
-            json.dumps(part["config"], sort_keys=True),
-        )
-    out.print(parts)
-    counts = list(report.get("stages", {}).get("canonicalize", {}).get("node_counts", []))
-    chosen = report.get("chosen", {}).get("device", "")
-    for cand in report.get("candidates", []):
-        if cand.get("device") == chosen and cand.get("recipe"):
-            recipe = cand["recipe"]
-            counts += [
-                [f"{recipe['recipe']}: {s['name']}", s["nodes_after"]]
-                for s in recipe.get("steps", [])
-                if "nodes_after" in s
-            ]
-    if report.get("profile"):
-        out.print(
-            f"architecture: {report['profile'].get('primary_label')}  "
-            f"recipe: {report.get('recipe')}",
-            markup=False,
-        )
-    if counts:
-        stages = Table(title="node counts per stage")
-        stages.add_column("stage")
-        stages.add_column("nodes", justify="right")
-        for stage, count in counts:
-            stages.add_row(stage, str(count))
-        out.print(stages)
-    candidates = Table(
-        title=f"candidates (chosen: {report.get('chosen', {}).get('device', '?')}, "
-        f"{report.get('chosen', {}).get('rule', '')})"
-    )
-    for column in ("device", "status", "median ms", "verified", "reason"):
-        candidates.add_column(column)
-    for cand in report.get("candidates", []):
-        latency = cand.get("latency") or {}
-        verification = cand.get("verification") or {}
-        candidates.add_row(
-            cand["device"],
-            cand["status"],
-            f"{latency.get('median_ms', '')}",
-            "" if not verification else str(verification.get("passed")),
-            cand.get("reason", ""),
-        )
-    out.print(candidates)
-    quantization = report.get("quantization")
-    if quantization:
-        accuracy = quantization.get("accuracy", {})
-        speed = quantization.get("speed", {})
-        out.print(
-            f"quantization: {quantization.get('decision')} "
-            f"({quantization.get('reason') or quantization.get('method', '')}); "
-            f"{quantization.get('quantized_layers', {}).get('count', 0)} layers low precision, "
-            f"{len(quantization.get('float_layers', {}))} float; accuracy "
-            f"{accuracy.get('metrics', {})}; speed ratio {speed.get('ratio', 'not measured')}",
-            markup=False,
-            soft_wrap=True,
-        )
 
 
 class _nullcontext:
