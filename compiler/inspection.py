@@ -196,7 +196,7 @@ def _node_counts(console: Console, report: dict[str, Any]) -> None:
             ]
     if not counts:
         return
-    table = Table(title="node counts (stages that changed them)")
+    table = Table(title="node counts per stage", caption="(stages that changed nothing left out)")
     table.add_column("stage")
     table.add_column("nodes", justify="right")
     previous = None
@@ -256,22 +256,21 @@ def _candidates(console: Console, report: dict[str, Any]) -> None:
             *((cand.get("latency") or {}).get("variants") or []),
         ]
     )
-    table = Table(title="candidates and timed variants (* kept)")
-    for column in (
-        "candidate",
-        "status",
-        "variant",
-        "median ms",
-        *(("spread",) if spreads else ()),
-        "verified",
-    ):
-        table.add_column(column)
+    table = Table(title="candidates and timed variants (* chosen / kept)")
+    table.add_column("candidate")
+    table.add_column("status")
+    table.add_column("variant", min_width=26)
+    table.add_column("median ms", justify="right")
+    if spreads:
+        table.add_column("spread")
     reasons: list[str] = []
     for cand in candidates:
         device = str(cand.get("device", "?"))
         latency = cand.get("latency") or {}
         verification = cand.get("verification") or {}
-        verified = "" if not verification else str(verification.get("passed"))
+        status = str(cand.get("status", ""))
+        if verification:
+            status += ", verified" if verification.get("passed") else ", NOT verified"
         variants = latency.get("variants") or []
         kept = _chosen_variant(latency)
         why = cand.get("reason") or _variant_reason(latency, kept)
@@ -284,11 +283,10 @@ def _candidates(console: Console, report: dict[str, Any]) -> None:
             variant = ("* " if index == kept else "  ") + _config(entry.get("config"))
             table.add_row(
                 _t(marker + device if first else ""),
-                _t(cand.get("status", "") if first else ""),
+                _t(status if first else ""),
                 _t(variant if latency else ""),
                 _t(_number(entry["median_ms"]) if "median_ms" in entry else ""),
                 *((_t(_spread(entry)),) if spreads else ()),
-                _t(verified if first else ""),
             )
     console.print(table)
     if reasons:
