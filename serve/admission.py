@@ -85,15 +85,18 @@ def make_ticket(
 
 
 class ServiceTimes:
-    """Recent service times of one model, by batch size: ``time(n) ~= fixed + per_row * n``.
+    """Recent service times of one model, by batch size, as a pessimistic estimate.
 
-    A least-squares line over the last ``window`` observations; with one batch size seen, the
-    line goes through the origin and that point (a conservative per-row cost).
+    A least-squares line ``time(n) ~= fixed + per_row * n`` over the last ``window``
+    observations (with one batch size seen, through the origin and that point), scaled by the
+    ``quantile`` of observed/predicted ratios: admission should plan with a bad call, not an
+    average one, or a deadline met on average is missed by every slow call.
     """
 
-    def __init__(self, window: int = 256) -> None:
+    def __init__(self, window: int = 256, quantile: float = 0.9) -> None:
         self._samples: deque[tuple[int, float]] = deque(maxlen=window)
-        self._fit: tuple[float, float] | None = None
+        self._quantile = quantile
+        self._fit: tuple[float, float, float] | None = None
 
     def observe(self, size: int, seconds: float) -> None:
         self._samples.append((size, seconds))
@@ -103,25 +106,35 @@ class ServiceTimes:
     def known(self) -> bool:
         return bool(self._samples)
 
-    def estimate(self, size: int) -> float:
-        """Expected seconds for one call of ``size`` rows (0.0 before any observation)."""
+    def estimate(self, size: int, pessimistic: bool = True) -> float:
+        """Seconds for one call of ``size`` rows (0.0 before any observation).
+
+        ``pessimistic``: a slow call (the quantile), else a typical one (the line).
+        """
         if not self._samples:
             return 0.0
-        fixed, per_row = self._line()
-        return max(fixed + per_row * size, 0.0)
+        fixed, per_row, scale = self._line()
+        return max(fixed + per_row * size, 0.0) * (scale if pessimistic else 1.0)
 
-    def _line(self) -> tuple[float, float]:
+    def _line(self) -> tuple[float, float, float]:
         if self._fit is None:
             n = len(self._samples)
             mean_x = sum(s for s, _ in self._samples) / n
             mean_y = sum(t for _, t in self._samples) / n
             var = sum((s - mean_x) ** 2 for s, _ in self._samples)
             if var == 0:
-                self._fit = (0.0, mean_y / max(mean_x, 1.0))
+                fixed, per_row = 0.0, mean_y / max(mean_x, 1.0)
             else:
                 cov = sum((s - mean_x) * (t - mean_y) for s, t in self._samples)
                 per_row = max(cov / var, 0.0)
-                self._fit = (max(mean_y - per_row * mean_x, 0.0), per_row)
+                fixed = max(mean_y - per_row * mean_x, 0.0)
+            ratios = sorted(
+                t / predicted for s, t in self._samples if (predicted := fixed + per_row * s) > 0
+            )
+            scale = (
+                ratios[min(int(self._quantile * len(ratios)), len(ratios) - 1)] if ratios else 1.0
+            )
+            self._fit = (fixed, per_row, max(scale, 1.0))
         return self._fit
 
 

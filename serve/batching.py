@@ -286,12 +286,14 @@ class DynamicBatcher:
         return item
 
     def _drop_expired(self) -> None:
-        now = time.monotonic()
-        # Requests whose client went away (cancelled futures) are dropped too, not computed.
+        # A request that would end after its deadline even with a typical call from now is
+        # answered 504 now rather than late; one whose client went away (cancelled future) is
+        # dropped too, not computed.
+        cutoff = time.monotonic() + self.service.estimate(1, pessimistic=False)
         expired = [
             entry
             for entry in self._heap
-            if entry[2].ticket.deadline <= now or entry[2].future.done()
+            if entry[2].ticket.deadline <= cutoff or entry[2].future.done()
         ]
         for _, _, item in expired:
             self._pop(item)
@@ -300,7 +302,8 @@ class DynamicBatcher:
                     Rejected(
                         504,
                         "deadline",
-                        f"the request's deadline passed while it waited for model '{self.name}'",
+                        f"the request's deadline passed (or would before a call could end) "
+                        f"while it waited for model '{self.name}'",
                     )
                 )
 

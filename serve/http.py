@@ -105,6 +105,12 @@ class RequestLog:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", rid.encode()))
+                # Server-Timing (a W3C header): time from arrival to the response's start, and
+                # the queue wait, so clients can tell the server's time from the network's.
+                timing = f"app;dur={(time.monotonic() - ctx.arrival) * 1000:.2f}"
+                if ctx.queue_s is not None:
+                    timing += f", queue;dur={ctx.queue_s * 1000:.2f}"
+                headers.append((b"server-timing", timing.encode()))
                 message["headers"] = headers
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body"):
