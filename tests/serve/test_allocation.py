@@ -16,11 +16,11 @@ import onnx
 import pytest
 import tritonclient.http as triton
 from conftest import KEYS, LiveServer, compile_artifact, make_repo
-from tests_support import make_mlp_model
 from tritonclient.utils import InferenceServerException
 
 from ai_vmm.serve import create_app, hash_key
 from ai_vmm.serve.backend import load_model
+from tests_support import make_mlp_model
 
 
 @pytest.fixture(scope="module")

@@ -79,7 +79,7 @@ def test_concurrent_requests_share_batches_and_get_their_own_rows(model: Gated) 
         results = await asyncio.gather(
             *(batcher.infer(f, f["pixel_values"].shape[0], _ticket()) for f in feeds)
         )
-        for feed, (out, item) in zip(feeds, results, strict=True):
+        for feed, (out, _item) in zip(feeds, results, strict=True):
             alone = model.model.run(feed)["logits"]
             np.testing.assert_allclose(out["logits"], alone, rtol=1e-5, atol=1e-6)
             assert out["logits"].shape[0] == feed["pixel_values"].shape[0]

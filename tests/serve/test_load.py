@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import REPO, real_model
+
 from tests_support import load_module
 
 
