@@ -52,9 +52,11 @@ def serve_cmd(
                 spec.version,
                 spec.kind,
                 str(spec.source),
-                f"max {batching.max_batch}, {batching.max_queue_delay_ms:g} ms"
+                "deploy's batch"
+                if batching.max_batch is None
+                else f"max {batching.max_batch}, {batching.max_queue_delay_ms:g} ms"
                 if batching.max_batch
-                else "-",
+                else "off",
                 spec.config.load,
                 "yes" if spec.config.pinned else "no",
             )

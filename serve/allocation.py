@@ -197,7 +197,8 @@ class ModelManager:
         if config.batching.max_batch and not batcher.batches:
             raise ValueError(
                 f"model '{served.name}' has batching.max_batch = {config.batching.max_batch} "
-                "but its inputs and outputs share no dynamic batch axis; set max_batch = 0"
+                "but its inputs do not share a dynamic axis 0 (or an output's axis 0 is fixed); "
+                "set max_batch = 0"
             )
         batcher.start()
         served.batcher = batcher

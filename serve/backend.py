@@ -1,14 +1,14 @@
-"""The one place where serve meets the layers below: loading a model and running it.
+"""The one place where serve meets the layers below: deploying a model and running it.
 
 Everything else in ``ai_vmm.serve`` sees a ``TensorModel`` (numpy in, numpy out, a signature)
 or a ``LanguageModel`` (a tokenizer and a continuous-batching engine) and never imports the
-deploy or runtime packages itself, so how a model is loaded (today ``ai_vmm.runtime.load`` of
-an artifact, compiling a model file first; with issue 14, ``VMM().deploy``) is decided here.
+deploy or runtime packages itself. Models are loaded with ``VMM().deploy(...)``: the model's
+config gives the constraints, a replica's device becomes its preferred hardware, and the
+deployment store makes the second start of a server as fast as loading the chosen artifact.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,8 @@ import numpy as np
 
 from ai_vmm.runtime.errors import ModelLoadError, VmmError
 
-CACHE = Path.home() / ".cache" / "ai-vmm" / "serve"
+_vmm_lock = threading.Lock()
+_vmms: dict[str | None, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class TensorModel(Protocol):
     memory: dict[str, int]
     """Bytes charged per device (``target:device``)."""
     platform: str
+    batch: int
+    """The batch size deploy chose for this model (what one call should gather)."""
 
     def check(self, inputs: dict[str, np.ndarray]) -> None:
         """Raise ``InputError`` unless ``inputs`` fit the signature (named dims agreeing too)."""
@@ -54,16 +57,16 @@ class TensorModel(Protocol):
 
 
 @dataclass
-class LoadedTensorModel:
-    """A tensor model loaded from an artifact."""
+class DeployedTensorModel:
+    """A tensor model deployed by ``VMM().deploy``."""
 
-    compiled: Any
+    deployment: Any
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
     device: str
     memory: dict[str, int]
     platform: str
-    artifact: Path
+    batch: int
     kind: str = "model"
     _closed: bool = field(default=False, repr=False)
 
@@ -71,20 +74,78 @@ class LoadedTensorModel:
         from ai_vmm.runtime.model import check_inputs
 
         # Checked per request before batching, so one bad request never fails a whole batch.
-        check_inputs(self.compiled.manifest.inputs, inputs)
+        check_inputs(self.deployment.model.manifest.inputs, inputs)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(self.compiled.run(inputs))
+        return dict(self.deployment.run(inputs))
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            close = getattr(self.compiled, "close", None)
-            if close is not None:
-                close()
+            self.deployment.close()
 
 
-_compile_lock = threading.Lock()
+@dataclass
+class DeployedLanguageModel:
+    """A causal LM deployed by ``VMM().deploy``, seen through ``generation.LanguageModel``."""
+
+    deployment: Any
+    device: str
+    memory: dict[str, int]
+    platform: str
+    context_length: int
+    kind: str = "causal-lm"
+    _closed: bool = field(default=False, repr=False)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.deployment.model.encode_prompt(text))
+
+    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        return list(self.deployment.model.encode_prompt(messages))
+
+    def start_engine(self, max_batch: int) -> Any:
+        return self.deployment.model.engine(max_batch=max_batch)
+
+    def submit(self, engine: Any, ids: list[int], params: Any, on_event: Any) -> Any:
+        from ai_vmm.runtime.llm import GenerationParams
+        from ai_vmm.serve.generation import GenEvent
+
+        request = GenerationParams(
+            max_new_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            repetition_penalty=params.repetition_penalty,
+            stop=params.stop,
+            seed=params.seed,
+        )
+
+        def forward(event: Any) -> None:
+            finish = event.finish_reason
+            error = event.error
+            if finish is not None and finish not in ("stop", "length") and error is None:
+                error = f"the generation ended: {finish}"
+            on_event(
+                GenEvent(
+                    text=event.text or "",
+                    token=event.token,
+                    finish_reason=finish if finish in ("stop", "length") else None,
+                    prompt_tokens=event.prompt_tokens,
+                    completion_tokens=event.completion_tokens,
+                    error=error,
+                )
+            )
+
+        return engine.submit(ids, request, forward)
+
+    def stop_engine(self, engine: Any) -> None:
+        if engine is not None:
+            engine.close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.deployment.close()
 
 
 def load_model(
@@ -93,102 +154,111 @@ def load_model(
     kind: str,
     constraints: dict[str, Any] | None = None,
     device: str | None = None,
-    cache_dir: Path | None = None,
-) -> LoadedTensorModel:
-    """Load the model at ``source`` for serving.
+    store: str | Path | None = None,
+) -> DeployedTensorModel | DeployedLanguageModel:
+    """Deploy the model at ``source`` for serving (one replica).
 
     Args:
-        source: an artifact (``.vmm`` folder or ``.vmm.zip``) or a model file (``.onnx``).
-        kind: ``model`` or ``causal-lm`` (from the repository).
+        source: anything ``VMM().deploy`` takes: an artifact, ``.onnx``, ``.gguf``, a Hugging
+            Face folder.
+        kind: ``model`` or ``causal-lm`` (from the repository; checked against the deployment).
         constraints: deploy constraints (from the model's config).
-        device: the device to place this replica on (``None``: where the artifact says).
-        cache_dir: where compiled artifacts of model files are kept between starts.
+        device: a hardware class to place this replica on (``INTEL_CPU``, ``NVIDIA_GPU``...);
+            it becomes the first ``preferred_hardware``.
+        store: the deployment store (default: deploy's own, ``~/.cache/ai-vmm/deployments``).
 
     Raises:
-        VmmError: the model cannot be loaded; the message says why.
+        VmmError: the model cannot be deployed; the message says why.
     """
-    if kind == "causal-lm":
-        raise ModelLoadError(
-            f"{source}: serving causal LMs needs the LM runtime (ai_vmm.runtime.llm, issue 15)"
-        )
-    artifact = _artifact_for(source, cache_dir or CACHE)
-    from ai_vmm.runtime import load
-
-    compiled = load(artifact)
+    limits = dict(constraints or {})
+    if device is not None:
+        preferred = list(limits.get("preferred_hardware") or [])
+        limits["preferred_hardware"] = [device, *[d for d in preferred if d != device]]
+    deployment = _vmm(store).deploy(str(source), constraints=limits or None)
     try:
-        return _wrap(compiled, artifact)
+        if deployment.kind != kind:
+            raise ModelLoadError(
+                f"{source} deployed as a {deployment.kind} model but the repository says {kind}"
+            )
+        if deployment.kind == "causal-lm":
+            return _wrap_lm(deployment)
+        return _wrap_tensors(deployment)
     except Exception:
-        compiled_close = getattr(compiled, "close", None)
-        if compiled_close is not None:
-            compiled_close()
+        deployment.close()
         raise
 
 
-def estimate_memory(source: Path) -> int:
-    """Bytes a model will take before it is loaded: its payload files (an estimate)."""
-    if source.is_dir():
-        return sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
-    return source.stat().st_size if source.exists() else 0
+def _vmm(store: str | Path | None) -> Any:
+    """One ``VMM`` per store and process: hardware discovery happens once."""
+    key = None if store is None else str(store)
+    with _vmm_lock:
+        if key not in _vmms:
+            from ai_vmm.deploy import VMM
+
+            _vmms[key] = VMM(store=store)
+        return _vmms[key]
 
 
-def _artifact_for(source: Path, cache_dir: Path) -> Path:
-    if (source / "manifest.json").is_file() or source.name.endswith(".vmm.zip"):
-        return source
-    if source.suffix != ".onnx":
-        raise ModelLoadError(
-            f"{source}: cannot serve this file type yet (expected an artifact or .onnx)"
-        )
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    artifact = cache_dir / f"{source.stem}-{digest}.vmm"
-    if (artifact / "manifest.json").is_file():
-        return artifact
-    import ai_vmm
-
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    # One compile at a time: two lazy loads of the same file must not race on the output path.
-    with _compile_lock:
-        if not (artifact / "manifest.json").is_file():
-            ai_vmm.compile(source, output=artifact, tune=False, cache_dir=cache_dir / "compile")
-    return artifact
+def _footprint(deployment: Any) -> tuple[dict[str, int], list[str], str]:
+    """Bytes of the payload files per device, the devices in order, and the platform name."""
+    root = Path(deployment.artifact_path)
+    manifest = deployment.model.manifest
+    memory: dict[str, int] = {}
+    devices: list[str] = []
+    for part in manifest.partitions:
+        key = f"{part.target}:{part.device}"
+        devices.append(key)
+        size = sum((root / f).stat().st_size for f in part.files if (root / f).is_file())
+        memory[key] = memory.get(key, 0) + size
+    if manifest.assets and devices:
+        extra = sum((root / f).stat().st_size for f in manifest.assets if (root / f).is_file())
+        memory[devices[0]] = memory.get(devices[0], 0) + extra
+    targets = "+".join(sorted({p.target for p in manifest.partitions})) or "ai-vmm"
+    return memory, list(dict.fromkeys(devices)), f"ai-vmm/{targets}"
 
 
-def _wrap(compiled: Any, artifact: Path) -> LoadedTensorModel:
+def _wrap_lm(deployment: Any) -> DeployedLanguageModel:
+    memory, devices, platform = _footprint(deployment)
+    return DeployedLanguageModel(
+        deployment=deployment,
+        device=",".join(devices),
+        memory=memory,
+        platform=platform,
+        context_length=int(deployment.model.context_length),
+    )
+
+
+def _wrap_tensors(deployment: Any) -> DeployedTensorModel:
     from ai_vmm.runtime.model import numpy_dtype
 
-    manifest = compiled.manifest
+    manifest = deployment.model.manifest
     batch_symbol = _batch_symbol(manifest.inputs, manifest.outputs)
+    where = deployment.artifact_path
 
     def tensors(specs: Any) -> tuple[Tensor, ...]:
         out = []
         for spec in specs:
             if spec.kind != "tensor":
                 raise ModelLoadError(
-                    f"{artifact}: {spec.name} is a {spec.kind}, not a tensor; "
+                    f"{where}: {spec.name} is a {spec.kind}, not a tensor; "
                     "the inference protocols carry tensors only"
                 )
             dtype = numpy_dtype(spec.dtype)
             if dtype is None:
-                raise ModelLoadError(f"{artifact}: {spec.name} has an unknown dtype {spec.dtype!r}")
+                raise ModelLoadError(f"{where}: {spec.name} has an unknown dtype {spec.dtype!r}")
             shape = None if spec.shape is None else tuple(_dim(d) for d in spec.shape)
             out.append(Tensor(spec.name, dtype, shape, batch_symbol is not None))
         return tuple(out)
 
-    memory: dict[str, int] = {}
-    devices = []
-    for part in manifest.partitions:
-        key = f"{part.target}:{part.device}"
-        devices.append(key)
-        size = sum((artifact / f).stat().st_size for f in part.files if (artifact / f).is_file())
-        memory[key] = memory.get(key, 0) + size
-    platform = "+".join(sorted({p.target for p in manifest.partitions})) or "ai-vmm"
-    return LoadedTensorModel(
-        compiled=compiled,
+    memory, devices, platform = _footprint(deployment)
+    return DeployedTensorModel(
+        deployment=deployment,
         inputs=tensors(manifest.inputs),
         outputs=tensors(manifest.outputs),
-        device=",".join(dict.fromkeys(devices)),
+        device=",".join(devices),
         memory=memory,
-        platform=f"ai-vmm/{platform}",
-        artifact=artifact,
+        platform=platform,
+        batch=int(getattr(deployment, "batch", 1) or 1),
     )
 
 
@@ -218,10 +288,10 @@ def _batch_symbol(inputs: Any, outputs: Any) -> Any:
 
 
 __all__ = [
-    "LoadedTensorModel",
+    "DeployedLanguageModel",
+    "DeployedTensorModel",
     "Tensor",
     "TensorModel",
     "VmmError",
-    "estimate_memory",
     "load_model",
 ]

@@ -94,7 +94,12 @@ class DynamicBatcher:
         self._on_batch = on_batch
         model = replicas[0].model
         self._batch_axis = all(t.batch_axis for t in (*model.inputs, *model.outputs))
-        self._max_rows = batching.max_batch if self._batch_axis and batching.max_batch else 0
+        wanted = batching.max_batch
+        if wanted is None:  # the config leaves it to deploy's choice
+            wanted = model.batch if model.batch > 1 else 0
+        self.max_batch = wanted
+        """What the config (or deploy) asked for; ``batches`` says whether it applies."""
+        self._max_rows = wanted if self._batch_axis and wanted else 0
         self._heap: list[tuple[int, int, WorkItem]] = []
         self._seq = itertools.count()
         self._queued_by_class: dict[str, int] = dict.fromkeys(classes, 0)

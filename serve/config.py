@@ -112,8 +112,9 @@ class ServerSettings(_Strict):
 class BatchingConfig(_Strict):
     """Dynamic batching of a tensor model (Triton's dynamic batcher, same three knobs)."""
 
-    max_batch: int = Field(default=0, ge=0, le=4096)
-    """Most rows one model call may take; 0 runs each request on its own."""
+    max_batch: int | None = Field(default=None, ge=0, le=4096)
+    """Most rows one model call may take; 0 runs each request on its own; unset: the batch
+    deploy chose for the model (when its inputs and outputs share a batch axis)."""
     max_queue_delay_ms: float = Field(default=0.0, ge=0, le=10_000)
     """How long the oldest queued request may wait for others to join its batch."""
     preferred_sizes: tuple[int, ...] = ()
@@ -121,7 +122,7 @@ class BatchingConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> BatchingConfig:
-        bad = [s for s in self.preferred_sizes if s < 1 or s > max(self.max_batch, 1)]
+        bad = [s for s in self.preferred_sizes if s < 1 or s > max(self.max_batch or 4096, 1)]
         if bad:
             raise ValueError(f"preferred_sizes {bad} must lie in 1..max_batch ({self.max_batch})")
         return self

@@ -39,6 +39,8 @@ class GenEvent:
     """One step of a generation as the protocols see it."""
 
     text: str = ""
+    token: int | None = None
+    """The generated token (``None`` on the final event)."""
     finish_reason: str | None = None
     """``stop`` / ``length`` on the last event."""
     prompt_tokens: int = 0
@@ -195,7 +197,7 @@ class Generator:
                         504, "deadline", "the request's deadline passed during generation"
                     ) from None
                 now = time.monotonic()
-                if event.text and stats.first_at is None:
+                if event.token is not None and stats.first_at is None:
                     stats.first_at = now
                     stats.ttft_s = now - ticket.arrival
                     self._learn_prefill(now - start, len(ids))

@@ -35,7 +35,7 @@ class Gated:
         self.gate = threading.Event()
         self.gate.set()
         self.calls: list[int] = []
-        for name in ("inputs", "outputs", "device", "memory", "platform", "kind", "check"):
+        for name in ("inputs", "outputs", "device", "memory", "platform", "kind", "check", "batch"):
             setattr(self, name, getattr(model, name))
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
