@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ai_vmm.cli_errors import (
+    UsageError,
     check_target_spec,
     exit_code_for,
     need_path,
@@ -292,7 +293,7 @@ def _run_loaded(
             raise InputError("this model has non-tensor inputs: give --inputs")
         feed = synthetic
     else:
-        raise InputError("give --inputs FILE.npz or --random-inputs")
+        raise UsageError("give --inputs FILE.npz or --random-inputs")
     start = time.perf_counter()
     result = model.run(feed)
     elapsed = (time.perf_counter() - start) * 1000
