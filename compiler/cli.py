@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,11 +18,21 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ai_vmm.runtime.errors import CompileError, InputError, VmmError
+from ai_vmm.cli_errors import (
+    UsageError,
+    check_target_spec,
+    exit_code_for,
+    need_path,
+    show_warnings_in_one_line,
+)
+from ai_vmm.cli_serve import serve_cmd
+from ai_vmm.runtime.errors import CompileError, InputError
 
 app = typer.Typer(
     add_completion=False,
-    no_args_is_help=True,
+    # A bare `vmmc` is a usage mistake like any other: one line, exit 2 (typer's no-args help
+    # would print the whole help panel first).
+    no_args_is_help=False,
     help="ai-vmm: compile a model for the hardware you have, verify it, run it.",
     pretty_exceptions_enable=False,
 )
@@ -141,10 +150,17 @@ def compile_cmd(
             "--fail-on-accuracy-drop", help="Exit non-zero when the accuracy gate refused (CI)."
         ),
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace -o even when it is not an ai-vmm artifact."),
+    ] = False,
 ) -> None:
     """Compile MODEL into an artifact, verified against ONNX Runtime on the original model."""
+    from ai_vmm import registry
     from ai_vmm.api import compile as compile_model
 
+    need_path(model, "model")
+    check_target_spec(target, list(registry.TARGETS))
     start = time.perf_counter()
 
     def progress(message: str) -> None:
@@ -177,6 +193,7 @@ def compile_cmd(
             calib_samples=calib_samples,
             max_accuracy_drop=max_accuracy_drop or (),
             force_quantize=force_quantize,
+            force=force,
         )
     warning = result.report.get("timing", {}).get("warning")
     if warning:
@@ -219,10 +236,9 @@ def inspect(
 ) -> None:
     """What an artifact holds and why; for a model file: its architecture profile."""
     from ai_vmm.runtime.artifact import read_manifest, read_report
-    from ai_vmm.runtime.model import _unpack_zip
+    from ai_vmm.runtime.artifact_zip import read_zip_artifact
 
-    if not artifact.exists():
-        raise InputError(f"{artifact} does not exist")
+    need_path(artifact, "artifact or model")
     if artifact.is_file() and artifact.suffix != ".zip":
         from ai_vmm.api import analyze
         from ai_vmm.passes.analyze import format_profile
@@ -233,13 +249,17 @@ def inspect(
         else:
             out.print(format_profile(profile), markup=False)
         return
-    root = _unpack_zip(artifact) if artifact.is_file() else artifact
-    manifest = read_manifest(root)
-    report = read_report(root)
+    if artifact.is_file():
+        # Read straight from the zip: nothing is unpacked, nothing is left behind.
+        manifest, report = read_zip_artifact(artifact)
+    else:
+        manifest, report = read_manifest(artifact), read_report(artifact)
     if as_json:
         out.print_json(json.dumps({"manifest": manifest.to_json(), "report": report}))
         return
-    _print_inspection(artifact, manifest.to_json(), report)
+    from ai_vmm.inspection import print_inspection
+
+    print_inspection(out, artifact, manifest.to_json(), report)
     if plot is not None:
         from ai_vmm.explain import plot_plan
 
@@ -264,7 +284,17 @@ def run(
     """Run an artifact on inputs from an .npz file (or random ones) and print or save outputs."""
     from ai_vmm.runtime import load
 
-    model = load(artifact)
+    need_path(artifact, "artifact")
+    need_path(inputs, "inputs file")
+    if output is not None:
+        _check_npz_output(output)
+    with load(artifact) as model:
+        _run_loaded(model, artifact, inputs, random_inputs, output)
+
+
+def _run_loaded(
+    model: Any, artifact: Path, inputs: Path | None, random_inputs: bool, output: Path | None
+) -> None:
     if inputs is not None:
         feed = _read_npz(inputs)
     elif random_inputs:
@@ -275,7 +305,7 @@ def run(
             raise InputError("this model has non-tensor inputs: give --inputs")
         feed = synthetic
     else:
-        raise InputError("give --inputs FILE.npz or --random-inputs")
+        raise UsageError("give --inputs FILE.npz or --random-inputs")
     start = time.perf_counter()
     result = model.run(feed)
     elapsed = (time.perf_counter() - start) * 1000
@@ -316,7 +346,8 @@ def bench_cmd(
         bool, typer.Option("--profile", help="Per-partition times and per-op counters.")
     ] = False,
     suite: Annotated[
-        str | None, typer.Option(help="'zoo': every zoo model; regenerates docs/performance.md.")
+        str | None,
+        typer.Option(help="'zoo' (docs/performance.md) or 'real' (docs/performance-real.md)."),
     ] = None,
     models: Annotated[str | None, typer.Option(help="With --suite: these zoo models.")] = None,
     zoo: Annotated[Path, typer.Option(help="With --suite zoo: the zoo file.")] = Path(
@@ -346,9 +377,14 @@ def bench_cmd(
         err.print(f"[dim]{time.perf_counter() - start:7.1f}s[/dim] {escape(message)}")
 
     command = "vmmc bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [])
+    if suite == "real":
+        from ai_vmm.bench_real import suite_real
+
+        suite_real(zoo.parent, out, models, seconds, command.strip(), say)
+        return
     if suite is not None:
         if suite != "zoo":
-            raise InputError(f"unknown suite '{suite}' (suites: zoo)")
+            raise InputError(f"unknown suite '{suite}' (suites: zoo, real)")
         from ai_vmm.bench_suite import run_zoo
 
         chosen = [m for m in (models or "").split(",") if m] or None
@@ -366,8 +402,9 @@ def bench_cmd(
         return
     if model is None:
         raise InputError("give an artifact or a model to benchmark, or --suite zoo")
-    if not model.exists():
-        raise InputError(f"{model} does not exist")
+    need_path(model, "artifact or model")
+    need_path(source, "source model")
+    need_path(inputs, "inputs file")
     feed = _read_npz(inputs) if inputs is not None else None
     result = bench(model, baselines=names, settings=settings, source=source, feed=feed, say=say)
     out_console.print(table_of(result))
@@ -388,6 +425,9 @@ def bench_cmd(
         plot([result], plot_out)
 
 
+app.command("serve")(serve_cmd)
+
+
 def _read_npz(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"inputs file {path} does not exist")
@@ -398,96 +438,26 @@ def _read_npz(path: Path) -> dict[str, Any]:
         raise InputError(f"{path} is not a readable .npz file: {exc}") from exc
 
 
+def _check_npz_output(path: Path) -> None:
+    """``-o`` of ``run`` may replace an earlier .npz output, never anything else."""
+    import zipfile
+
+    if path.is_dir() or (path.exists() and not zipfile.is_zipfile(path)):
+        raise InputError(
+            f"-o {path}: not replacing a {'directory' if path.is_dir() else 'file'} that is not "
+            f"an .npz file; choose another path"
+        )
+
+
 def _write_npz(path: Path, values: dict[str, Any]) -> None:
-    from ai_vmm.runtime.artifact import replace_path
+    from ai_vmm.runtime.staging import fsync_tree, replace_path, staging_directory
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part.npz")
-    try:
-        arrays: dict[str, Any] = {k: np.asarray(v) for k, v in values.items()}
-        np.savez(tmp, **arrays)
-        replace_path(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _print_inspection(path: Path, manifest: dict[str, Any], report: dict[str, Any]) -> None:
-    out.print(
-        f"[bold]{path}[/bold]  format v{manifest['format_version']}  "
-        f"source sha256 {manifest['source'].get('sha256', '?')[:16]}"
-    )
-    sig = Table(title="signature")
-    for column in ("", "name", "dtype", "shape"):
-        sig.add_column(column)
-    for role in ("inputs", "outputs"):
-        for spec in manifest[role]:
-            sig.add_row(role[:-1], spec["name"], spec["dtype"] or spec["kind"], str(spec["shape"]))
-    out.print(sig)
-    parts = Table(title="partitions")
-    for column in ("id", "target", "device", "entry", "config"):
-        parts.add_column(column)
-    for part in manifest["partitions"]:
-        parts.add_row(
-            part["id"],
-            part["target"],
-            part["device"],
-            part["entry"],
-            json.dumps(part["config"], sort_keys=True),
-        )
-    out.print(parts)
-    counts = list(report.get("stages", {}).get("canonicalize", {}).get("node_counts", []))
-    chosen = report.get("chosen", {}).get("device", "")
-    for cand in report.get("candidates", []):
-        if cand.get("device") == chosen and cand.get("recipe"):
-            recipe = cand["recipe"]
-            counts += [
-                [f"{recipe['recipe']}: {s['name']}", s["nodes_after"]]
-                for s in recipe.get("steps", [])
-                if "nodes_after" in s
-            ]
-    if report.get("profile"):
-        out.print(
-            f"architecture: {report['profile'].get('primary_label')}  "
-            f"recipe: {report.get('recipe')}",
-            markup=False,
-        )
-    if counts:
-        stages = Table(title="node counts per stage")
-        stages.add_column("stage")
-        stages.add_column("nodes", justify="right")
-        for stage, count in counts:
-            stages.add_row(stage, str(count))
-        out.print(stages)
-    candidates = Table(
-        title=f"candidates (chosen: {report.get('chosen', {}).get('device', '?')}, "
-        f"{report.get('chosen', {}).get('rule', '')})"
-    )
-    for column in ("device", "status", "median ms", "verified", "reason"):
-        candidates.add_column(column)
-    for cand in report.get("candidates", []):
-        latency = cand.get("latency") or {}
-        verification = cand.get("verification") or {}
-        candidates.add_row(
-            cand["device"],
-            cand["status"],
-            f"{latency.get('median_ms', '')}",
-            "" if not verification else str(verification.get("passed")),
-            cand.get("reason", ""),
-        )
-    out.print(candidates)
-    quantization = report.get("quantization")
-    if quantization:
-        accuracy = quantization.get("accuracy", {})
-        speed = quantization.get("speed", {})
-        out.print(
-            f"quantization: {quantization.get('decision')} "
-            f"({quantization.get('reason') or quantization.get('method', '')}); "
-            f"{quantization.get('quantized_layers', {}).get('count', 0)} layers low precision, "
-            f"{len(quantization.get('float_layers', {}))} float; accuracy "
-            f"{accuracy.get('metrics', {})}; speed ratio {speed.get('ratio', 'not measured')}",
-            markup=False,
-            soft_wrap=True,
-        )
+    arrays: dict[str, Any] = {k: np.asarray(v) for k, v in values.items()}
+    with staging_directory(path.parent) as stage:
+        with open(stage / "outputs.npz", "wb") as handle:
+            np.savez(handle, **arrays)
+        fsync_tree(stage / "outputs.npz")
+        replace_path(stage / "outputs.npz", path)
 
 
 class _nullcontext:
@@ -499,34 +469,17 @@ class _nullcontext:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``vmmc`` console script."""
-    try:
-        app(args=argv, standalone_mode=False)
-    except VmmError as exc:
-        if _state["debug"]:
-            traceback.print_exc()
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        return exc.exit_code
-    except typer.Exit as exc:
-        return int(exc.exit_code or 0)
-    except typer.Abort:
-        err.print("aborted", markup=False)
-        return 130
-    except Exception as exc:  # click usage errors and the unexpected
-        import click
+    """Entry point of the ``vmmc`` console script: every failure is one line and an exit code.
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        if _state["debug"]:
-            traceback.print_exc()
-        text = " ".join(str(exc).split())
-        err.print(
-            f"internal error: {exc.__class__.__name__}: {text} (rerun with --debug)",
-            markup=False,
-            soft_wrap=True,
-        )
-        return 70
+    The codes: docs/cli.md (``ai_vmm.cli_errors``).
+    """
+    show_warnings_in_one_line(err)
+    try:
+        app(args=argv, prog_name="vmmc", standalone_mode=False)
+    except BaseException as exc:  # SystemExit included: typer may raise it on --help paths
+        if isinstance(exc, SystemExit):
+            return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+        return exit_code_for(exc, err, _state["debug"])
     return 0
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ai_vmm.runtime.artifact_schema import validate_manifest
 from ai_vmm.runtime.errors import ArtifactError, CompileError
 from ai_vmm.runtime.staging import (
     STAGE_PREFIX,
@@ -201,16 +202,22 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
-        if data.get("format") != FORMAT_NAME:
+        """Parse a manifest, validated first (``ai_vmm.runtime.artifact_schema``).
+
+        Raises:
+            ArtifactError: one line naming what is wrong (format, version, a field, a path).
+        """
+        if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
             raise ArtifactError("manifest.json is not an ai-vmm manifest (no 'format' marker)")
         version = data.get("format_version")
-        if not isinstance(version, int):
+        if not isinstance(version, int) or isinstance(version, bool):
             raise ArtifactError("manifest.json has no integer 'format_version'")
         if version > FORMAT_VERSION:
             raise ArtifactError(
                 f"artifact format version {version} is newer than this runtime supports "
                 f"({FORMAT_VERSION}); upgrade ai-vmm or recompile the model with this version"
             )
+        validate_manifest(data)
         try:
             return cls(
                 inputs=tuple(TensorSpec.from_json(d) for d in data["inputs"]),
@@ -458,49 +465,85 @@ def _check_parent_writable(path: Path) -> None:
 
 
 def read_manifest(root: Path) -> Manifest:
-    path = root / MANIFEST
+    """The validated manifest of the artifact directory ``root``.
+
+    Raises:
+        ArtifactError: no manifest, an unreadable one, or one that fails validation.
+    """
+    path = Path(root) / MANIFEST
     if not path.is_file():
         raise ArtifactError(f"{root} is not an ai-vmm artifact: it has no {MANIFEST}")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path} is not valid JSON ({exc.__class__.__name__}: {exc})") from exc
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ArtifactError(f"{path} is larger than any manifest ai-vmm writes")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {path}: {os_error_text(exc)}") from exc
+    return parse_manifest(raw, str(path))
+
+
+def parse_manifest(raw: bytes, where: str) -> Manifest:
+    """Parse and validate manifest bytes (``where`` names them in errors)."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and UnicodeDecodeError.
+        raise ArtifactError(f"{where} is not valid JSON ({_reason(exc)})") from exc
     if not isinstance(data, dict):
-        raise ArtifactError(f"{path} does not hold a JSON object")
+        raise ArtifactError(f"{where} does not hold a JSON object")
     return Manifest.from_json(data)
 
 
-def verify_payloads(root: Path, manifest: Manifest) -> None:
-    """Check that every payload file is present and has the sha256 the manifest records."""
+def hashed_files(manifest: Manifest) -> dict[str, tuple[str, str]]:
+    """Every file the artifact may read: relative path -> (sha256, what it is for)."""
+    files: dict[str, tuple[str, str]] = {}
     for part in manifest.partitions:
-        for rel, expected in part.files.items():
-            path = root / rel
-            if not path.is_file():
-                raise ArtifactError(
-                    f"payload {rel} of partition {part.id} is missing from {root}; recompile"
-                )
-            if sha256_file(path) != expected:
-                raise ArtifactError(
-                    f"payload {rel} of partition {part.id} was changed after compile "
-                    f"(sha256 mismatch); recompile the model or restore the file"
-                )
-    for rel, expected in manifest.assets.items():
-        path = root / rel
+        for rel, digest in part.files.items():
+            files[rel] = (digest, f"payload {rel} of partition {part.id}")
+    for rel, digest in manifest.assets.items():
+        files.setdefault(rel, (digest, f"asset {rel}"))
+    return files
+
+
+def verify_payloads(root: Path, manifest: Manifest) -> None:
+    """Check that every payload file is present and has the sha256 the manifest records.
+
+    Raises:
+        ArtifactError: a file is missing, unreadable or changed after compile.
+    """
+    for rel, (expected, what) in hashed_files(manifest).items():
+        path = Path(root) / rel
         if not path.is_file():
-            raise ArtifactError(f"asset {rel} is missing from {root}; recompile")
-        if sha256_file(path) != expected:
+            raise ArtifactError(f"{what} is missing from {root}; recompile")
+        try:
+            actual = sha256_file(path)
+        except OSError as exc:
+            raise ArtifactError(f"cannot read {what}: {os_error_text(exc)}") from exc
+        if actual != expected:
             raise ArtifactError(
-                f"asset {rel} was changed after compile (sha256 mismatch); recompile the model "
+                f"{what} was changed after compile (sha256 mismatch); recompile the model "
                 f"or restore the file"
             )
 
 
 def read_report(root: Path) -> dict[str, Any]:
-    path = root / REPORT
+    """The artifact's ``report.json`` (``{}`` when there is none).
+
+    Raises:
+        ArtifactError: the report is unreadable, not UTF-8 or not JSON.
+    """
+    path = Path(root) / REPORT
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {path}: {os_error_text(exc)}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON ({_reason(exc)})") from exc
     return data if isinstance(data, dict) else {}
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{exc.__class__.__name__}: {text[:160]}"

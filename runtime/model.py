@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 import time
-import zipfile
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,9 +19,11 @@ from ai_vmm.runtime.artifact import (
     read_report,
     verify_payloads,
 )
+from ai_vmm.runtime.artifact_zip import Unpacked, unpack_zip
 from ai_vmm.runtime.dispatch import build_plans, partition_waves, select_plan
 from ai_vmm.runtime.errors import ArtifactError, InputError
 from ai_vmm.runtime.executors import Executor, create_executor
+from ai_vmm.runtime.staging import os_error_text
 
 
 class CompiledModel:
@@ -43,6 +42,8 @@ class CompiledModel:
         self._plans = build_plans(manifest, executors)
         self._executor_pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._unpacked: Unpacked | None = None
+        """A zip artifact's unpacked files, removed by ``close`` (or at garbage collection)."""
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -117,6 +118,28 @@ class CompiledModel:
         # Executors hand back arrays they own (no backend buffer escapes), so no copy here.
         return {name: values[name] for name in self._output_names}
 
+    def close(self) -> None:
+        """Release the backends and remove a zip artifact's unpacked files. Idempotent.
+
+        A closed model raises ``ArtifactError`` when called. Zip artifacts are also cleaned
+        up when the model is garbage-collected or the interpreter exits.
+        """
+        with self._pool_lock:
+            pool, self._executor_pool = self._executor_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        closed = _ClosedExecutor(str(self.root))
+        self._executors = dict.fromkeys(self._executors, closed)
+        self._plans = build_plans(self.manifest, self._executors)
+        if self._unpacked is not None:
+            self._unpacked.cleanup()
+
+    def __enter__(self) -> CompiledModel:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def _pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:
             if self._executor_pool is None:
@@ -125,24 +148,61 @@ class CompiledModel:
             return self._executor_pool
 
 
+class _ClosedExecutor:
+    """Stands in for every executor of a closed model."""
+
+    def __init__(self, where: str) -> None:
+        self._where = where
+
+    def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        raise ArtifactError(f"the model loaded from {self._where} was closed; load it again")
+
+
 def load(path: str | Path) -> CompiledModel:
     """Load an artifact directory (``model.vmm``) or its zip form, verifying every payload hash.
+
+    A zip is validated before anything is unpacked; its hashed files go to a directory under
+    ``$TMPDIR`` that ``close()`` (or the ``with`` block, garbage collection, interpreter exit)
+    removes. A rejected artifact leaves nothing behind.
 
     Raises:
         ArtifactError: the artifact is missing, corrupt, changed after compile or too new.
         DeviceError: a device or backend the artifact needs is not present here.
     """
     root = Path(path)
-    if not root.exists():
+    try:
+        exists, is_file = root.exists(), root.is_file()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read artifact {root}: {os_error_text(exc)}") from exc
+    if not exists:
         raise ArtifactError(f"artifact {root} does not exist")
-    if root.is_file():
-        root = _unpack_zip(root)
-    manifest = read_manifest(root)
-    verify_payloads(root, manifest)
+    unpacked: Unpacked | None = None
+    if is_file:
+        unpacked, manifest = unpack_zip(root)
+        root = unpacked.path
+    else:
+        manifest = read_manifest(root)
+        verify_payloads(root, manifest)
+    try:
+        return _load_verified(path, root, manifest, unpacked)
+    except BaseException:
+        if unpacked is not None:
+            unpacked.cleanup()
+        raise
+
+
+def _load_verified(
+    path: str | Path, root: Path, manifest: Manifest, unpacked: Unpacked | None
+) -> CompiledModel:
     if manifest.kind == "causal-lm":
         from ai_vmm.runtime.llm import load_causal_lm  # type: ignore[attr-defined]
 
-        return load_causal_lm(root, manifest)  # type: ignore[no-any-return]
+        lm = load_causal_lm(root, manifest)
+        if unpacked is not None:
+            # The unpacked files live as long as the LM object (removed at its collection or
+            # at exit); its close() may call ``unpacked.cleanup()`` through this attribute.
+            lm._unpacked = unpacked
+        return lm  # type: ignore[no-any-return]
     if manifest.kind != "model":
         raise ArtifactError(
             f"{path}: artifact kind '{manifest.kind}' is unknown to this runtime; upgrade ai-vmm"
@@ -157,7 +217,9 @@ def load(path: str | Path) -> CompiledModel:
         )
         for part in manifest.partitions
     }
-    return CompiledModel(root, manifest, executors)
+    model = CompiledModel(root, manifest, executors)
+    model._unpacked = unpacked
+    return model
 
 
 def executor_config(manifest: Manifest, part: PartitionSpec) -> dict[str, Any]:
@@ -182,22 +244,6 @@ def executor_config(manifest: Manifest, part: PartitionSpec) -> dict[str, Any]:
     if part.device == "CPU" and sharing:
         return {**part.config, "shares_cpu": True}
     return part.config
-
-
-def _unpack_zip(path: Path) -> Path:
-    if not zipfile.is_zipfile(path):
-        raise ArtifactError(f"{path} is neither an artifact directory nor an artifact zip file")
-    target = Path(tempfile.mkdtemp(prefix="ai-vmm-artifact-"))
-    try:
-        with zipfile.ZipFile(path) as archive:
-            for member in archive.namelist():
-                if member.startswith("/") or ".." in Path(member).parts:
-                    raise ArtifactError(f"{path} holds an unsafe path {member!r}")
-            archive.extractall(target)
-    except (zipfile.BadZipFile, OSError) as exc:
-        shutil.rmtree(target, ignore_errors=True)
-        raise ArtifactError(f"{path} is a corrupt zip file: {exc}") from exc
-    return target
 
 
 class InputChecker:

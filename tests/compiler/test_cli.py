@@ -151,5 +151,5 @@ def test_console_script_devices_json() -> None:
         capture_output=True,
         text=True,
     )
-    assert bad.returncode == 5
+    assert bad.returncode == 2  # a missing file is a usage error (issue 13)
     assert bad.stderr.strip() == "error: artifact nowhere.vmm does not exist"

@@ -1,0 +1,343 @@
+"""``VMM``: discover the hardware, then deploy models on it under constraints.
+
+    vmm = VMM()                          # hardware discovery (vmm.devices, vmm.explain())
+    model = vmm.deploy("detector.onnx", constraints={"max_latency_ms": 20}, samples="x.npz")
+    outputs = model(images=x)            # model.stats(), model.explain(), model.close()
+
+``deploy`` resolves the model (``resolve.py``), looks for an earlier decision in the deployment
+store (same model, machine, constraints and samples: loaded in well under a second), and
+otherwise runs the constraint search (``search.py``) and stores its choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ai_vmm.deploy.constraints import Constraints
+from ai_vmm.deploy.deployment import Deployment
+from ai_vmm.deploy.explain import explanation, format_explanation, preference_notes
+from ai_vmm.deploy.hardware import Hardware, classify, cpu_class, format_hardware
+from ai_vmm.deploy.resolve import ResolvedModel, model_digest, resolve
+from ai_vmm.deploy.samples import digest_of
+from ai_vmm.deploy.store import (
+    STORE_FORMAT,
+    DeploymentStore,
+    digest,
+    hardware_fingerprint,
+    versions,
+)
+from ai_vmm.deploy.telemetry import Meter, Telemetry
+from ai_vmm.runtime.errors import ModelLoadError
+
+logger = logging.getLogger("ai_vmm.deploy")
+Progress = Callable[[str], None]
+
+
+class ConstraintWarning(UserWarning):
+    """A deployment was returned although it does not meet every constraint (strict=False)."""
+
+
+class VMM:
+    """The hardware of this machine, and deployments on it.
+
+    Args:
+        store: the deployment store directory (default ``~/.cache/ai-vmm/deployments``).
+        measure_seconds: measuring time per candidate (spread over interleaved rounds).
+        progress: called with a short message as each step starts.
+        telemetry: power meters (default: discovered: NVML, RAPL).
+        refresh: discover the hardware again instead of reusing this process's inventory.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: str | Path | None = None,
+        measure_seconds: float = 1.0,
+        progress: Progress | None = None,
+        telemetry: Telemetry | None = None,
+        refresh: bool = False,
+    ) -> None:
+        from ai_vmm import hardware, registry
+
+        if measure_seconds <= 0:
+            raise ValueError("measure_seconds must be positive")
+        self.store = DeploymentStore(store)
+        self.measure_seconds = float(measure_seconds)
+        self._say = progress or (lambda message: logger.info(message))
+        self.inventory = hardware.discover(registry.discoverers(), refresh=refresh)
+        self.hardware: list[Hardware] = classify(self.inventory)
+        self._telemetry = telemetry
+        self._fingerprint = hardware_fingerprint(self.inventory)
+
+    @property
+    def devices(self) -> list[Hardware]:
+        """The hardware classes present here, with the target devices that drive them."""
+        return [h for h in self.hardware if h.present]
+
+    @property
+    def telemetry(self) -> Telemetry:
+        if self._telemetry is None:
+            self._telemetry = Telemetry.discover()
+        return self._telemetry
+
+    def explain(self) -> str:
+        """Every hardware class: present (devices, details) or absent (why); power telemetry."""
+        lines = [format_hardware(self.hardware), "", "power telemetry"]
+        lines += [f"  {line}" for line in self.telemetry.describe()]
+        if self.inventory.notes:
+            lines += ["", "discovery notes"] + [f"  {n}" for n in self.inventory.notes]
+        return "\n".join(lines)
+
+    def deploy(
+        self,
+        model: Any,
+        constraints: Constraints | dict[str, Any] | None = None,
+        samples: Any = None,
+        strict: bool = True,
+        *,
+        name: str | None = None,
+        refresh: bool = False,
+    ) -> Deployment:
+        """Deploy ``model`` here: the cheapest candidate that meets every constraint.
+
+        Args:
+            model: a path (``.onnx``, a Hugging Face folder, ``.gguf``, an OpenVINO ``.xml``, an
+                artifact ``.vmm``/``.vmm.zip``, TFLite/Keras/SavedModel/``.pt2``), a model ID
+                found in the local Hugging Face cache or in the artifact store, or an
+                ``nn.Module`` / ``onnx.ModelProto``.
+            constraints: a ``Constraints`` or its dict form (see ``Constraints``).
+            samples: what to measure on (a dict of arrays, a list of such dicts, an ``.npz``
+                path or a directory of them); synthesised from the signature when ``None``.
+            strict: raise ``ConstraintError`` when nothing meets the constraints; ``False``
+                returns the closest candidate and warns.
+            name: also save the chosen artifact in the artifact store under this name
+                (``VMM().deploy(name)`` finds it later).
+            refresh: search again even when the store has a decision for this deployment.
+
+        Raises:
+            ConstraintError: no candidate meets the constraints (the message names the best
+                figure reached for each), with ``strict``.
+            ModelLoadError: the model is not found (every place searched is named) or cannot
+                be read.
+            InputError: samples that do not fit the model.
+        """
+        started = time.perf_counter()
+        limits = Constraints.parse(constraints)
+        resolved = resolve(model, self.store)
+        if resolved.kind == "causal-lm":
+            from ai_vmm.deploy.llm import deploy_causal_lm
+
+            return deploy_causal_lm(self, resolved, limits, samples, strict=strict, name=name)
+        model_hash = model_digest(resolved)
+        key = digest(
+            {
+                "format": STORE_FORMAT,
+                "model": model_hash,
+                "hardware": self._fingerprint,
+                "constraints": limits.to_json(),
+                "samples": _samples_digest(samples),
+                "measure_seconds": self.measure_seconds,
+                "versions": versions(),
+            }
+        )
+        with self.store.locked(key):
+            found = None if refresh else self.store.decision(key)
+            if found is None:
+                path, record = self._search(resolved, model_hash, limits, samples, strict, key)
+            else:
+                path, record = found
+                self._say(f"deployment found in the store ({key[:12]})")
+            deployment = self._open(path, record, limits)
+        if name:
+            self.store.save_named(name, path)
+        elif resolved.model_id and not resolved.found.startswith("artifact store"):
+            # Found by ID (HF cache): the compiled choice is kept under that ID too.
+            self.store.save_named(resolved.model_id, path)
+        if not record.get("meets_constraints", True):
+            message = f"deployment does not meet its constraints: {record.get('rule', '')}"
+            logger.warning(message)
+            warnings.warn(message, ConstraintWarning, stacklevel=2)
+        self._say(f"deployed {record['chosen']['key']} in {time.perf_counter() - started:.2f} s")
+        return deployment
+
+    def _open(self, path: Path, record: dict[str, Any], limits: Constraints) -> Deployment:
+        from ai_vmm.runtime import load
+
+        chosen = record.get("chosen", {})
+        device = str(chosen.get("device", "")).split(":")
+        meter: Meter | None = None
+        if len(device) == 2:
+            kind = "cpu" if device[1].upper().startswith("CPU") else "gpu"
+            index = int(device[1]) if device[1].isdigit() else 0
+            meter = self.telemetry.meter_for(kind, index)
+        return Deployment(
+            load(path),
+            artifact_path=path,
+            explanation=record,
+            constraints=limits,
+            meter=meter,
+            batch=int(chosen.get("batch") or 1),
+        )
+
+    def _search(
+        self,
+        resolved: ResolvedModel,
+        model_hash: str,
+        limits: Constraints,
+        samples: Any,
+        strict: bool,
+        key: str,
+    ) -> tuple[Path, dict[str, Any]]:
+        from ai_vmm.deploy.search import run_search
+
+        source, model_notes = self._source(resolved, model_hash, limits, samples)
+        hw = digest({"hardware": self._fingerprint})[:12]
+        group = f"{model_hash[:16]}-{hw}"
+        host = cpu_class(self.inventory.cpu)
+        result = run_search(
+            source,
+            hardware=self.hardware,
+            inventory=self.inventory,
+            constraints=limits,
+            telemetry=self.telemetry,
+            builds_dir=self.store.path("builds", group),
+            variants_dir=self.store.path("variants", group),
+            host_cpu=host,
+            measure_seconds=self.measure_seconds,
+            strict=strict,
+            say=self._say,
+        )
+        record = explanation(
+            model={
+                "label": resolved.label,
+                "kind": resolved.kind,
+                "found": resolved.found,
+                "sha256": model_hash,
+                "notes": model_notes,
+            },
+            hardware=self.hardware,
+            constraints=limits,
+            result=result,
+            telemetry=self.telemetry.describe(),
+            preferences=preference_notes(
+                self.hardware, limits, result.chosen, result.variants, host
+            ),
+            extra_notes=[],
+        )
+        assert result.chosen.path is not None
+        path = self.store.save_decision(key, result.chosen.path, record)
+        record["artifact"] = str(path)
+        self._say(format_explanation(record).splitlines()[-1])
+        return path, record
+
+    def _source(
+        self, resolved: ResolvedModel, model_hash: str, limits: Constraints, samples: Any
+    ) -> tuple[Any, list[str]]:
+        from ai_vmm.deploy.search import SearchInput
+
+        if resolved.kind == "onnx":
+            return SearchInput(Path(resolved.source), samples=samples), []
+        if resolved.kind == "onnx-proto":
+            path = self.store.path("sources", f"{model_hash[:32]}.onnx")
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_name(f".{path.name}.part")
+                partial.write_bytes(resolved.source.SerializeToString())
+                partial.replace(path)
+            return SearchInput(path, samples=samples), [f"ModelProto saved as {path}"]
+        if resolved.kind == "artifact":
+            return SearchInput(None, [_artifact_build(resolved, self.inventory)], samples), [
+                "an artifact: deployed as compiled (thread count and batch are still searched)"
+            ]
+        if resolved.kind == "openvino-ir":
+            return SearchInput(None, self._ir_builds(resolved, limits), samples), [
+                "an OpenVINO IR: wrapped as it is (OpenVINO devices and precision hints searched)"
+            ]
+        if resolved.kind in ("torch-module", "hf-model", "framework"):
+            from ai_vmm.deploy.export import export_source
+
+            batching = limits.max_batch > 1 and (
+                limits.min_throughput is not None or limits.power_budget_watts is not None
+            )
+            path, notes, made = export_source(
+                resolved, model_hash, samples, self.store, batching=batching, say=self._say
+            )
+            return SearchInput(path, samples=samples, made_samples=made), notes
+        raise ModelLoadError(f"{resolved.label}: cannot deploy a model of kind {resolved.kind}")
+
+    def _ir_builds(self, resolved: ResolvedModel, limits: Constraints) -> list[Any]:
+        from ai_vmm.deploy.builds import Build, BuildSpec, describe_partitions
+        from ai_vmm.deploy.openvino_ir import wrap_ir
+        from ai_vmm.hardware import cpu_precisions
+
+        builds = []
+        digest_dir = self.store.path("builds", f"ir-{model_digest(resolved)[:16]}")
+        for entry in self.devices:
+            for device in entry.devices:
+                if device.target != "openvino":
+                    continue
+                precisions = ["fp32"]
+                if limits.permits_low_precision:
+                    if device.kind == "cpu":
+                        cpu = cpu_precisions(self.inventory.cpu)
+                        precisions += [p for p in ("bf16", "fp16") if p in cpu]
+                    else:
+                        precisions.append("fp16")
+                for precision in precisions:
+                    spec = BuildSpec(device, entry.name, precision)
+                    out = digest_dir / f"{device.name}-{precision}.vmm"
+                    started = time.perf_counter()
+                    path = wrap_ir(
+                        Path(resolved.source),
+                        device.name,
+                        precision,
+                        out,
+                        self.store.path("work", out.stem),
+                    )
+                    build = Build(spec, path, "built", seconds=time.perf_counter() - started)
+                    builds.append(describe_partitions(build))
+        if not builds:
+            raise ModelLoadError(
+                f"{resolved.label}: an OpenVINO IR needs OpenVINO, which is absent here"
+            )
+        return builds
+
+
+def _artifact_build(resolved: ResolvedModel, inventory: Any) -> Any:
+    from ai_vmm.deploy.builds import Build, BuildSpec
+    from ai_vmm.deploy.hardware import device_class
+    from ai_vmm.runtime.artifact import read_manifest
+    from ai_vmm.runtime.devices import Device
+
+    path = Path(resolved.source)
+    if path.is_dir():
+        manifest = read_manifest(path)
+    else:
+        from ai_vmm.runtime import load
+
+        with load(path) as loaded:  # a zip: its manifest, validated
+            manifest = loaded.manifest
+    part = manifest.partitions[0]
+    precision = str(manifest.compile_options.get("precision", "fp32"))
+    quantization = manifest.compile_options.get("quantization") or {}
+    precision = str(quantization.get("quantize") or quantization.get("weights") or precision)
+    kind = "cpu" if part.device.upper().startswith("CPU") else "gpu"
+    device = inventory.find(part.target, part.device) or Device(part.target, part.device, kind)
+    spec = BuildSpec(device, device_class(device, inventory.cpu), precision)
+    build = Build(spec, path, "reused", reason="deployed as compiled")
+    build.devices = sorted({f"{p.target}:{p.device}" for p in manifest.partitions})
+    return build
+
+
+def _samples_digest(samples: Any) -> str:
+    """What the store keys samples by: their arrays' bytes (not their file's path)."""
+    if samples is None:
+        return "synthetic"
+    from ai_vmm.deploy.export import raw_examples
+
+    return digest_of(raw_examples(samples))

@@ -1,0 +1,154 @@
+"""Admission control: deadlines, measured service times, and refusals that come at once.
+
+A request's deadline is its priority class's ``timeout_ms`` from arrival, or earlier if the
+request asks (a request can only shorten it). Before a request is queued, the scheduler that
+would run it estimates when it would finish, from the work queued ahead of it and the service
+time measured on recent batches (or decode steps); a request that would finish after its
+deadline is refused now, with ``Retry-After``, instead of being served late.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from ai_vmm.serve.config import PriorityClass
+
+
+class Rejected(Exception):
+    """A request the server refuses; protocol layers turn it into their own error shape.
+
+    Attributes:
+        status: the HTTP status (400, 401, 403, 404, 413, 429, 503, 504 ...).
+        code: a short machine-readable reason (``rate_limited``, ``deadline``, ``queue_full``).
+        retry_after: seconds after which trying again makes sense (429/503), else ``None``.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        retry_after: float | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+        self.param = param
+        """The request field at fault, where there is one (OpenAI's ``param``)."""
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        # Retry-After takes whole seconds; the openai client also reads the finer retry-after-ms.
+        return {
+            "Retry-After": str(max(1, math.ceil(self.retry_after))),
+            "retry-after-ms": str(max(1, round(self.retry_after * 1000))),
+        }
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What admission decided for one request: its class, rank and absolute deadline."""
+
+    priority_class: str
+    rank: int
+    arrival: float
+    deadline: float
+    """``time.monotonic()`` value after which the result is worthless."""
+
+    @property
+    def budget_s(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+def make_ticket(
+    class_name: str, policy: PriorityClass, requested_timeout_s: float | None
+) -> Ticket:
+    """The ticket of a request arriving now: the class's timeout, shortened if asked.
+
+    Raises:
+        Rejected: 400 for a timeout that is not a positive number.
+    """
+    now = time.monotonic()
+    timeout = policy.timeout_ms / 1000.0
+    if requested_timeout_s is not None:
+        if not math.isfinite(requested_timeout_s) or requested_timeout_s <= 0:
+            raise Rejected(400, "bad_deadline", "a request timeout must be a positive number")
+        timeout = min(timeout, requested_timeout_s)
+    return Ticket(class_name, policy.rank, now, now + timeout)
+
+
+class ServiceTimes:
+    """Recent service times of one model, by batch size, as a pessimistic estimate.
+
+    A least-squares line ``time(n) ~= fixed + per_row * n`` over the last ``window``
+    observations (with one batch size seen, through the origin and that point), scaled by the
+    ``quantile`` of observed/predicted ratios: admission should plan with a bad call, not an
+    average one, or a deadline met on average is missed by every slow call.
+    """
+
+    def __init__(self, window: int = 256, quantile: float = 0.9) -> None:
+        self._samples: deque[tuple[int, float]] = deque(maxlen=window)
+        self._quantile = quantile
+        self._fit: tuple[float, float, float] | None = None
+
+    def observe(self, size: int, seconds: float) -> None:
+        self._samples.append((size, seconds))
+        self._fit = None
+
+    @property
+    def known(self) -> bool:
+        return bool(self._samples)
+
+    def estimate(self, size: int, pessimistic: bool = True) -> float:
+        """Seconds for one call of ``size`` rows (0.0 before any observation).
+
+        ``pessimistic``: a slow call (the quantile), else a typical one (the line).
+        """
+        if not self._samples:
+            return 0.0
+        fixed, per_row, scale = self._line()
+        return max(fixed + per_row * size, 0.0) * (scale if pessimistic else 1.0)
+
+    def _line(self) -> tuple[float, float, float]:
+        if self._fit is None:
+            n = len(self._samples)
+            mean_x = sum(s for s, _ in self._samples) / n
+            mean_y = sum(t for _, t in self._samples) / n
+            var = sum((s - mean_x) ** 2 for s, _ in self._samples)
+            if var == 0:
+                fixed, per_row = 0.0, mean_y / max(mean_x, 1.0)
+            else:
+                cov = sum((s - mean_x) * (t - mean_y) for s, t in self._samples)
+                per_row = max(cov / var, 0.0)
+                fixed = max(mean_y - per_row * mean_x, 0.0)
+            ratios = sorted(
+                t / predicted for s, t in self._samples if (predicted := fixed + per_row * s) > 0
+            )
+            scale = (
+                ratios[min(int(self._quantile * len(ratios)), len(ratios) - 1)] if ratios else 1.0
+            )
+            self._fit = (fixed, per_row, max(scale, 1.0))
+        return self._fit
+
+
+def refuse_late(estimate_s: float, ticket: Ticket, what: str) -> None:
+    """Refuse now (503 + Retry-After) when ``estimate_s`` from now ends past the deadline."""
+    budget = ticket.budget_s
+    if estimate_s > budget:
+        raise Rejected(
+            503,
+            "deadline",
+            f"{what} would finish in about {estimate_s * 1000:.0f} ms, after the request's "
+            f"deadline ({max(budget, 0) * 1000:.0f} ms left); retry later or allow more time",
+            retry_after=max(estimate_s - budget, 0.05),
+        )
+
+
+__all__ = ["Rejected", "ServiceTimes", "Ticket", "make_ticket", "refuse_late"]

@@ -1,0 +1,349 @@
+"""Dynamic batching of a tensor model: one priority queue, one worker per replica.
+
+Requests wait in one queue per model, ordered by priority rank, then arrival. A replica that
+is free takes the highest-priority request and every queued request that can join it (same
+inputs apart from the batch axis, in priority order) up to ``max_batch`` rows, once one of
+these holds: the batch is full, it has reached a preferred size, the oldest request has waited
+``max_queue_delay_ms``, or waiting longer would make the head request miss its deadline. Free
+replicas pulling from one queue is the work stealing that issue 17 builds on: a replica never
+idles while another has a queue.
+
+Admission happens before a request is queued: ``admit`` estimates, from the rows queued ahead
+of it (same or higher priority) and the measured service time, when it would finish, and
+refuses it at once if that is after its deadline; a full class queue refuses or delays
+(the class's ``overflow``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ai_vmm.serve.admission import Rejected, ServiceTimes, Ticket, refuse_late
+from ai_vmm.serve.backend import TensorModel
+from ai_vmm.serve.config import BatchingConfig, PriorityClass
+
+
+@dataclass(eq=False)
+class WorkItem:
+    """One request's tensors waiting for a batch."""
+
+    inputs: dict[str, np.ndarray]
+    rows: int
+    signature: tuple[Any, ...]
+    ticket: Ticket
+    future: asyncio.Future[dict[str, np.ndarray]]
+    queued_at: float = field(default_factory=time.monotonic)
+    dispatched_at: float = 0.0
+    batch_size: int = 0
+
+
+@dataclass
+class BatchStats:
+    """What one dispatched batch looked like (handed to the metrics hook)."""
+
+    model: str
+    rows: int
+    requests: int
+    seconds: float
+    replica: int
+
+
+class Replica:
+    """One loaded copy of a model with its own thread, so one batch runs at a time on it."""
+
+    def __init__(self, model: TensorModel, index: int) -> None:
+        self.model = model
+        self.index = index
+        self.busy_until = 0.0
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"replica-{index}")
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.model.close()
+
+
+class DynamicBatcher:
+    """The queue and workers of one tensor model version."""
+
+    def __init__(
+        self,
+        name: str,
+        replicas: list[Replica],
+        batching: BatchingConfig,
+        classes: dict[str, PriorityClass],
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        if not replicas:
+            raise ValueError("a batcher needs at least one replica")
+        self.name = name
+        self.replicas = replicas
+        self.config = batching
+        self.classes = classes
+        self.service = ServiceTimes()
+        self._on_batch = on_batch
+        model = replicas[0].model
+        self._batch_axis = all(t.batch_axis for t in (*model.inputs, *model.outputs))
+        wanted = batching.max_batch
+        if wanted is None:  # the config leaves it to deploy's choice
+            wanted = model.batch if model.batch > 1 else 0
+        self.max_batch = wanted
+        """What the config (or deploy) asked for; ``batches`` says whether it applies."""
+        self._max_rows = wanted if self._batch_axis and wanted else 0
+        self._heap: list[tuple[int, int, WorkItem]] = []
+        self._seq = itertools.count()
+        self._queued_by_class: dict[str, int] = dict.fromkeys(classes, 0)
+        self._changed = asyncio.Event()
+        self._room = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
+        self._closing = False
+        self.in_flight = 0
+
+    @property
+    def batches(self) -> bool:
+        return self._max_rows > 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._heap)
+
+    def queued_by_class(self) -> dict[str, int]:
+        return dict(self._queued_by_class)
+
+    def start(self) -> None:
+        for replica in self.replicas:
+            self._workers.append(asyncio.create_task(self._work(replica)))
+
+    async def close(self) -> None:
+        """Finish what is queued, then stop the workers and release the replicas."""
+        self._closing = True
+        while self._heap or self.in_flight:
+            self._changed.set()
+            await asyncio.sleep(0.01)
+        for task in self._workers:
+            task.cancel()
+        for task in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        loop = asyncio.get_running_loop()
+        for replica in self.replicas:
+            await loop.run_in_executor(None, replica.close)
+
+    async def infer(
+        self, inputs: dict[str, np.ndarray], rows: int, ticket: Ticket
+    ) -> tuple[dict[str, np.ndarray], WorkItem]:
+        """Queue one request (already checked against the signature) and await its outputs.
+
+        Raises:
+            Rejected: 503 when it cannot meet its deadline or its class queue is full,
+                504 when its deadline passed while queued, 400 for too many rows.
+        """
+        if self._closing:
+            raise Rejected(503, "shutting_down", "the server is shutting down", retry_after=1.0)
+        if self._max_rows and rows > self._max_rows:
+            raise Rejected(
+                400,
+                "batch_too_large",
+                f"the request holds {rows} rows; model '{self.name}' takes at most "
+                f"{self._max_rows} per call",
+            )
+        await self._wait_for_room(ticket)
+        refuse_late(self.estimate(ticket.rank, rows), ticket, f"model '{self.name}'")
+        loop = asyncio.get_running_loop()
+        item = WorkItem(inputs, rows, _signature(inputs), ticket, loop.create_future())
+        heapq.heappush(self._heap, (ticket.rank, next(self._seq), item))
+        self._queued_by_class[ticket.priority_class] = (
+            self._queued_by_class.get(ticket.priority_class, 0) + 1
+        )
+        self._changed.set()
+        return await item.future, item
+
+    def estimate(self, rank: int, rows: int) -> float:
+        """Seconds until a request of ``rows`` at ``rank`` queued now would be answered."""
+        if not self.service.known:
+            return 0.0  # nothing measured yet: admit, and learn from the first batches
+        ahead = sum(item.rows for r, _, item in self._heap if r <= rank)
+        width = self._max_rows or 1
+        calls = math.ceil((ahead + rows) / width)
+        per_call = self.service.estimate(min(width, ahead + rows) if self._max_rows else rows)
+        now = time.monotonic()
+        free_at = sorted(max(r.busy_until - now, 0.0) for r in self.replicas)
+        # Calls go to replicas as they free up: the k-th call starts at the k-th free slot.
+        slots = list(free_at)
+        finish = 0.0
+        for _ in range(calls):
+            start = heapq.heappop(slots) if slots else 0.0
+            finish = start + per_call
+            heapq.heappush(slots, finish)
+        if self._max_rows and ahead + rows < self._max_rows:
+            finish += self.config.max_queue_delay_ms / 1000.0
+        return finish
+
+    async def _wait_for_room(self, ticket: Ticket) -> None:
+        policy = self.classes[ticket.priority_class]
+        if self._queued_by_class.get(ticket.priority_class, 0) < policy.max_queue:
+            return
+        if policy.overflow == "reject":
+            raise Rejected(
+                503,
+                "queue_full",
+                f"the queue of model '{self.name}' for class '{ticket.priority_class}' is full "
+                f"({policy.max_queue} requests)",
+                retry_after=max(self.estimate(ticket.rank, 1), 0.05),
+            )
+        while self._queued_by_class.get(ticket.priority_class, 0) >= policy.max_queue:
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), timeout=max(ticket.budget_s, 0.0))
+            except TimeoutError:
+                raise Rejected(
+                    503,
+                    "queue_full",
+                    f"the queue of model '{self.name}' for class '{ticket.priority_class}' "
+                    "stayed full until the request's deadline",
+                    retry_after=0.5,
+                ) from None
+
+    async def _work(self, replica: Replica) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            rows = sum(item.rows for item in batch)
+            now = time.monotonic()
+            for item in batch:
+                item.dispatched_at = now
+                item.batch_size = rows
+            replica.busy_until = now + self.service.estimate(rows)
+            self.in_flight += len(batch)
+            try:
+                feed = _concatenate([item.inputs for item in batch])
+                outputs = await loop.run_in_executor(replica.executor, replica.model.run, feed)
+                seconds = time.monotonic() - now
+                self.service.observe(rows, seconds)
+                if self._on_batch is not None:
+                    self._on_batch(BatchStats(self.name, rows, len(batch), seconds, replica.index))
+                _deliver(batch, outputs, self._batch_axis and len(batch) > 1)
+            except Exception as exc:  # a failed call fails its requests, never the worker
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+            finally:
+                self.in_flight -= len(batch)
+                replica.busy_until = 0.0
+
+    async def _next_batch(self) -> list[WorkItem]:
+        while True:
+            self._drop_expired()
+            if not self._heap:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            head = self._heap[0][2]
+            if not self._max_rows:
+                return [self._pop(head)]
+            candidates = self._compatible(head)
+            rows = sum(item.rows for item in candidates)
+            now = time.monotonic()
+            waited = now - head.queued_at
+            delay = self.config.max_queue_delay_ms / 1000.0
+            slack = head.ticket.deadline - now - self.service.estimate(max(rows, 1))
+            if (
+                rows >= self._max_rows
+                or rows in self.config.preferred_sizes
+                or waited >= delay
+                or slack <= 0
+                or self._closing
+            ):
+                return [self._pop(item) for item in candidates]
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=min(delay - waited, slack))
+
+    def _compatible(self, head: WorkItem) -> list[WorkItem]:
+        chosen = [head]
+        rows = head.rows
+        for _, _, item in sorted(self._heap):
+            if item is head or item.signature != head.signature:
+                continue
+            if rows + item.rows > self._max_rows:
+                continue
+            chosen.append(item)
+            rows += item.rows
+            if rows == self._max_rows:
+                break
+        return chosen
+
+    def _pop(self, item: WorkItem) -> WorkItem:
+        self._heap = [entry for entry in self._heap if entry[2] is not item]
+        heapq.heapify(self._heap)
+        self._queued_by_class[item.ticket.priority_class] -= 1
+        self._room.set()
+        return item
+
+    def _drop_expired(self) -> None:
+        # A request that would end after its deadline even with a typical call from now is
+        # answered 504 now rather than late; one whose client went away (cancelled future) is
+        # dropped too, not computed.
+        cutoff = time.monotonic() + self.service.estimate(1, pessimistic=False)
+        expired = [
+            entry
+            for entry in self._heap
+            if entry[2].ticket.deadline <= cutoff or entry[2].future.done()
+        ]
+        for _, _, item in expired:
+            self._pop(item)
+            if not item.future.done():
+                item.future.set_exception(
+                    Rejected(
+                        504,
+                        "deadline",
+                        f"the request's deadline passed (or would before a call could end) "
+                        f"while it waited for model '{self.name}'",
+                    )
+                )
+
+
+def _signature(inputs: dict[str, np.ndarray]) -> tuple[Any, ...]:
+    return tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(inputs.items()))
+
+
+def _concatenate(feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(feeds) == 1:
+        return feeds[0]
+    return {name: np.concatenate([f[name] for f in feeds], axis=0) for name in feeds[0]}
+
+
+def _deliver(batch: list[WorkItem], outputs: dict[str, np.ndarray], split: bool) -> None:
+    if not split:
+        for item in batch:
+            if not item.future.done():
+                item.future.set_result(outputs)
+        return
+    rows = sum(item.rows for item in batch)
+    for name, value in outputs.items():
+        if value.ndim == 0 or value.shape[0] != rows:
+            raise Rejected(
+                500,
+                "bad_batch_axis",
+                f"output '{name}' has shape {list(value.shape)} for a batch of {rows} rows, so "
+                "its axis 0 is not the batch; serve this model with batching.max_batch = 0",
+            )
+    start = 0
+    for item in batch:
+        end = start + item.rows
+        if not item.future.done():
+            item.future.set_result({name: value[start:end] for name, value in outputs.items()})
+        start = end
+
+
+__all__ = ["BatchStats", "DynamicBatcher", "Replica", "WorkItem"]

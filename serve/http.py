@@ -1,0 +1,278 @@
+"""What every route shares: the server state, request ids and access logs, bodies, errors.
+
+``RequestContext`` travels with each request (in the ASGI scope): the routes fill in the
+tenant, model and protocol, the middleware turns it into an access-log line, the metrics and
+the ``X-Request-Id`` header. Errors are ``Rejected`` exceptions; ``error_response`` gives them
+the shape of the protocol the request came in on (OpenAI's under ``/v1``, KServe's elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+import zlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ai_vmm.serve import kserve, openai_protocol
+from ai_vmm.serve.admission import Rejected, Ticket, make_ticket
+from ai_vmm.serve.allocation import ModelManager
+from ai_vmm.serve.config import MODEL_NAME, ServeConfig, Tenant
+from ai_vmm.serve.metrics import ServerMetrics
+from ai_vmm.serve.tenants import TenantGate, tenant_name
+
+ACCESS_LOG = logging.getLogger("ai_vmm.serve.access")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+TIMEOUT_HEADER = "x-request-timeout-ms"
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass
+class ServerState:
+    """Everything the routes need, built once per app (no module globals)."""
+
+    config: ServeConfig
+    manager: ModelManager
+    gate: TenantGate
+    metrics: ServerMetrics
+    started: bool = False
+    draining: bool = False
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+@dataclass
+class RequestContext:
+    """What the access log and the metrics say about one request."""
+
+    request_id: str
+    arrival: float
+    protocol: str = "http"
+    tenant: str = "-"
+    model: str = "-"
+    reason: str = ""
+    queue_s: float | None = None
+    batch: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+def context(request: Request) -> RequestContext:
+    ctx: RequestContext = request.scope["vmm"]
+    return ctx
+
+
+def state(request: Request) -> ServerState:
+    server: ServerState = request.app.state.vmm
+    return server
+
+
+class RequestLog:
+    """ASGI middleware: request ids, access-log lines and per-request metrics.
+
+    Pure ASGI (not ``BaseHTTPMiddleware``) so streamed responses pass through untouched and
+    the latency is measured at the last byte sent.
+    """
+
+    def __init__(self, app: ASGIApp, get_state: Callable[[], ServerState | None]) -> None:
+        self.app = app
+        self._state = get_state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, b"x-request-id")
+        rid = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+        ctx = RequestContext(rid, time.monotonic())
+        scope["vmm"] = ctx
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", rid.encode()))
+                # Server-Timing (a W3C header): time from arrival to the response's start, and
+                # the queue wait, so clients can tell the server's time from the network's.
+                timing = f"app;dur={(time.monotonic() - ctx.arrival) * 1000:.2f}"
+                if ctx.queue_s is not None:
+                    timing += f", queue;dur={ctx.queue_s * 1000:.2f}"
+                headers.append((b"server-timing", timing.encode()))
+                message["headers"] = headers
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                self._finish(scope, ctx, status)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            self._finish(scope, ctx, 500)
+            raise
+
+    def _finish(self, scope: Scope, ctx: RequestContext, status: int) -> None:
+        elapsed = time.monotonic() - ctx.arrival
+        server = self._state()
+        if server is not None and ctx.model != "-":
+            m = server.metrics
+            m.requests.labels(ctx.model, ctx.tenant, ctx.protocol, str(status)).inc()
+            if status >= 400:
+                m.failures.labels(ctx.model, ctx.tenant, ctx.reason or str(status)).inc()
+            else:
+                m.latency.labels(ctx.model, ctx.tenant).observe(elapsed)
+        if server is None or server.config.server.access_log:
+            record: dict[str, Any] = {
+                "ts": round(time.time(), 3),
+                "request_id": ctx.request_id,
+                "method": scope.get("method"),
+                "path": scope.get("path"),
+                "status": status,
+                "ms": round(elapsed * 1000, 2),
+                "tenant": ctx.tenant,
+                "model": ctx.model,
+            }
+            for key in ("reason", "queue_s", "batch", "prompt_tokens", "completion_tokens"):
+                value = getattr(ctx, key)
+                if value not in (None, ""):
+                    record[key] = round(value, 4) if isinstance(value, float) else value
+            ACCESS_LOG.info(json.dumps(record, separators=(",", ":")))
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def error_response(request: Request, error: Rejected) -> Response:
+    """``error`` in the shape of the request's protocol, with ``Retry-After`` where it helps."""
+    ctx = request.scope.get("vmm")
+    if isinstance(ctx, RequestContext):
+        ctx.reason = error.code
+    headers = error.headers()
+    if request.url.path.startswith("/v1/"):
+        body: dict[str, Any] = openai_protocol.error_body(error)
+    else:
+        body = kserve.error_body(error.message)
+    return JSONResponse(body, status_code=error.status, headers=headers)
+
+
+def authenticate(request: Request) -> Tenant | None:
+    """The calling tenant (401 without a valid key); records it for the access log."""
+    server = state(request)
+    tenant = server.gate.authenticate(
+        request.headers.get("authorization"), request.headers.get("api-key")
+    )
+    context(request).tenant = tenant_name(tenant)
+    return tenant
+
+
+def check_model_name(name: str) -> str:
+    """400 for a model name that could never be one (slashes, dots first, control bytes)."""
+    if not MODEL_NAME.match(name):
+        raise Rejected(
+            400,
+            "invalid_model_name",
+            "model names are 1-128 characters of letters, digits, '.', '_' and '-', starting "
+            "with a letter or digit",
+            param="model",
+        )
+    return name
+
+
+def authorize(request: Request, tenant: Tenant | None, model: str) -> None:
+    check_model_name(model)
+    state(request).gate.authorize(tenant, model)
+    context(request).model = model
+
+
+def ticket_for(request: Request, tenant: Tenant | None, extra_timeout_s: float | None) -> Ticket:
+    """The request's class, rank and deadline (its own timeout can only shorten the class's)."""
+    server = state(request)
+    class_name = server.config.server.default_class if tenant is None else tenant.priority_class
+    requested = extra_timeout_s
+    header = request.headers.get(TIMEOUT_HEADER)
+    if header is not None:
+        try:
+            header_s = float(header) / 1000.0
+        except ValueError:
+            raise Rejected(400, "bad_deadline", f"{TIMEOUT_HEADER} must be milliseconds") from None
+        requested = header_s if requested is None else min(requested, header_s)
+    ticket = make_ticket(class_name, server.config.classes[class_name], requested)
+    # The deadline counts from arrival, not from when the body was read.
+    arrival = context(request).arrival
+    return Ticket(
+        ticket.priority_class, ticket.rank, arrival, arrival + (ticket.deadline - ticket.arrival)
+    )
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, decompressed, refused with 413 beyond ``server.max_body_bytes``."""
+    limit = state(request).config.server.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise Rejected(
+            415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported"
+        )
+    # wbits 47: zlib or gzip framing; max_length stops a small bomb from inflating unbounded.
+    inflater = zlib.decompressobj(47)
+    try:
+        plain = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise Rejected(
+            400, "bad_encoding", f"the {encoding} body does not decompress: {exc}"
+        ) from None
+    if len(plain) > limit or inflater.unconsumed_tail:
+        raise _too_large(limit)
+    return plain
+
+
+def _too_large(limit: int) -> Rejected:
+    return Rejected(
+        413,
+        "body_too_large",
+        f"the request body is larger than this server's limit of {limit} bytes",
+    )
+
+
+__all__ = [
+    "ACCESS_LOG",
+    "TIMEOUT_HEADER",
+    "RequestContext",
+    "RequestLog",
+    "ServerState",
+    "authenticate",
+    "authorize",
+    "check_model_name",
+    "context",
+    "error_response",
+    "read_body",
+    "state",
+    "ticket_for",
+]

@@ -1,0 +1,186 @@
+"""The dynamic batcher on a real compiled model: batches, priorities, queue policy, deadlines.
+
+Where a test needs the replica busy at a known moment, the real model's ``run`` waits on a
+``threading.Event`` first (the model still computes every answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ai_vmm.serve.admission import Rejected, Ticket
+from ai_vmm.serve.backend import load_model
+from ai_vmm.serve.batching import BatchStats, DynamicBatcher, Replica
+from ai_vmm.serve.config import BatchingConfig, PriorityClass
+
+CLASSES = {
+    "high": PriorityClass(rank=0, max_queue=8, timeout_ms=5000),
+    "low": PriorityClass(rank=1, max_queue=3, timeout_ms=5000),
+    "patient": PriorityClass(rank=1, max_queue=1, timeout_ms=5000, overflow="delay"),
+}
+
+
+class Gated:
+    """A real model whose next ``run`` calls wait until the gate opens."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.gate = threading.Event()
+        self.gate.set()
+        self.calls: list[int] = []
+        for name in ("inputs", "outputs", "device", "memory", "platform", "kind", "check", "batch"):
+            setattr(self, name, getattr(model, name))
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.gate.wait(10)
+        self.calls.append(next(iter(feed.values())).shape[0])
+        return dict(self.model.run(feed))
+
+    def close(self) -> None:
+        self.model.close()
+
+
+def _ticket(cls: str = "high", timeout: float = 5.0) -> Ticket:
+    now = time.monotonic()
+    return Ticket(cls, CLASSES[cls].rank, now, now + timeout)
+
+
+def _x(seed: int, rows: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"pixel_values": rng.standard_normal((rows, 3, 32, 32)).astype(np.float32)}
+
+
+@pytest.fixture
+def model(cnn_artifact: Path) -> Gated:
+    return Gated(load_model(cnn_artifact, kind="model"))
+
+
+def _batcher(
+    model: Gated, config: BatchingConfig, stats: list[BatchStats] | None = None
+) -> DynamicBatcher:
+    on_batch = stats.append if stats is not None else None
+    batcher = DynamicBatcher("cnn", [Replica(model, 0)], config, CLASSES, on_batch)
+    batcher.start()
+    return batcher
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_rows(model: Gated) -> None:
+    async def main() -> None:
+        stats: list[BatchStats] = []
+        batcher = _batcher(model, BatchingConfig(max_batch=8, max_queue_delay_ms=50), stats)
+        feeds = [_x(i, rows=1 + i % 2) for i in range(6)]
+        results = await asyncio.gather(
+            *(batcher.infer(f, f["pixel_values"].shape[0], _ticket()) for f in feeds)
+        )
+        for feed, (out, _item) in zip(feeds, results, strict=True):
+            alone = model.model.run(feed)["logits"]
+            np.testing.assert_allclose(out["logits"], alone, rtol=1e-5, atol=1e-6)
+            assert out["logits"].shape[0] == feed["pixel_values"].shape[0]
+        assert max(s.rows for s in stats) > 1  # requests were joined
+        assert sum(s.rows for s in stats) == sum(f["pixel_values"].shape[0] for f in feeds)
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_preferred_size_dispatches_without_waiting_out_the_delay(model: Gated) -> None:
+    async def main() -> None:
+        batcher = _batcher(
+            model, BatchingConfig(max_batch=8, max_queue_delay_ms=10_000, preferred_sizes=(2,))
+        )
+        start = time.monotonic()
+        await asyncio.gather(*(batcher.infer(_x(i), 1, _ticket()) for i in range(2)))
+        assert time.monotonic() - start < 5.0  # not the 10 s delay
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_higher_priority_jumps_the_queue(model: Gated) -> None:
+    async def main() -> None:
+        batcher = _batcher(model, BatchingConfig(max_batch=1))
+        model.gate.clear()
+        first = asyncio.create_task(batcher.infer(_x(0), 1, _ticket("low")))
+        await asyncio.sleep(0.05)  # the first request is on the replica, blocked
+        lows = [asyncio.create_task(batcher.infer(_x(i), 1, _ticket("low"))) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        high = asyncio.create_task(batcher.infer(_x(3), 1, _ticket("high")))
+        await asyncio.sleep(0.01)
+        model.gate.set()
+        (_, high_item), *low_items = await asyncio.gather(high, *lows)
+        await first
+        assert all(high_item.dispatched_at < item.dispatched_at for _, item in low_items)
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_full_queue_rejects_at_once_or_delays(model: Gated) -> None:
+    async def main() -> None:
+        batcher = _batcher(model, BatchingConfig(max_batch=1))
+        model.gate.clear()
+        running = asyncio.create_task(batcher.infer(_x(0), 1, _ticket("low")))
+        await asyncio.sleep(0.05)
+        queued = [asyncio.create_task(batcher.infer(_x(i), 1, _ticket("low"))) for i in range(3)]
+        await asyncio.sleep(0.01)
+        start = time.monotonic()
+        with pytest.raises(Rejected) as refused:
+            await batcher.infer(_x(9), 1, _ticket("low"))
+        assert refused.value.status == 503 and refused.value.code == "queue_full"
+        assert refused.value.retry_after is not None
+        assert time.monotonic() - start < 1.0  # told at once, not after the queue drains
+        # "delay": the second request waits for room and is then served.
+        patient = [asyncio.create_task(batcher.infer(_x(i), 1, _ticket("patient"))) for i in (5, 6)]
+        await asyncio.sleep(0.05)
+        assert not any(p.done() for p in patient)
+        model.gate.set()
+        await asyncio.gather(running, *queued, *patient)
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_deadlines_refuse_early_and_expire_in_queue(model: Gated) -> None:
+    async def main() -> None:
+        batcher = _batcher(model, BatchingConfig(max_batch=1))
+        for _ in range(3):  # measure the service time
+            await batcher.infer(_x(0), 1, _ticket())
+        # Pretend each call takes 0.5 s: a 0.1 s deadline behind 3 queued calls cannot be met.
+        for _ in range(300):
+            batcher.service.observe(1, 0.5)
+        model.gate.clear()
+        blocked = [asyncio.create_task(batcher.infer(_x(i), 1, _ticket("high"))) for i in range(3)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(Rejected) as refused:
+            await batcher.infer(_x(4), 1, _ticket("high", timeout=0.1))
+        assert refused.value.status == 503 and refused.value.code == "deadline"
+        assert refused.value.retry_after and refused.value.retry_after > 0
+        # A request admitted before anything was measured expires in the queue: 504, not late.
+        batcher.service = type(batcher.service)()
+        late = asyncio.create_task(batcher.infer(_x(5), 1, _ticket("high", timeout=0.2)))
+        await asyncio.sleep(0.4)
+        model.gate.set()
+        with pytest.raises(Rejected) as expired:
+            await late
+        assert expired.value.status == 504
+        await asyncio.gather(*blocked)
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_rows_above_max_batch_are_refused(model: Gated) -> None:
+    async def main() -> None:
+        batcher = _batcher(model, BatchingConfig(max_batch=4))
+        with pytest.raises(Rejected, match="at most 4"):
+            await batcher.infer(_x(0, rows=5), 5, _ticket())
+        await batcher.close()
+
+    asyncio.run(main())
