@@ -204,6 +204,11 @@ def choose(
         "spread": round(max(spreads, default=0.0), 3),
     }
     if noisy:
+        timing["warnings"] = [
+            f"the machine was too noisy to decide reliably (round medians spread "
+            f"{max(spreads):.0%}, load average {after}): recompile on a quieter machine, or "
+            f"give --tune-seconds more time"
+        ]
         timing["warning"] = (
             f"the machine was too noisy to decide reliably (round medians spread "
             f"{max(spreads):.0%}, load average {after}): recompile on a quieter machine, or "
@@ -234,10 +239,20 @@ def _record_latency(
                 if c.candidate is candidate
             ]
             chosen, rounds = best[(candidate.name, bucket.name)]
+            for variant in variants:
+                variant["chosen"] = variant["config"] == chosen.override
+            default = variants[0]
+            reason = (
+                "kept its own config: no variant was faster in every round by 3% or more"
+                if not chosen.override
+                else f"{chosen.label} was faster than its own config in every round "
+                f"({rounds.median_ms:.4g} ms vs {default['median_ms']:.4g} ms at the median)"
+            )
             per_bucket[bucket.name] = {
                 "sizes": bucket.sizes,
                 "chosen_config": chosen.override,
                 **rounds.to_json(),
+                "variant_reason": reason,
                 "variants": variants,
             }
         primary = per_bucket[buckets[0].name]
@@ -245,6 +260,7 @@ def _record_latency(
             "median_ms": primary["median_ms"],
             "ci_ms": primary["ci_ms"],
             "spread": primary["spread"],
+            "variant_reason": primary["variant_reason"],
             "variants": primary["variants"],
             "buckets": per_bucket,
         }

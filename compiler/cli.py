@@ -195,7 +195,7 @@ def compile_cmd(
             force_quantize=force_quantize,
             force=force,
         )
-    warning = result.report.get("timing", {}).get("warning")
+    warning = result.report.get("tuning", {}).get("warning")
     if warning:
         err.print(f"warning: {warning}", markup=False, soft_wrap=True)
     quantization = result.report.get("quantization")

@@ -165,7 +165,7 @@ def _compile_uncached(
             result.report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
             result.report["compiled_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         else:
-            result.report.pop("timing", None)
+            result.report.pop("tuning", None)
         pipeline.write_checked(result, out_path, work, options, say)
         return CompileResult(out_path, result.manifest.to_json(), result.report)
 

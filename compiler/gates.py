@@ -123,23 +123,33 @@ def quantize(
     say: Progress,
 ) -> None:
     """The quantize stage for every candidate that verified in float (see the module doc)."""
-    common = {
-        "precision": precision,
-        "target_options": target_options,
-        "host_isa": host_isa,
-        "measure_speed": measure_speed,
-        "speed_budget_s": speed_budget_s,
-        "say": say,
-    }
+
+    def stage(part_model: ir.Model, part: BuiltPartition, opts: QuantizationOptions) -> None:
+        quantize_candidates(
+            part_model,
+            [part],
+            opts,
+            precision=precision,
+            target_options=target_options,
+            work=work,
+            host_isa=host_isa,
+            measure_speed=measure_speed,
+            speed_budget_s=speed_budget_s,
+            say=say,
+        )
+
     for index, candidate in enumerate(candidates):
         if not candidate.partitioned:
             part = candidate.partitions[0]
-            quantize_candidates(part.model, [part], options, work=work, **common)
+            stage(part.model, part, options)
             candidate.quantization = part.quantization
             if part.quantization and part.quantization.get("decision") == "quantized":
                 candidate.verification = part.verification
             continue
-        _quantize_split(model, candidate, options, work / f"split{index}-q", common, say)
+        _quantize_split(model, candidate, options, work / f"split{index}-q", stage, say)
+
+
+Stage = Callable[[ir.Model, BuiltPartition, QuantizationOptions], None]
 
 
 def _quantize_split(
@@ -147,7 +157,7 @@ def _quantize_split(
     candidate: Candidate,
     options: QuantizationOptions,
     work: Path,
-    common: dict[str, Any],
+    stage: Stage,
     say: Progress,
 ) -> None:
     work.mkdir(parents=True, exist_ok=True)
@@ -180,7 +190,7 @@ def _quantize_split(
                 calib_samples=len(records),
             )
         say(f"[{part.id} {part.device.key}] quantize stage")
-        quantize_candidates(part.model, [part], part_options, work=work, **common)
+        stage(part.model, part, part_options)
         reports[part.id] = part.quantization
     decided = [pid for pid, r in reports.items() if r and r.get("decision") == "quantized"]
     summary: dict[str, Any] = {"partitions": reports}

@@ -32,6 +32,7 @@ from ai_vmm.options import CompileOptions
 from ai_vmm.partition import sample_dims
 from ai_vmm.passes.analyze import analyze
 from ai_vmm.passes.canonicalize import canonicalize
+from ai_vmm.passes.concrete_shapes import dims_from_shapes
 from ai_vmm.passes.recipes import choose_recipe
 from ai_vmm.reference import Reference
 from ai_vmm.runtime.artifact import Manifest, PartitionSpec, PlanSpec, copy_artifact
@@ -41,6 +42,7 @@ from ai_vmm.runtime.errors import CompileError, UnsupportedModelError, VmmError
 from ai_vmm.samples import MAX_VERIFY, check_samples, shape_groups
 from ai_vmm.shapes import Bucket, ShapeChoice, Variable, choose_shapes, dynamic_variables
 from ai_vmm.signature import bounded_signature, model_signature
+from ai_vmm.special_values import check_special_values, summary_line
 from ai_vmm.targets.base import TargetOptions
 
 Progress = Callable[[str], None]
@@ -113,7 +115,7 @@ def run(
     say("analysing the architecture")
     clock = time.perf_counter()
     dims = sample_dims(model, inputs.primary)
-    profile = analyze_or_none(model, dims)
+    profile = analyze_or_none(model, inputs.primary)
     recipe = options.recipe or (choose_recipe(profile) if profile is not None else "default")
     timings["analyze"] = time.perf_counter() - clock
     label = profile.primary_label if profile is not None else None
@@ -134,7 +136,17 @@ def run(
     )
     clock = time.perf_counter()
     built = build_candidates(
-        model, recipe, devices, target_options, options, machine, inputs, expected, work, say
+        model,
+        recipe,
+        devices,
+        target_options,
+        options,
+        machine,
+        inputs,
+        expected,
+        reference,
+        work,
+        say,
     )
     timings["build"] = time.perf_counter() - clock
     ok = [c for c in built if c.status == "ok"]
@@ -159,6 +171,12 @@ def run(
     decision = decide(ok, inputs, options, say)
     timings["tune"] = time.perf_counter() - clock
     manifest_parts, plans, payloads = assemble(decision)
+    if plans:
+        rules = {c.bucket.name: c.rule for c in decision.choices}
+        plan_report = [
+            {"id": p.id, "reason": rules.get(p.id.split("-", 1)[1], ""), "when": p.when}
+            for p in plans
+        ]
     primary = decision.primary.candidate
     chosen_devices = sorted({f"{p.device.target}:{p.device.name}" for p in primary.partitions})
     report: dict[str, Any] = {
@@ -176,12 +194,21 @@ def run(
             "config": decision.primary.override,
         },
         "buckets": [c.to_json() for c in decision.choices],
-        "timing": decision.timing,
+        "tuning": decision.timing,
         "verification": primary.verification
         or {"status": "skipped", "reason": verify_note or inputs.failure or "not verified"},
     }
+    if plans:
+        report["plans"] = plan_report
     if primary.quantization:
         report["quantization"] = primary.quantization
+    special = (primary.verification or {}).get("special_values")
+    if special is None and isinstance(primary.verification, dict):
+        special = (primary.verification.get("float_payload") or {}).get("special_values")
+    if special is not None:
+        report["special_values"] = special
+        if special.get("status") == "differs":
+            say(f"note: NaN/inf behaviour differs from the reference: {summary_line(special)}")
     if primary.plan is not None:
         report["plan"] = primary.plan
     if inputs.failure:
@@ -286,16 +313,15 @@ def reference_outputs(
     return expected, ""
 
 
-def analyze_or_none(model: ir.Model, dims: dict[str, int]) -> Any:
-    """The architecture profile at the representative sizes, or ``None`` on an odd graph."""
+def analyze_or_none(model: ir.Model, sample: Sample | None) -> Any:
+    """The architecture profile at the representative shapes, or ``None`` on an odd graph."""
     try:
-        return analyze(model, dims=dims)
-    except TypeError:  # an analysis without the dims parameter
-        try:
-            return analyze(model)
-        except Exception:
-            return None
-    except Exception:
+        dims = None
+        if sample:
+            shapes = {name: np.shape(array) for name, array in sample.items()}
+            dims = dims_from_shapes(list(model.graph.inputs), shapes)
+        return analyze(model, dims)
+    except Exception:  # analysis informs the compile; it must never be why one fails
         return None
 
 
@@ -308,6 +334,7 @@ def build_candidates(
     machine: Machine,
     inputs: Inputs,
     expected: list[dict[str, Any]] | None,
+    reference: Reference,
     work: Path,
     say: Progress,
 ) -> list[Candidate]:
@@ -325,7 +352,7 @@ def build_candidates(
                 continue
             candidate = build_single(model, recipe, device, index, **common)  # type: ignore[arg-type]
             built.append(candidate)
-            _verify(candidate, inputs, expected, options, say)
+            _verify(candidate, inputs, expected, reference, options, say)
         if any(c.status == "ok" for c in built) or len(devices) < 2:
             return built
         nowhere = set.intersection(*(set(c.unsupported) for c in built))
@@ -350,7 +377,7 @@ def build_candidates(
             "reason": "planned for devices that are not present",
         }
     else:
-        _verify(split, inputs, expected, options, say)
+        _verify(split, inputs, expected, reference, options, say)
     return built
 
 
@@ -358,6 +385,7 @@ def _verify(
     candidate: Candidate,
     inputs: Inputs,
     expected: list[dict[str, Any]] | None,
+    reference: Reference,
     options: CompileOptions,
     say: Progress,
 ) -> None:
@@ -373,6 +401,14 @@ def _verify(
     if not candidate.verification["passed"]:
         candidate.status = "mismatch"
         candidate.reason = gates.mismatch_reason(candidate.verification)
+        return
+    # NaN and infinity: tolerance checks on ordinary samples never feed them.
+    names = set(expected[0])
+    candidate.verification["special_values"] = check_special_values(
+        reference.outputs,
+        lambda feed: {k: v for k, v in candidate.run(feed).items() if k in names},
+        inputs.verify[0],
+    )
 
 
 def no_candidate_error(built: list[Candidate]) -> VmmError:
@@ -441,7 +477,7 @@ def assemble(
         key = (item.candidate.name, repr(sorted(item.override.items())))
         if key not in plan_ids:
             prefix = "" if number == 0 else f"b{number}"
-            ids = []
+            ids: list[str] = []
             for part in item.candidate.partitions:
                 part_id = f"{prefix}{part.id}"
                 config = {**part.config, **item.override}
@@ -450,8 +486,8 @@ def assemble(
                 payloads[part_id] = part.work_dir
                 ids.append(part_id)
             plan_ids[key] = (f"plan{len(plan_ids)}", tuple(ids))
-        plan_id, ids = plan_ids[key]
-        plans.append(PlanSpec(f"{plan_id}-{item.bucket.name}", ids, item.when))
+        plan_id, plan_parts = plan_ids[key]
+        plans.append(PlanSpec(f"{plan_id}-{item.bucket.name}", plan_parts, item.when))
     if len(plan_ids) == 1:
         return specs, [], payloads
     # Dispatch order: the extra buckets first, the primary plan (empty ``when``) last.

@@ -55,7 +55,7 @@ def test_auto_measures_every_candidate(mlp_path: Path, tmp_path: Path) -> None:
     latency = candidates[fastest]["latency"]
     assert len(latency["buckets"]["primary"]["rounds"]) == 5
     assert latency["ci_ms"][0] <= latency["median_ms"] <= latency["ci_ms"][1]
-    assert result.report["timing"]["load_average"][0] is not None
+    assert result.report["tuning"]["load_average"][0] is not None
     assert "timings_s" in result.report
 
 

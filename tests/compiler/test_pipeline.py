@@ -55,7 +55,7 @@ def test_split_build_keeps_every_boundary_shape(unpool: Path, tmp_path: Path) ->
     )
 
 
-@pytest.mark.parametrize("mode", ["int8", "fp16"])
+@pytest.mark.parametrize("mode", ["int8", pytest.param("fp16", marks=pytest.mark.heavy)])
 def test_a_split_build_goes_through_the_precision_gates(
     unpool: Path, tmp_path: Path, mode: str
 ) -> None:

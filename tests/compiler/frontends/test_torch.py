@@ -290,7 +290,9 @@ def test_names_given_and_missing_inputs() -> None:
         load_model(model)
     with pytest.raises(CompileError, match="3 output_names given for a model with 2"):
         load_model(model, {"example_inputs": torch.randn(2, 6, 8), "output_names": ["a", "b", "c"]})
-    with pytest.raises(CompileError, match="unknown keyword argument.*input_shape.*did you mean .input_shapes."):
+    with pytest.raises(
+        CompileError, match="unknown keyword argument.*input_shape.*did you mean .input_shapes."
+    ):
         ai_vmm.compile(model, example_inputs=torch.randn(2, 6, 8), input_shape=["x[1,2]"])
 
 
