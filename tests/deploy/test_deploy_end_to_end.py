@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from tests_support import make_mlp_model
 
 from ai_vmm import VMM, ConstraintError, Constraints, Deployment
 from ai_vmm.deploy import ConstraintWarning
+from tests_support import make_mlp_model
 
 REPO = Path(__file__).resolve().parents[2]
 CNN = REPO / "models" / "bundled" / "tiny_cnn.onnx"

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import onnx
 import pytest
-from tests_support import make_mlp_model
 
 import ai_vmm
 from ai_vmm import ModelLoadError
 from ai_vmm.deploy.resolve import hf_cache_roots, model_digest, resolve
 from ai_vmm.deploy.store import DeploymentStore
+from tests_support import make_mlp_model
 
 
 @pytest.fixture
