@@ -287,6 +287,8 @@ class ModelManager:
                     "in_use": served.users,
                 }
             )
+            if served.generator is not None:
+                models[-1]["engine"] = served.generator.engine_stats()
         devices: dict[str, dict[str, Any]] = {}
         for served in self._all():
             for key in served.memory:

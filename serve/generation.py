@@ -109,6 +109,13 @@ class Generator:
     def active(self) -> int:
         return len(self._running)
 
+    def engine_stats(self) -> dict[str, Any]:
+        """The engine's counters (running and waiting sequences, steps) and this scheduler's."""
+        stats = getattr(self.engine, "stats", None)
+        data: dict[str, Any] = dict(stats()) if callable(stats) else {}
+        data["active_requests"] = len(self._running)
+        return data
+
     def start(self) -> None:
         self.engine = self.lm.start_engine(self.config.max_batch)
 
