@@ -1,4 +1,6 @@
-"""Benchmark of ``vmmc serve`` on localhost: load, overload, priorities; writes docs/serve.md.
+"""Benchmark of ``vmmc serve`` on localhost: load, overload, priorities, continuous batching.
+
+Writes its tables between the ``bench_serve`` markers of docs/serve.md.
 
 The served model is paraphrase-MiniLM-L3 (a real BERT-style sentence encoder, compiled here),
 on real English sentences (Python standard library docstrings) tokenized to 16 tokens; each
@@ -354,7 +356,7 @@ def markdown(results: Results, seconds: float, command: str) -> str:
     o = results.objectives
     load = os.getloadavg()
     lines = [
-        "# `vmmc serve`: load, overload and priorities on localhost",
+        "### Load, overload and priorities on localhost",
         "",
         f"Regenerate: `{command}` ({seconds:g} s per run). Machine: {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}; load average at the end "
@@ -400,7 +402,7 @@ def markdown(results: Results, seconds: float, command: str) -> str:
         "class: what priorities buy.",
     ]
     if results.llm:
-        lines += ["", "## Continuous batching", "", *results.llm["lines"]]
+        lines += ["", "### Continuous batching", "", *results.llm["lines"]]
     return "\n".join(lines) + "\n"
 
 
@@ -423,9 +425,23 @@ def main(argv: list[str] | None = None) -> int:
         results.llm = run_llm(work, args.llm)
     command = "python scripts/bench_serve.py" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
     text = markdown(results, args.seconds, command)
-    args.out.write_text(text)
+    write_section(args.out, text)
     print(text)
     return 0
+
+
+BEGIN, END = "<!-- bench_serve:begin -->", "<!-- bench_serve:end -->"
+
+
+def write_section(path: Path, text: str) -> None:
+    """Put ``text`` between the markers of ``path`` (the guide around it stays as written)."""
+    old = path.read_text() if path.is_file() else ""
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        path.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+    else:
+        path.write_text(text)
 
 
 if __name__ == "__main__":
