@@ -184,7 +184,12 @@ class ModelManager:
                 raise ValueError(
                     f"model '{served.name}': one replica of a causal LM per server for now"
                 )
-            served.generator = Generator(served.name, loaded[0], config.generation)
+            served.generator = Generator(
+                served.name,
+                loaded[0],
+                config.generation,
+                dict(self.repository.config.classes),
+            )
             served.generator.start()
             return
         batcher = DynamicBatcher(
