@@ -94,6 +94,15 @@ class CudaExecutor:
         self._graphs: OrderedDict[tuple[tuple[int, ...], ...], CapturedGraph] = OrderedDict()
         self._lock = threading.Lock()
 
+    def __del__(self) -> None:
+        stream = getattr(self, "_stream", None)
+        if stream is not None:
+            try:
+                self._graphs.clear()
+                release_stream(self._torch, stream)
+            except Exception:  # interpreter shutdown: nothing to hand back to
+                pass
+
     # The runtime's contract ----------------------------------------------------------------
 
     def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -314,8 +323,11 @@ def capture(
     """
     import torch
 
-    stream = stream if stream is not None else private_stream(torch, device)
+    own = stream is None
+    stream = private_stream(torch, device) if stream is None else stream
     clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    # The example may come from the caller's stream: copy it only once that work is done.
+    stream.wait_stream(torch.cuda.current_stream(device))
     with _CAPTURE_LOCK, torch.cuda.stream(stream), _cudnn_flags(torch, cudnn_benchmark):
         static = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in example]
         for buffer, value in zip(static, example, strict=True):
@@ -332,6 +344,8 @@ def capture(
         finally:
             if clear is not None:
                 clear()
+            if own:
+                release_stream(torch, stream)
     return CapturedGraph(graph, static, outputs)
 
 
@@ -346,7 +360,8 @@ def _cudnn_flags(torch: Any, benchmark: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
-_STREAMS: dict[int, list[Any]] = {}
+_FREE_STREAMS: dict[int, list[Any]] = {}
+_STREAMS_LOCK = threading.Lock()
 
 
 def private_stream(torch: Any, device: Any) -> Any:
@@ -355,18 +370,29 @@ def private_stream(torch: Any, device: Any) -> Any:
     PyTorch hands its 32 pooled streams out round-robin; a stream we capture on must not be
     one that other code can be given. ``cudaStreamCreateWithFlags`` through the libcudart
     PyTorch already loaded; a high-priority pooled stream where that library is not found.
+    Streams are never destroyed (a replay may still be queued on one): executors hand theirs
+    back (``release_stream``) for the next one to reuse.
     """
+    index = int(torch.device(device).index or 0)
+    with _STREAMS_LOCK:
+        free = _FREE_STREAMS.get(index)
+        if free:
+            return free.pop()
     lib = _cudart()
     if lib is not None:
         handle = ctypes.c_void_p()
         with torch.cuda.device(device):
             status = lib.cudaStreamCreateWithFlags(ctypes.byref(handle), ctypes.c_uint(1))
         if status == 0 and handle.value:
-            stream = torch.cuda.ExternalStream(handle.value, device=device)
-            # Streams live as long as the process: a graph may still reference one.
-            _STREAMS.setdefault(int(torch.device(device).index or 0), []).append(stream)
-            return stream
+            return torch.cuda.ExternalStream(handle.value, device=device)
     return torch.cuda.Stream(device=device, priority=-1)
+
+
+def release_stream(torch: Any, stream: Any) -> None:
+    """Give a stream from ``private_stream`` back for reuse."""
+    index = int(stream.device.index or 0)
+    with _STREAMS_LOCK:
+        _FREE_STREAMS.setdefault(index, []).append(stream)
 
 
 _CUDART: list[Any] = []
