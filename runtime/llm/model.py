@@ -172,7 +172,12 @@ class CausalLM:
             min_new_tokens=min_new_tokens,
         )
         single = isinstance(prompt, str) or _is_messages(prompt) or _is_token_ids(prompt)
-        prompts = [prompt] if single else list(prompt)  # type: ignore[arg-type]
+        if not single and not isinstance(prompt, Sequence):
+            raise InputError(
+                "generate() takes a prompt string, chat messages, token ids or a list of "
+                f"prompts, not {type(prompt).__name__}"
+            )
+        prompts = [prompt] if single else list(prompt)
         if not prompts:
             raise InputError("generate() got an empty list of prompts")
         encoded = [self.encode_prompt(p) for p in prompts]  # type: ignore[arg-type]
