@@ -72,3 +72,33 @@ def test_metrics_access_log_and_request_ids(
     assert first["path"] == "/v2/models/cnn/infer" and first["ms"] > 0
     refused = next(line for line in lines if line["status"] == 400)
     assert refused["reason"] == "bad_request"
+
+
+def test_device_power_and_energy_where_measurable(tmp_path: Path) -> None:
+    """RAPL and NVML through deploy's telemetry; both stand-ins (a container has no RAPL, this
+    machine no NVIDIA GPU): deploy's test fakes, which mimic the real interfaces."""
+    import sys
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from ai_vmm.deploy.telemetry import Telemetry
+    from ai_vmm.serve.metrics import HostCollector
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "deploy"))
+    from deploy_fakes import FakeNvml, rapl_tree, set_energy
+
+    powercap = rapl_tree(tmp_path / "powercap", {0: (5_000_000, 2**32), 1: (2_500_000, 2**32)})
+    telemetry = Telemetry.discover(rapl_root=powercap, nvml=FakeNvml(("NVIDIA H200",) * 2))
+    set_energy(powercap, 0, 6_000_000)  # package 0 used 1 J since discovery
+    set_energy(powercap, 1, 3_000_000)  # package 1 used 0.5 J
+    registry = CollectorRegistry()
+    registry.register(HostCollector(telemetry))
+    values = {
+        (sample.name, tuple(sample.labels.values())): sample.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+    }
+    assert values[("vmm_cpu_energy_joules_total", ())] == 1.5  # packages, not core sub-domains
+    assert values[("vmm_gpu_power_watts", ("1",))] == 300.0
+    assert values[("vmm_gpu_memory_used_bytes", ("0",))] == 1 << 30
+    assert values[("vmm_gpu_energy_joules_total", ("0",))] == 1000.0
