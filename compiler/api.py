@@ -95,6 +95,17 @@ def compile(
     Raises:
         ai_vmm.VmmError: a subclass whose one-line message says what was wrong.
     """
+    from ai_vmm.frontends.causal_lm import is_causal_lm
+
+    if is_causal_lm(model):  # .gguf, HF *ForCausalLM directory or model: docs/generate.md
+        from ai_vmm.llm_compile import compile_lm_from_api
+
+        return compile_lm_from_api(
+            model, output, target=target, precision=precision, weights=weights,
+            group_size=group_size, ratio=ratio, verify=verify, tune=tune, quantize=quantize,
+            force_quantize=force_quantize, cache_dir=cache_dir, progress=progress, force=force,
+            frontend_options=frontend_options,
+        )  # fmt: skip
     check_keywords(model, frontend_options)
     options = CompileOptions(
         target=target,

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ai_vmm.cli_deploy import deploy_cmd
 from ai_vmm.cli_errors import (
     UsageError,
     check_target_spec,
@@ -426,6 +427,7 @@ def bench_cmd(
 
 
 app.command("serve")(serve_cmd)
+app.command("deploy")(deploy_cmd)
 
 
 def _read_npz(path: Path) -> dict[str, Any]:

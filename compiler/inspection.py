@@ -73,7 +73,7 @@ def print_inspection(
     _signature(console, manifest)
     _partitions(console, manifest, report)
     _plans(console, manifest, report)
-    _architecture(console, report)
+    _architecture(console, manifest, report)
     _node_counts(console, report)
     _candidates(console, report)
     _quantization(console, report)
@@ -159,12 +159,12 @@ def _plans(console: Console, manifest: dict[str, Any], report: dict[str, Any]) -
     console.print(table)
 
 
-def _architecture(console: Console, report: dict[str, Any]) -> None:
+def _architecture(console: Console, manifest: dict[str, Any], report: dict[str, Any]) -> None:
     profile = report.get("profile") or {}
     labels = profile.get("labels") or []
     label = profile.get("primary_label") or (labels[0].get("label") if labels else None)
     confidence = f" ({labels[0].get('confidence')})" if labels else ""
-    options = (report.get("compile_options") or {}).get("recipe")
+    options = (manifest.get("compile_options") or {}).get("recipe")
     recipe = report.get("recipe")
     recipe_why = "given by --recipe" if options else "chosen for the architecture"
     console.print(

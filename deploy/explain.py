@@ -46,7 +46,8 @@ def preference_notes(
             notes.append(f"preference {index + 1} {name}: absent ({why})")
             continue
         if resolved == chosen.hardware:
-            notes.append(f"preference {index + 1} {name}: chosen")
+            what = name if resolved == name else f"{name} ({resolved})"
+            notes.append(f"preference {index + 1} {what}: chosen")
             break
         mine = [v for v in variants if v.hardware == resolved]
         if not mine:

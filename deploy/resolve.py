@@ -307,7 +307,8 @@ def model_digest(resolved: ResolvedModel) -> str:
         if resolved.kind == "openvino-ir":
             files = [path, path.with_suffix(".bin")]
         for file in files:
-            rel = file.name if path.is_file() else file.relative_to(path).as_posix()
+            # A single file is keyed by its bytes alone; a folder by relative paths and bytes.
+            rel = file.suffix if path.is_file() else file.relative_to(path).as_posix()
             digest.update(rel.encode() + b"\0")
             _update_file(digest, file)
         return digest.hexdigest()

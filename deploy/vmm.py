@@ -20,7 +20,7 @@ from typing import Any
 
 from ai_vmm.deploy.constraints import Constraints
 from ai_vmm.deploy.deployment import Deployment
-from ai_vmm.deploy.explain import explanation, format_explanation, preference_notes
+from ai_vmm.deploy.explain import explanation, preference_notes
 from ai_vmm.deploy.hardware import Hardware, classify, cpu_class, format_hardware
 from ai_vmm.deploy.resolve import ResolvedModel, model_digest, resolve
 from ai_vmm.deploy.samples import digest_of
@@ -232,7 +232,6 @@ class VMM:
         assert result.chosen.path is not None
         path = self.store.save_decision(key, result.chosen.path, record)
         record["artifact"] = str(path)
-        self._say(format_explanation(record).splitlines()[-1])
         return path, record
 
     def _source(

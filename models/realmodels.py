@@ -142,14 +142,14 @@ ASSETS: dict[str, Asset] = _assets(
         _OWW,
         "openwakeword/resources/models/melspectrogram.onnx",
         "ba2b0e0f8b7b875369a2c89cb13360ff53bac436f2895cced9f479fa65eb176f",
-        "Apache-2.0",
+        "Apache-2.0 (code); openWakeWord's README puts its models under CC BY-NC-SA 4.0",
     ),
     (
         "oww_embedding.onnx",
         _OWW,
         "openwakeword/resources/models/embedding_model.onnx",
         "70d164290c1d095d1d4ee149bc5e00543250a7316b59f31d056cff7bd3075c1f",
-        "Apache-2.0",
+        "Google speech_embedding (Apache-2.0), re-implemented by openWakeWord (CC BY-NC-SA 4.0)",
     ),
     (
         "smart_turn_v3_2.onnx",

@@ -288,11 +288,13 @@ def concrete_copy(model: ir.Model, dims: Mapping[str, int] | None = None) -> Con
     """A copy of ``model`` (unchanged) whose symbolic input dims take the sizes of ``dims``
     (defaults: see the module docstring), with constants folded and shapes inferred."""
     copy = model.clone()
-    origin = {id(new): old for new, old in zip(nodes(copy.graph), nodes(model.graph), strict=True)}
+    pairs = list(zip(nodes(copy.graph), nodes(model.graph), strict=False))
+    # A clone walks in the same order as its original: node i of one is node i of the other.
+    origin = {id(new): old for new, old in pairs if new.op_type == old.op_type}
     sizes = resolve_dims(list(copy.graph.inputs), dims)
     for value in copy.graph.inputs:
         if value.shape is not None:
-            value.shape = ir.Shape(_concrete(value, sizes.sizes))
+            value.shape = ir.Shape(_concrete(value, value.shape, sizes.sizes))
     for node in nodes(copy.graph):
         for output in node.outputs:
             if output.is_graph_output() and output.shape is not None:
@@ -330,9 +332,7 @@ def concrete_copy(model: ir.Model, dims: Mapping[str, int] | None = None) -> Con
     return ConcreteModel(copy, sizes, origin, notes)
 
 
-def _concrete(value: ir.Value, sizes: Mapping[str, int]) -> list[int]:
-    assert value.shape is not None
+def _concrete(value: ir.Value, shape: ir.Shape, sizes: Mapping[str, int]) -> list[int]:
     return [
-        d if isinstance(d, int) else sizes[dim_key(value, axis, d)]
-        for axis, d in enumerate(value.shape)
+        d if isinstance(d, int) else sizes[dim_key(value, axis, d)] for axis, d in enumerate(shape)
     ]

@@ -23,6 +23,7 @@ from typing import Any
 from ai_vmm.runtime.artifact_schema import validate_manifest
 from ai_vmm.runtime.errors import ArtifactError, CompileError
 from ai_vmm.runtime.staging import (
+    BUILD_PREFIX,
     STAGE_PREFIX,
     fsync_directory,
     fsync_tree,
@@ -435,6 +436,8 @@ def check_output_path(path: str | Path, force: bool = False) -> Path:
         )
     if path.parent.is_dir():
         sweep_stale(path.parent)
+    # Work directories of killed compiles; a cache hit builds nothing, so sweep them here too.
+    sweep_stale(Path(tempfile.gettempdir()), (BUILD_PREFIX,))
     return path
 
 

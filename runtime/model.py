@@ -202,7 +202,7 @@ def _load_verified(
             # The unpacked files live as long as the LM object (removed at its collection or
             # at exit); its close() may call ``unpacked.cleanup()`` through this attribute.
             lm._unpacked = unpacked
-        return lm  # type: ignore[no-any-return]
+        return lm  # type: ignore[return-value]
     if manifest.kind != "model":
         raise ArtifactError(
             f"{path}: artifact kind '{manifest.kind}' is unknown to this runtime; upgrade ai-vmm"

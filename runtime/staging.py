@@ -291,10 +291,13 @@ def os_error_text(exc: OSError) -> str:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             return " ".join(f"{dst}: {why}{more}".split())
     cause = exc.strerror or str(exc) or exc.__class__.__name__
-    where = exc.filename
-    if where is None:
+    if exc.filename is None:
         return " ".join(str(cause).split())
-    text = f"{os.fsdecode(where)}: {cause}"
+    text = f"{_name(exc.filename)}: {cause}"
     if exc.filename2 is not None:
-        text = f"{os.fsdecode(where)} -> {os.fsdecode(exc.filename2)}: {cause}"
+        text = f"{_name(exc.filename)} -> {_name(exc.filename2)}: {cause}"
     return " ".join(text.split())
+
+
+def _name(filename: object) -> str:
+    return os.fsdecode(filename) if isinstance(filename, str | bytes) else str(filename)

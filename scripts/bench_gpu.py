@@ -1,26 +1,37 @@
 #!/usr/bin/env python
-"""GPU benchmark for the cuda target (run on a machine with an NVIDIA GPU; docs/gpu.md).
+"""GPU benchmark of the cuda target; regenerates the measured part of docs/gpu.md.
 
-Sections (``--sections``, default all):
+Sections (``--sections``):
 
-- ``env``: what discovery sees (NVML, torch), and the cuda target's measured figures.
-- ``parity``: the zoo's ResNet, BERT-style encoder and Llama-style decoder compiled with
-  ``ai_vmm.compile(..., target="cuda:0")`` in fp32 and fp16, compared with ONNX Runtime (CPU) on
-  the original model at batch 1 and 4: max abs and max relative error.
-- ``speed``: ResNet-50 (transformers ResNetConfig, bottleneck [3, 4, 6, 3], random weights: speed
-  only) in fp16 at batch 1 and 32: torch eager, torch.compile (default mode), a raw AOTInductor
-  package of the same module, our payload loaded raw, our executor (GPU tensors in), and the
-  whole runtime (NumPy in, NumPy out), CUDA graphs on and off. Interleaved rounds, medians.
+- ``env``: what discovery sees and the cuda target's measured figures.
+- ``crash``: issue 18's crash scenario (``scripts/gpu_crash_check.py``): CUDA graphs at several
+  shapes, two executors, other code's cuBLAS work, threads; each executor variant in its own
+  process.
+- ``speed``: per model (``--models``: ResNet-50, BERT-base at sequence 128, ViT-B/16; random
+  weights, speed only) and batch (``--batches``), fp16, all in one process, interleaved rounds:
+  torch eager; ``torch.compile`` default and ``mode="reduce-overhead"`` (static shapes, one
+  compile per batch); a raw AOTInductor package of the same fp16 module (defaults, dynamic
+  batch, no CUDA graphs); ours (the cuda target's package from the torch program, our executor,
+  GPU tensors in and out) and ours through the whole runtime (NumPy in and out). Each round
+  times every contender ``pipelined`` (calls back to back, one synchronization at the end) and
+  ``latency`` (synchronized after every call). Median of the round means, and the spread
+  (lowest and highest round).
+- ``compile``: ``ai_vmm.compile`` end to end for ResNet-50 fp16 (the user's path: ONNX export
+  for the reference, float and fp16 packages, gates), with the stage timings.
 
-Usage::
+``--docs FILE`` renders the JSON into FILE between the ``bench_gpu`` markers (``--render-only``
+renders without measuring). Usage::
 
-    python scripts/bench_gpu.py --sections env,parity --json out/gpu.json
+    python scripts/bench_gpu.py --sections env,crash,speed --json docs/gpu.json --docs docs/gpu.md
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import gc
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -29,17 +40,323 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("env", "parity", "hetero", "speed")
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench_gpu_report import render  # noqa: E402
+
+SECTIONS = ("env", "crash", "speed", "compile")
+MODELS = ("resnet50", "bert", "vit")
+SEQ = 128
+BLOCK_S = 0.05
+"""Each contender runs about this long per round and mode."""
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+# --------------------------------------------------------------------------------------------
+# Models: random weights, fixed seeds (speed only)
+# --------------------------------------------------------------------------------------------
+
+
+def build_model(name: str) -> tuple[Any, Callable[[int], dict[str, Any]], dict[str, Any]]:
+    """(module in eval mode, inputs(batch) -> kwargs of CPU tensors, dynamic_shapes)."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    if name == "resnet50":
+        config = tf.ResNetConfig(
+            layer_type="bottleneck",
+            depths=[3, 4, 6, 3],
+            hidden_sizes=[256, 512, 1024, 2048],
+            embedding_size=64,
+            num_labels=1000,
+        )
+        inner = tf.ResNetForImageClassification(config)
+        module = _Pick(inner, ("pixel_values",), "logits")
+        return module.eval(), _images, {"pixel_values": {0: "batch"}}
+    if name == "vit":
+        inner = tf.ViTForImageClassification(tf.ViTConfig(num_labels=1000))
+        module = _Pick(inner, ("pixel_values",), "logits")
+        return module.eval(), _images, {"pixel_values": {0: "batch"}}
+    if name == "bert":
+        inner = tf.BertModel(tf.BertConfig(), add_pooling_layer=False)
+        module = _Pick(inner, ("input_ids", "attention_mask"), "last_hidden_state")
+
+        def tokens(batch: int) -> dict[str, Any]:
+            generator = torch.Generator().manual_seed(batch)
+            ids = torch.randint(1000, 20000, (batch, SEQ), generator=generator)
+            return {"input_ids": ids, "attention_mask": torch.ones(batch, SEQ, dtype=torch.long)}
+
+        dynamic = {"input_ids": {0: "batch"}, "attention_mask": {0: "batch"}}
+        return module.eval(), tokens, dynamic
+    raise SystemExit(f"unknown model {name} ({', '.join(MODELS)})")
+
+
+def _images(batch: int) -> dict[str, Any]:
+    import torch
+
+    generator = torch.Generator().manual_seed(batch)
+    return {"pixel_values": torch.randn(batch, 3, 224, 224, generator=generator)}
+
+
+class _Pick:
+    """A transformers model as ``forward(<named tensors>) -> one output tensor``."""
+
+    def __new__(cls, model: Any, names: tuple[str, ...], output: str) -> Any:
+        import torch
+
+        params = ", ".join(names)
+        source = (
+            f"def forward(self, {params}):\n"
+            f"    return self.model({', '.join(f'{n}={n}' for n in names)}).{output}\n"
+        )
+        scope: dict[str, Any] = {}
+        exec(source, scope)
+
+        class Picked(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+        Picked.forward = scope["forward"]  # type: ignore[method-assign]
+        return Picked()
+
+
+# --------------------------------------------------------------------------------------------
+# Ours: the cuda target's package from the torch program
+# --------------------------------------------------------------------------------------------
+
+
+def signature(program: Any, names: list[str], outputs: list[str]) -> Any:
+    """An ONNX model with the program's signature and no nodes: what the cuda target reads
+    of the graph when it compiles the torch program (names, element types, dynamic axes)."""
+    import onnx_ir as ir
+
+    dtypes = {"torch.float32": ir.DataType.FLOAT, "torch.int64": ir.DataType.INT64}
+    user = set(program.graph_signature.user_inputs)
+    placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in user]
+    values = []
+    for name, node in zip(names, placeholders, strict=True):
+        fake = node.meta["val"]
+        shape = [d if isinstance(d, int) else ir.SymbolicDim("batch") for d in fake.shape]
+        values.append(
+            ir.Value(name=name, shape=ir.Shape(shape), type=ir.TensorType(dtypes[str(fake.dtype)]))
+        )
+    outs = [ir.Value(name=n, type=ir.TensorType(ir.DataType.FLOAT)) for n in outputs]
+    graph = ir.Graph(values, outs, nodes=[], opset_imports={"": 18})
+    return ir.Model(graph, ir_version=10)
+
+
+def build_ours(
+    module: Any,
+    inputs: Callable[[int], dict[str, Any]],
+    dynamic: dict[str, Any],
+    work: Path,
+    extra: dict[str, Any] | None = None,
+) -> tuple[Path, dict[str, Any], list[str], float]:
+    import torch
+    from torch.export import Dim
+
+    from ai_vmm import hardware
+    from ai_vmm.targets.base import TargetOptions
+    from ai_vmm.targets.cuda import CudaTarget
+
+    example = inputs(2)
+    names = list(example)
+    batch = Dim("batch", min=1, max=4096)
+    shapes = {n: {0: batch} for n in dynamic}
+    started = time.perf_counter()
+    program = torch.export.export(
+        module, tuple(example.values()), dynamic_shapes=shapes, strict=False
+    )
+    model = signature(program, names, ["output"])
+    device = CudaTarget().discover(hardware.detect_cpu())[0][0]
+    options = TargetOptions(
+        precision="fp16",
+        extra={
+            "input_bounds": {},
+            "sample_dims": {},
+            "torch_program": program,
+            "torch_program_io": (names, ["output"]),
+            "cuda_source": "torch",
+            **(extra or {}),
+        },
+    )
+    out = work / f"ours-{time.time_ns()}"
+    out.mkdir()
+    payload = CudaTarget().codegen(model, device, options, out)
+    return out / payload.entry, payload.config, names, time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------
+
+
+def _block(fn: Callable[[], Any], sync: Callable[[], None], iters: int, each: bool) -> float:
+    sync()
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+        if each:
+            sync()
+    sync()
+    return (time.perf_counter() - start) / iters * 1e3
+
+
+def time_contenders(
+    contenders: dict[str, Callable[[], Any]], rounds: int, modes: tuple[str, ...]
+) -> dict[str, dict[str, list[float]]]:
+    """Interleaved rounds: every contender once per round and mode; ms per call per round."""
+    import torch
+
+    sync = torch.cuda.synchronize
+    iters = {}
+    for label, fn in contenders.items():
+        ms = _block(fn, sync, 3, True)
+        iters[label] = max(5, min(400, int(BLOCK_S * 1e3 / max(ms, 1e-3))))
+    samples: dict[str, dict[str, list[float]]] = {
+        label: {mode: [] for mode in modes} for label in contenders
+    }
+    for _ in range(rounds):
+        for label, fn in contenders.items():
+            for mode in modes:
+                samples[label][mode].append(_block(fn, sync, iters[label], mode == "latency"))
+    return samples
+
+
+def _summary(values: list[float]) -> dict[str, Any]:
+    return {
+        "median_ms": round(statistics.median(values), 4),
+        "min_ms": round(min(values), 4),
+        "max_ms": round(max(values), 4),
+        "rounds_ms": [round(v, 4) for v in values],
+    }
+
+
+def bench_model(
+    name: str, batches: list[int], rounds: int, work: Path, variants: bool
+) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from ai_vmm.runtime.executors import create_executor
+
+    module, inputs, dynamic = build_model(name)
+    result: dict[str, Any] = {"model": name, "compile_s": {}, "batches": {}, "errors": {}}
+    log(f"[{name}] building ours (cuda target, torch route, fp16)")
+    entry, config, _, seconds = build_ours(module, inputs, dynamic, work)
+    result["compile_s"]["ours (cuda target: export, package, checks)"] = round(seconds, 1)
+    result["config"] = {k: v for k, v in config.items() if k != "inputs"}
+    log(f"[{name}] ours built in {seconds:.1f} s: {result['config']}")
+    ours = create_executor(
+        "cuda", entry, "0", {**config, "device_outputs": ["output"]}, ("output",)
+    )
+    ours_host = create_executor("cuda", entry, "0", config, ("output",))
+    plain = None
+    if variants:
+        entry2, config2, _, seconds2 = build_ours(
+            module, inputs, dynamic, work, {"cuda_freezing": False, "cuda_channels_last": False}
+        )
+        result["compile_s"]["ours without freezing/channels-last"] = round(seconds2, 1)
+        plain = create_executor(
+            "cuda", entry2, "0", {**config2, "device_outputs": ["output"]}, ("output",)
+        )
+    half = copy.deepcopy(module).half().cuda().eval()
+    log(f"[{name}] raw AOTInductor package (defaults) of the fp16 module")
+    started = time.perf_counter()
+    batch_dim = torch.export.Dim("batch", min=1, max=4096)
+    example16 = _cast(inputs(2), torch.float16)
+    raw_program = torch.export.export(
+        half,
+        tuple(example16.values()),
+        dynamic_shapes={n: {0: batch_dim} for n in dynamic},
+        strict=False,
+    )
+    raw_path = torch._inductor.aoti_compile_and_package(
+        raw_program, package_path=str(work / f"raw-{name}.pt2")
+    )
+    raw = torch._inductor.aoti_load_package(raw_path)
+    result["compile_s"]["raw AOTInductor"] = round(time.perf_counter() - started, 1)
+    # The raw package run by our executor (CUDA graphs per shape): what graphs alone give,
+    # without our Inductor settings.
+    raw_config = {
+        "inputs": [
+            {
+                "name": n,
+                "dtype": str(v.dtype).replace("torch.", ""),
+                "shape": [None, *v.shape[1:]],
+            }
+            for n, v in example16.items()
+        ],
+        "precision": "fp16",
+        "torch": torch.__version__,
+        "cuda_graphs": True,
+        "device_outputs": ["output"],
+    }
+    raw_graphs = create_executor("cuda", Path(raw_path), "0", raw_config, ("output",))
+    default = torch.compile(half, dynamic=False)
+    overhead = torch.compile(half, mode="reduce-overhead", dynamic=False)
+    for batch in batches:
+        cpu = inputs(batch)
+        gpu32 = {k: v.cuda() for k, v in cpu.items()}
+        gpu16 = _cast(gpu32, torch.float16)
+        host = {k: v.numpy() for k, v in cpu.items()}
+        with torch.inference_mode():
+            contenders: dict[str, Callable[[], Any]] = {
+                "torch eager": lambda g=gpu16: half(**g),
+                "torch.compile default": lambda g=gpu16: default(**g),
+                "torch.compile reduce-overhead": lambda g=gpu16: overhead(**g),
+                "raw AOTInductor": lambda g=gpu16: raw(*g.values()),
+                "raw AOTInductor + our executor (CUDA graphs)": lambda g=gpu16: raw_graphs.run(g),
+                "ours (GPU tensors)": lambda g=gpu32: ours.run(g),
+                "ours (runtime, NumPy in/out)": lambda h=host: ours_host.run(h),
+            }
+            if plain is not None:
+                contenders["ours without freezing/channels-last"] = lambda g=gpu32: plain.run(g)
+            for label in ("torch.compile default", "torch.compile reduce-overhead"):
+                started = time.perf_counter()
+                for _ in range(3):
+                    contenders[label]()
+                torch.cuda.synchronize()
+                result["compile_s"][f"{label} (batch {batch})"] = round(
+                    time.perf_counter() - started, 1
+                )
+            for fn in contenders.values():
+                fn()
+            torch.cuda.synchronize()
+            samples = time_contenders(contenders, rounds, ("pipelined", "latency"))
+            with torch.no_grad():
+                want = module.cuda().float()(**gpu32).float()
+            got = torch.from_numpy(np.asarray(ours_host.run(host)["output"])).cuda()
+            result["errors"][str(batch)] = round(float((got - want).norm() / want.norm()), 6)
+            module.cpu()
+        result["batches"][str(batch)] = {
+            label: {mode: _summary(v) for mode, v in modes.items()}
+            for label, modes in samples.items()
+        }
+        brief = {k: v["pipelined"]["median_ms"] for k, v in result["batches"][str(batch)].items()}
+        log(f"[{name}] batch {batch}: {json.dumps(brief)}")
+        log(f"[{name}] batch {batch}: ours rel. error {result['errors'][str(batch)]}")
+    return result
+
+
+def _cast(feeds: dict[str, Any], dtype: Any) -> dict[str, Any]:
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in feeds.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Other sections
+# --------------------------------------------------------------------------------------------
+
+
 def section_env() -> dict[str, Any]:
+    import torch
+
     from ai_vmm import hardware, registry
     from ai_vmm.targets.cuda import CudaTarget
 
@@ -49,293 +366,111 @@ def section_env() -> dict[str, Any]:
     device = inventory.find("cuda")
     figures = CudaTarget().measure_figures(device) if device else None
     log(f"figures: {figures}")
-    return {"inventory": text, "figures": figures}
+    return {
+        "inventory": text,
+        "figures": figures,
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0),
+        "load_average": os.getloadavg(),
+        "cpus": os.cpu_count(),
+    }
 
 
-def _zoo() -> Any:
-    from ai_vmm.bench_suite import load_zoo
-
-    return load_zoo(REPO / "models" / "zoo.py")
-
-
-def section_parity(work: Path) -> list[dict[str, Any]]:
-    import onnxruntime as ort
-
-    import ai_vmm
-
-    zoo = _zoo()
-    rows = []
-    for name in ("resnet", "transformer_encoder", "llama"):
-        path = zoo.build(name, work)
-        session = ort.InferenceSession(str(path))
-        for precision in ("fp32", "fp16"):
-            started = time.perf_counter()
-            out = work / f"{name}-{precision}.vmm"
-            result = ai_vmm.compile(
-                path, "cuda:0", out, precision=precision, force_quantize=True, tune=False
-            )
-            compile_s = time.perf_counter() - started
-            compiled = ai_vmm.runtime.load(out)
-            for batch in (1, 4):
-                feeds = zoo.example_inputs(name, batch, dims={"seq": 12})
-                expected = session.run(None, feeds)
-                got = compiled.run(feeds)
-                for spec, want in zip(session.get_outputs(), expected, strict=True):
-                    diff = np.abs(got[spec.name].astype(np.float64) - want)
-                    row = {
-                        "model": name,
-                        "precision": precision,
-                        "batch": batch,
-                        "output": spec.name,
-                        "max_abs": float(diff.max()),
-                        "max_rel": float((diff / (np.abs(want) + 1e-6)).max()),
-                        "ref_max": float(np.abs(want).max()),
-                        "compile_s": round(compile_s, 1),
-                        "cuda_graphs": result.manifest["partitions"][0]["config"].get(
-                            "cuda_graphs"
-                        ),
-                    }
-                    rows.append(row)
-                    log(json.dumps(row))
-    return rows
-
-
-def section_hetero(work: Path, rounds: int, iters: int) -> dict[str, Any]:
-    """A conv net with DepthToSpace (not in our torch mapping): GPU | OpenVINO CPU | GPU."""
-    import onnx
-    import onnxruntime as ort
-
-    import ai_vmm
-
-    sys.path.insert(0, str(REPO / "tests" / "support"))
-    from hetero_model import make_depth_to_space_model
-
-    path = work / "d2s.onnx"
-    onnx.save(make_depth_to_space_model(channels=64, size=64), path)
-    result = ai_vmm.compile(path, "cuda:0,openvino:CPU", work / "d2s.vmm", progress=log)
-    plan = [
-        {
-            "id": p["id"],
-            "target": p["target"],
-            "device": p["device"],
-            "inputs": p["inputs"],
-            "outputs": p["outputs"],
-        }
-        for p in result.manifest["partitions"]
-    ]
-    log(f"plan: {json.dumps(plan)}")
-    log(f"verification: {json.dumps(result.report.get('verification'))[:600]}")
-    compiled = ai_vmm.runtime.load(work / "d2s.vmm")
-    session = ort.InferenceSession(str(path))
-    out: dict[str, Any] = {"plan": plan, "verification": result.report.get("verification")}
-    for batch in (1, 8):
-        x = np.random.default_rng(batch).standard_normal((batch, 3, 64, 64)).astype(np.float32)
-        want = session.run(None, {"x": x})[0]
-        got = compiled.run({"x": x})["y"]
-        single = ai_vmm.runtime.load(
-            ai_vmm.compile(path, "openvino:CPU", work / f"ov{batch}.vmm").path
-        )
-        timings = {"gpu+openvino": [], "openvino:CPU only": [], "onnxruntime:CPU (reference)": []}
-        for _ in range(rounds):
-            timings["gpu+openvino"].append(
-                _timed(lambda x=x: compiled.run({"x": x}), _no_sync, iters)
-            )
-            timings["openvino:CPU only"].append(
-                _timed(lambda x=x, s=single: s.run({"x": x}), _no_sync, iters)
-            )
-            timings["onnxruntime:CPU (reference)"].append(
-                _timed(lambda x=x: session.run(None, {"x": x}), _no_sync, iters)
-            )
-        row = {
-            "max_abs": float(np.abs(got - want).max()),
-            "ref_max": float(np.abs(want).max()),
-            "median_ms": {k: round(statistics.median(v), 3) for k, v in timings.items()},
-        }
-        out[f"batch {batch}"] = row
-        log(f"hetero batch {batch}: {json.dumps(row)}")
-    return out
-
-
-def _no_sync() -> None:
-    return None
-
-
-class _Logits:
-    """ResNetForImageClassification -> logits tensor (positional pixel_values)."""
-
-    def __new__(cls, model: Any) -> Any:
-        import torch
-
-        class Wrapped(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, pixel_values: Any) -> Any:
-                return self.model(pixel_values=pixel_values).logits
-
-        return Wrapped()
-
-
-def _resnet50() -> Any:
-    import torch
-    from transformers import ResNetConfig, ResNetForImageClassification
-
-    torch.manual_seed(0)
-    config = ResNetConfig(
-        layer_type="bottleneck",
-        depths=[3, 4, 6, 3],
-        hidden_sizes=[256, 512, 1024, 2048],
-        embedding_size=64,
-        num_labels=1000,
-    )
-    return _Logits(ResNetForImageClassification(config)).eval()
-
-
-def _timed(fn: Callable[[], Any], sync: Callable[[], None], iters: int) -> float:
-    sync()
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    sync()
-    return (time.perf_counter() - start) / iters * 1000.0
-
-
-def section_speed(work: Path, rounds: int, iters: int) -> list[dict[str, Any]]:
+def section_compile(work: Path) -> dict[str, Any]:
     import torch
 
     import ai_vmm
-    from ai_vmm.runtime.executors import create_executor
 
-    sync = torch.cuda.synchronize
-    net = _resnet50()
-    example = torch.randn(2, 3, 224, 224)
-    log("compiling ResNet-50 with ai_vmm (torch source, cuda:0, fp16)")
+    module, inputs, dynamic = build_model("resnet50")
+    example = inputs(2)
     started = time.perf_counter()
-    artifact = work / "resnet50-fp16.vmm"
     result = ai_vmm.compile(
-        net,
+        module,
         "cuda:0",
-        artifact,
+        work / "resnet50.vmm",
         precision="fp16",
         force_quantize=True,
         tune=False,
-        example_inputs=(example,),
-        dynamic_shapes={"pixel_values": {0: "batch"}},
+        example_inputs=(example["pixel_values"],),
+        dynamic_shapes=dynamic,
+        progress=log,
     )
-    ours_compile_s = time.perf_counter() - started
+    total = time.perf_counter() - started
     part = result.manifest["partitions"][0]
-    log(f"ai_vmm compile {ours_compile_s:.1f} s; config {part['config']}")
-    compiled = ai_vmm.runtime.load(artifact)
-    entry = artifact / part["entry"]
-    outputs = tuple(part["outputs"])
-    executor_graphs = create_executor(
-        "cuda", entry, "0", {**part["config"], "cuda_graphs": True}, outputs
-    )
-    executor_plain = create_executor(
-        "cuda", entry, "0", {**part["config"], "cuda_graphs": False}, outputs
-    )
-    raw_ours = torch._inductor.aoti_load_package(str(entry))
+    out = {
+        "model": "resnet50",
+        "precision": "fp16",
+        "total_s": round(total, 1),
+        "timings": result.report.get("timings"),
+        "config": {k: v for k, v in part["config"].items() if k != "inputs"},
+        "torch": torch.__version__,
+    }
+    log(f"ai_vmm.compile ResNet-50 fp16: {json.dumps(out)[:800]}")
+    return out
 
-    half = _resnet50().half().cuda()
-    log("exporting and compiling a raw AOTInductor package of the fp16 module")
-    started = time.perf_counter()
-    batch = torch.export.Dim("batch", min=1, max=256)
-    program = torch.export.export(
-        half,
-        (torch.randn(2, 3, 224, 224, device="cuda", dtype=torch.float16),),
-        dynamic_shapes={"pixel_values": {0: batch}},
-    )
-    raw_path = torch._inductor.aoti_compile_and_package(program, package_path=str(work / "raw.pt2"))
-    raw = torch._inductor.aoti_load_package(raw_path)
-    raw_compile_s = time.perf_counter() - started
-    compiled_fn = torch.compile(half)
-    name = compiled.inputs[0].name
-    rows = []
-    for size in (1, 32):
-        x32 = torch.randn(size, 3, 224, 224, device="cuda")
-        x16 = x32.half()
-        host = x32.cpu().numpy()
-        feeds_gpu = {name: x32}
-        contenders: dict[str, Callable[[], Any]] = {
-            "torch eager fp16": lambda x16=x16: half(x16),
-            "torch.compile fp16 (default mode)": lambda x16=x16: compiled_fn(x16),
-            "raw AOTInductor package (fp16 module)": lambda x16=x16: raw(x16),
-            "our payload, loaded raw": lambda x32=x32: raw_ours(x32),
-            "ours: executor, GPU tensors, CUDA graphs": lambda f=feeds_gpu: executor_graphs.run(f),
-            "ours: executor, GPU tensors, no graphs": lambda f=feeds_gpu: executor_plain.run(f),
-            "ours: runtime, NumPy in/out": lambda h=host: compiled.run({name: h}),
-        }
-        with torch.inference_mode():
-            started = time.perf_counter()
-            for fn in contenders.values():
-                for _ in range(3):
-                    fn()
-            sync()
-            warm_s = time.perf_counter() - started
-            log(f"batch {size}: warm-up (incl. torch.compile) {warm_s:.1f} s")
-            samples: dict[str, list[float]] = {label: [] for label in contenders}
-            for _ in range(rounds):
-                for label, fn in contenders.items():
-                    samples[label].append(_timed(fn, sync, iters))
-        eager = statistics.median(samples["torch eager fp16"])
-        comp = statistics.median(samples["torch.compile fp16 (default mode)"])
-        raw_ms = statistics.median(samples["our payload, loaded raw"])
-        for label, values in samples.items():
-            ms = statistics.median(values)
-            row = {
-                "batch": size,
-                "contender": label,
-                "median_ms": round(ms, 4),
-                "vs_eager": round(eager / ms, 2),
-                "vs_torch_compile": round(comp / ms, 2),
-                "vs_our_raw_payload": round(ms / raw_ms, 3),
-                "rounds_ms": [round(v, 4) for v in values],
-            }
-            rows.append(row)
-            log(json.dumps(row))
-    rows.append(
-        {
-            "compile_s": {
-                "ai_vmm (export to ONNX, fp32 + fp16 packages, checks)": round(ours_compile_s, 1),
-                "raw AOTInductor": round(raw_compile_s, 1),
-            },
-            "gpu": torch.cuda.get_device_name(0),
-            "torch": torch.__version__,
-        }
-    )
-    return rows
+
+def section_speed(args: argparse.Namespace, results: dict[str, Any], work: Path) -> None:
+    """Each model in turn; the JSON is written after each, so a failure keeps the others."""
+    import torch
+
+    speed = results.setdefault("speed", {})
+    batches = [int(b) for b in args.batches.split(",")]
+    for name in args.models.split(","):
+        try:
+            speed[name] = bench_model(name, batches, args.rounds, work, args.variants)
+        except Exception as exc:
+            log(f"[{name}] failed: {type(exc).__name__}: {exc}")
+            speed[name] = {"model": name, "failed": f"{type(exc).__name__}: {exc}"[:800]}
+        args.json.write_text(json.dumps(results, indent=2))
+        torch._dynamo.reset()
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--sections", default="env,crash,speed")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--batches", default="1,32")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--iters", type=int, default=50)
-    parser.add_argument("--json", type=Path, default=REPO / "out" / "gpu.json")
+    parser.add_argument("--variants", action="store_true", help="also ours without settings")
+    parser.add_argument("--old-executor", type=Path, help="for the crash section")
+    parser.add_argument("--json", type=Path, default=REPO / "docs" / "gpu.json")
+    parser.add_argument("--docs", type=Path)
+    parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args()
-    sections = [s for s in args.sections.split(",") if s]
-    unknown = sorted(set(sections) - set(SECTIONS))
-    if unknown:
-        print(f"unknown sections: {', '.join(unknown)}", file=sys.stderr)
-        return 2
     results: dict[str, Any] = {}
     if args.json.is_file():
         results = json.loads(args.json.read_text())
-    with tempfile.TemporaryDirectory(prefix="ai-vmm-gpu-") as tmp:
-        work = Path(tmp)
-        for section in sections:
-            log(f"section {section}")
-            if section == "env":
-                results["env"] = section_env()
-            elif section == "parity":
-                results["parity"] = section_parity(work)
-            elif section == "hetero":
-                results["hetero"] = section_hetero(work, args.rounds, 20)
-            else:
-                results["speed"] = section_speed(work, args.rounds, args.iters)
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(results, indent=2))
+    if not args.render_only:
+        sections = [s for s in args.sections.split(",") if s]
+        unknown = sorted(set(sections) - set(SECTIONS))
+        if unknown:
+            print(f"unknown sections: {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        with tempfile.TemporaryDirectory(prefix="ai-vmm-gpu-") as tmp:
+            work = Path(tmp)
+            for section in sections:
+                log(f"section {section}")
+                try:
+                    if section == "env":
+                        results["env"] = section_env()
+                    elif section == "crash":
+                        from gpu_crash_check import check_all
+
+                        results["crash"] = check_all(work, args.old_executor, log)
+                    elif section == "compile":
+                        results["compile"] = section_compile(work)
+                    else:
+                        section_speed(args, results, work)
+                except Exception as exc:
+                    log(f"section {section} failed: {type(exc).__name__}: {exc}")
+                    results[f"{section}_failed"] = f"{type(exc).__name__}: {exc}"[:800]
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(results, indent=2))
+    if args.docs:
+        render(results, args.docs)
+        log(f"wrote {args.docs}")
     return 0
 
 

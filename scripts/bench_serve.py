@@ -1,4 +1,6 @@
-"""Benchmark of ``vmmc serve`` on localhost: load, overload, priorities; writes docs/serve.md.
+"""Benchmark of ``vmmc serve`` on localhost: load, overload, priorities, continuous batching.
+
+Writes its tables between the ``bench_serve`` markers of docs/serve.md.
 
 The served model is paraphrase-MiniLM-L3 (a real BERT-style sentence encoder, compiled here),
 on real English sentences (Python standard library docstrings) tokenized to 16 tokens; each
@@ -24,6 +26,7 @@ Figures depend on the machine and its load; the load average is recorded with th
 from __future__ import annotations
 
 import argparse
+import asyncio
 import inspect
 import os
 import platform
@@ -249,6 +252,102 @@ def _run(name: str, url: str, streams: list[Stream], seconds: float) -> list[Sum
     return summarize(name, outcomes, sum(s.rate for s in streams), elapsed)
 
 
+LLM_PROMPTS = [
+    "Write one sentence about the sea.",
+    "Name three fruits and their colours.",
+    "What is a compiler?",
+    "Give me a tip for learning to cook.",
+    "Why is the sky blue?",
+    "Describe a cat in one sentence.",
+    "What does a librarian do?",
+    "Suggest a name for a small boat.",
+]
+
+
+async def _stream_chat(session: Any, url: str, prompt: str, max_tokens: int) -> dict[str, float]:
+    """One streamed chat completion: time to first token, end, completion tokens."""
+    import json as json_module
+
+    body = {
+        "model": "llm",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    start = time.monotonic()
+    first = None
+    tokens = 0
+    async with session.post(f"{url}/v1/chat/completions", json=body) as response:
+        assert response.status == 200, await response.text()
+        async for raw in response.content:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json_module.loads(line[6:])
+            if event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
+            for choice in event.get("choices", []):
+                if first is None and choice.get("delta", {}).get("content"):
+                    first = time.monotonic() - start
+    return {"ttft": first or 0.0, "total": time.monotonic() - start, "tokens": tokens}
+
+
+def run_llm(work: Path, gguf: Path, max_tokens: int = 64) -> dict[str, Any]:
+    """Continuous batching over HTTP: 8 streamed chats at once against the same 8 in a row."""
+    import aiohttp
+
+    repo = work / "llm-repo"
+    repo.mkdir(exist_ok=True)
+    link = repo / "llm.gguf"
+    if not link.exists():
+        link.symlink_to(gguf)
+    (repo / "serve.toml").write_text(
+        "[server]\naccess_log = false\n[models.llm]\ngeneration = { max_batch = 8 }\n"
+    )
+    with server(repo) as url:
+
+        async def measure() -> tuple[list[dict[str, float]], float, list[dict[str, float]], float]:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1800)) as session:
+                await _stream_chat(session, url, "Hello", 8)  # warm-up
+                start = time.monotonic()
+                sequential = [await _stream_chat(session, url, p, max_tokens) for p in LLM_PROMPTS]
+                seq_s = time.monotonic() - start
+                start = time.monotonic()
+                concurrent = await asyncio.gather(
+                    *(_stream_chat(session, url, p, max_tokens) for p in LLM_PROMPTS)
+                )
+                return sequential, seq_s, list(concurrent), time.monotonic() - start
+
+        sequential, seq_s, concurrent, con_s = asyncio.run(measure())
+    rows = []
+    for name, runs, seconds in (
+        ("8 in a row", sequential, seq_s),
+        ("8 at once", concurrent, con_s),
+    ):
+        tokens = sum(r["tokens"] for r in runs)
+        ttfts = sorted(r["ttft"] * 1000 for r in runs)
+        rows.append((name, tokens, seconds, tokens / seconds, ttfts[len(ttfts) // 2], ttfts[-1]))
+    lines = [
+        f"SmolLM2-135M-Instruct (`{gguf.name}`, deployed by `vmmc serve`), 8 chat prompts, "
+        f"greedy, at most {max_tokens} new tokens each, streamed over `/v1/chat/completions`; "
+        "the same 8 requests one after another, then all at once (the engine's continuous "
+        "batching, `generation.max_batch = 8`).",
+        "",
+        "| requests | completion tokens | seconds | tokens/s | TTFT p50 ms | TTFT max ms |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {n} | {t} | {sec:.2f} | {rate:.1f} | {p50:.0f} | {mx:.0f} |"
+            for n, t, sec, rate, p50, mx in rows
+        ),
+        "",
+        "Speed-up of 8 concurrent streams over 8 sequential ones: "
+        f"**{rows[1][3] / rows[0][3]:.2f}x** tokens/s.",
+    ]
+    return {"lines": lines, "rows": rows}
+
+
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -257,7 +356,7 @@ def markdown(results: Results, seconds: float, command: str) -> str:
     o = results.objectives
     load = os.getloadavg()
     lines = [
-        "# `vmmc serve`: load, overload and priorities on localhost",
+        "### Load, overload and priorities on localhost",
         "",
         f"Regenerate: `{command}` ({seconds:g} s per run). Machine: {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}; load average at the end "
@@ -303,7 +402,7 @@ def markdown(results: Results, seconds: float, command: str) -> str:
         "class: what priorities buy.",
     ]
     if results.llm:
-        lines += ["", "## Continuous batching", "", *results.llm["lines"]]
+        lines += ["", "### Continuous batching", "", *results.llm["lines"]]
     return "\n".join(lines) + "\n"
 
 
@@ -312,15 +411,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--out", type=Path, default=Path("docs/serve.md"))
     parser.add_argument("--work", type=Path, default=None, help="Keep artifacts here.")
+    parser.add_argument(
+        "--llm",
+        type=Path,
+        default=REAL / "SmolLM2-135M-Instruct.Q4_1.gguf",
+        help="A causal LM for the continuous-batching figures ('none' to skip).",
+    )
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-serve-"))
     work.mkdir(parents=True, exist_ok=True)
     results = run_all(work, args.seconds)
+    if str(args.llm) != "none":
+        results.llm = run_llm(work, args.llm)
     command = "python scripts/bench_serve.py" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
     text = markdown(results, args.seconds, command)
-    args.out.write_text(text)
+    write_section(args.out, text)
     print(text)
     return 0
+
+
+BEGIN, END = "<!-- bench_serve:begin -->", "<!-- bench_serve:end -->"
+
+
+def write_section(path: Path, text: str) -> None:
+    """Put ``text`` between the markers of ``path`` (the guide around it stays as written)."""
+    old = path.read_text() if path.is_file() else ""
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        path.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+    else:
+        path.write_text(text)
 
 
 if __name__ == "__main__":

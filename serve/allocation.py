@@ -184,7 +184,12 @@ class ModelManager:
                 raise ValueError(
                     f"model '{served.name}': one replica of a causal LM per server for now"
                 )
-            served.generator = Generator(served.name, loaded[0], config.generation)
+            served.generator = Generator(
+                served.name,
+                loaded[0],
+                config.generation,
+                dict(self.repository.config.classes),
+            )
             served.generator.start()
             return
         batcher = DynamicBatcher(
@@ -287,6 +292,8 @@ class ModelManager:
                     "in_use": served.users,
                 }
             )
+            if served.generator is not None:
+                models[-1]["engine"] = served.generator.engine_stats()
         devices: dict[str, dict[str, Any]] = {}
         for served in self._all():
             for key in served.memory:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ai_vmm.runtime.errors import InputError
-from ai_vmm.serve import routes_kserve, routes_openai
+from ai_vmm.serve import backend, routes_kserve, routes_openai
 from ai_vmm.serve.admission import Rejected
 from ai_vmm.serve.allocation import ModelManager
 from ai_vmm.serve.batching import BatchStats
@@ -40,6 +41,7 @@ def create_app(
     repository: str | Path | Repository,
     *,
     config: ServeConfig | dict[str, Any] | None = None,
+    vmm: Any = None,
     load: Any = None,
 ) -> FastAPI:
     """The serving app for a model repository.
@@ -47,6 +49,7 @@ def create_app(
     Args:
         repository: the repository directory, or an already opened ``Repository``.
         config: a config to use instead of the repository's ``serve.toml``.
+        vmm: the ``ai_vmm.VMM`` that deploys the models (default: one with deploy's defaults).
         load: the model loader (default ``ai_vmm.serve.backend.load_model``).
 
     Raises:
@@ -59,9 +62,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = ServerMetrics(allocation=lambda: manager.snapshot())
         on_batch = _batch_recorder(metrics)
-        manager = (
-            ModelManager(repo, on_batch) if load is None else ModelManager(repo, on_batch, load)
-        )
+        loader = load or functools.partial(backend.load_model, vmm=vmm)
+        manager = ModelManager(repo, on_batch, loader)
         server = ServerState(repo.config, manager, TenantGate(repo.config), metrics)
         app.state.vmm = server
         holder["state"] = server

@@ -19,7 +19,7 @@ import numpy as np
 from ai_vmm.runtime.errors import ModelLoadError, VmmError
 
 _vmm_lock = threading.Lock()
-_vmms: dict[str | None, Any] = {}
+_vmms: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ def load_model(
     kind: str,
     constraints: dict[str, Any] | None = None,
     device: str | None = None,
-    store: str | Path | None = None,
+    vmm: Any = None,
 ) -> DeployedTensorModel | DeployedLanguageModel:
     """Deploy the model at ``source`` for serving (one replica).
 
@@ -165,7 +165,8 @@ def load_model(
         constraints: deploy constraints (from the model's config).
         device: a hardware class to place this replica on (``INTEL_CPU``, ``NVIDIA_GPU``...);
             it becomes the first ``preferred_hardware``.
-        store: the deployment store (default: deploy's own, ``~/.cache/ai-vmm/deployments``).
+        vmm: the ``ai_vmm.VMM`` to deploy with (default: one per process, deploy's default
+            store ``~/.cache/ai-vmm/deployments``).
 
     Raises:
         VmmError: the model cannot be deployed; the message says why.
@@ -174,7 +175,7 @@ def load_model(
     if device is not None:
         preferred = list(limits.get("preferred_hardware") or [])
         limits["preferred_hardware"] = [device, *[d for d in preferred if d != device]]
-    deployment = _vmm(store).deploy(str(source), constraints=limits or None)
+    deployment = (vmm or _default_vmm()).deploy(str(source), constraints=limits or None)
     try:
         if deployment.kind != kind:
             raise ModelLoadError(
@@ -188,15 +189,14 @@ def load_model(
         raise
 
 
-def _vmm(store: str | Path | None) -> Any:
-    """One ``VMM`` per store and process: hardware discovery happens once."""
-    key = None if store is None else str(store)
+def _default_vmm() -> Any:
+    """One ``VMM`` per process: hardware discovery happens once."""
     with _vmm_lock:
-        if key not in _vmms:
+        if "vmm" not in _vmms:
             from ai_vmm.deploy import VMM
 
-            _vmms[key] = VMM(store=store)
-        return _vmms[key]
+            _vmms["vmm"] = VMM()
+        return _vmms["vmm"]
 
 
 def _footprint(deployment: Any) -> tuple[dict[str, int], list[str], str]:

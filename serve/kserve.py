@@ -5,8 +5,9 @@ JSON tensors (``data`` as a flat or nested list) and the binary tensor extension
 ``Inference-Header-Content-Length`` bytes followed by the raw tensors, in input order, each
 announced by ``parameters.binary_data_size``; outputs come back the same way when the request
 asks (``binary_data_output``, or ``binary_data`` per output). ``BYTES`` elements travel as a
-4-byte little-endian length and the bytes. Every malformed request is a ``Rejected`` (400)
-whose message says which tensor and what was wrong; nothing here knows about scheduling.
+4-byte little-endian length and the bytes; models get them as ``str`` (ONNX string tensors).
+Every malformed request is a ``Rejected`` (400) whose message says which tensor and what was
+wrong; nothing here knows about scheduling.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def _parse_tensor(
             )
         chunk = binary[offset : offset + size]
         if datatype == "BYTES":
-            return _decode_bytes(chunk, count, name).reshape(shape), size
+            return _as_text(_decode_bytes(chunk, count, name), name).reshape(shape), size
         if size != count * dtype.itemsize:
             raise _bad(
                 f"input '{name}' has {size} bytes; shape {shape} of {datatype} needs "
@@ -192,7 +193,7 @@ def _parse_tensor(
         for i, item in enumerate(flat):
             if not isinstance(item, str):
                 raise _bad(f"input '{name}': BYTES values in JSON must be strings")
-            values[i] = item.encode("utf-8")
+            values[i] = item
         return values.reshape(shape), 0
     try:
         if datatype == "BOOL":
@@ -256,6 +257,17 @@ def _decode_bytes(chunk: bytes, count: int, name: str) -> np.ndarray:
         pos += length
     if pos != len(chunk):
         raise _bad(f"input '{name}': {len(chunk) - pos} bytes left after {count} BYTES elements")
+    return values
+
+
+def _as_text(values: np.ndarray, name: str) -> np.ndarray:
+    """BYTES elements as ``str``: what ONNX string tensors hold (ONNX Runtime would turn a
+    ``bytes`` object into the text ``"b'...'"``)."""
+    for i, item in enumerate(values):
+        try:
+            values[i] = item.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _bad(f"input '{name}': BYTES element {i} is not UTF-8 text") from None
     return values
 
 

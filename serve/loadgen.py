@@ -177,7 +177,8 @@ class Stream:
     """Sent as ``X-Request-Timeout-Ms``; ``None``: the class default applies."""
 
 
-async def _one(session: Any, url: str, stream: Stream, case: Case) -> Outcome:
+async def send(session: Any, url: str, stream: Stream, case: Case) -> Outcome:
+    """One request on an ``aiohttp`` session, checked, as an ``Outcome``."""
     body, length = case.body()
     headers = {"Inference-Header-Content-Length": str(length)}
     if stream.key:
@@ -241,7 +242,7 @@ async def open_loop(
             if delay > 0:
                 await asyncio.sleep(delay)
             case = stream.cases[i % len(stream.cases)]
-            tasks.append(asyncio.create_task(_one(session, url, stream, case)))
+            tasks.append(asyncio.create_task(send(session, url, stream, case)))
         outcomes = list(await asyncio.gather(*tasks))
         return outcomes, time.monotonic() - start
 
@@ -259,7 +260,7 @@ async def closed_loop(
             i = offset
             while time.monotonic() < end:
                 case = stream.cases[i % len(stream.cases)]
-                outcomes.append(await _one(session, url, stream, case))
+                outcomes.append(await send(session, url, stream, case))
                 i += concurrency
 
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
@@ -292,5 +293,6 @@ __all__ = [
     "measure_capacity",
     "open_loop",
     "run",
+    "send",
     "summarize",
 ]

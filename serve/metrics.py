@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -25,13 +24,14 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-RAPL = Path("/sys/class/powercap")
 
 
 class ServerMetrics:
     """Every metric the server exports, in one registry."""
 
-    def __init__(self, allocation: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, allocation: Callable[[], dict[str, Any]] | None = None, telemetry: Any = None
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -105,7 +105,7 @@ class ServerMetrics:
         )
         if allocation is not None:
             r.register(_AllocationCollector(allocation))
-        r.register(HostCollector())
+        r.register(HostCollector(telemetry))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -162,11 +162,26 @@ class _AllocationCollector(Collector):
 
 
 class HostCollector(Collector):
-    """What the host's devices are doing, where it can be measured from this process."""
+    """What the host's devices are doing, where it can be measured from this process.
 
-    def __init__(self) -> None:
-        self._nvml: Any = None
-        self._nvml_tried = False
+    CPU and memory from ``psutil``; energy and power from deploy's telemetry (RAPL for CPU
+    packages, NVML for NVIDIA GPUs), which says why a meter is missing rather than guessing.
+    """
+
+    def __init__(self, telemetry: Any = None) -> None:
+        self._telemetry = telemetry
+        self._discovered = telemetry is not None
+
+    def _meters(self) -> Any:
+        if not self._discovered:
+            self._discovered = True
+            try:
+                from ai_vmm.deploy.telemetry import Telemetry
+
+                self._telemetry = Telemetry.discover()
+            except Exception:  # telemetry is optional; metrics must never fail a scrape
+                self._telemetry = None
+        return self._telemetry
 
     def collect(self) -> Iterator[Any]:
         with contextlib.suppress(ImportError):
@@ -183,57 +198,48 @@ class HostCollector(Collector):
             rss = GaugeMetricFamily("vmm_process_resident_bytes", "This server's resident memory.")
             rss.add_metric([], float(psutil.Process(os.getpid()).memory_info().rss))
             yield rss
-        energy = _rapl_joules()
-        if energy:
-            family = CounterMetricFamily(
-                "vmm_cpu_energy_joules", "CPU package energy (RAPL).", labels=["package"]
-            )
-            for package, joules in energy.items():
-                family.add_metric([package], joules)
-            yield family
-        yield from self._gpus()
-
-    def _gpus(self) -> Iterator[Any]:
-        if not self._nvml_tried:
-            self._nvml_tried = True
-            try:
-                import pynvml
-
-                pynvml.nvmlInit()
-                self._nvml = pynvml
-            except Exception:  # no NVML library or no NVIDIA driver here
-                self._nvml = None
-        nvml = self._nvml
-        if nvml is None:
+        telemetry = self._meters()
+        if telemetry is None:
             return
+        if telemetry.rapl is not None:
+            energy = CounterMetricFamily(
+                "vmm_cpu_energy_joules", "CPU package energy (RAPL, all packages)."
+            )
+            with contextlib.suppress(Exception):
+                energy.add_metric([], float(telemetry.rapl.read_j()))
+                yield energy
+        if telemetry.gpus:
+            yield from self._gpus(telemetry.gpus)
+
+    def _gpus(self, gpus: Any) -> Iterator[Any]:
         util = GaugeMetricFamily(
             "vmm_gpu_utilization_ratio", "GPU busy share (0..1).", labels=["gpu"]
         )
         mem = GaugeMetricFamily("vmm_gpu_memory_used_bytes", "GPU memory in use.", labels=["gpu"])
         power = GaugeMetricFamily("vmm_gpu_power_watts", "GPU board power.", labels=["gpu"])
-        for index in range(nvml.nvmlDeviceGetCount()):
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            label = [str(index)]
+        energy = CounterMetricFamily("vmm_gpu_energy_joules", "GPU energy.", labels=["gpu"])
+        for gpu in gpus:
+            label = [str(gpu.index)]
+            used, watts = gpu.memory_used_bytes(), gpu.power_w()
+            if used is not None:
+                mem.add_metric(label, float(used))
+            if watts is not None:
+                power.add_metric(label, watts)
             with contextlib.suppress(Exception):
-                util.add_metric(label, nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0)
-            with contextlib.suppress(Exception):
-                mem.add_metric(label, float(nvml.nvmlDeviceGetMemoryInfo(handle).used))
-            with contextlib.suppress(Exception):
-                power.add_metric(label, nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0)
-        yield from (util, mem, power)
+                energy.add_metric(label, float(gpu.read_j()))
+            busy = _utilization(gpu)
+            if busy is not None:
+                util.add_metric(label, busy)
+        yield from (util, mem, power, energy)
 
 
-def _rapl_joules() -> dict[str, float]:
-    """Cumulative CPU package energy per RAPL domain; empty where unreadable (containers)."""
-    found: dict[str, float] = {}
-    if not RAPL.is_dir():
-        return found
-    for domain in sorted(RAPL.glob("intel-rapl:*")):
-        if domain.name.count(":") != 1:
-            continue  # sub-domains (core, uncore) are inside the package figure
-        with contextlib.suppress(OSError, ValueError):
-            found[domain.name] = int((domain / "energy_uj").read_text()) / 1e6
-    return found
+def _utilization(gpu: Any) -> float | None:
+    """NVML's busy share of ``gpu`` (deploy's ``NvmlGpu`` has no reader for it)."""
+    try:
+        rates = gpu._nvml.nvmlDeviceGetUtilizationRates(gpu._handle)
+    except Exception:
+        return None
+    return float(rates.gpu) / 100.0
 
 
 __all__ = ["HostCollector", "ServerMetrics"]

@@ -28,6 +28,7 @@ def serve(
     config: ServeConfig | dict[str, Any] | None = None,
     log_level: str = "info",
     access_log: bool | None = None,
+    vmm: Any = None,
 ) -> None:
     """Serve a model repository over HTTP until interrupted.
 
@@ -38,6 +39,8 @@ def serve(
         config: a config to use instead of the repository's ``serve.toml``.
         log_level: ``debug``, ``info``, ``warning`` or ``error``.
         access_log: override ``server.access_log`` (one JSON line per request on stderr).
+        vmm: the ``ai_vmm.VMM`` that deploys the models (its store, measuring time,
+            telemetry); default: one with deploy's defaults.
 
     Raises:
         ServeConfigError: the repository or its config is invalid.
@@ -51,7 +54,7 @@ def serve(
             repo.root, repo.config.model_copy(update={"server": settings}), repo.models
         )
     _configure_logging(log_level)
-    app = create_app(repo)
+    app = create_app(repo, vmm=vmm)
     uv_config = uvicorn.Config(
         app,
         host=host,

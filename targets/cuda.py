@@ -5,29 +5,25 @@ by Inductor into CUDA/Triton kernels and a C++ wrapper, loaded by the runtime wi
 ``torch._inductor.aoti_load_package``. TensorRT cannot be installed on our machines, so this is
 the GPU path we can run and verify (docs/gpu.md).
 
-Where the program comes from:
-
-- an ONNX subgraph (every partition, and every ONNX model): converted by our own op mapping
-  (``ai_vmm.targets.cuda_convert``), with dynamic axes kept as ``torch.export`` dims;
-- the torch frontend's own ``ExportedProgram`` when the model came from PyTorch and the whole
-  model goes to the GPU (``TargetOptions.extra["torch_program"]``): no ONNX round trip.
+Where the program comes from (``ai_vmm.targets.cuda_build``): the torch frontend's own
+``ExportedProgram`` when the model came from PyTorch and the whole model goes to the GPU, falling
+back to the ONNX route (and saying why) when that fails; otherwise the ONNX (sub)graph converted
+by our op mapping (``ai_vmm.targets.cuda_convert``), dynamic axes kept as ``torch.export`` dims.
 
 Precision: fp32, fp16 or bf16 (weights and activations; inputs and outputs stay float32).
 CUDA graphs: codegen tries to capture the package's run; where capture works and replays the
 same outputs, the executor replays a graph per input shape (``config["cuda_graphs"]``).
+
+Optional members the compiler may use (see ``ai_vmm.targets.base``): ``estimate`` (the cost at
+given shapes before building, ``ai_vmm.targets.cuda_estimate``), ``float_baseline`` (a cheap
+eager fp32 payload for the precision gate to compare against), ``measure_figures``.
 
 PyTorch is imported lazily: importing this module costs nothing on a machine without it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
-import logging
-import time
-import warnings
-from collections.abc import Iterator
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +40,9 @@ from ai_vmm.targets.base import (
     TargetOptions,
     devices_of,
 )
+from ai_vmm.targets.cuda_build import PRECISIONS, build_package
 
 NAME = "cuda"
-PRECISIONS = ("fp32", "fp16", "bf16")
-DEFAULT_MAX_DIM = 4096
-"""Upper bound of a dynamic axis without an ``--input`` range (torch.export needs none, but a
-bound keeps Inductor's guards and kernel choices sane)."""
 
 # Dense tensor-core peaks (TFLOP/s) and memory bandwidth (GB/s) from NVIDIA's datasheets, used
 # for the figures of a GPU that cannot be measured (planning for a profile) and for the
@@ -201,6 +194,33 @@ class CudaTarget(Target):
     ) -> Payload:
         return build_package(model, device, options, out_dir, options.precision)
 
+    def float_baseline(
+        self, model: ir.Model, device: Device, options: TargetOptions, out_dir: Path
+    ) -> Payload:
+        """An fp32 payload that only exists to be compared against: the exported program, run
+        eagerly (seconds to build; no Inductor compile). The precision gate's reference and
+        speed baseline for an fp16/bf16 build; never the payload an artifact should ship."""
+        return build_package(model, device, options, out_dir, "fp32", eager=True)
+
+    def estimate(
+        self,
+        model: ir.Model,
+        device: Device,
+        options: TargetOptions,
+        shapes: Sequence[Mapping[str, int]],
+        figures: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Estimated ms per call at each of ``shapes`` (symbolic dim sizes), before building.
+
+        ``figures``: the device's measured figures (the compiler caches them per machine);
+        without them the datasheet's, else a micro-benchmark here.
+        """
+        from ai_vmm.targets.cuda_estimate import estimate
+
+        figures = figures or spec_figures(device.full_name) or self.measure_figures(device)
+        host_io = not options.extra.get("device_io", False)
+        return estimate(model, figures, options.precision, shapes, host_io=host_io)
+
     def quantize(
         self,
         model: ir.Model,
@@ -232,268 +252,9 @@ class CudaTarget(Target):
         )
 
 
-# --------------------------------------------------------------------------------------------
-# Building the package
-# --------------------------------------------------------------------------------------------
-
-
 def _nvidia_driver_present() -> bool:
     """Whether an NVIDIA kernel driver shows itself (device nodes or its /proc entry)."""
     return Path("/proc/driver/nvidia").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
-
-
-def _torch_device(device: Device) -> str:
-    """The torch device of ``device`` (``cuda:0``; a test may ask for ``cpu`` explicitly)."""
-    return str(device.properties.get("torch_device") or f"cuda:{device.name}")
-
-
-def build_package(
-    model: ir.Model, device: Device, options: TargetOptions, out_dir: Path, precision: str
-) -> Payload:
-    """Export the model (or the frontend's torch program) and compile an AOTInductor package."""
-    import torch
-
-    from ai_vmm.targets.cuda_convert import ConversionError, to_torch, torch_dtype
-
-    if precision not in PRECISIONS:
-        raise CompileError(
-            f"cuda target: unknown precision '{precision}' ({', '.join(PRECISIONS)})"
-        )
-    compute = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    if precision == "fp32" and torch.cuda.is_available():
-        from ai_vmm.runtime.executors.cuda import strict_fp32
-
-        strict_fp32(torch)  # Inductor picks kernels under the same flags the executor runs
-    torch_device = _torch_device(device)
-    if torch_device.startswith("cuda") and not torch.cuda.is_available():
-        raise CompileError(
-            "cuda target: no CUDA device here, and an AOTInductor package can only be built "
-            "on a machine with the GPU (plan for it with --hardware, build on the device)"
-        )
-    graph_inputs = list(model.graph.inputs)
-    source = "onnx"
-    program_module = _torch_source(model, options, compute)
-    if program_module is not None:
-        module, source = program_module, "torch"
-    else:
-        try:
-            module = to_torch(model, compute)
-        except ConversionError as exc:
-            raise CompileError(f"cuda target: {exc}") from exc
-    if source == "onnx":
-        module = module.eval()  # (an ExportedProgram's module has no train/eval modes)
-    module = module.to(torch_device)
-    bounds = options.extra.get("input_bounds") or {}
-    sample_dims = options.extra.get("sample_dims") or {}
-    example, dims = _example_inputs(graph_inputs, bounds, sample_dims, torch_device)
-    arg_names = list(module.arg_names)
-    program, dynamic_note = _export(module, example, arg_names, dims, graph_inputs)
-    entry = out_dir / "model.pt2"
-    started = time.perf_counter()
-    with _quiet():
-        torch._inductor.aoti_compile_and_package(program, package_path=str(entry))
-    compile_s = time.perf_counter() - started
-    static_shapes = _compiled_shapes(program, graph_inputs)
-    config: dict[str, Any] = {
-        "inputs": [
-            {
-                "name": value.name or "",
-                "dtype": str(torch_dtype(value.dtype)).replace("torch.", ""),
-                "shape": shape,
-            }
-            for value, shape in zip(graph_inputs, static_shapes, strict=True)
-        ],
-        "precision": precision,
-        "source": source,
-        "torch": str(torch.__version__),
-        "device_type": torch_device.split(":")[0],
-    }
-    if dynamic_note:
-        config["shape_note"] = dynamic_note
-    if torch_device.startswith("cuda"):
-        props = torch.cuda.get_device_properties(torch.device(torch_device))
-        config["compute_capability"] = f"{props.major}.{props.minor}"
-        config["gpu"] = str(props.name)
-        config["cuda_graphs"] = _graphs_work(entry, example, torch_device)
-    logging.getLogger(__name__).debug("AOTInductor compile took %.1f s", compile_s)
-    files = tuple(sorted(p.name for p in out_dir.iterdir()))
-    return Payload(entry=entry.name, files=files, config=config)
-
-
-def _torch_source(model: ir.Model, options: TargetOptions, compute: Any) -> Any:
-    """The frontend's torch program as a module, when it computes exactly this graph."""
-    program = options.extra.get("torch_program")
-    if program is None:
-        return None
-    names = options.extra.get("torch_program_io")
-    inputs = [v.name for v in model.graph.inputs]
-    outputs = [v.name for v in model.graph.outputs]
-    if not names or list(names[0]) != inputs or list(names[1]) != outputs:
-        return None  # a partition, or a graph whose signature changed: use the ONNX graph
-    return _program_module(program, inputs, compute)
-
-
-def _program_module(program: Any, input_names: list[str | None], compute: Any) -> Any:
-    """An ``nn.Module`` around an ExportedProgram: float32 in and out, ``compute`` inside."""
-    import torch
-
-    from ai_vmm.targets.cuda_convert import named_forward, python_names
-
-    # A copy: the program's module shares its parameters with the user's model, which moving
-    # them to the GPU (or to fp16) would change under the user's feet.
-    inner = copy.deepcopy(program.module())
-    if compute != torch.float32:
-        inner = inner.to(compute)
-
-    class ProgramModule(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def run_graph(self, args: list[Any]) -> tuple[Any, ...]:
-            cast = [
-                a.to(compute) if a.is_floating_point() and a.dtype != compute else a for a in args
-            ]
-            flat = torch.utils._pytree.tree_leaves(self.inner(*cast))
-            return tuple(
-                o.to(torch.float32) if o.is_floating_point() and o.dtype != torch.float32 else o
-                for o in flat
-            )
-
-    names = python_names([name or "" for name in input_names])
-    module = named_forward(ProgramModule, names)()
-    module.arg_names = names
-    return module
-
-
-def _example_inputs(
-    inputs: list[ir.Value],
-    bounds: dict[str, list[Any]],
-    sample_dims: dict[str, int],
-    torch_device: str,
-) -> tuple[list[Any], dict[str, tuple[int, int]]]:
-    """Example tensors for ``torch.export`` and the (min, max) of every symbolic dimension.
-
-    A dynamic axis gets size >= 2 in the example (torch.export specialises sizes 0 and 1).
-    Values do not matter: the export traces with fake tensors.
-    """
-    import torch
-
-    from ai_vmm.targets.cuda_convert import torch_dtype
-
-    dims: dict[str, tuple[int, int]] = {}
-    tensors = []
-    for value in inputs:
-        shape: list[int] = []
-        limits = bounds.get(value.name or "") or []
-        for axis, dim in enumerate(value.shape or []):
-            if isinstance(dim, int):
-                shape.append(dim)
-                continue
-            symbol = str(dim.value) if getattr(dim, "value", None) else f"{value.name}_{axis}"
-            low, high = 1, DEFAULT_MAX_DIM
-            bound = limits[axis] if axis < len(limits) else None
-            if isinstance(bound, list | tuple) and len(bound) == 2:
-                low, high = int(bound[0] or 1), int(bound[1] or DEFAULT_MAX_DIM)
-            elif isinstance(bound, int):
-                low = high = bound
-            if symbol in dims:
-                low, high = max(low, dims[symbol][0]), min(high, dims[symbol][1])
-            dims[symbol] = (low, high)
-            size = sample_dims.get(symbol, 2)
-            size = min(max(size, low, 2), high)
-            shape.append(size)
-        dtype = torch_dtype(value.dtype)
-        if dtype.is_floating_point:
-            tensors.append(torch.randn(shape, dtype=dtype, device=torch_device))
-        else:
-            tensors.append(torch.zeros(shape, dtype=dtype, device=torch_device))
-    return tensors, dims
-
-
-def _export(
-    module: Any,
-    example: list[Any],
-    arg_names: list[str],
-    dims: dict[str, tuple[int, int]],
-    inputs: list[ir.Value],
-) -> tuple[Any, str]:
-    """``torch.export`` with named dims; if the model pins one, let export decide (AUTO)."""
-    import torch
-    from torch.export import Dim
-
-    named = {s: Dim(_dim_name(s), min=lo, max=hi) for s, (lo, hi) in dims.items() if lo != hi}
-
-    def shapes(auto: bool) -> Any:
-        spec = []
-        for value in inputs:
-            axes: dict[int, Any] = {}
-            for axis, dim in enumerate(value.shape or []):
-                if isinstance(dim, int):
-                    continue
-                symbol = str(dim.value) if getattr(dim, "value", None) else f"{value.name}_{axis}"
-                if symbol in named:
-                    axes[axis] = Dim.AUTO if auto else named[symbol]
-            spec.append(axes or None)
-        return dict(zip(arg_names, spec, strict=True))
-
-    with _quiet():
-        try:
-            return torch.export.export(
-                module, tuple(example), dynamic_shapes=shapes(False), strict=False
-            ), ""
-        except Exception as first:
-            try:
-                program = torch.export.export(
-                    module, tuple(example), dynamic_shapes=shapes(True), strict=False
-                )
-            except Exception as exc:
-                raise CompileError(f"cuda target: torch.export failed: {_one_line(exc)}") from exc
-            return program, f"some axes were pinned by the model: {_one_line(first)[:300]}"
-
-
-def _dim_name(symbol: str) -> str:
-    import re
-
-    name = re.sub(r"\W", "_", symbol)
-    return name if name and not name[0].isdigit() else f"d_{name}"
-
-
-def _compiled_shapes(program: Any, inputs: list[ir.Value]) -> list[list[int | None]]:
-    """Each input's shape in the exported program: ints where fixed, ``None`` where dynamic."""
-    placeholders = [
-        node
-        for node in program.graph.nodes
-        if node.op == "placeholder" and node.name in set(program.graph_signature.user_inputs)
-    ]
-    shapes = []
-    for node in placeholders[: len(inputs)]:
-        value = node.meta.get("val")
-        shape = getattr(value, "shape", ())
-        shapes.append([int(s) if isinstance(s, int) else None for s in shape])
-    while len(shapes) < len(inputs):
-        shapes.append([None] * len(inputs[len(shapes)].shape or []))
-    return shapes
-
-
-def _graphs_work(entry: Path, example: list[Any], torch_device: str) -> bool:
-    """Whether the package runs under CUDA-graph capture and replays the same outputs."""
-    import torch
-
-    from ai_vmm.runtime.executors.cuda import capture
-
-    try:
-        runner = torch._inductor.aoti_load_package(str(entry), run_single_threaded=True)
-        expected = runner(*example)
-        graph = capture(runner, example, torch.device(torch_device))
-        graph.graph.replay()
-        got = [o.clone() for o in graph.outputs]
-        return all(
-            torch.equal(a, b) or torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-3)
-            for a, b in zip(expected, got, strict=True)
-        )
-    except Exception:
-        return False
 
 
 def _cuda_seconds(fn: Any, device: Any, repeats: int = 20) -> float:
@@ -512,17 +273,4 @@ def _cuda_seconds(fn: Any, device: Any, repeats: int = 20) -> float:
     return float(start.elapsed_time(end)) / 1000.0 / repeats
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Keep torch's export/compile chatter off the user's terminal."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
-__all__ = ["GPU_SPECS", "CudaTarget", "build_package", "spec_figures"]
+__all__ = ["GPU_SPECS", "PRECISIONS", "CudaTarget", "build_package", "spec_figures"]

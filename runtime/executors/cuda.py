@@ -1,18 +1,42 @@
 """Executor for cuda payloads: an AOTInductor package (``model.pt2``) run by PyTorch.
 
-Inputs may be NumPy arrays (copied to the GPU) or torch tensors (used where they are: a tensor
-that another GPU partition produced stays on the GPU). Outputs are NumPy arrays, except the
-outputs named in ``config["device_outputs"]``, which stay torch tensors on the GPU because only
-other GPU partitions read them (the compiler sets that list).
+Inputs may be NumPy arrays (staged through pinned host memory) or torch tensors (used where
+they are: a tensor that another GPU partition produced stays on the GPU). Outputs are NumPy
+arrays, except the outputs named in ``config["device_outputs"]``, which stay torch tensors on
+the GPU because only other GPU partitions read them (the compiler sets that list).
 
 With ``config["cuda_graphs"]`` the executor captures one CUDA graph per input-shape signature
-(the first call with a new shape captures, later calls replay): the inputs are copied into the
-graph's static buffers and the package's kernels are launched as one graph.
+(the first call with a new shape captures, later calls replay; at most ``_MAX_GRAPHS``, least
+recently used dropped). How a graph stays valid for as long as it can be replayed:
+
+- Every executor works on its own CUDA stream, created for it (not one of PyTorch's pooled
+  streams, which other code may be handed too: work another thread put on a stream while we
+  capture on it would land in our graph).
+- One capture at a time in the process (PyTorch's rule), in ``thread_local`` mode, so other
+  threads may go on running while one captures.
+- Each graph has its own memory pool. The cuBLAS/cuBLASLt workspaces are dropped before the
+  capture (so the workspace the graph bakes in is allocated inside its own pool) and after it
+  (so no later graph, ours or anyone's, bakes in memory that dies with this graph). Without
+  that, a graph replays into a workspace that has since been freed and handed to someone else:
+  an illegal memory access (issue 18), or silently wrong numbers.
+- Static inputs are allocated by us outside the graph's pool, contiguous, and every value
+  is copied into them on our stream; outputs leave graph memory (to the host, or as a clone on
+  the GPU) before the lock is released, so the next replay cannot overwrite what a caller holds.
+- Dynamic axes are checked against the range the package was compiled for: AOTInductor does
+  not check them, and a kernel run outside its range (e.g. 32-bit indexing chosen for a bound)
+  reads or writes out of bounds.
+
+``config["runner"] == "eager"`` runs a saved ``torch.export`` program eagerly instead of a
+package (the cheap float baseline the compiler may ask for; see ``CudaTarget.float_baseline``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import threading
+from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +46,11 @@ from ai_vmm.runtime.errors import ArtifactError, DeviceError, InputError
 
 _MAX_GRAPHS = 8
 """Captured graphs kept per executor (one per distinct input-shape signature)."""
+_WARMUP_RUNS = 2
+"""Plain runs on the executor's stream before a capture (lazy module loads, cuDNN choices)."""
+
+_CAPTURE_LOCK = threading.Lock()
+"""One CUDA-graph capture at a time in this process (PyTorch's documented restriction)."""
 
 
 class CudaExecutor:
@@ -51,76 +80,159 @@ class CudaExecutor:
                 strict_fp32(torch)
         else:
             self._device = torch.device(device_type)
+        self._cuda = self._device.type == "cuda"
         specs = list(config.get("inputs", []))
         self._names = [str(spec["name"]) for spec in specs]
-        # name -> the shape the package was compiled for (None where an axis is dynamic)
-        self._shapes = {str(spec["name"]): list(spec.get("shape") or []) for spec in specs}
+        self._checks = {str(spec["name"]): _ShapeCheck(spec) for spec in specs}
+        self._dtypes = {str(spec["name"]): str(spec.get("dtype", "")) for spec in specs}
         self._outputs = list(outputs)
         self._keep = set(config.get("device_outputs", ()))
-        self._use_graphs = bool(config.get("cuda_graphs")) and self._device.type == "cuda"
-        try:
-            self._runner = torch._inductor.aoti_load_package(
-                str(entry), run_single_threaded=self._use_graphs
-            )
-        except Exception as exc:
-            raise ArtifactError(
-                f"PyTorch could not load the AOTInductor package {entry.name}: {_one_line(exc)}"
-            ) from exc
-        self._graphs: dict[tuple[Any, ...], Any] = {}
+        self._use_graphs = bool(config.get("cuda_graphs")) and self._cuda
+        self._cudnn_benchmark = bool(config.get("cudnn_benchmark", True))
+        self._runner = _load_runner(torch, entry, str(config.get("runner", "aoti")))
+        self._stream = private_stream(torch, self._device) if self._cuda else None
+        self._graphs: OrderedDict[tuple[tuple[int, ...], ...], CapturedGraph] = OrderedDict()
         self._lock = threading.Lock()
+
+    def __del__(self) -> None:
+        stream = getattr(self, "_stream", None)
+        if stream is not None:
+            try:
+                self._graphs.clear()
+                release_stream(self._torch, stream)
+            except Exception:  # interpreter shutdown: nothing to hand back to
+                pass
 
     # The runtime's contract ----------------------------------------------------------------
 
     def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
         torch = self._torch
-        tensors = [self._to_device(name, inputs) for name in self._names]
-        with self._lock, torch.inference_mode():
+        inputs = self._prepare(inputs)
+        with self._lock, torch.inference_mode(), self._on_stream() as caller:
             if self._use_graphs:
-                results = self._replay(tensors)
+                results = self._replay(inputs)
             else:
+                tensors = [self._to_device(name, inputs[name]) for name in self._names]
                 try:
                     results = list(self._runner(*tensors))
                 except Exception as exc:
                     raise InputError(f"the CUDA package failed to run: {_one_line(exc)}") from exc
-            out = {}
-            for name, value in zip(self._outputs, results, strict=True):
-                out[name] = value if name in self._keep else value.cpu().numpy()
-        return out
+            return self._deliver(results, caller)
 
     # Internals -----------------------------------------------------------------------------
 
-    def _to_device(self, name: str, inputs: dict[str, Any]) -> Any:
+    @contextlib.contextmanager
+    def _on_stream(self) -> Iterator[Any]:
+        """Run on the executor's stream, ordered after the caller's stream (which produced any
+        torch inputs) and before it (which reads any device outputs)."""
+        if self._stream is None:
+            yield None
+            return
         torch = self._torch
-        value = inputs[name]
-        if isinstance(value, torch.Tensor):
-            return value if value.device == self._device else value.to(self._device)
-        array = np.ascontiguousarray(value)
-        shape = self._shapes[name]
-        if len(shape) != array.ndim or any(
-            want is not None and want != got for want, got in zip(shape, array.shape, strict=False)
-        ):
-            raise InputError(
-                f"input '{name}': shape {tuple(array.shape)} does not fit the GPU package, "
-                f"compiled for {tuple('?' if s is None else s for s in shape)} (the model "
-                f"fixed these axes at export; recompile with the shapes you need)"
-            )
-        return torch.from_numpy(array).to(self._device, non_blocking=False)
+        caller = torch.cuda.current_stream(self._device)
+        self._stream.wait_stream(caller)
+        with torch.cuda.stream(self._stream):
+            yield caller
+        caller.wait_stream(self._stream)
 
-    def _replay(self, tensors: list[Any]) -> list[Any]:
-        key = tuple((tuple(t.shape), t.dtype) for t in tensors)
+    def _prepare(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Every input present, of the element type the package reads (a kernel handed int32
+        where it reads int64 reads past the buffer), and of a shape it was compiled for."""
+        torch = self._torch
+        sizes: dict[str, tuple[int, str]] = {}
+        prepared: dict[str, Any] = {}
+        for name in self._names:
+            if name not in inputs:
+                raise InputError(f"missing input '{name}'")
+            value = inputs[name]
+            want = self._dtypes[name]
+            if isinstance(value, torch.Tensor):
+                have = str(value.dtype).replace("torch.", "")
+                if want and have != want:
+                    _same_kind(name, have, want)
+                    value = value.to(getattr(torch, want))
+            else:
+                value = np.asarray(value)
+                have = value.dtype.name
+                if want and have != want:
+                    _same_kind(name, have, want)
+                    value = value.astype(want)
+            self._checks[name].check(name, tuple(int(s) for s in value.shape), sizes)
+            prepared[name] = value
+        return prepared
+
+    def _to_device(self, name: str, value: Any) -> Any:
+        torch = self._torch
+        if isinstance(value, torch.Tensor):
+            if value.device != self._device:
+                value = value.to(self._device, non_blocking=True)
+            # AOTInductor kernels assume the layout they were compiled for: dense, row-major.
+            return value.contiguous()
+        array = np.ascontiguousarray(value)
+        host = torch.from_numpy(array)
+        if not self._cuda:
+            return host
+        return _pinned_copy(torch, host).to(self._device, non_blocking=True)
+
+    def _replay(self, inputs: dict[str, Any]) -> list[Any]:
+        torch = self._torch
+        # Element types are the package's after _prepare: the shapes are the signature.
+        key = tuple(tuple(int(s) for s in inputs[n].shape) for n in self._names)
         graph = self._graphs.get(key)
         if graph is None:
+            tensors = [self._to_device(name, inputs[name]) for name in self._names]
             if len(self._graphs) >= _MAX_GRAPHS:
-                self._graphs.pop(next(iter(self._graphs)))
+                # Replays on our stream may still run: let them finish before the pool goes.
+                assert self._stream is not None
+                self._stream.synchronize()
+                self._graphs.popitem(last=False)
             try:
-                graph = capture(self._runner, tensors, self._device)
+                graph = capture(
+                    self._runner,
+                    tensors,
+                    self._device,
+                    self._stream,
+                    cudnn_benchmark=self._cudnn_benchmark,
+                )
             except Exception as exc:
                 raise InputError(f"CUDA graph capture failed: {_one_line(exc)}") from exc
             self._graphs[key] = graph
-        for static, value in zip(graph.inputs, tensors, strict=True):
-            static.copy_(value, non_blocking=True)
+        else:
+            self._graphs.move_to_end(key)
+            for static, name in zip(graph.inputs, self._names, strict=True):
+                value = inputs[name]
+                if isinstance(value, torch.Tensor):
+                    static.copy_(value, non_blocking=True)
+                else:
+                    host = torch.from_numpy(np.ascontiguousarray(value))
+                    static.copy_(_pinned_copy(torch, host), non_blocking=True)
         graph.graph.replay()
         return list(graph.outputs)
+
+    def _deliver(self, results: list[Any], caller: Any) -> dict[str, Any]:
+        """Outputs out of graph-owned memory: kept ones cloned on the GPU, the rest to the host
+        (pinned buffers, one synchronization for all of them)."""
+        torch = self._torch
+        out: dict[str, Any] = {}
+        pending: list[tuple[str, Any]] = []
+        for name, value in zip(self._outputs, results, strict=True):
+            if name in self._keep:
+                kept = value.clone() if self._use_graphs else value
+                if caller is not None:
+                    kept.record_stream(caller)
+                out[name] = kept
+            elif self._cuda and value.device.type == "cuda":
+                host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+                host.copy_(value, non_blocking=True)
+                pending.append((name, host))
+            else:
+                out[name] = value.detach().cpu().numpy()
+        if pending:
+            assert self._stream is not None
+            self._stream.synchronize()
+            for name, host in pending:
+                out[name] = host.numpy()
+        return out
 
     def profile_ops(self, inputs: dict[str, Any], runs: int) -> list[dict[str, Any]]:
         """Per-kernel GPU time (ms per inference) from the PyTorch profiler."""
@@ -138,6 +250,42 @@ class CudaExecutor:
             if device_us > 0:
                 totals[event.key] = totals.get(event.key, 0.0) + device_us / 1000.0
         return [{"op": op, "ms": ms / runs} for op, ms in totals.items()]
+
+
+class _ShapeCheck:
+    """One input's compiled shape: fixed sizes, dynamic ranges and shared symbols."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.shape = list(spec.get("shape") or [])
+        self.ranges = {
+            int(a): (int(r[0]), int(r[1])) for a, r in (spec.get("ranges") or {}).items()
+        }
+        self.symbols = {int(a): str(s) for a, s in (spec.get("symbols") or {}).items()}
+
+    def check(self, name: str, shape: tuple[int, ...], sizes: dict[str, tuple[int, str]]) -> None:
+        want = tuple("?" if s is None else s for s in self.shape)
+        if len(shape) != len(self.shape) or any(
+            w is not None and w != g for w, g in zip(self.shape, shape, strict=False)
+        ):
+            raise InputError(
+                f"input '{name}': shape {shape} does not fit the GPU package, compiled for "
+                f"{want} (the model fixed these axes at export; recompile with the shapes you "
+                f"need)"
+            )
+        for axis, (low, high) in self.ranges.items():
+            if not low <= shape[axis] <= high:
+                raise InputError(
+                    f"input '{name}': axis {axis} is {shape[axis]}, outside the range "
+                    f"{low}..{high} the GPU package was compiled for (recompile with "
+                    f"--input giving the sizes you need)"
+                )
+        for axis, symbol in self.symbols.items():
+            seen = sizes.setdefault(symbol, (shape[axis], name))
+            if seen[0] != shape[axis]:
+                raise InputError(
+                    f"input '{name}': axis {axis} is {shape[axis]} but '{seen[1]}' has "
+                    f"{seen[0]} on the same dimension '{symbol}'"
+                )
 
 
 def strict_fp32(torch: Any) -> None:
@@ -158,25 +306,153 @@ class CapturedGraph:
         self.graph, self.inputs, self.outputs = graph, inputs, outputs
 
 
-def capture(runner: Any, example: list[Any], device: Any) -> CapturedGraph:
-    """Warm up on a side stream, then capture ``runner(*static_inputs)`` into a CUDA graph.
+def capture(
+    runner: Any,
+    example: list[Any],
+    device: Any,
+    stream: Any = None,
+    *,
+    cudnn_benchmark: bool = True,
+) -> CapturedGraph:
+    """Capture ``runner(*static_inputs)`` into a CUDA graph on ``stream`` (module doc: why so).
 
     The package must be loaded with ``run_single_threaded=True`` (AOTInductor's own locking
-    does not survive capture).
+    does not survive capture). ``example`` gives the shapes and the first values. With
+    ``cudnn_benchmark`` the warm-up lets cuDNN time its convolution algorithms for these
+    shapes; the graph keeps the fastest (replays never call cuDNN again).
     """
     import torch
 
-    static = [t.clone() for t in example]
-    stream = torch.cuda.Stream(device=device)
+    own = stream is None
+    stream = private_stream(torch, device) if stream is None else stream
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    # The example may come from the caller's stream: copy it only once that work is done.
     stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for _ in range(2):
+    with _CAPTURE_LOCK, torch.cuda.stream(stream), _cudnn_flags(torch, cudnn_benchmark):
+        static = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in example]
+        for buffer, value in zip(static, example, strict=True):
+            buffer.copy_(value)
+        for _ in range(_WARMUP_RUNS):
             runner(*static)
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outputs = runner(*static)
-    return CapturedGraph(graph, static, list(outputs))
+        stream.synchronize()
+        if clear is not None:
+            clear()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+                outputs = list(runner(*static))
+        finally:
+            if clear is not None:
+                clear()
+            if own:
+                release_stream(torch, stream)
+    return CapturedGraph(graph, static, outputs)
+
+
+@contextlib.contextmanager
+def _cudnn_flags(torch: Any, benchmark: bool) -> Iterator[None]:
+    """cuDNN's autotuner on for the warm-up and capture only (process-wide flag, restored)."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = benchmark or before
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+_FREE_STREAMS: dict[int, list[Any]] = {}
+_STREAMS_LOCK = threading.Lock()
+
+
+def private_stream(torch: Any, device: Any) -> Any:
+    """A CUDA stream of our own (non-blocking), not one of PyTorch's pooled streams.
+
+    PyTorch hands its 32 pooled streams out round-robin; a stream we capture on must not be
+    one that other code can be given. ``cudaStreamCreateWithFlags`` through the libcudart
+    PyTorch already loaded; a high-priority pooled stream where that library is not found.
+    Streams are never destroyed (a replay may still be queued on one): executors hand theirs
+    back (``release_stream``) for the next one to reuse.
+    """
+    index = int(torch.device(device).index or 0)
+    with _STREAMS_LOCK:
+        free = _FREE_STREAMS.get(index)
+        if free:
+            return free.pop()
+    lib = _cudart()
+    if lib is not None:
+        handle = ctypes.c_void_p()
+        with torch.cuda.device(device):
+            status = lib.cudaStreamCreateWithFlags(ctypes.byref(handle), ctypes.c_uint(1))
+        if status == 0 and handle.value:
+            return torch.cuda.ExternalStream(handle.value, device=device)
+    return torch.cuda.Stream(device=device, priority=-1)
+
+
+def release_stream(torch: Any, stream: Any) -> None:
+    """Give a stream from ``private_stream`` back for reuse."""
+    index = int(stream.device.index or 0)
+    with _STREAMS_LOCK:
+        _FREE_STREAMS.setdefault(index, []).append(stream)
+
+
+_CUDART: list[Any] = []
+
+
+def _cudart() -> Any:
+    """The CUDA runtime library this process has loaded (found in /proc/self/maps)."""
+    if _CUDART:
+        return _CUDART[0]
+    lib = None
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "libcudart" in line}
+        for path in sorted(paths):
+            try:
+                candidate = ctypes.CDLL(path)
+                candidate.cudaStreamCreateWithFlags.restype = ctypes.c_int
+                lib = candidate
+                break
+            except (OSError, AttributeError):
+                continue
+    except OSError:
+        lib = None
+    _CUDART.append(lib)
+    return lib
+
+
+def _pinned_copy(torch: Any, host: Any) -> Any:
+    """``host`` in page-locked memory (PyTorch's caching host allocator), so the copy to the
+    GPU is one DMA, not a staged pageable copy."""
+    pinned = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
+    pinned.copy_(host)
+    return pinned
+
+
+_KINDS = {"f": "float", "i": "integer", "u": "integer", "b": "bool"}
+
+
+def _same_kind(name: str, have: str, want: str) -> None:
+    """Casting between widths of one kind is what the user meant; across kinds it is not."""
+    kinds = []
+    for dtype in (have, want):
+        try:
+            kinds.append(_KINDS.get(np.dtype("float16" if dtype == "bfloat16" else dtype).kind))
+        except TypeError:
+            kinds.append(None)
+    if kinds[0] is None or kinds[0] != kinds[1]:
+        raise InputError(f"input '{name}': element type {have}, the model takes {want}")
+
+
+def _load_runner(torch: Any, entry: Path, runner: str) -> Any:
+    try:
+        if runner == "eager":
+            return torch.export.load(str(entry)).module()
+        # Single-threaded: our lock serializes calls, and capture needs it.
+        return torch._inductor.aoti_load_package(str(entry), run_single_threaded=True)
+    except Exception as exc:
+        raise ArtifactError(
+            f"PyTorch could not load the GPU package {entry.name}: {_one_line(exc)}"
+        ) from exc
 
 
 def _check_compatible(config: dict[str, Any], torch: Any, device: Any) -> None:

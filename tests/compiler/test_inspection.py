@@ -69,6 +69,7 @@ def test_older_reports_print_what_they_have() -> None:
         "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 4]}],
         "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 2]}],
         "partitions": [{"id": "p0", "target": "openvino", "device": "CPU", "entry": "p0/m.xml"}],
+        "compile_options": {"recipe": "default"},
     }
     old_report = {
         # No primary_label in the profile, no variants, no verification: an early report.
@@ -78,7 +79,7 @@ def test_older_reports_print_what_they_have() -> None:
         "chosen": {"device": "openvino:CPU", "rule": "only candidate"},
     }
     shown = _shown(manifest, old_report)
-    assert "architecture: mlp (0.9)" in shown
+    assert "architecture: mlp (0.9)  recipe: default (given by --recipe)" in shown
     assert "['batch', 4]" in shown  # a shape is text, not rich markup
     assert "0.5" in shown
     bare = _shown({"partitions": []}, {})

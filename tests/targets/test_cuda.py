@@ -24,6 +24,7 @@ from ai_vmm.targets.base import TargetOptions  # noqa: E402
 from ai_vmm.targets.cuda import CudaTarget, spec_figures  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from convformer import convformer  # noqa: E402
 from hetero_model import make_depth_to_space_model  # noqa: E402
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CUDA)")
@@ -149,6 +150,36 @@ def test_gpu_torch_source_compiles_the_frontends_program(tmp_path: Path) -> None
     got = compiled.run({name: x.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(next(iter(got.values())), module(x).numpy(), **FP32_TOL)
+
+
+@pytest.mark.gpu
+@GPU
+def test_gpu_torch_source_at_fp16_builds_or_falls_back_to_onnx(tmp_path: Path) -> None:
+    """Issue 18: this module through the torch frontend at fp16 failed in the cuda target's
+    re-export of the program, and the compile did not fall back. Now it builds from the torch
+    program or from the ONNX graph (saying why), and matches the float module."""
+    module = convformer()
+    result = ai_vmm.compile(
+        module,
+        "cuda:0",
+        tmp_path / "c.vmm",
+        example_inputs=(torch.randn(2, 3, 32, 32),),
+        dynamic_shapes={"x": {0: "batch"}},
+        precision="fp16",
+        force_quantize=True,
+        tune=False,
+    )
+    config = result.manifest["partitions"][0]["config"]
+    assert config["precision"] == "fp16"
+    if config["source"] != "torch":
+        assert "the ONNX graph was compiled instead" in config["source_note"]
+    compiled = ai_vmm.runtime.load(tmp_path / "c.vmm")
+    name = compiled.inputs[0].name
+    for batch in (1, 5):
+        x = torch.randn(batch, 3, 32, 32)
+        got = next(iter(compiled.run({name: x.numpy()}).values()))
+        with torch.no_grad():
+            np.testing.assert_allclose(got, module(x).numpy(), **FP16_TOL)
 
 
 @pytest.mark.gpu

@@ -1,0 +1,377 @@
+"""One LM candidate: a target's decoder payload, staged as an artifact, loaded by the runtime.
+
+Every check runs on what users get: the staged artifact is loaded with ``ai_vmm.runtime.load``
+and driven through ``CausalLM.generate`` (the same token loop, sampler and tokenizer).
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ai_vmm.driver import toolchain
+from ai_vmm.frontends import causal_lm as frontend
+from ai_vmm.llm_quality import (
+    agreement,
+    chat_prompts,
+    common_prefix,
+    docstring_corpus,
+    greedy,
+    perplexity,
+)
+from ai_vmm.runtime.artifact import (
+    Manifest,
+    PartitionSpec,
+    TensorSpec,
+    copy_artifact,
+    sha256_file,
+    write_artifact,
+)
+from ai_vmm.runtime.devices import Device
+from ai_vmm.runtime.errors import CompileError
+from ai_vmm.runtime.llm import spec as lm_spec
+
+if TYPE_CHECKING:
+    from ai_vmm.llm_compile import LMOptions
+
+AGREEMENT_TOKENS = 64
+PERPLEXITY_TOKENS = 2048
+INT4_RATIOS = (1.0, 0.8, 0.6, 0.4, 0.2)
+_serial = itertools.count()
+
+
+@dataclass
+class LMRun:
+    """State of one LM compile: the source, the export, the work directory, the reference."""
+
+    source: frontend.CausalLMSource
+    export: frontend.DecoderExport
+    tokenizer_dir: Path
+    tokenizer_info: dict[str, Any]
+    work: Path
+    options: LMOptions
+    say: Callable[[str], None]
+    reference: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """Weight-only compression of one attempt."""
+
+    mode: str
+    group_size: int | None = None
+    ratio: float = 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "group_size": self.group_size, "ratio": self.ratio}
+
+
+class Built:
+    """A staged, loaded candidate and what was measured on it."""
+
+    def __init__(
+        self,
+        device: Device,
+        weights: WeightSpec | None,
+        root: Path,
+        manifest: Manifest,
+        lm: Any,
+        notes: list[str],
+    ) -> None:
+        self.device = device
+        self.weights = weights
+        self.root = root
+        self.manifest = manifest
+        self.lm = lm
+        self.notes = notes
+        self.parity: dict[str, Any] | None = None
+        self.quality: dict[str, Any] | None = None
+        self.speed: Any = None
+
+    def check_parity(self, run: LMRun) -> str | None:
+        """Greedy tokens against transformers on a real prompt; the problem, or ``None``."""
+        prompt, expected = _reference(run)
+        ids = (
+            self.lm.encode_prompt(run.reference["messages"])
+            if run.reference.get("messages")
+            else prompt
+        )
+        got = self.lm.generate(
+            prompt, max_new_tokens=len(expected), min_new_tokens=len(expected)
+        ).tokens
+        same = common_prefix(got, expected)
+        self.parity = {
+            "prompt_tokens": len(prompt),
+            "tokens": len(expected),
+            "identical": same,
+            "tokenizer_matches_transformers": ids == prompt,
+        }
+        if ids != prompt:
+            return "the artifact's chat template gives other token ids than transformers"
+        if same < len(expected):
+            return (
+                f"greedy decoding differs from transformers at token {same} of {len(expected)} "
+                f"(float32; got {got[same]}, expected {expected[same]})"
+            )
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "device": self.device.key,
+            "weights": None if self.weights is None else self.weights.to_json(),
+            "partition_config": self.manifest.partitions[0].config,
+            "parity": self.parity,
+            "quality": self.quality,
+            "speed": None if self.speed is None else self.speed.to_json(),
+            "notes": self.notes,
+        }
+
+    def finalize(self, out_path: Path, report: dict[str, Any]) -> Path:
+        """Write the final artifact (this candidate, the whole report) to ``out_path``; return
+        the directory form (for the compile cache)."""
+        final = self.root.with_name(self.root.name + "-final")
+        payloads = {"decoder": self.root / "decoder", "tokenizer": self.root / "tokenizer"}
+        write_artifact(final, self.manifest, report, payloads)
+        copy_artifact(final, out_path)
+        self.close()
+        return final
+
+    def close(self) -> None:
+        if self.lm is not None:
+            self.lm.close()
+            self.lm = None
+
+
+def build_candidate(run: LMRun, device: Device, weights: WeightSpec | None) -> Built:
+    """Build, stage and load the decoder for ``device``.
+
+    Raises:
+        CompileError: the target cannot build it (the message says why).
+        DeviceError: the device is missing.
+    """
+    serial = next(_serial)
+    payload = run.work / f"payload-{serial}"
+    layout = run.export.layout
+    notes: list[str] = []
+    if run.options.precision != "fp32" and device.target != "cuda":
+        raise CompileError(
+            f"{run.options.precision} LMs build for the cuda target; CPU targets are fp32"
+        )
+    if device.target == "openvino":
+        from ai_vmm.targets import openvino_lm
+
+        model = openvino_lm.stateful_model(run.export.path, layout.layers)
+        if weights is not None:
+            compression = openvino_lm.WeightCompression(
+                weights.mode, weights.group_size or openvino_lm.DEFAULT_INT4_GROUP, weights.ratio
+            )
+            model = openvino_lm.compress(model, compression)
+            notes.append(compression.describe())
+            int8 = _int8_layers(openvino_lm.layer_precisions(model), weights)
+            if int8 is not None:
+                notes.append(f"layers kept INT8: {', '.join(int8) or 'embedding and LM head only'}")
+        openvino_lm.save(model, payload)
+        entry, kind = "decoder.xml", "stateful"
+        config: dict[str, Any] = {"performance_hint": "LATENCY", "kv_cache_precision": "f32"}
+    elif device.target == "onnxruntime":
+        from ai_vmm.targets import onnxruntime_lm
+
+        entry, config, note = onnxruntime_lm.build(
+            run.export.path,
+            payload,
+            weights=None if weights is None else weights.mode,
+            group_size=None if weights is None else weights.group_size,
+        )
+        if weights is not None and weights.ratio != 1.0:
+            raise CompileError("ratio (mixed INT4/INT8) is an NNCF option: use the openvino target")
+        notes += [note] if note else []
+        kind = "explicit"
+    else:
+        from ai_vmm.targets import cuda_lm
+
+        entry, config, note = cuda_lm.build(
+            run.source.model, layout, payload, precision=run.options.precision, device=device.name
+        )
+        notes.append(note)
+        kind = "static"
+    root = run.work / f"candidate-{serial}.vmm"
+    manifest = _manifest(run, device, payload, entry, config, kind)
+    write_artifact(root, manifest, {}, {"decoder": payload, "tokenizer": run.tokenizer_dir})
+    shutil.rmtree(payload, ignore_errors=True)
+    from ai_vmm.runtime import load
+
+    return Built(device, weights, root, manifest, load(root), notes)
+
+
+def gate_weights(run: LMRun, float_build: Built) -> Built:
+    """Compressed weights behind the quality gate; the float build when every attempt fails.
+
+    Gate: perplexity on standard-library docstrings within ``max_perplexity_increase`` of the
+    float build's, and greedy replies to the chat prompts agreeing with the float build's for
+    at least ``min_agreement`` of their tokens (mean common-prefix share).
+    """
+    options, say = run.options, run.say
+    mode = options.weights or "int8"
+    limit = options.max_perplexity_increase
+    limit = limit if limit is not None else (0.02 if mode == "int8" else 0.10)
+    tokenizer = float_build.lm.tokenizer
+    corpus = tokenizer.encode(docstring_corpus())[:PERPLEXITY_TOKENS]
+    prompts = chat_prompts(tokenizer)
+    say(f"quality reference: float perplexity and replies on {float_build.device.key}")
+    base_ppl = perplexity(float_build.lm, corpus)
+    base_replies = greedy(float_build.lm, prompts, AGREEMENT_TOKENS)
+    attempts: list[dict[str, Any]] = []
+    for spec in _attempts(run, float_build.device):
+        say(f"weights {spec.mode} (ratio {spec.ratio:g}) on {float_build.device.key}")
+        candidate = build_candidate(run, float_build.device, spec)
+        ppl = perplexity(candidate.lm, corpus)
+        agree = agreement(greedy(candidate.lm, prompts, AGREEMENT_TOKENS), base_replies)
+        increase = ppl / base_ppl - 1
+        passed = increase <= limit and agree >= options.min_agreement
+        attempt = {
+            **spec.to_json(),
+            "perplexity": round(ppl, 4),
+            "float_perplexity": round(base_ppl, 4),
+            "increase": round(increase, 4),
+            "agreement": round(agree, 4),
+            "passed": passed,
+            "notes": candidate.notes,
+        }
+        attempts.append(attempt)
+        if passed or (options.force_weights and spec == _attempts(run, float_build.device)[-1]):
+            candidate.quality = {
+                "gate": {"max_perplexity_increase": limit, "min_agreement": options.min_agreement},
+                "corpus_tokens": len(corpus),
+                "prompts": len(prompts),
+                "reply_tokens": AGREEMENT_TOKENS,
+                "attempts": attempts,
+                "kept": attempt,
+            }
+            candidate.parity = float_build.parity
+            float_build.close()
+            return candidate
+        candidate.close()
+    float_build.quality = {
+        "gate": {"max_perplexity_increase": limit, "min_agreement": options.min_agreement},
+        "attempts": attempts,
+        "kept": None,
+    }
+    float_build.notes.append(f"{mode} weights refused by the quality gate: float weights kept")
+    return float_build
+
+
+def _attempts(run: LMRun, device: Device) -> list[WeightSpec]:
+    options = run.options
+    if options.weights == "int8":
+        return [WeightSpec("int8")]
+    if device.target != "openvino":
+        return [WeightSpec("int4", options.group_size)]
+    first = options.ratio if options.ratio is not None else 1.0
+    ratios = [first, *[r for r in INT4_RATIOS if r < first]]
+    return [WeightSpec("int4", options.group_size, r) for r in ratios]
+
+
+def _int8_layers(precisions: dict[str, str], weights: WeightSpec) -> list[str] | None:
+    if weights.mode != "int4":
+        return None
+    return sorted(name for name, kind in precisions.items() if kind in ("u8", "i8"))
+
+
+def _reference(run: LMRun) -> tuple[list[int], list[int]]:
+    """The parity prompt (the model's own chat template when it has one) and transformers'
+    greedy reply to it, computed once per compile."""
+    if "prompt" not in run.reference:
+        tok = run.source.tokenizer
+        if getattr(tok, "chat_template", None):
+            messages = [{"role": "user", "content": "What is the capital of France?"}]
+            encoded = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            ids = (
+                encoded["input_ids"]
+                if isinstance(encoded, dict) or hasattr(encoded, "keys")
+                else encoded
+            )
+            run.reference["messages"] = messages
+        else:
+            ids = tok(docstring_corpus(2000)[:400])["input_ids"]
+        prompt = [int(t) for t in ids]
+        run.say(f"transformers reference: {run.options.verify_tokens} greedy tokens")
+        run.reference["prompt"] = prompt
+        run.reference["tokens"] = frontend.reference_greedy(
+            run.source, prompt, run.options.verify_tokens, block_eos=True
+        )
+    return run.reference["prompt"], run.reference["tokens"]
+
+
+def _manifest(
+    run: LMRun, device: Device, payload: Path, entry: str, config: dict[str, Any], kind: str
+) -> Manifest:
+    files = {
+        f"decoder/{p.relative_to(payload).as_posix()}": sha256_file(p)
+        for p in sorted(payload.rglob("*"))
+        if p.is_file()
+    }
+    assets = {
+        f"tokenizer/{p.relative_to(run.tokenizer_dir).as_posix()}": sha256_file(p)
+        for p in sorted(run.tokenizer_dir.rglob("*"))
+        if p.is_file()
+    }
+    layout = run.export.layout
+    info = run.tokenizer_info
+    inputs = (
+        TensorSpec("input_ids", "int64", ("batch", "seq")),
+        TensorSpec("attention_mask", "int64", ("batch", "total")),
+        TensorSpec("position_ids", "int64", ("batch", "seq")),
+    )
+    outputs = (TensorSpec("logits", "float32", ("batch", "n", run.export.vocab_size)),)
+    partition = PartitionSpec(
+        id="decoder",
+        target=device.target,
+        device=device.name,
+        entry=f"decoder/{entry}",
+        files=files,
+        inputs=tuple(s.name for s in inputs),
+        outputs=("logits",),
+        config=config,
+    )
+    tokenizer = {
+        "file": "tokenizer/tokenizer.json",
+        "chat_template": (
+            f"tokenizer/{info['files']['chat_template']}"
+            if "chat_template" in info["files"]
+            else None
+        ),
+        "special_tokens": info["special_tokens"],
+        "bos_token_id": info["bos_token_id"],
+        "eos_token_ids": info["eos_token_ids"],
+        "pad_token_id": info["pad_token_id"],
+    }
+    config_obj = run.source.config.get_text_config()
+    context = int(
+        getattr(config_obj, "max_position_embeddings", None)
+        or getattr(config_obj, "n_positions", None)
+        or 2048
+    )
+    return Manifest(
+        inputs=inputs,
+        outputs=outputs,
+        partitions=(partition,),
+        compile_options=run.options.to_json(),
+        toolchain=toolchain(device.target),
+        source={"sha256": run.source.digest, "architecture": run.source.architecture},
+        kind="causal-lm",
+        assets=assets,
+        llm=lm_spec.to_json(
+            architecture=run.source.architecture,
+            vocab_size=run.export.vocab_size,
+            context_length=context,
+            cache=layout.to_json(),
+            decoder_kind=kind,
+            partition="decoder",
+            tokenizer=tokenizer,
+        ),
+    )

@@ -1,0 +1,133 @@
+"""What an LM compile measures: greedy parity, perplexity on real text, speed.
+
+* Parity: greedy tokens of a candidate against ``transformers`` ``generate`` in float32 (the
+  reference is computed once per compile).
+* Quality of compressed weights: perplexity on real English (docstrings of the Python standard
+  library) against the float build of the same target, and greedy agreement with the float
+  model's replies to real chat prompts: the length of the common prefix, as a share.
+* Speed: time to first token and decode tokens/s on a prompt of realistic length.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+CHAT_PROMPTS = (
+    "What is the capital of France?",
+    "Explain in two sentences what a hash table is.",
+    "Write a Python function that reverses a string.",
+    "Give three tips for sleeping better.",
+)
+CORPUS_MODULES = (
+    "json",
+    "textwrap",
+    "functools",
+    "collections",
+    "argparse",
+    "pathlib",
+    "logging",
+    "subprocess",
+    "itertools",
+    "statistics",
+    "shutil",
+    "datetime",
+)
+
+
+def docstring_corpus(max_chars: int = 60_000) -> str:
+    """Real English prose: docstrings of standard-library modules and their members, in a fixed
+    order (the same text on every machine with this Python)."""
+    parts: list[str] = []
+    for name in CORPUS_MODULES:
+        module = importlib.import_module(name)
+        seen: set[str] = set()
+        for obj in [module, *(v for _, v in sorted(vars(module).items()))]:
+            doc = inspect.getdoc(obj) if callable(obj) or obj is module else None
+            if doc and len(doc) > 200 and doc not in seen:
+                seen.add(doc)
+                parts.append(doc)
+    text = "\n\n".join(parts)
+    return text[:max_chars]
+
+
+def chat_prompts(tokenizer: Any) -> list[list[int]]:
+    """The gate prompts as token ids: through the chat template when the model has one."""
+    if tokenizer.chat_template is not None:
+        return [
+            list(tokenizer.apply_chat_template([{"role": "user", "content": q}]))
+            for q in CHAT_PROMPTS
+        ]
+    corpus = docstring_corpus(20_000)
+    return [tokenizer.encode(corpus[i * 3000 : i * 3000 + 300]) for i in range(len(CHAT_PROMPTS))]
+
+
+def realistic_prompt(tokenizer: Any, tokens: int) -> list[int]:
+    """``tokens`` tokens of real text (for timing)."""
+    return tokenizer.encode(docstring_corpus(tokens * 8))[:tokens]
+
+
+def perplexity(lm: Any, tokens: Sequence[int], window: int = 512) -> float:
+    """``exp`` of the mean negative log-likelihood of ``tokens`` under ``lm``."""
+    total, count = lm.log_likelihood(tokens, window=window)
+    return math.exp(total / max(count, 1))
+
+
+def greedy(lm: Any, prompts: Sequence[Sequence[int]], new_tokens: int) -> list[list[int]]:
+    """Greedy replies (EOS blocked, so every reply has ``new_tokens`` tokens)."""
+    return [
+        lm.generate(list(p), max_new_tokens=new_tokens, min_new_tokens=new_tokens).tokens
+        for p in prompts
+    ]
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    count = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        count += 1
+    return count
+
+
+def agreement(replies: Sequence[Sequence[int]], references: Sequence[Sequence[int]]) -> float:
+    """Mean share of each reference reply that a reply reproduces before it first differs."""
+    shares = [
+        common_prefix(r, ref) / max(len(ref), 1) for r, ref in zip(replies, references, strict=True)
+    ]
+    return sum(shares) / max(len(shares), 1)
+
+
+@dataclass
+class Speed:
+    """Median of a few runs: time to first token and decode tokens/s."""
+
+    prompt_tokens: int
+    new_tokens: int
+    ttft_s: float
+    decode_tok_s: float
+    runs: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "new_tokens": self.new_tokens,
+            "ttft_ms": round(self.ttft_s * 1000, 2),
+            "decode_tok_s": round(self.decode_tok_s, 2),
+            "runs": self.runs,
+        }
+
+
+def measure_speed(lm: Any, prompt: Sequence[int], new_tokens: int, runs: int = 3) -> Speed:
+    """Greedy runs with EOS blocked; medians of TTFT and of decode speed."""
+    ttfts, speeds = [], []
+    for _ in range(runs):
+        result = lm.generate(list(prompt), max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+        ttfts.append(result.ttft_s or 0.0)
+        speeds.append(result.tokens_per_s or 0.0)
+    return Speed(len(prompt), new_tokens, statistics.median(ttfts), statistics.median(speeds), runs)

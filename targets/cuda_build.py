@@ -1,0 +1,602 @@
+"""Building a cuda payload: a torch program -> ``torch.export`` -> an AOTInductor package.
+
+Two sources for the torch program (docs/gpu.md):
+
+- the torch frontend's own ``ExportedProgram`` when the model came from PyTorch and the whole
+  model goes to the GPU (``TargetOptions.extra["torch_program"]``): no ONNX round trip;
+- the ONNX (sub)graph, converted by our op mapping (``ai_vmm.targets.cuda_convert``).
+
+The torch route is tried first when it is offered and falls back to the ONNX route, saying why
+(``config["source_note"]``), when its export fails, when the export narrows a dynamic axis the
+ONNX graph keeps, or when the package does not reproduce the program it was built from. A torch
+route that failed once is not retried at another precision (``extra["cuda_source"]`` forces a
+route: ``"torch"``, ``"onnx"``; default ``"auto"``).
+
+Inductor settings for GPU packages (each in ``config["inductor"]``): ``freezing`` (weights become
+constants: convolution/batch-norm folding, weight layouts chosen once at build time),
+``force_layout_optimization`` for models with 2-D convolutions (channels-last; Inductor
+switches it off by itself whenever the batch is dynamic), and a wrapper compiled at ``-O0``
+(the wrapper's host code only runs for warm-up and capture once CUDA graphs replay). A build that
+fails with them is retried with Inductor's defaults (``config["inductor_note"]``).
+
+Reuse: a package built in this process is kept (up to ``CACHE_SIZE``) under a key of the model's
+bytes, precision, device, input bounds and source; the same request again (the quantize stage's
+retries, a re-planned partition, ``auto`` comparing plans) copies it instead of compiling again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import logging
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from ai_vmm.runtime.devices import Device
+from ai_vmm.runtime.errors import CompileError
+from ai_vmm.targets.base import Payload, TargetOptions
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+DEFAULT_MAX_DIM = 4096
+"""Upper bound of a dynamic axis without an ``--input`` range (torch.export needs none, but a
+bound keeps Inductor's guards and kernel choices sane)."""
+CACHE_SIZE = 8
+"""Packages kept per process for reuse (each is about the size of the model's weights)."""
+SELF_CHECK = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 4e-2}
+"""Largest relative error norm ``|pkg - eager| / |eager|`` a torch-route package may show."""
+
+_log = logging.getLogger(__name__)
+
+
+class RouteError(Exception):
+    """The torch route cannot give this model's package (the message says why)."""
+
+
+def torch_device_of(device: Device) -> str:
+    """The torch device of ``device`` (``cuda:0``; a test may ask for ``cpu`` explicitly)."""
+    return str(device.properties.get("torch_device") or f"cuda:{device.name}")
+
+
+def build_package(
+    model: ir.Model,
+    device: Device,
+    options: TargetOptions,
+    out_dir: Path,
+    precision: str,
+    *,
+    eager: bool = False,
+) -> Payload:
+    """Export the model (or the frontend's torch program) and compile an AOTInductor package.
+
+    With ``eager`` the exported program is saved as it is (``program.pt2``, run eagerly by the
+    executor): no Inductor compile, for a float baseline that is only compared against.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise CompileError(
+            f"cuda target: unknown precision '{precision}' ({', '.join(PRECISIONS)})"
+        )
+    compute = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    if precision == "fp32" and torch.cuda.is_available():
+        from ai_vmm.runtime.executors.cuda import strict_fp32
+
+        strict_fp32(torch)  # Inductor picks kernels under the same flags the executor runs
+    torch_device = torch_device_of(device)
+    if torch_device.startswith("cuda") and not torch.cuda.is_available():
+        raise CompileError(
+            "cuda target: no CUDA device here, and an AOTInductor package can only be built "
+            "on a machine with the GPU (plan for it with --hardware, build on the device)"
+        )
+    wanted = str(options.extra.get("cuda_source", "auto"))
+    key = _cache_key(model, options, precision, torch_device, eager)
+    cached = _CACHE.get(key, out_dir)
+    if cached is not None:
+        return cached
+    started = time.perf_counter()
+    payload: Payload | None = None
+    note = ""
+    program = options.extra.get("torch_program")
+    if wanted != "onnx" and _torch_route_offered(model, options):
+        note = _FAILED.get(program, "")
+        if not note:
+            try:
+                module = _program_module(program, [v.name for v in model.graph.inputs], compute)
+                payload = _build(
+                    module, "torch", model, options, out_dir, precision, eager, torch_device
+                )
+            except Exception as exc:  # export, Inductor or the self-check: any of them
+                note = (
+                    f"the frontend's torch program did not give a package "
+                    f"({_one_line(exc)[:400]}): the ONNX graph was compiled instead"
+                )
+                _FAILED[program] = note
+                _clear(out_dir)
+        if payload is None and wanted == "torch":
+            raise CompileError(f"cuda target: {note}")
+    if payload is None:
+        from ai_vmm.targets.cuda_convert import ConversionError, to_torch
+
+        try:
+            module = to_torch(model, compute).eval()
+        except ConversionError as exc:
+            raise CompileError(f"cuda target: {exc}") from exc
+        payload = _build(module, "onnx", model, options, out_dir, precision, eager, torch_device)
+    if note:
+        payload.config["source_note"] = note
+    payload.config["build_s"] = round(time.perf_counter() - started, 1)
+    _CACHE.put(key, out_dir, payload)
+    return payload
+
+
+def _build(
+    module: Any,
+    source: str,
+    model: ir.Model,
+    options: TargetOptions,
+    out_dir: Path,
+    precision: str,
+    eager: bool,
+    torch_device: str,
+) -> Payload:
+    import torch
+
+    from ai_vmm.targets.cuda_convert import torch_dtype
+
+    graph_inputs = list(model.graph.inputs)
+    module = module.to(torch_device)
+    bounds = options.extra.get("input_bounds") or {}
+    sample_dims = options.extra.get("sample_dims") or {}
+    example, dims = example_inputs(graph_inputs, bounds, sample_dims, torch_device)
+    program, shape_note = export(module, example, list(module.arg_names), dims, graph_inputs)
+    specs = input_specs(program, graph_inputs, dims)
+    if source == "torch":
+        narrowed = [
+            f"{s['name']} axis {axis}"
+            for s, want in zip(specs, _wanted(graph_inputs, dims), strict=True)
+            for axis, (low, high) in want.items()
+            if s["ranges"].get(str(axis)) != [low, high]
+        ]
+        if narrowed:
+            raise RouteError(f"its export narrows dynamic axes ({', '.join(narrowed[:4])})")
+    for spec, value in zip(specs, graph_inputs, strict=True):
+        spec["dtype"] = str(torch_dtype(value.dtype)).replace("torch.", "")
+    config: dict[str, Any] = {
+        "inputs": specs,
+        "precision": precision,
+        "source": source,
+        "torch": str(torch.__version__),
+        "device_type": torch_device.split(":")[0],
+    }
+    if shape_note:
+        config["shape_note"] = shape_note
+    if eager:
+        entry = out_dir / "program.pt2"
+        with _quiet():
+            torch.export.save(program, str(entry))
+        config["runner"] = "eager"
+    else:
+        entry = out_dir / "model.pt2"
+        settings = inductor_settings(torch, program, torch_device, options)
+        try:
+            with _quiet():
+                torch._inductor.aoti_compile_and_package(
+                    program, package_path=str(entry), inductor_configs=settings
+                )
+        except Exception as exc:
+            if not settings:
+                raise
+            config["inductor_note"] = f"built with Inductor's defaults: {_one_line(exc)[:300]}"
+            _clear(out_dir)
+            settings = {}
+            with _quiet():
+                torch._inductor.aoti_compile_and_package(program, package_path=str(entry))
+        config["inductor"] = settings
+    if torch_device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(torch.device(torch_device))
+        config["compute_capability"] = f"{props.major}.{props.minor}"
+        config["gpu"] = str(props.name)
+    if not eager:
+        runner = torch._inductor.aoti_load_package(str(entry), run_single_threaded=True)
+        if source == "torch":
+            _self_check(runner, module, example, precision)
+        if torch_device.startswith("cuda"):
+            config["cuda_graphs"] = graphs_work(runner, example, torch_device)
+    files = tuple(sorted(p.name for p in out_dir.iterdir()))
+    return Payload(entry=entry.name, files=files, config=config)
+
+
+def _torch_route_offered(model: ir.Model, options: TargetOptions) -> bool:
+    """The frontend's program computes exactly this graph (the whole model, same names)."""
+    if options.extra.get("torch_program") is None:
+        return False
+    names = options.extra.get("torch_program_io")
+    if not names:
+        return False
+    inputs = [v.name for v in model.graph.inputs]
+    outputs = [v.name for v in model.graph.outputs]
+    return list(names[0]) == inputs and list(names[1]) == outputs
+
+
+def _program_module(program: Any, input_names: list[str | None], compute: Any) -> Any:
+    """An ``nn.Module`` around an ExportedProgram: float32 in and out, ``compute`` inside."""
+    import torch
+
+    from ai_vmm.targets.cuda_convert import named_forward, python_names
+
+    # A copy: the program's module shares its parameters with the user's model, which moving
+    # them to the GPU (or to fp16) would change under the user's feet.
+    inner = copy.deepcopy(program.module())
+    if compute != torch.float32:
+        inner = inner.to(compute)
+
+    class ProgramModule(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def run_graph(self, args: list[Any]) -> tuple[Any, ...]:
+            cast = [
+                a.to(compute) if a.is_floating_point() and a.dtype != compute else a for a in args
+            ]
+            flat = torch.utils._pytree.tree_leaves(self.inner(*cast))
+            return tuple(
+                o.to(torch.float32) if o.is_floating_point() and o.dtype != torch.float32 else o
+                for o in flat
+            )
+
+    names = python_names([name or "" for name in input_names])
+    module = named_forward(ProgramModule, names)()
+    module.arg_names = names
+    return module
+
+
+def inductor_settings(
+    torch: Any, program: Any, torch_device: str, options: TargetOptions
+) -> dict[str, Any]:
+    """Inductor configs for a GPU package (module doc); none for a CPU (test) package."""
+    if not torch_device.startswith("cuda"):
+        return {}
+    settings: dict[str, Any] = {}
+    config = torch._inductor.config
+    if options.extra.get("cuda_freezing", True) and hasattr(config, "freezing"):
+        settings["freezing"] = True
+    if (
+        options.extra.get("cuda_channels_last", True)
+        and hasattr(config, "force_layout_optimization")
+        and _has_conv2d(program)
+    ):
+        settings["force_layout_optimization"] = True
+    level = options.extra.get("cuda_wrapper_opt", "O0")
+    if level and hasattr(config.aot_inductor, "compile_wrapper_opt_level"):
+        settings["aot_inductor.compile_wrapper_opt_level"] = str(level)
+    return settings
+
+
+def _has_conv2d(program: Any) -> bool:
+    import torch
+
+    for node in program.graph.nodes:
+        if node.op == "call_function" and node.target in (
+            torch.ops.aten.convolution.default,
+            torch.ops.aten.conv2d.default,
+        ):
+            weight = node.args[1].meta.get("val") if len(node.args) > 1 else None
+            if weight is not None and weight.dim() == 4:
+                return True
+    return False
+
+
+def example_inputs(
+    inputs: list[ir.Value],
+    bounds: dict[str, list[Any]],
+    sample_dims: dict[str, int],
+    torch_device: str,
+) -> tuple[list[Any], dict[str, tuple[int, int]]]:
+    """Example tensors for ``torch.export`` and the (min, max) of every symbolic dimension.
+
+    A dynamic axis gets size >= 2 in the example (torch.export specialises sizes 0 and 1).
+    """
+    import torch
+
+    from ai_vmm.targets.cuda_convert import torch_dtype
+
+    dims: dict[str, tuple[int, int]] = {}
+    tensors = []
+    generator = torch.Generator().manual_seed(0)
+    for value in inputs:
+        shape: list[int] = []
+        limits = bounds.get(value.name or "") or []
+        for axis, dim in enumerate(value.shape or []):
+            if isinstance(dim, int):
+                shape.append(dim)
+                continue
+            symbol = _symbol(value, axis, dim)
+            low, high = 1, DEFAULT_MAX_DIM
+            bound = limits[axis] if axis < len(limits) else None
+            if isinstance(bound, list | tuple) and len(bound) == 2:
+                low, high = int(bound[0] or 1), int(bound[1] or DEFAULT_MAX_DIM)
+            elif isinstance(bound, int):
+                low = high = bound
+            if symbol in dims:
+                low, high = max(low, dims[symbol][0]), min(high, dims[symbol][1])
+            dims[symbol] = (low, high)
+            size = sample_dims.get(symbol, 2)
+            shape.append(min(max(size, low, 2), high))
+        dtype = torch_dtype(value.dtype)
+        if dtype.is_floating_point:
+            data = torch.randn(shape, dtype=torch.float32, generator=generator).to(dtype)
+        else:
+            data = torch.zeros(shape, dtype=dtype)
+        tensors.append(data.to(torch_device))
+    return tensors, dims
+
+
+def _symbol(value: ir.Value, axis: int, dim: Any) -> str:
+    return str(dim.value) if getattr(dim, "value", None) else f"{value.name}_{axis}"
+
+
+def _wanted(
+    inputs: list[ir.Value], dims: dict[str, tuple[int, int]]
+) -> list[dict[int, tuple[int, int]]]:
+    """Per input, the (min, max) asked for each dynamic axis."""
+    out = []
+    for value in inputs:
+        axes = {}
+        for axis, dim in enumerate(value.shape or []):
+            if not isinstance(dim, int):
+                low, high = dims[_symbol(value, axis, dim)]
+                if low != high:
+                    axes[axis] = (low, high)
+        out.append(axes)
+    return out
+
+
+def export(
+    module: Any,
+    example: list[Any],
+    arg_names: list[str],
+    dims: dict[str, tuple[int, int]],
+    inputs: list[ir.Value],
+) -> tuple[Any, str]:
+    """``torch.export`` with named dims; if the model pins one, let export decide (AUTO)."""
+    import torch
+    from torch.export import Dim
+
+    named = {s: Dim(_dim_name(s), min=lo, max=hi) for s, (lo, hi) in dims.items() if lo != hi}
+
+    def shapes(auto: bool) -> Any:
+        spec = []
+        for value in inputs:
+            axes: dict[int, Any] = {}
+            for axis, dim in enumerate(value.shape or []):
+                if isinstance(dim, int):
+                    continue
+                symbol = _symbol(value, axis, dim)
+                if symbol in named:
+                    axes[axis] = Dim.AUTO if auto else named[symbol]
+            spec.append(axes or None)
+        return dict(zip(arg_names, spec, strict=True))
+
+    with _quiet():
+        try:
+            return torch.export.export(
+                module, tuple(example), dynamic_shapes=shapes(False), strict=False
+            ), ""
+        except Exception as first:
+            try:
+                program = torch.export.export(
+                    module, tuple(example), dynamic_shapes=shapes(True), strict=False
+                )
+            except Exception as exc:
+                raise CompileError(f"cuda target: torch.export failed: {_one_line(exc)}") from exc
+            return program, f"some axes were pinned by the model: {_one_line(first)[:300]}"
+
+
+def _dim_name(symbol: str) -> str:
+    import re
+
+    name = re.sub(r"\W", "_", symbol)
+    return name if name and not name[0].isdigit() else f"d_{name}"
+
+
+def input_specs(
+    program: Any, inputs: list[ir.Value], dims: dict[str, tuple[int, int]]
+) -> list[dict[str, Any]]:
+    """Each input as the package takes it: fixed sizes (``None`` where dynamic), the range
+    of each dynamic axis (the executor enforces it: AOTInductor does not) and its symbol
+    (axes sharing one must be equal)."""
+    user = set(program.graph_signature.user_inputs)
+    placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in user]
+    ranges = program.range_constraints
+    specs = []
+    for index, value in enumerate(inputs):
+        spec: dict[str, Any] = {"name": value.name or "", "shape": [], "ranges": {}}
+        symbols: dict[str, str] = {}
+        fake = placeholders[index].meta.get("val") if index < len(placeholders) else None
+        shape = list(getattr(fake, "shape", ())) or [None] * len(value.shape or [])
+        for axis, size in enumerate(shape):
+            if isinstance(size, int):
+                spec["shape"].append(int(size))
+                continue
+            spec["shape"].append(None)
+            expr = getattr(getattr(size, "node", None), "expr", None)
+            bound = ranges.get(expr) if expr is not None else None
+            if bound is not None:
+                low = int(bound.lower) if bound.lower.is_finite else 0
+                high = int(bound.upper) if bound.upper.is_finite else 2**31 - 1
+                spec["ranges"][str(axis)] = [low, high]
+                symbols[str(axis)] = str(expr)
+        if symbols:
+            spec["symbols"] = symbols
+        specs.append(spec)
+    return specs
+
+
+def _self_check(runner: Any, module: Any, example: list[Any], precision: str) -> None:
+    """The package computes what the program it was built from computes (torch route)."""
+    import torch
+
+    with torch.inference_mode():
+        want = module(*example)
+        got = runner(*example)
+    for index, (a, b) in enumerate(zip(got, want, strict=True)):
+        if a.shape != b.shape:
+            raise RouteError(
+                f"output {index}: shape {tuple(a.shape)}, the program gives {tuple(b.shape)}"
+            )
+        if not a.is_floating_point():
+            if not torch.equal(a, b):
+                raise RouteError(f"output {index} differs from the program's")
+            continue
+        ref = b.double()
+        err = float((a.double() - ref).norm() / ref.norm().clamp_min(1e-12))
+        if not err <= SELF_CHECK[precision]:
+            raise RouteError(
+                f"output {index} differs from the program's by {err:.2e} (relative norm)"
+            )
+
+
+def graphs_work(runner: Any, example: list[Any], torch_device: str) -> bool:
+    """Whether the package runs under CUDA-graph capture and replays the same outputs."""
+    import torch
+
+    from ai_vmm.runtime.executors.cuda import capture
+
+    try:
+        with torch.inference_mode():
+            expected = [o.clone() for o in runner(*example)]
+            graph = capture(runner, example, torch.device(torch_device))
+            graph.graph.replay()
+            torch.cuda.synchronize(torch.device(torch_device))
+            got = [o.clone() for o in graph.outputs]
+        return all(
+            torch.equal(a, b) or torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-3)
+            for a, b in zip(expected, got, strict=True)
+        )
+    except Exception as exc:
+        _log.debug("CUDA graph capture failed: %s", exc)
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Reuse within the process
+# --------------------------------------------------------------------------------------------
+
+_FAILED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+"""Frontend programs whose torch route failed, and why (not retried at another precision)."""
+
+
+class _PackageCache:
+    """Built payloads by request key, each in a temporary directory of its own."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.entries: OrderedDict[str, tuple[Path, Payload]] = OrderedDict()
+        self.lock = threading.Lock()
+        self.hits = 0
+
+    def get(self, key: str | None, out_dir: Path) -> Payload | None:
+        if key is None:
+            return None
+        with self.lock:
+            entry = self.entries.get(key)
+            if entry is None or not entry[0].is_dir():
+                return None
+            self.entries.move_to_end(key)
+            self.hits += 1
+        folder, payload = entry
+        for name in payload.files:
+            shutil.copy2(folder / name, out_dir / name)
+        config = json.loads(json.dumps(payload.config))
+        config["reused"] = True
+        return Payload(entry=payload.entry, files=payload.files, config=config)
+
+    def put(self, key: str | None, out_dir: Path, payload: Payload) -> None:
+        if key is None:
+            return
+        folder = Path(tempfile.mkdtemp(prefix="ai-vmm-cuda-pkg-"))
+        for name in payload.files:
+            shutil.copy2(out_dir / name, folder / name)
+        with self.lock:
+            self.entries[key] = (folder, payload)
+            while len(self.entries) > self.size:
+                _, (old, _) = self.entries.popitem(last=False)
+                shutil.rmtree(old, ignore_errors=True)
+
+
+_CACHE = _PackageCache(CACHE_SIZE)
+
+
+def _cache_key(
+    model: ir.Model, options: TargetOptions, precision: str, torch_device: str, eager: bool
+) -> str | None:
+    """The request's identity, or ``None`` when it has none we can compute cheaply."""
+    try:
+        digest = hashlib.sha256(ir.serde.serialize_model(model).SerializeToString())
+    except Exception:  # > 2 GB protobuf, or an IR the serializer refuses: no reuse
+        return None
+    extra = {
+        k: v
+        for k, v in options.extra.items()
+        if k not in ("torch_program", "torch_program_io") and _plain(v)
+    }
+    program = options.extra.get("torch_program")
+    if program is not None and _torch_route_offered(model, options):
+        extra["torch_program_id"] = id(program)
+    digest.update(
+        json.dumps(
+            [precision, torch_device, eager, extra, str(_torch_version())],
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
+    return digest.hexdigest()
+
+
+def _plain(value: Any) -> bool:
+    try:
+        json.dumps(value, default=None)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
+
+
+def _clear(out_dir: Path) -> None:
+    for path in out_dir.iterdir():
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep torch's export/compile chatter off the user's terminal."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

@@ -1,0 +1,167 @@
+"""OpenVINO for causal LMs: the exported decoder step made stateful, weights optionally compressed.
+
+Stateful, as optimum-intel and OpenVINO GenAI build theirs: a ``beam_idx`` parameter and a
+``Gather`` in front of every past key/value input (rows can leave or be reordered without a
+copy), then OpenVINO's own ``MakeStateful`` transformation turns each past/present pair into a
+variable, and the variables start from zeros shaped by the batch of ``input_ids``. OpenVINO's
+CPU plugin then fuses ``ReadValue -> Gather -> Concat -> ScaledDotProductAttention -> Assign``
+into one attention node that keeps the cache (``StatefulSDPAFusion``); ``fused_attention``
+counts them in the compiled model so the report shows whether it happened.
+
+Weight-only compression uses NNCF's ``compress_weights`` on the stateful model: INT8 (asymmetric,
+per channel) or INT4 (symmetric, groups) with a share of the layers kept in INT8 (``ratio``),
+chosen by NNCF's sensitivity metric when a dataset is given. The embedding table and the LM head
+stay INT8 under INT4 (NNCF's default ``all_layers=False``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ai_vmm.runtime.errors import CompileError
+
+DEFAULT_INT4_GROUP = 64
+"""SmolLM2's hidden size 576 is not a multiple of NNCF's default 128."""
+
+
+@dataclass(frozen=True)
+class WeightCompression:
+    """``mode``: ``int8`` or ``int4``; for INT4 the group size and the share of the weight
+    layers in INT4 (the rest INT8, the most sensitive ones by NNCF's metric)."""
+
+    mode: str
+    group_size: int = DEFAULT_INT4_GROUP
+    ratio: float = 1.0
+
+    def describe(self) -> str:
+        if self.mode == "int8":
+            return "INT8 asymmetric per channel (nncf.compress_weights INT8_ASYM)"
+        return (
+            f"INT4 symmetric, group {self.group_size}, ratio {self.ratio:g} "
+            f"(embedding and LM head INT8)"
+        )
+
+
+def stateful_model(onnx_path: Path, layers: int) -> Any:
+    """Read the exported decoder and make it stateful (see the module doc)."""
+    import openvino as ov
+    from openvino import opset13 as ops
+    from openvino._offline_transformations import apply_make_stateful_transformation
+
+    try:
+        model = ov.Core().read_model(str(onnx_path))
+    except Exception as exc:
+        raise CompileError(f"OpenVINO cannot read the exported decoder: {exc}") from exc
+    pairs = {
+        f"past.{i}.{kv}": f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")
+    }
+    beam = ops.parameter(ov.PartialShape([-1]), ov.Type.i32, name="beam_idx")
+    beam.output(0).get_tensor().set_names({"beam_idx"})
+    model.add_parameters([beam])
+    for name in pairs:
+        port = model.input(name)
+        consumers = list(port.get_target_inputs())
+        gather = ops.gather(port, beam, ops.constant(np.int64(0)))
+        for consumer in consumers:
+            consumer.replace_source_output(gather.output(0))
+    model.validate_nodes_and_infer_types()
+    apply_make_stateful_transformation(model, pairs)
+    batch = ops.gather(
+        ops.shape_of(model.input("input_ids"), output_type="i64"),
+        ops.constant(np.array([0], dtype=np.int64)),
+        ops.constant(np.int64(0)),
+    )
+    for op in model.get_ops():
+        if op.get_type_name() != "ReadValue":
+            continue
+        dims: list[Any] = []
+        for axis, dim in enumerate(op.get_output_partial_shape(0)):
+            if axis == 0:
+                dims.append(batch)
+            else:
+                size = dim.get_length() if dim.is_static else 0  # the sequence axis starts empty
+                dims.append(ops.constant(np.array([size], dtype=np.int64)))
+        zeros = ops.broadcast(
+            ops.constant(np.float32(0.0), dtype=op.get_output_element_type(0)),
+            ops.concat(dims, 0),
+        )
+        op.set_arguments([zeros])
+    model.validate_nodes_and_infer_types()
+    return model
+
+
+def compress(model: Any, compression: WeightCompression) -> Any:
+    """Weight-only compression of the stateful model with NNCF.
+
+    Raises:
+        CompileError: NNCF refuses the settings (the message quotes it).
+    """
+    import nncf
+
+    if compression.mode == "int8":
+        kwargs: dict[str, Any] = {"mode": nncf.CompressWeightsMode.INT8_ASYM}
+    elif compression.mode == "int4":
+        kwargs = {
+            "mode": nncf.CompressWeightsMode.INT4_SYM,
+            "group_size": compression.group_size,
+            "ratio": compression.ratio,
+        }
+        if compression.ratio < 1.0:
+            # Data-free: the layers whose weights INT4 distorts most stay INT8.
+            kwargs["sensitivity_metric"] = nncf.SensitivityMetric.WEIGHT_QUANTIZATION_ERROR
+    else:
+        raise CompileError(f"unknown weight compression '{compression.mode}' (int8 or int4)")
+    try:
+        compressed = nncf.compress_weights(model, **kwargs)
+    except Exception as exc:
+        raise CompileError(f"NNCF weight compression failed: {exc}") from exc
+    return compressed
+
+
+def layer_precisions(model: Any) -> dict[str, str]:
+    """The storage precision of each MatMul's weight (``f32``, ``u8``/``i8``, ``u4``/``i4``),
+    by MatMul name, read off the graph (what NNCF actually did)."""
+    found: dict[str, str] = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in ("MatMul", "Gather"):
+            continue
+        source = op.input_value(1 if op.get_type_name() == "MatMul" else 0).get_node()
+        for _ in range(6):
+            if source.get_type_name() == "Constant":
+                found[op.get_friendly_name()] = str(source.get_output_element_type(0))
+                break
+            if source.get_type_name() not in ("Convert", "Multiply", "Subtract", "Reshape"):
+                break
+            source = source.input_value(0).get_node()
+    return found
+
+
+def save(model: Any, out_dir: Path) -> dict[str, Path]:
+    """Write ``decoder.xml`` + ``decoder.bin`` (float weights stay float32)."""
+    import openvino as ov
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    xml = out_dir / "decoder.xml"
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    return {"decoder.xml": xml, "decoder.bin": xml.with_suffix(".bin")}
+
+
+def fused_attention(compiled: Any) -> dict[str, int]:
+    """Attention nodes of a compiled model, and how many of them own their KV cache (read
+    the ``MemoryInput`` of a variable directly): equal counts mean the stateful fusion worked
+    for every layer."""
+
+    def kind(node: Any) -> str:
+        return str(node.get_rt_info()["layerType"].astype(str))
+
+    attention = with_cache = 0
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        if kind(op) == "ScaledDotProductAttention":
+            attention += 1
+            if any(kind(value.get_node()) == "MemoryInput" for value in op.input_values()):
+                with_cache += 1
+    return {"attention": attention, "attention_with_cache": with_cache}

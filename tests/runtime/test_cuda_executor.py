@@ -1,0 +1,178 @@
+"""The cuda executor: concurrent calls at several shapes, and (marked ``gpu``) CUDA graphs that
+stay valid across shapes, threads, reloads, evictions and other code's cuBLAS work (issue 18:
+an illegal memory access after graphs had been captured at three shapes)."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import ai_vmm  # noqa: E402
+from ai_vmm.runtime.devices import Device  # noqa: E402
+from ai_vmm.runtime.executors import create_executor  # noqa: E402
+from ai_vmm.targets.base import TargetOptions  # noqa: E402
+from ai_vmm.targets.cuda import CudaTarget  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from convformer import convformer  # noqa: E402
+
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CUDA)")
+FP32_TOL = {"rtol": 1e-3, "atol": 1e-4}
+
+
+def _hammer(
+    calls: list[Callable[[np.random.Generator], str | None]], threads: int, rounds: int
+) -> list[str]:
+    """Run random ``calls`` from several threads at once; collect what went wrong."""
+    errors: list[str] = []
+
+    def worker(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(rounds):
+            try:
+                problem = calls[int(rng.integers(len(calls)))](rng)
+            except Exception as exc:  # a crash in a thread must fail the test, not vanish
+                problem = f"{type(exc).__name__}: {exc}"
+            if problem:
+                errors.append(problem)
+
+    pool = [threading.Thread(target=worker, args=(seed,)) for seed in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return errors
+
+
+def test_concurrent_calls_at_several_shapes_match_the_reference(
+    zoo_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """On the CPU (an eager program payload): four threads, three batch sizes, NumPy and torch
+    inputs, every result equal to ONNX Runtime's."""
+    path = zoo_model("small_cnn")
+    model = ir.load(path)
+    device = Device("cuda", "cpu", "cpu", "CPU package (test)", {"torch_device": "cpu"})
+    options = TargetOptions(extra={"input_bounds": {}, "sample_dims": {}})
+    payload = CudaTarget().float_baseline(model, device, options, tmp_path)
+    executor = create_executor("cuda", tmp_path / payload.entry, "cpu", payload.config, ("logits",))
+    session = ort.InferenceSession(str(path))
+    rng = np.random.default_rng(0)
+    feeds = {b: rng.standard_normal((b, 3, 32, 32)).astype(np.float32) for b in (1, 2, 5)}
+    want = {b: session.run(None, {"pixel_values": x})[0] for b, x in feeds.items()}
+
+    def call(rng: np.random.Generator) -> str | None:
+        batch = int(rng.choice(list(feeds)))
+        x = feeds[batch] if rng.integers(2) else torch.from_numpy(feeds[batch])
+        got = executor.run({"pixel_values": x})["logits"]
+        return None if np.allclose(got, want[batch], atol=1e-5) else f"batch {batch} differs"
+
+    assert _hammer([call], threads=4, rounds=6) == []
+
+
+# --------------------------------------------------------------------------------------------
+# On a GPU
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def convformer_artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """The issue's model from ONNX for cuda:0 (fp32), and the eager module as the reference."""
+    from ai_vmm.frontends.torch import export_torch
+
+    root = tmp_path_factory.mktemp("convformer")
+    module = convformer()
+    proto, _, _ = export_torch(
+        module,
+        "torch.module",
+        example_inputs=(torch.randn(2, 3, 32, 32),),
+        dynamic_shapes={"x": {0: "batch"}},
+    )
+    onnx.save(proto, root / "convformer.onnx")
+    ai_vmm.compile(root / "convformer.onnx", "cuda:0", root / "m.vmm", tune=False)
+    return root / "m.vmm", module
+
+
+def _reference(module: Any, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        return x, module(torch.from_numpy(x)).numpy()
+
+
+@pytest.mark.gpu
+@GPU
+def test_gpu_graphs_at_many_shapes_threads_and_reloads_match_eager(
+    convformer_artifact: tuple[Path, Any],
+) -> None:
+    artifact, module = convformer_artifact
+    first = ai_vmm.runtime.load(artifact)
+    name, out = first.inputs[0].name, first.outputs[0].name
+    part = first.manifest.partitions[0]
+    assert part.target == "cuda" and part.config["cuda_graphs"] is True
+    cases = {b: _reference(module, b) for b in (1, 2, 3, 5, 8)}
+    # The issue's sequence: graphs captured at batch 1, 3 and 8, then batch 1 again.
+    for batch in (1, 3, 8, 1):
+        x, want = cases[batch]
+        np.testing.assert_allclose(first.run({name: x})[out], want, **FP32_TOL)
+    second = ai_vmm.runtime.load(artifact)  # the same package loaded again in this process
+
+    def call_on(model: Any) -> Callable[[np.random.Generator], str | None]:
+        def call(rng: np.random.Generator) -> str | None:
+            batch = int(rng.choice(list(cases)))
+            x, want = cases[batch]
+            got = model.run({name: x})[out]
+            ok = np.allclose(got, want, **FP32_TOL)
+            return None if ok else f"batch {batch}: max error {np.abs(got - want).max():.2e}"
+
+        return call
+
+    def someone_elses_cublas_work(rng: np.random.Generator) -> str | None:
+        # What torch.compile's CUDA-graph trees do between their captures, and other memory
+        # traffic that would reuse a freed workspace.
+        torch._C._cuda_clearCublasWorkspaces()
+        torch.cuda.empty_cache()
+        a = torch.randn(512, 512, device="cuda")
+        (a @ a).sum().item()
+        return None
+
+    calls = [call_on(first), call_on(second), someone_elses_cublas_work]
+    assert _hammer(calls, threads=4, rounds=15) == []
+    # More shapes than an executor keeps graphs for: the oldest go, the rest still replay.
+    for batch in (*range(1, 13), 1, 3):
+        x, want = cases.get(batch) or _reference(module, batch)
+        np.testing.assert_allclose(first.run({name: x})[out], want, **FP32_TOL)
+    executor = first._executors[part.id]  # type: ignore[attr-defined]
+    assert 0 < len(executor._graphs) <= 8
+    first.close()
+    del first, executor
+    gc.collect()
+    for x, want in cases.values():
+        np.testing.assert_allclose(second.run({name: x})[out], want, **FP32_TOL)
+    torch.cuda.synchronize()
+
+
+@pytest.mark.gpu
+@GPU
+def test_gpu_device_outputs_outlive_the_next_replay(convformer_artifact: tuple[Path, Any]) -> None:
+    """An output kept on the GPU for another partition is the caller's: the next replay of
+    the same graph must not write into it."""
+    artifact, module = convformer_artifact
+    part = ai_vmm.runtime.load(artifact).manifest.partitions[0]
+    config = {**part.config, "device_outputs": list(part.outputs)}
+    executor = create_executor("cuda", artifact / part.entry, "0", config, tuple(part.outputs))
+    x, want = _reference(module, 2)
+    kept = executor.run({part.inputs[0]: torch.from_numpy(x).cuda()})[part.outputs[0]]
+    assert isinstance(kept, torch.Tensor) and kept.is_cuda
+    executor.run({part.inputs[0]: torch.from_numpy(x * 3).cuda()})
+    np.testing.assert_allclose(kept.cpu().numpy(), want, **FP32_TOL)

@@ -1,0 +1,78 @@
+"""Tenants: hashed keys, rate limits (requests and tokens), concurrency quotas."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import KEYS, make_repo
+
+from ai_vmm.serve import create_app, hash_key
+from ai_vmm.serve.admission import Rejected
+from ai_vmm.serve.config import validate_config
+from ai_vmm.serve.tenants import TenantGate, TokenBucket
+
+
+def _gate(**tenant: object) -> TenantGate:
+    config = validate_config(
+        {"tenants": [{"name": "a", "key_sha256": hash_key(KEYS["alice"]), **tenant}]}
+    )
+    return TenantGate(config)
+
+
+def test_keys_are_compared_by_hash_only() -> None:
+    gate = _gate()
+    tenant = gate.authenticate(f"Bearer {KEYS['alice']}", None)
+    assert tenant is not None and tenant.name == "a"
+    assert KEYS["alice"] not in repr(gate.config)  # only the hash is held
+    with pytest.raises(Rejected) as error:
+        gate.authenticate("Bearer " + KEYS["alice"][:-1], None)
+    assert error.value.status == 401
+
+
+def test_token_bucket() -> None:
+    bucket = TokenBucket(10.0)
+    assert bucket.take(10) == 0.0
+    wait = bucket.take(5)
+    assert 0.3 < wait <= 0.5  # 5 units at 10/s, less what refilled meanwhile
+    big = TokenBucket(100.0)
+    assert big.take(1000) == 0.0  # larger than the bucket: passes when full, leaves a debt
+    assert big.take(1) > 5
+
+
+def test_concurrency_quota_and_token_rate() -> None:
+    gate = _gate(max_concurrency=2, tokens_per_s=100)
+    tenant = gate.authenticate(None, KEYS["alice"])
+    with gate.admit(tenant), gate.admit(tenant):
+        with pytest.raises(Rejected) as error, gate.admit(tenant):
+            pass
+        assert error.value.status == 429 and error.value.retry_after
+    with gate.admit(tenant):  # slots come back when requests end
+        pass
+    gate.take_tokens(tenant, 100)
+    with pytest.raises(Rejected) as error:
+        gate.take_tokens(tenant, 50)
+    assert error.value.code == "token_rate_limited" and error.value.retry_after
+    gate.refund_tokens(tenant, 80)  # a reply that stopped early gives tokens back
+    gate.take_tokens(tenant, 50)
+
+
+def test_request_rate_limit_over_http(tmp_path: Path, cnn_artifact: Path, live: type) -> None:
+    config = (
+        f'[[tenants]]\nname = "slow"\nkey_sha256 = "{hash_key(KEYS["bob"])}"\nrequests_per_s = 2\n'
+    )
+    repo = make_repo(tmp_path / "repo", {"cnn": cnn_artifact}, config)
+    body = {"inputs": [{"name": "pixel_values", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                        "data": [0.0] * 3072}]}  # fmt: skip
+    headers = {"Authorization": f"Bearer {KEYS['bob']}"}
+    with live(create_app(repo)) as server:
+        url = f"{server.url}/v2/models/cnn/infer"
+        statuses = [httpx.post(url, json=body, headers=headers) for _ in range(4)]
+        assert [r.status_code for r in statuses[:2]] == [200, 200]
+        refused = statuses[2]
+        assert refused.status_code == 429 and "2 requests/s" in refused.json()["error"]
+        assert int(refused.headers["Retry-After"]) >= 1
+        time.sleep(float(refused.headers["retry-after-ms"]) / 1000 + 0.6)
+        assert httpx.post(url, json=body, headers=headers).status_code == 200

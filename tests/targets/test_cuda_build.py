@@ -1,0 +1,209 @@
+"""Building cuda payloads on the CPU: the torch route and its fallback to the ONNX route, the
+ranges the executor enforces, reuse within the process, and the estimate before building.
+
+Packages are built as eager ``torch.export`` programs here (``float_baseline``) where the test
+is about what happens before Inductor: the route, the export, the recorded shapes. The cuda
+target's CPU mode exists for tests (``torch_device: cpu``); the same code builds GPU packages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ai_vmm.frontends.torch import export_torch  # noqa: E402
+from ai_vmm.runtime.devices import Device  # noqa: E402
+from ai_vmm.runtime.errors import CompileError, InputError  # noqa: E402
+from ai_vmm.runtime.executors import create_executor  # noqa: E402
+from ai_vmm.targets import cuda_build  # noqa: E402
+from ai_vmm.targets.base import TargetOptions  # noqa: E402
+from ai_vmm.targets.cuda import CudaTarget, spec_figures  # noqa: E402
+
+CPU = Device("cuda", "cpu", "cpu", "CPU package (test)", {"torch_device": "cpu"})
+
+
+class TwoLayer(torch.nn.Module):
+    """conv -> relu -> linear over [N, 3, 8, 8]: small enough to export in a second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 64, 5)
+
+    def forward(self, x: Any) -> Any:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def _frontend(module: Any, dynamic: Any) -> tuple[ir.Model, Any]:
+    """What the torch frontend hands the compiler: the ONNX model and the torch program."""
+    x = torch.randn(2, 3, 8, 8)
+    proto, _, program = export_torch(
+        module, "torch.module", example_inputs=(x,), dynamic_shapes={"x": {0: dynamic}}
+    )
+    return ir.serde.deserialize_model(proto), program
+
+
+def _options(model: ir.Model, program: Any, **extra: Any) -> TargetOptions:
+    io = ([v.name for v in model.graph.inputs], [v.name for v in model.graph.outputs])
+    return TargetOptions(
+        extra={
+            "input_bounds": {},
+            "sample_dims": {},
+            "torch_program": program,
+            "torch_program_io": io,
+            **extra,
+        }
+    )
+
+
+def _dir(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def _run(payload_dir: Path, config: dict[str, Any], model: ir.Model, x: np.ndarray) -> Any:
+    outputs = tuple(v.name or "" for v in model.graph.outputs)
+    executor = create_executor("cuda", payload_dir / config["entry"], "cpu", config, outputs)
+    return executor.run({model.graph.inputs[0].name or "": x})[outputs[0]]
+
+
+def test_torch_route_builds_the_frontends_program(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = TwoLayer().eval()
+    model, program = _frontend(module, "batch")
+    payload = CudaTarget().float_baseline(model, CPU, _options(model, program), tmp_path)
+    config = payload.config
+    assert config["source"] == "torch" and "source_note" not in config
+    assert config["runner"] == "eager" and payload.entry == "program.pt2"
+    spec = config["inputs"][0]
+    assert spec["shape"] == [None, 3, 8, 8] and spec["ranges"] == {"0": [1, 4096]}
+    x = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    got = _run(tmp_path, {**config, "entry": payload.entry}, model, x)
+    with torch.no_grad():
+        np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), atol=1e-5)
+
+
+def test_torch_route_falls_back_to_onnx_when_its_export_narrows_an_axis(tmp_path: Path) -> None:
+    """A program exported with batch <= 64 cannot give the package the ONNX graph asks for
+    (batch up to 4096): the ONNX route builds it, and the payload says why; a forced torch
+    route fails with that reason; the torch route is not tried again at another precision."""
+    torch.manual_seed(0)
+    module = TwoLayer().eval()
+    model, program = _frontend(module, torch.export.Dim("batch", min=1, max=64))
+    options = _options(model, program)
+    payload = CudaTarget().float_baseline(model, CPU, options, _dir(tmp_path / "a"))
+    config = payload.config
+    assert config["source"] == "onnx", config
+    assert "the ONNX graph was compiled instead" in config["source_note"]
+    assert "narrows dynamic axes (x axis 0)" in config["source_note"]
+    assert program in cuda_build._FAILED
+    session = ort.InferenceSession(ir.serde.serialize_model(model).SerializeToString())
+    x = np.random.default_rng(1).standard_normal((70, 3, 8, 8)).astype(np.float32)
+    got = _run(tmp_path / "a", {**config, "entry": payload.entry}, model, x)
+    np.testing.assert_allclose(got, session.run(None, {"x": x})[0], atol=1e-5)
+    with pytest.raises(CompileError, match="did not give a package"):
+        cuda_build.build_package(
+            model,
+            CPU,
+            _options(model, program, cuda_source="torch"),
+            _dir(tmp_path / "b"),
+            "fp32",
+            eager=True,
+        )
+
+
+def _two_inputs(path: Path) -> Path:
+    """y = x * 2 + float(ids): a float and an int64 input sharing the dims (batch, seq)."""
+    import onnx
+    import onnx.helper as oh
+
+    graph = oh.make_graph(
+        [
+            oh.make_node("Cast", ["ids"], ["f"], to=onnx.TensorProto.FLOAT),
+            oh.make_node("Add", ["x", "x"], ["x2"]),
+            oh.make_node("Add", ["x2", "f"], ["y"]),
+        ],
+        "two",
+        [
+            oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", "seq"]),
+            oh.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["batch", "seq"]),
+        ],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", "seq"])],
+    )
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_dynamic_ranges_are_recorded_and_enforced(tmp_path: Path) -> None:
+    """``--input`` bounds become the export's ranges; the executor refuses sizes outside them
+    (AOTInductor would run its kernels there unchecked), axes that must agree but do not, and
+    element types of another kind; it casts within a kind (int32 ids for an int64 input)."""
+    path = _two_inputs(tmp_path / "two.onnx")
+    model = ir.load(path)
+    options = TargetOptions(extra={"input_bounds": {"x": [[1, 4], [2, 64]]}, "sample_dims": {}})
+    payload = CudaTarget().float_baseline(model, CPU, options, _dir(tmp_path / "p"))
+    specs = {s["name"]: s for s in payload.config["inputs"]}
+    assert specs["x"]["ranges"] == {"0": [1, 4], "1": [2, 64]}
+    assert specs["ids"]["symbols"] == specs["x"]["symbols"] and specs["ids"]["dtype"] == "int64"
+    executor = create_executor(
+        "cuda", tmp_path / "p" / payload.entry, "cpu", payload.config, ("y",)
+    )
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 8)).astype(np.float32)
+    ids = rng.integers(0, 100, (2, 8))
+    want = ort.InferenceSession(str(path)).run(None, {"x": x, "ids": ids})[0]
+    np.testing.assert_allclose(executor.run({"x": x, "ids": ids.astype(np.int32)})["y"], want)
+    with pytest.raises(InputError, match=r"axis 0 is 5, outside the range 1\.\.4"):
+        executor.run({"x": np.ones((5, 8), np.float32), "ids": np.ones((5, 8), np.int64)})
+    with pytest.raises(InputError, match="on the same dimension"):
+        executor.run({"x": x, "ids": np.ones((2, 9), np.int64)})
+    with pytest.raises(InputError, match="element type float32, the model takes int64"):
+        executor.run({"x": x, "ids": x})
+    with pytest.raises(InputError, match="missing input 'ids'"):
+        executor.run({"x": x})
+
+
+def test_a_second_identical_request_reuses_the_package(
+    zoo_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    model = ir.load(zoo_model("small_cnn"))
+    options = TargetOptions(extra={"input_bounds": {}, "sample_dims": {}})
+    first = CudaTarget().float_baseline(model, CPU, options, _dir(tmp_path / "a"))
+    hits = cuda_build._CACHE.hits
+    again = CudaTarget().float_baseline(model, CPU, options, _dir(tmp_path / "b"))
+    assert cuda_build._CACHE.hits == hits + 1 and again.config.get("reused") is True
+    assert (tmp_path / "b" / again.entry).read_bytes() == (
+        tmp_path / "a" / first.entry
+    ).read_bytes()
+    other = TargetOptions(extra={"input_bounds": {"pixel_values": [[1, 8]]}, "sample_dims": {}})
+    third = CudaTarget().float_baseline(model, CPU, other, _dir(tmp_path / "c"))
+    assert "reused" not in third.config
+
+
+def test_estimate_before_building(zoo_model: Callable[[str], Path]) -> None:
+    """The estimate grows with the batch, counts the heavy kernels, prices the host copies,
+    and halves the bytes at fp16; it needs no GPU (datasheet figures of an H100 here)."""
+    figures = spec_figures("NVIDIA H100 80GB HBM3")
+    assert figures is not None
+    figures = {**figures, "link_gbps": 9.0}
+    h100 = Device("cuda", "0", "gpu", "NVIDIA H100 80GB HBM3", {})
+    model = ir.load(zoo_model("small_cnn"))
+    target = CudaTarget()
+    fp32 = target.estimate(model, h100, TargetOptions(), [{"batch": 1}, {"batch": 64}], figures)
+    one, many = fp32
+    assert one["kernels"] >= 5 and one["gflop"] > 0
+    assert many["gpu_ms"] > one["gpu_ms"] and many["transfer_ms"] > 30 * one["transfer_ms"]
+    assert many["gflop"] == pytest.approx(64 * one["gflop"], rel=0.01)
+    fp16 = target.estimate(
+        model, h100, TargetOptions(precision="fp16", extra={"device_io": True}), [{"batch": 64}]
+    )[0]
+    assert fp16["mb"] < 0.6 * many["mb"] and fp16["transfer_ms"] == 0.0
+    assert fp16["ms"] < many["ms"]
