@@ -204,17 +204,13 @@ def choose(
         "spread": round(max(spreads, default=0.0), 3),
     }
     if noisy:
-        timing["warnings"] = [
-            f"the machine was too noisy to decide reliably (round medians spread "
-            f"{max(spreads):.0%}, load average {after}): recompile on a quieter machine, or "
-            f"give --tune-seconds more time"
-        ]
-        timing["warning"] = (
+        warning = (
             f"the machine was too noisy to decide reliably (round medians spread "
             f"{max(spreads):.0%}, load average {after}): recompile on a quieter machine, or "
             f"give --tune-seconds more time"
         )
-        say(f"WARNING: {timing['warning']}")
+        timing["warnings"] = [warning]
+        say(f"WARNING: {warning}")
     return Decision([*extra, primary_choice], timing)
 
 
