@@ -154,13 +154,14 @@ def format_explanation(data: dict[str, Any]) -> str:
     samples = data.get("samples", {})
     shapes = ", ".join(samples.get("shapes", []))
     lines.append(f"samples      {samples.get('description', '?')}; shapes {shapes}")
-    lines.append(f"accuracy     held-out samples against {data.get('reference', '?')}")
+    lines.append(f"accuracy     {data.get('reference', '?')}")
     telemetry = data.get("telemetry", [])
     power_note = "estimated where marked *" if data.get("power_estimated") else "measured"
     lines.append(f"power        {power_note}: {'; '.join(telemetry) or 'no telemetry'}")
     lines.append("builds")
     for build in data.get("builds", []):
-        accuracy = _drops(build.get("accuracy", {}).get("drops", {}))
+        quality = build.get("accuracy", {})
+        accuracy = _drops(quality.get("drops", {})) or _metrics(quality.get("metrics", {}))
         reason = f"  {build['reason']}" if build.get("reason") else ""
         seconds = build.get("compile_s", 0)
         lines.append(
@@ -203,6 +204,10 @@ def _row(row: dict[str, Any], pct: str) -> str:
         f"{'-' if watts is None else f'{watts:.1f}{star}':>8} "
         f"{'-' if energy is None else f'{energy:.3f}':>9}  {verdict}"
     )
+
+
+def _metrics(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()) if isinstance(v, float))
 
 
 def _drops(drops: dict[str, Any]) -> str:

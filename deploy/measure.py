@@ -46,6 +46,8 @@ class Figures:
     power: PowerFigure | None
     busy_cores: float = 0.0
     notes: list[str] = field(default_factory=list)
+    rate: float | None = None
+    """Items per second measured directly (causal LMs: generated tokens per second)."""
 
     def latency(self, percentile: float) -> float:
         """The ``percentile`` of the call latencies, in ms (linear interpolation)."""
@@ -59,16 +61,18 @@ class Figures:
 
     @property
     def throughput(self) -> float:
-        """Inferences per second: batch items per mean call time."""
+        """Inferences per second: batch items per mean call time (or the measured ``rate``)."""
+        if self.rate is not None:
+            return self.rate
         mean = self.mean_ms
         return self.batch * 1000.0 / mean if mean > 0 and math.isfinite(mean) else 0.0
 
     @property
     def energy_j(self) -> float | None:
-        """Energy per inference (one batch item), from the power over the timed calls."""
-        if self.power is None:
+        """Energy per item (a batch item; a generated token), from the power over the calls."""
+        if self.power is None or self.throughput <= 0:
             return None
-        return self.power.watts * self.mean_ms / 1000.0 / self.batch
+        return self.power.watts / self.throughput
 
     def to_json(self, percentile: float = 95.0) -> dict[str, Any]:
         data: dict[str, Any] = {

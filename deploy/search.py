@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ai_vmm.deploy.builds import (
+    OPEN_GATE,
     Build,
     BuildSpec,
     build_one,
@@ -116,6 +117,7 @@ def run_search(
     measure_seconds: float,
     strict: bool,
     say: Say,
+    restore_accuracy: bool = False,
 ) -> SearchResult:
     """Build, measure and choose (see the module docstring).
 
@@ -173,17 +175,19 @@ def run_search(
                         source.onnx,
                         builds_dir,
                         samples,
-                        dict(constraints.max_accuracy_drop),
+                        dict(constraints.max_accuracy_drop) if restore_accuracy else OPEN_GATE,
                         say,
                         **raw,
                     )
                 )
     feeds = held_out(samples)
     output_names = tuple(spec.name for spec in first.outputs)
-    reference, reference_note = reference_outputs(source.onnx, output_names, feeds)
+    reference, against = reference_outputs(source.onnx, output_names, feeds)
     if reference is None:
         fp32 = next(b for b in builds if b.usable)
         reference = _outputs_of(fp32.path, feeds)  # type: ignore[arg-type]
+        against = f"the {fp32.spec.id} build as compiled ({against})"
+    reference_note = f"on the {len(feeds)} held-out samples (the last quarter), against {against}"
     usable_count = sum(b.usable for b in builds)
     say(f"measuring accuracy of {usable_count} builds on {len(feeds)} held-out samples")
     for build in builds:

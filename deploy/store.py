@@ -22,6 +22,7 @@ one deploy at a time works on a key (a file lock), so concurrent deploys never s
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -56,8 +57,9 @@ def digest(parts: Mapping[str, Any]) -> str:
     return hashlib.sha256(dumps_json(dict(parts))).hexdigest()[:32]
 
 
+@functools.lru_cache(maxsize=1)
 def versions() -> dict[str, str]:
-    """Versions of the libraries that shape a compiled artifact."""
+    """Versions of the libraries that shape a compiled artifact (read once per process)."""
     found = {}
     for name in _VERSIONED:
         try:

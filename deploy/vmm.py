@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ai_vmm.deploy.builds import artifact_build
 from ai_vmm.deploy.constraints import Constraints
 from ai_vmm.deploy.deployment import Deployment
 from ai_vmm.deploy.explain import explanation, preference_notes
@@ -51,6 +52,9 @@ class VMM:
         progress: called with a short message as each step starts.
         telemetry: power meters (default: discovered: NVML, RAPL).
         refresh: discover the hardware again instead of reusing this process's inventory.
+        restore_accuracy: hand the accuracy budget to compile's own gate, which keeps the most
+            sensitive layers of an INT8 build in float until it holds (slow: minutes per build
+            on a small machine); default: INT8 builds are judged as compiled.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class VMM:
         progress: Progress | None = None,
         telemetry: Telemetry | None = None,
         refresh: bool = False,
+        restore_accuracy: bool = False,
     ) -> None:
         from ai_vmm import hardware, registry
 
@@ -68,6 +73,7 @@ class VMM:
             raise ValueError("measure_seconds must be positive")
         self.store = DeploymentStore(store)
         self.measure_seconds = float(measure_seconds)
+        self.restore_accuracy = restore_accuracy
         self._say = progress or (lambda message: logger.info(message))
         self.inventory = hardware.discover(registry.discoverers(), refresh=refresh)
         self.hardware: list[Hardware] = classify(self.inventory)
@@ -129,7 +135,7 @@ class VMM:
         started = time.perf_counter()
         limits = Constraints.parse(constraints)
         resolved = resolve(model, self.store)
-        if resolved.kind == "causal-lm":
+        if resolved.kind == "causal-lm" or _lm_artifact(resolved, self.inventory):
             from ai_vmm.deploy.llm import deploy_causal_lm
 
             return deploy_causal_lm(self, resolved, limits, samples, strict=strict, name=name)
@@ -142,6 +148,7 @@ class VMM:
                 "constraints": limits.to_json(),
                 "samples": _samples_digest(samples),
                 "measure_seconds": self.measure_seconds,
+                "restore_accuracy": self.restore_accuracy,
                 "versions": versions(),
             }
         )
@@ -211,6 +218,7 @@ class VMM:
             measure_seconds=self.measure_seconds,
             strict=strict,
             say=self._say,
+            restore_accuracy=self.restore_accuracy,
         )
         record = explanation(
             model={
@@ -250,7 +258,8 @@ class VMM:
                 partial.replace(path)
             return SearchInput(path, samples=samples), [f"ModelProto saved as {path}"]
         if resolved.kind == "artifact":
-            return SearchInput(None, [_artifact_build(resolved, self.inventory)], samples), [
+            build, _ = artifact_build(Path(resolved.source), self.inventory)
+            return SearchInput(None, [build], samples), [
                 "an artifact: deployed as compiled (thread count and batch are still searched)"
             ]
         if resolved.kind == "openvino-ir":
@@ -307,30 +316,10 @@ class VMM:
         return builds
 
 
-def _artifact_build(resolved: ResolvedModel, inventory: Any) -> Any:
-    from ai_vmm.deploy.builds import Build, BuildSpec
-    from ai_vmm.deploy.hardware import device_class
-    from ai_vmm.runtime.artifact import read_manifest
-    from ai_vmm.runtime.devices import Device
-
-    path = Path(resolved.source)
-    if path.is_dir():
-        manifest = read_manifest(path)
-    else:
-        from ai_vmm.runtime import load
-
-        with load(path) as loaded:  # a zip: its manifest, validated
-            manifest = loaded.manifest
-    part = manifest.partitions[0]
-    precision = str(manifest.compile_options.get("precision", "fp32"))
-    quantization = manifest.compile_options.get("quantization") or {}
-    precision = str(quantization.get("quantize") or quantization.get("weights") or precision)
-    kind = "cpu" if part.device.upper().startswith("CPU") else "gpu"
-    device = inventory.find(part.target, part.device) or Device(part.target, part.device, kind)
-    spec = BuildSpec(device, device_class(device, inventory.cpu), precision)
-    build = Build(spec, path, "reused", reason="deployed as compiled")
-    build.devices = sorted({f"{p.target}:{p.device}" for p in manifest.partitions})
-    return build
+def _lm_artifact(resolved: ResolvedModel, inventory: Any) -> bool:
+    if resolved.kind != "artifact":
+        return False
+    return artifact_build(Path(resolved.source), inventory)[1] == "causal-lm"
 
 
 def _samples_digest(samples: Any) -> str:
