@@ -26,6 +26,7 @@ from ai_vmm.cli_errors import (
     need_path,
     show_warnings_in_one_line,
 )
+from ai_vmm.cli_generate import generate_cmd
 from ai_vmm.cli_serve import serve_cmd
 from ai_vmm.runtime.errors import CompileError, InputError
 
@@ -196,8 +197,7 @@ def compile_cmd(
             force_quantize=force_quantize,
             force=force,
         )
-    warning = result.report.get("tuning", {}).get("warning")
-    if warning:
+    for warning in result.report.get("tuning", {}).get("warnings", []):
         err.print(f"warning: {warning}", markup=False, soft_wrap=True)
     quantization = result.report.get("quantization")
     if quantization:
@@ -362,8 +362,15 @@ def bench_cmd(
     out: Annotated[
         Path, typer.Option(help="With --suite: the Markdown report (.png/.json beside it).")
     ] = Path("docs/performance.md"),
+    generate: Annotated[
+        bool, typer.Option("--generate", help="A causal LM: generation vs genai,transformers.")
+    ] = False,
 ) -> None:
     """Benchmark an artifact against plain ONNX Runtime / OpenVINO / torch, in one process."""
+    if generate:  # docs/generate.md
+        from ai_vmm.bench_generate_report import bench_generate_cli
+
+        return bench_generate_cli(model, baselines, out, json_out, plot_out, markdown_out, err)
     from ai_vmm.bench import BenchSettings, check_baselines
     from ai_vmm.bench_report import bench, environment, markdown, plot, profile_table
     from ai_vmm.bench_report import terminal_table as table_of
@@ -428,6 +435,7 @@ def bench_cmd(
 
 app.command("serve")(serve_cmd)
 app.command("deploy")(deploy_cmd)
+app.command("generate")(generate_cmd)
 
 
 def _read_npz(path: Path) -> dict[str, Any]:
