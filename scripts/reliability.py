@@ -57,7 +57,7 @@ for _ in range(rounds):
     write_artifact(out, manifest, {"writer": k}, {"p0": root / f"payload{k}"})
 """
 READER = """
-import json, sys, time
+import json, re, sys, time
 from pathlib import Path
 import numpy as np
 from ai_vmm.runtime import load
@@ -75,7 +75,8 @@ while not stop.exists():
         ok = any(np.array_equal(y, x * k) for k in range(1, 64))
         counts["loaded" if ok else "wrong numbers"] += 1
     except Exception as exc:
-        key = f"{type(exc).__name__}: {' '.join(str(exc).split())[:60]}"
+        text = re.sub(r"/\\S+", "PATH", " ".join(str(exc).split()))
+        key = f"{type(exc).__name__}: {text[:70]}"
         counts[key] = counts.get(key, 0) + 1
 print(json.dumps(counts))
 """
