@@ -13,9 +13,10 @@ context, so each variant needs its own):
    cache emptied, matmuls on fresh memory; then A and B again;
 5. A dropped; B again; then four threads calling B at random batch sizes.
 
-Variants: ``new`` (``ai_vmm.runtime.executors.cuda``), and with ``--old FILE`` the executor
-from before the fix (``old``), and that executor with the cuBLAS workspaces cleared around its
-captures (``old+clear``), to tell which hazard the crash came from.
+Variants: ``new`` (``ai_vmm.runtime.executors.cuda`` as shipped), ``new+cudnn-benchmark``
+(cuDNN's autotuner on while capturing), ``new+runtime-stream`` (streams created through the CUDA
+runtime instead of PyTorch's pool), and with ``--old FILE`` the executor from before the fix
+(``old``; ``old+clear`` adds the cuBLAS workspace clearing around its captures).
 
 Usage::
 
@@ -29,6 +30,7 @@ import gc
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,12 +47,14 @@ TOL = {"rtol": 1e-3, "atol": 1e-4}
 
 
 def build(work: Path) -> tuple[Path, dict[str, Any]]:
-    """The issue's model from ONNX for cuda:0 (fp32); its payload and partition config."""
-    import onnx
+    """The issue's model from ONNX for cuda:0 (fp32, the ONNX route): its package and config."""
+    import onnx_ir as ir
     import torch
 
-    import ai_vmm
+    from ai_vmm import hardware
     from ai_vmm.frontends.torch import export_torch
+    from ai_vmm.targets.base import TargetOptions
+    from ai_vmm.targets.cuda import CudaTarget
 
     sys.path.insert(0, str(REPO / "tests" / "support"))
     from convformer import convformer
@@ -61,16 +65,35 @@ def build(work: Path) -> tuple[Path, dict[str, Any]]:
         example_inputs=(torch.randn(2, 3, 32, 32),),
         dynamic_shapes={"x": {0: "batch"}},
     )
-    onnx.save(proto, work / "convformer.onnx")
+    model = ir.serde.deserialize_model(proto)
+    device = CudaTarget().discover(hardware.detect_cpu())[0][0]
     started = time.perf_counter()
-    result = ai_vmm.compile(work / "convformer.onnx", "cuda:0", work / "m.vmm", tune=False)
-    part = result.manifest["partitions"][0]
-    return work / "m.vmm" / part["entry"], {
+    out = work / "pkg"
+    out.mkdir()
+    options = TargetOptions(extra={"input_bounds": {}, "sample_dims": {}})
+    payload = CudaTarget().codegen(model, device, options, out)
+    return out / payload.entry, {
         "compile_s": round(time.perf_counter() - started, 1),
-        "config": part["config"],
-        "inputs": list(part["inputs"]),
-        "outputs": list(part["outputs"]),
+        "config": payload.config,
+        "inputs": [v.name for v in model.graph.inputs],
+        "outputs": [v.name for v in model.graph.outputs],
     }
+
+
+def _external_stream(torch: Any, device: Any) -> Any:
+    """A stream created through the CUDA runtime (not PyTorch's pool), for the variant that
+    tries it: the libcudart this process loaded, found in /proc/self/maps."""
+    import ctypes
+
+    with open("/proc/self/maps") as maps:
+        paths = sorted({line.split()[-1] for line in maps if "libcudart" in line})
+    lib = ctypes.CDLL(paths[0])
+    lib.cudaStreamCreateWithFlags.restype = ctypes.c_int
+    handle = ctypes.c_void_p()
+    status = lib.cudaStreamCreateWithFlags(ctypes.byref(handle), ctypes.c_uint(1))
+    if status != 0:
+        raise RuntimeError(f"cudaStreamCreateWithFlags: {status}")
+    return torch.cuda.ExternalStream(handle.value, device=device)
 
 
 def scenario(variant: str, entry: Path, part: dict[str, Any], old: Path | None) -> None:
@@ -80,8 +103,14 @@ def scenario(variant: str, entry: Path, part: dict[str, Any], old: Path | None) 
     sys.path.insert(0, str(REPO / "tests" / "support"))
     from convformer import convformer
 
-    if variant == "new":
+    config = dict(part["config"])
+    if variant.startswith("new"):
         from ai_vmm.runtime.executors import cuda as module
+
+        if variant == "new+cudnn-benchmark":
+            config["cudnn_benchmark"] = True
+        elif variant == "new+runtime-stream":
+            module.private_stream = _external_stream  # type: ignore[assignment]
     else:
         assert old is not None
         spec = importlib.util.spec_from_file_location("old_cuda_executor", old)
@@ -120,7 +149,7 @@ def scenario(variant: str, entry: Path, part: dict[str, Any], old: Path | None) 
         return error
 
     def make() -> Any:
-        return module.CudaExecutor(entry, "0", part["config"], tuple(part["outputs"]))
+        return module.CudaExecutor(entry, "0", config, tuple(part["outputs"]))
 
     runner = torch._inductor.aoti_load_package(str(entry), run_single_threaded=True)
     x = torch.from_numpy(cases[2][0]).cuda()
@@ -181,7 +210,7 @@ def run_variant(
     started = time.perf_counter()
     try:
         proc = subprocess.run(
-            command, capture_output=True, text=True, timeout=240 if sanitizer else 120, env=env
+            command, capture_output=True, text=True, timeout=120 if sanitizer else 45, env=env
         )
         rc, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
     except subprocess.TimeoutExpired as exc:
@@ -208,23 +237,34 @@ def run_variant(
     }
 
 
-def check_all(work: Path, old: Path | None, log: Any = print) -> dict[str, Any]:
+def check_all(
+    work: Path, old: Path | None, log: Any = print, json_path: Path | None = None
+) -> dict[str, Any]:
     entry, part = build(work)
     log(f"crash check: built in {part['compile_s']} s; graphs {part['config'].get('cuda_graphs')}")
-    results = []
-    variants = ["new"] + (["old", "old+clear"] if old else [])
+    keep = os.environ.get("AI_VMM_TEST_CONVFORMER_PACKAGE")
+    if keep:  # tests/runtime/test_cuda_executor.py reuses this package instead of building one
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(entry, Path(keep) / entry.name)
+        spec = {
+            "entry": entry.name,
+            "config": part["config"],
+            "io": [part["inputs"], part["outputs"]],
+        }
+        (Path(keep) / "package.json").write_text(json.dumps(spec))
+    results: list[dict[str, Any]] = []
+    summary = {"compile_s": part["compile_s"], "config": part["config"], "variants": results}
+    variants = ["new", *(["old"] if old else []), "new+cudnn-benchmark", "new+runtime-stream"]
     for variant in variants:
         result = run_variant(variant, entry, part, old, sanitizer=False)
         results.append(result)
         log(f"crash check {variant}: passed={result.get('passed')} rc={result.get('rc')}")
+        log(json.dumps(result.get("steps")))
         if not result.get("passed"):
             log("\n".join(result.get("tail", [])))
-    crashed = [r for r in results if r["variant"] == "old" and not r.get("passed")]
-    if crashed:
-        result = run_variant("old", entry, part, old, sanitizer=True)
-        results.append(result)
-        log("compute-sanitizer on old:\n" + "\n".join(result.get("tail", [])))
-    return {"compile_s": part["compile_s"], "config": part["config"], "variants": results}
+        if json_path is not None:
+            json_path.write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def main() -> int:
@@ -240,9 +280,7 @@ def main() -> int:
         scenario(args.child, Path(spec["entry"]), spec["part"], old)
         return 0
     with tempfile.TemporaryDirectory(prefix="ai-vmm-crash-") as tmp:
-        result = check_all(Path(tmp), args.old)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        result = check_all(Path(tmp), args.old, json_path=args.json)
     return 0 if all(r.get("passed") for r in result["variants"] if r["variant"] == "new") else 1
 
 

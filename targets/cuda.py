@@ -206,20 +206,39 @@ class CudaTarget(Target):
         self,
         model: ir.Model,
         device: Device,
-        options: TargetOptions,
-        shapes: Sequence[Mapping[str, int]],
+        dims: dict[str, int],
+        *,
+        precision: str = "fp32",
         figures: Mapping[str, Any] | None = None,
+        host_io: bool = True,
+    ) -> float | None:
+        """Estimated seconds for one call at ``dims`` (symbolic dim sizes), before building:
+        CUDA graphs on, NumPy in and out unless ``host_io`` is off (see ``estimate_shapes``)."""
+        rows = self.estimate_shapes(
+            model, device, [dims], precision=precision, figures=figures, host_io=host_io
+        )
+        return rows[0]["ms"] / 1000.0 if rows else None
+
+    def estimate_shapes(
+        self,
+        model: ir.Model,
+        device: Device,
+        shapes: Sequence[Mapping[str, int]],
+        *,
+        precision: str = "fp32",
+        figures: Mapping[str, Any] | None = None,
+        host_io: bool = True,
     ) -> list[dict[str, Any]]:
-        """Estimated ms per call at each of ``shapes`` (symbolic dim sizes), before building.
+        """Per shape, the estimate's parts in ms (``ai_vmm.targets.cuda_estimate``).
 
         ``figures``: the device's measured figures (the compiler caches them per machine);
-        without them the datasheet's, else a micro-benchmark here.
+        without them the datasheet's (optimistic: what the GPU could at best do), else a
+        micro-benchmark here.
         """
         from ai_vmm.targets.cuda_estimate import estimate
 
         figures = figures or spec_figures(device.full_name) or self.measure_figures(device)
-        host_io = not options.extra.get("device_io", False)
-        return estimate(model, figures, options.precision, shapes, host_io=host_io)
+        return estimate(model, figures, precision, shapes, host_io=host_io)
 
     def quantize(
         self,

@@ -12,12 +12,13 @@ ONNX graph keeps, or when the package does not reproduce the program it was buil
 route that failed once is not retried at another precision (``extra["cuda_source"]`` forces a
 route: ``"torch"``, ``"onnx"``; default ``"auto"``).
 
-Inductor settings for GPU packages (each in ``config["inductor"]``): ``freezing`` (weights become
+Inductor settings for GPU packages, opt-in through ``TargetOptions.extra`` until they are
+measured on a GPU (each lands in ``config["inductor"]``): ``cuda_freezing`` (weights become
 constants: convolution/batch-norm folding, weight layouts chosen once at build time),
-``force_layout_optimization`` for models with 2-D convolutions (channels-last; Inductor
-switches it off by itself whenever the batch is dynamic), and a wrapper compiled at ``-O0``
-(the wrapper's host code only runs for warm-up and capture once CUDA graphs replay). A build that
-fails with them is retried with Inductor's defaults (``config["inductor_note"]``).
+``cuda_channels_last`` (``force_layout_optimization`` for models with 2-D convolutions; Inductor
+switches channels-last off by itself whenever the batch is dynamic) and ``cuda_wrapper_opt``
+(``"O0"``: the wrapper's host code only runs for warm-up and capture once CUDA graphs replay).
+A build that fails with them is retried with Inductor's defaults (``config["inductor_note"]``).
 
 Reuse: a package built in this process is kept (up to ``CACHE_SIZE``) under a key of the model's
 bytes, precision, device, input bounds and source; the same request again (the quantize stage's
@@ -272,15 +273,15 @@ def inductor_settings(
         return {}
     settings: dict[str, Any] = {}
     config = torch._inductor.config
-    if options.extra.get("cuda_freezing", True) and hasattr(config, "freezing"):
+    if options.extra.get("cuda_freezing", False) and hasattr(config, "freezing"):
         settings["freezing"] = True
     if (
-        options.extra.get("cuda_channels_last", True)
+        options.extra.get("cuda_channels_last", False)
         and hasattr(config, "force_layout_optimization")
         and _has_conv2d(program)
     ):
         settings["force_layout_optimization"] = True
-    level = options.extra.get("cuda_wrapper_opt", "O0")
+    level = options.extra.get("cuda_wrapper_opt")
     if level and hasattr(config.aot_inductor, "compile_wrapper_opt_level"):
         settings["aot_inductor.compile_wrapper_opt_level"] = str(level)
     return settings

@@ -9,9 +9,8 @@ With ``config["cuda_graphs"]`` the executor captures one CUDA graph per input-sh
 (the first call with a new shape captures, later calls replay; at most ``_MAX_GRAPHS``, least
 recently used dropped). How a graph stays valid for as long as it can be replayed:
 
-- Every executor works on its own CUDA stream, created for it (not one of PyTorch's pooled
-  streams, which other code may be handed too: work another thread put on a stream while we
-  capture on it would land in our graph).
+- Every executor works on a CUDA stream of its own (``private_stream``): replays and captures
+  are ordered on it, after the caller's stream and before it again.
 - One capture at a time in the process (PyTorch's rule), in ``thread_local`` mode, so other
   threads may go on running while one captures.
 - Each graph has its own memory pool. The cuBLAS/cuBLASLt workspaces are dropped before the
@@ -33,7 +32,6 @@ package (the cheap float baseline the compiler may ask for; see ``CudaTarget.flo
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -88,7 +86,7 @@ class CudaExecutor:
         self._outputs = list(outputs)
         self._keep = set(config.get("device_outputs", ()))
         self._use_graphs = bool(config.get("cuda_graphs")) and self._cuda
-        self._cudnn_benchmark = bool(config.get("cudnn_benchmark", True))
+        self._cudnn_benchmark = bool(config.get("cudnn_benchmark", False))
         self._runner = _load_runner(torch, entry, str(config.get("runner", "aoti")))
         self._stream = private_stream(torch, self._device) if self._cuda else None
         self._graphs: OrderedDict[tuple[tuple[int, ...], ...], CapturedGraph] = OrderedDict()
@@ -312,7 +310,7 @@ def capture(
     device: Any,
     stream: Any = None,
     *,
-    cudnn_benchmark: bool = True,
+    cudnn_benchmark: bool = False,
 ) -> CapturedGraph:
     """Capture ``runner(*static_inputs)`` into a CUDA graph on ``stream`` (module doc: why so).
 
@@ -365,27 +363,20 @@ _STREAMS_LOCK = threading.Lock()
 
 
 def private_stream(torch: Any, device: Any) -> Any:
-    """A CUDA stream of our own (non-blocking), not one of PyTorch's pooled streams.
+    """A CUDA stream for one executor at a time.
 
-    PyTorch hands its 32 pooled streams out round-robin; a stream we capture on must not be
-    one that other code can be given. ``cudaStreamCreateWithFlags`` through the libcudart
-    PyTorch already loaded; a high-priority pooled stream where that library is not found.
-    Streams are never destroyed (a replay may still be queued on one): executors hand theirs
-    back (``release_stream``) for the next one to reuse.
+    Streams come from PyTorch's pool and are handed back when the executor goes
+    (``release_stream``), so that executors do not walk the 32 pooled streams round-robin onto
+    ones other code is using. (A stream created outside the pool, through the CUDA runtime,
+    would be safer still; on the GPU machine the first try of that ended in a crash that
+    could not be traced within the session, see docs/gpu.md.)
     """
     index = int(torch.device(device).index or 0)
     with _STREAMS_LOCK:
         free = _FREE_STREAMS.get(index)
         if free:
             return free.pop()
-    lib = _cudart()
-    if lib is not None:
-        handle = ctypes.c_void_p()
-        with torch.cuda.device(device):
-            status = lib.cudaStreamCreateWithFlags(ctypes.byref(handle), ctypes.c_uint(1))
-        if status == 0 and handle.value:
-            return torch.cuda.ExternalStream(handle.value, device=device)
-    return torch.cuda.Stream(device=device, priority=-1)
+    return torch.cuda.Stream(device=device)
 
 
 def release_stream(torch: Any, stream: Any) -> None:
@@ -393,31 +384,6 @@ def release_stream(torch: Any, stream: Any) -> None:
     index = int(stream.device.index or 0)
     with _STREAMS_LOCK:
         _FREE_STREAMS.setdefault(index, []).append(stream)
-
-
-_CUDART: list[Any] = []
-
-
-def _cudart() -> Any:
-    """The CUDA runtime library this process has loaded (found in /proc/self/maps)."""
-    if _CUDART:
-        return _CUDART[0]
-    lib = None
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "libcudart" in line}
-        for path in sorted(paths):
-            try:
-                candidate = ctypes.CDLL(path)
-                candidate.cudaStreamCreateWithFlags.restype = ctypes.c_int
-                lib = candidate
-                break
-            except (OSError, AttributeError):
-                continue
-    except OSError:
-        lib = None
-    _CUDART.append(lib)
-    return lib
 
 
 def _pinned_copy(torch: Any, host: Any) -> Any:

@@ -197,13 +197,14 @@ def test_estimate_before_building(zoo_model: Callable[[str], Path]) -> None:
     h100 = Device("cuda", "0", "gpu", "NVIDIA H100 80GB HBM3", {})
     model = ir.load(zoo_model("small_cnn"))
     target = CudaTarget()
-    fp32 = target.estimate(model, h100, TargetOptions(), [{"batch": 1}, {"batch": 64}], figures)
-    one, many = fp32
+    one, many = target.estimate_shapes(model, h100, [{"batch": 1}, {"batch": 64}], figures=figures)
     assert one["kernels"] >= 5 and one["gflop"] > 0
     assert many["gpu_ms"] > one["gpu_ms"] and many["transfer_ms"] > 30 * one["transfer_ms"]
     assert many["gflop"] == pytest.approx(64 * one["gflop"], rel=0.01)
-    fp16 = target.estimate(
-        model, h100, TargetOptions(precision="fp16", extra={"device_io": True}), [{"batch": 64}]
+    fp16 = target.estimate_shapes(
+        model, h100, [{"batch": 64}], precision="fp16", figures=figures, host_io=False
     )[0]
     assert fp16["mb"] < 0.6 * many["mb"] and fp16["transfer_ms"] == 0.0
+    seconds = target.estimate(model, h100, {"batch": 64}, figures=figures)
+    assert seconds == pytest.approx(many["ms"] / 1000.0)
     assert fp16["ms"] < many["ms"]
