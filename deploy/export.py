@@ -15,7 +15,7 @@ retried at the samples' static shapes and a note says so.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +33,9 @@ def raw_examples(samples: Any) -> list[dict[str, np.ndarray]]:
     """The samples as given (no signature to check them against yet): a list of dicts."""
     if samples is None:
         return []
-    if isinstance(samples, Mapping):
-        return [{str(k): np.asarray(v) for k, v in samples.items()}]
-    if isinstance(samples, str | Path):
-        from ai_vmm.calibration import load_calibration
+    from ai_vmm.deploy.samples import read_samples
 
-        data = load_calibration(samples)
-        return [dict(record) for record in data.records]
-    if isinstance(samples, Sequence):
-        return [{str(k): np.asarray(v) for k, v in dict(item).items()} for item in samples]
-    raise InputError(f"samples of type {type(samples).__name__} are not understood")
+    return read_samples(samples)[0]
 
 
 def export_source(

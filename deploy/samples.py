@@ -1,12 +1,12 @@
 """The samples a deployment is measured on: the user's, checked against the model, or made up.
 
-Accepted (``samples=`` of ``VMM.deploy``; ``--samples`` of ``vmmc deploy``):
+Accepted (``samples=`` of ``VMM.deploy``; ``--samples`` of ``vmmc deploy``), read exactly as
+``ai_vmm.compile(samples=...)`` reads them (``ai_vmm.samples``):
 
-- a dict of arrays: like an ``.npz`` file: an array with the input's rank is a batch of
-  one-item samples (``x[i:i+1]``), an array with one axis more is a list of samples (``x[i]``);
-- a list of such dicts: one dict, one sample, taken as it is;
-- an ``.npz`` path or a directory of ``.npz`` files (read the same way as calibration data,
-  ``docs/quantization.md``).
+- a dict of arrays: one sample (one call's inputs, batch axis included);
+- a list of such dicts: one sample each;
+- an ``.npz`` file: one sample, one array per input name;
+- a directory of ``.npz`` files: one sample per file, in name order.
 
 Without samples, inputs are synthesised from the signature (``ai_vmm.inputs``) and every figure
 says so: latency is then measured at made-up shapes, and accuracy on made-up values is
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ai_vmm.calibration import CalibrationData, check_sample, load_calibration
+from ai_vmm.calibration import check_sample
 from ai_vmm.inputs import synthetic_inputs
 from ai_vmm.runtime.artifact import TensorSpec
 from ai_vmm.runtime.errors import InputError
@@ -78,7 +78,7 @@ def load_samples(
     specs = tuple(inputs)
     if source is None:
         return _synthetic(specs, dict(bounds or {}))
-    items, description = _read(source, specs)
+    items, description = read_samples(source)
     if not items:
         raise InputError(f"{description}: no samples")
     items = items[:MAX_SAMPLES]
@@ -87,63 +87,28 @@ def load_samples(
     return Samples(tuple(items), description, False, digest_of(items))
 
 
-def _read(source: Any, specs: tuple[TensorSpec, ...]) -> tuple[list[Sample], str]:
-    if isinstance(source, Mapping):
-        arrays = {str(k): np.asarray(v) for k, v in source.items()}
-        return _unstack(arrays, specs), "samples dict"
-    if isinstance(source, str | Path):
-        data = load_calibration(source)
-        return _from_data(data, specs), data.description
-    if isinstance(source, Sequence) and not isinstance(source, bytes):
-        items = []
+def read_samples(source: Any) -> tuple[list[Sample], str]:
+    """The samples of ``source`` as given (compile's reader), and where they came from.
+
+    Raises:
+        InputError: a source that cannot be read or holds something else than arrays.
+    """
+    from ai_vmm.samples import load_samples as read
+
+    if isinstance(source, Sequence) and not isinstance(source, str | bytes):
         for index, item in enumerate(source):
             if not isinstance(item, Mapping):
                 raise InputError(
                     f"samples: item {index} is a {type(item).__name__}, "
                     "not a dict of input name -> array"
                 )
-            items.append({str(k): np.asarray(v) for k, v in item.items()})
-        return items, f"{len(items)} samples (list)"
-    raise InputError(
-        f"samples of type {type(source).__name__} are not understood: give a dict of arrays, "
-        "a list of such dicts, an .npz file or a directory of .npz files"
-    )
-
-
-def _from_data(data: CalibrationData, specs: tuple[TensorSpec, ...]) -> list[Sample]:
-    if not data.stacked:
-        return [dict(r) for r in data.records]
-    tensors = [s.name for s in specs if s.kind == "tensor"]
-    items: list[Sample] = []
-    for record in data.records:
-        if "" in record:  # .npy files carry no input name
-            if len(tensors) != 1:
-                raise InputError(
-                    f"{data.description}: .npy files carry no input names and the model has "
-                    f"{len(tensors)} inputs: use .npz files keyed by input name"
-                )
-            record = {tensors[0]: record[""]}
-        items += _unstack(record, specs)
-    return items
-
-
-def _unstack(arrays: Mapping[str, np.ndarray], specs: tuple[TensorSpec, ...]) -> list[Sample]:
-    ranks = {s.name: len(s.shape) for s in specs if s.shape is not None}
-    counts = {name: int(a.shape[0]) if a.ndim else 1 for name, a in arrays.items()}
-    if len(set(counts.values())) > 1:
+    elif not isinstance(source, str | Path | Mapping):
         raise InputError(
-            f"samples: arrays hold different sample counts on their first axis ({counts}); "
-            "every array's first axis indexes the same samples"
+            f"samples of type {type(source).__name__} are not understood: give a dict of "
+            "arrays, a list of such dicts, an .npz file or a directory of .npz files"
         )
-    count = next(iter(counts.values()), 0)
-    items: list[Sample] = []
-    for i in range(count):
-        sample: Sample = {}
-        for name, array in arrays.items():
-            keep_batch = array.ndim == ranks.get(name, array.ndim - 1)
-            sample[name] = array[i : i + 1] if keep_batch else array[i]
-        items.append(sample)
-    return items
+    loaded = read(source)
+    return [dict(item) for item in loaded.items], loaded.description
 
 
 def _synthetic(specs: tuple[TensorSpec, ...], bounds: dict[str, Any]) -> Samples:

@@ -19,10 +19,12 @@ def test_deploy_writes_artifact_and_explanation(
 ) -> None:
     onnx.save(make_mlp_model(), tmp_path / "mlp.onnx")
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "x.npz", x=rng.standard_normal((6, 16)).astype(np.float32))
+    (tmp_path / "x").mkdir()
+    for index in range(6):  # one sample per file, as vmmc compile --sample reads them
+        np.savez(tmp_path / "x" / f"{index}.npz", x=rng.standard_normal((1, 16)).astype(np.float32))
     store, out = tmp_path / "store", tmp_path / "out"
     args = ["deploy", str(tmp_path / "mlp.onnx"), "-o", str(out), "--store", str(store)]
-    args += ["--samples", str(tmp_path / "x.npz"), "--seconds", "0.1"]
+    args += ["--samples", str(tmp_path / "x"), "--seconds", "0.1"]
     code = main([*args, "-c", "max_latency_ms=100", "-c", "preferred_hardware=CPU"])
     assert code == 0
     printed = capsys.readouterr().out
@@ -44,7 +46,7 @@ def test_deploy_writes_artifact_and_explanation(
             "--store",
             str(store),
             "--samples",
-            str(tmp_path / "x.npz"),
+            str(tmp_path / "x"),
             "--seconds",
             "0.1",
             "-c",

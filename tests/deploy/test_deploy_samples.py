@@ -31,17 +31,18 @@ def test_list_of_dicts_is_taken_as_is() -> None:
     assert samples.to_json()["shapes"] == ["ids[1, 3], mask[1, 3]", "ids[1, 5], mask[1, 5]"]
 
 
-def test_dict_and_npz_unstack_like_calibration_files(tmp_path: Path) -> None:
-    stacked = {"ids": np.zeros((4, 7), np.int64), "mask": np.ones((4, 7), np.float32)}
-    samples = load_samples(stacked, SPECS)
-    assert len(samples) == 4 and samples.items[0]["ids"].shape == (1, 7)
-    np.savez(tmp_path / "s.npz", **stacked)
+def test_dict_npz_and_directory_read_as_compile_reads_them(tmp_path: Path) -> None:
+    one = {"ids": np.zeros((4, 7), np.int64), "mask": np.ones((4, 7), np.float32)}
+    samples = load_samples(one, SPECS)  # a dict is one call's inputs: batch 4 kept
+    assert len(samples) == 1 and samples.items[0]["ids"].shape == (4, 7)
+    np.savez(tmp_path / "s.npz", **one)
     from_file = load_samples(tmp_path / "s.npz", SPECS)
     assert from_file.digest == samples.digest
     (tmp_path / "dir").mkdir()
-    np.savez(tmp_path / "dir" / "a.npz", **stacked)
-    np.savez(tmp_path / "dir" / "b.npz", **stacked)
-    assert len(load_samples(tmp_path / "dir", SPECS)) == 8
+    np.savez(tmp_path / "dir" / "a.npz", **_sample(3))
+    np.savez(tmp_path / "dir" / "b.npz", **_sample(5))
+    both = load_samples(tmp_path / "dir", SPECS)
+    assert len(both) == 2 and both.digest == load_samples([_sample(3), _sample(5)], SPECS).digest
 
 
 @pytest.mark.parametrize(
