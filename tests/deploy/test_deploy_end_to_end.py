@@ -135,3 +135,24 @@ def test_unknown_model_id(vmm: VMM) -> None:
 
     with pytest.raises(ModelLoadError, match="searched"):
         vmm.deploy("no-such-org/no-such-model")
+
+
+def test_openvino_ir_and_artifact_sources(vmm: VMM, tmp_path: Path) -> None:
+    import shutil
+
+    import ai_vmm
+
+    built = ai_vmm.compile(CNN, "openvino:CPU", tmp_path / "cnn.vmm", tune=False)
+    shutil.copytree(built.path / "p0", tmp_path / "ir")  # model.xml + model.bin, as ovc writes
+    samples = _cnn_samples(4)
+    ir = vmm.deploy(tmp_path / "ir" / "model.xml", samples=samples)
+    assert ir.explanation["model"]["kind"] == "openvino-ir"
+    assert {b["device"] for b in ir.explanation["builds"]} == {"openvino:CPU"}
+    reference = ai_vmm.runtime.load(built.path).run(samples[0])["logits"]
+    np.testing.assert_allclose(ir(**samples[0])["logits"], reference, rtol=1e-5, atol=1e-6)
+    ir.close()
+    artifact = vmm.deploy(built.path, samples=samples)
+    assert artifact.explanation["model"]["kind"] == "artifact"
+    assert artifact.explanation["builds"][0]["status"] == "reused"
+    np.testing.assert_allclose(artifact(**samples[0])["logits"], reference, rtol=1e-5, atol=1e-6)
+    artifact.close()
