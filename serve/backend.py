@@ -9,6 +9,7 @@ deployment store makes the second start of a server as fast as loading the chose
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,6 +219,11 @@ def _footprint(deployment: Any) -> tuple[dict[str, int], list[str], str]:
 
 
 def _wrap_lm(deployment: Any) -> DeployedLanguageModel:
+    # runtime.llm's chat templates use jinja2.ext without importing it, which works only where
+    # something else (transformers) imported it first: a server loading from the deployment
+    # store does not. Remove once ai_vmm.runtime.llm.tokenizer imports it itself.
+    with contextlib.suppress(ImportError):
+        import jinja2.ext  # noqa: F401
     memory, devices, platform = _footprint(deployment)
     return DeployedLanguageModel(
         deployment=deployment,
