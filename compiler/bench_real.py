@@ -101,6 +101,8 @@ def _compile(
         "compile_s": round(time.perf_counter() - start, 1),
         "chosen": sorted({f"{p.target}:{p.device}" for p in manifest.partitions}),
         "partitions": len(manifest.partitions),
+        # The executor settings tuning chose (e.g. threads): they explain many ratios.
+        "configs": [p.config for p in manifest.partitions],
     }
 
 
