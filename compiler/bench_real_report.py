@@ -98,7 +98,7 @@ def markdown(results: list[dict[str, Any]], env: dict[str, Any], command: str) -
         "",
     ]
     failures = [
-        (r["model"], variant, r[variant])
+        (r["model"], r[variant].get("how", variant), r[variant])
         for r in results
         for variant in ("nohint", "samples")
         if not r[variant]["ok"] or not r[variant].get("match")

@@ -97,7 +97,7 @@ def test_page_has_the_table_with_spread_goals_and_failures() -> None:
     assert "| det | ocr-detector | x: height, width | x[1,3,64,64] | 2.000 | 1.500 |" in page
     assert "0.980 (0.95-1.01)" in page
     assert "no hints <= 1.05: 1 of 2; samples <= 1.0: 2 of 2" in page
-    assert "| det2 | nohint | CompileError: no target produced |" in page
+    assert "| det2 | no hints | CompileError: no target produced |" in page
 
 
 def test_unknown_model_is_an_input_error(tmp_path: Path) -> None:
