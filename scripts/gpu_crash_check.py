@@ -20,7 +20,8 @@ runtime instead of PyTorch's pool), and with ``--old FILE`` the executor from be
 
 Usage::
 
-    python scripts/gpu_crash_check.py --old old_cuda_executor.py --json crash.json
+    python scripts/gpu_crash_check.py --json crash.json \
+        --old tests/support/cuda_executor_before_issue18.py
 """
 
 from __future__ import annotations
