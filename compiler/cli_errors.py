@@ -16,7 +16,6 @@ the click exception classes are found through ``typer.BadParameter``'s ancestry,
 
 from __future__ import annotations
 
-import difflib
 import traceback
 import warnings
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from ai_vmm import registry
 from ai_vmm.runtime.errors import VmmError
 from ai_vmm.runtime.staging import os_error_text
 
@@ -65,36 +65,15 @@ def need_path(path: Path | None, what: str) -> None:
 
 
 # Names people type for a device, and the --target that means it here.
-_TARGET_HINTS = {
-    "gpu": "cuda:0",
-    "nvidia": "cuda:0",
-    "cuda0": "cuda:0",
-    "trt": "tensorrt:0",
-    "cpu": "openvino:CPU or onnxruntime:CPU",
-    "ov": "openvino:CPU",
-    "ort": "onnxruntime:CPU",
-    "onnx": "onnxruntime:CPU",
-    "igpu": "openvino:GPU",
-    "intel": "openvino:CPU",
-    "npu": "openvino:NPU",
-}
-
-
 def check_target_spec(spec: str, targets: list[str]) -> None:
     """Reject an unknown target name in ``--target`` with the closest real one (exit 2)."""
     if spec.strip() in ("", "auto"):
         return
     for item in (part.strip() for part in spec.split(",")):
-        name, _, device = item.partition(":")
+        name = item.partition(":")[0]
         if name in targets:
             continue
-        key = name.lower()
-        hint = _TARGET_HINTS.get(key) or _TARGET_HINTS.get(key.replace(":", ""))
-        if hint is None and key in targets:
-            hint = f"{key}:{device}" if device else key
-        if hint is None:
-            close = difflib.get_close_matches(key, targets, n=1, cutoff=0.5)
-            hint = f"{close[0]}:{device}" if close and device else (close[0] if close else None)
+        hint = registry.suggest_target(item)
         suggestion = f"; did you mean --target {hint}?" if hint else ""
         raise UsageError(
             f"--target {item}: unknown target '{name}'{suggestion} (targets: "

@@ -20,9 +20,12 @@ import numpy as np
 import onnx_ir as ir
 
 from ai_vmm.runtime.artifact import TensorSpec
+from ai_vmm.runtime.errors import InputError
 
 LEADING_DIM = 1
 OTHER_DIM = 16
+MAX_SYNTHETIC_BYTES = 4 << 30
+"""Synthetic inputs larger than this are refused before they are allocated."""
 
 
 @dataclass(frozen=True)
@@ -250,7 +253,7 @@ def synthetic_inputs(
     """
     rng = np.random.default_rng(seed)
     symbols: dict[str, int] = {}
-    inputs: dict[str, np.ndarray] = {}
+    planned: list[tuple[TensorSpec, tuple[int, ...], np.dtype[Any]]] = []
     for spec in specs:
         if spec.kind != "tensor" or not spec.dtype:
             return None
@@ -259,8 +262,22 @@ def synthetic_inputs(
             dtype = np.dtype(spec.dtype)
         except TypeError:
             return None
-        inputs[spec.name] = _values(spec.name, shape, dtype, bounds.get(spec.name), rng)
-    return inputs
+        planned.append((spec, shape, dtype))
+    # Before any allocation: a declared dimension of 2**40 is a clear error, not a MemoryError.
+    total = sum(
+        int(np.prod(shape, dtype=np.float64)) * dtype.itemsize for _, shape, dtype in planned
+    )
+    if total > MAX_SYNTHETIC_BYTES:
+        largest = max(planned, key=lambda p: float(np.prod(p[1], dtype=np.float64)))
+        raise InputError(
+            f"synthetic inputs would take {total / 2**30:.3g} GiB (input '{largest[0].name}' "
+            f"has shape {list(largest[1])}): fix its shape with --input NAME[SHAPE] or give "
+            f"real inputs with --sample"
+        )
+    return {
+        spec.name: _values(spec.name, shape, dtype, bounds.get(spec.name), rng)
+        for spec, shape, dtype in planned
+    }
 
 
 def _values(

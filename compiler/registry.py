@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from typing import Any
 
@@ -40,10 +41,43 @@ STATIC_PRIORITY_OTHER = ("tensorrt:0", "cuda:0", "onnxruntime:CPU", "openvino:CP
 _instances: dict[str, Target] = {}
 
 
+_TARGET_HINTS = {
+    "gpu": "cuda:0",
+    "nvidia": "cuda:0",
+    "cuda0": "cuda:0",
+    "trt": "tensorrt:0",
+    "cpu": "openvino:CPU or onnxruntime:CPU",
+    "ov": "openvino:CPU",
+    "ort": "onnxruntime:CPU",
+    "onnx": "onnxruntime:CPU",
+    "igpu": "openvino:GPU",
+    "intel": "openvino:CPU",
+    "npu": "openvino:NPU",
+}
+
+
+def suggest_target(item: str) -> str | None:
+    """The ``--target`` a mistyped ``item`` most likely meant (``gpu`` -> ``cuda:0``)."""
+    name, _, device = item.strip().partition(":")
+    key = name.lower()
+    hint = _TARGET_HINTS.get(key) or _TARGET_HINTS.get(key.replace(":", ""))
+    if hint is None and key in TARGETS:
+        hint = f"{key}:{device}" if device else key
+    if hint is None:
+        close = difflib.get_close_matches(key, list(TARGETS), n=1, cutoff=0.5)
+        hint = f"{close[0]}:{device}" if close and device else (close[0] if close else None)
+    return hint
+
+
 def get_target(name: str) -> Target:
     """The target called ``name`` (imported on first use)."""
     if name not in TARGETS:
-        raise CompileError(f"unknown target '{name}' (known: {', '.join(sorted(TARGETS))})")
+        hint = suggest_target(name)
+        raise CompileError(
+            f"unknown target '{name}'"
+            + (f" (did you mean {hint}?)" if hint else "")
+            + f"; known: {', '.join(sorted(TARGETS))}"
+        )
     if name not in _instances:
         module_name, class_name = TARGETS[name].split(":")
         try:

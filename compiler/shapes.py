@@ -39,6 +39,7 @@ import numpy as np
 
 from ai_vmm.inputs import Domain, synthetic_inputs
 from ai_vmm.runtime.artifact import TensorSpec
+from ai_vmm.runtime.errors import VmmError
 
 Sample = dict[str, np.ndarray]
 TryReference = Callable[[Sample], str | None]
@@ -220,7 +221,11 @@ def choose_shapes(
         return Bucket(name, dict(sizes), sample, varied)
 
     def runs(sizes: dict[str, int]) -> Bucket | None:
-        bucket = make(sizes, "primary")
+        try:
+            bucket = make(sizes, "primary")
+        except VmmError as exc:  # too large to make: a trial that failed, with the reason
+            choice.tried.append({"sizes": dict(sizes), "error": str(exc)})
+            return None
         if bucket is None:
             return None
         if try_reference is None:

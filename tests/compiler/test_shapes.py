@@ -141,3 +141,23 @@ def test_metadata_sizes_win_over_the_ladder() -> None:
     choice = choose_shapes(specs, {}, None, {"imgsz": "[320, 480]"})
     assert choice.primary is not None
     assert (choice.primary.sizes["h"], choice.primary.sizes["w"]) == (320, 480)
+
+
+def test_a_huge_declared_dimension_is_one_line_not_a_memory_error(tmp_path: Path) -> None:
+    import onnx.helper as oh
+
+    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2**40])
+    y = oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2**40])
+    graph = oh.make_graph([oh.make_node("Relu", ["x"], ["y"], name="r")], "g", [x], [y])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = _save(model, tmp_path / "huge.onnx")
+    result = ai_vmm.compile(path, "onnxruntime:CPU", tmp_path / "huge.vmm", tune=False)
+    assert "GiB" in result.report["unverified"] and "--input" in result.report["unverified"]
+    assert result.report["verification"]["status"] == "skipped"
+
+
+def test_an_unknown_target_suggests_the_closest_one(tmp_path: Path) -> None:
+    path = _save(shape_models.minus_one_model(), tmp_path / "m.onnx")
+    with pytest.raises(Exception, match="did you mean cuda:0"):
+        ai_vmm.compile(path, "gpu", tmp_path / "m.vmm")
