@@ -6,7 +6,7 @@ For a real CNN (MediaPipe hand landmarks, photographs), a real transformer encod
 speech recording), each with its accuracy budget:
 
 1. survey: one deploy that permits low precision measures every candidate;
-2. (a) a latency limit the fp32 default meets (twice the best fp32 p95), with
+2. (a) a latency limit the fp32 default meets (three times the best fp32 p95), with
    ``preferred_hardware = [NVIDIA_GPU, INTEL_NPU, INTEL_CPU]`` (absent here, or not this CPU's
    vendor: explain() says how it fell back);
 3. (b) where INT8 is measurably faster than fp32 within the budget: a limit between the two
@@ -217,13 +217,18 @@ def run_case(vmm: Any, case: Case, seconds: float) -> dict[str, Any]:
             record["survey_explain"] = deployment.explain()
         record["survey_seconds"] = round(time.perf_counter() - started, 1)
         record["budget"] = budget
-        low_ok = [
+        measured = [c for c in survey["candidates"] if c.get("figures")]
+        fp32_best = min(_p95(c) for c in measured if c["precision"] == "fp32")
+        faster = [
             c
-            for c in survey["candidates"]
-            if c.get("figures") and c["precision"] != "fp32" and not c.get("failed")
+            for c in measured
+            if c["precision"] != "fp32"
+            and not c.get("failed")
+            and _p95(c) * INT8_MARGIN < fp32_best
         ]
-        if low_ok:
+        if faster:
             break
+        log(f"  no low-precision candidate within {budget} is {INT8_MARGIN}x faster than fp32")
     assert survey is not None
     rows = [c for c in survey["candidates"] if c.get("figures")]
     record["candidates"] = [
@@ -248,7 +253,7 @@ def run_case(vmm: Any, case: Case, seconds: float) -> dict[str, Any]:
     record["best_low_precision_p95_ms"] = best_low
     cases: dict[str, Any] = {}
     cases["a"] = _deploy(
-        vmm, path, {"max_latency_ms": _nice(2 * fp32), "preferred_hardware": PREFERRED}, samples
+        vmm, path, {"max_latency_ms": _nice(3 * fp32), "preferred_hardware": PREFERRED}, samples
     )
     if best_low is not None and best_low * INT8_MARGIN < fp32:
         limit = _nice(math.sqrt(best_low * fp32))
@@ -273,7 +278,9 @@ def run_case(vmm: Any, case: Case, seconds: float) -> dict[str, Any]:
         samples,
     )
     record["cases"] = cases
-    record["store_hit"] = _store_hit(vmm, path, cases["a"]["constraints"], samples, seconds)
+    deployed = next((c for c in cases.values() if c["outcome"] == "deployed"), None)
+    if deployed is not None:
+        record["store_hit"] = _store_hit(vmm, path, deployed["constraints"], samples, seconds)
     return record
 
 
@@ -356,11 +363,14 @@ def markdown(records: dict[str, Any], environment: dict[str, Any]) -> str:
                 f"| {record['title']} | {labels[name]} | {_limits_text(case['constraints'])} | "
                 f"{outcome} | {p95} | {case['seconds']} |"
             )
-    lines += ["", "A second deploy of the (a) case, served from the deployment store:", ""]
+    lines += ["", "The first deployed case again, served from the deployment store:", ""]
     lines += ["| model | same process s | fresh process s (of which import + discovery) |"]
     lines += ["|---|---|---|"]
     for record in records.values():
-        hit = record["store_hit"]
+        hit = record.get("store_hit")
+        if hit is None:
+            lines.append(f"| {record['title']} | no case deployed | |")
+            continue
         fresh = hit["fresh_process"]
         lines.append(
             f"| {record['title']} | {hit['in_process_s']:.3f} | {fresh['total_s']:.2f} "
