@@ -77,7 +77,7 @@ def bench_generate_cmd(
             )
     factories: list[Callable[[], Engine]] = []
     for path, label, precision in artifacts:
-        factories.append(lambda p=path, n=label, d=precision: VmmEngine(p, n, d.split(" ")[0], d))
+        factories.append(_vmm_factory(path, label, precision))
     source = None
     if "transformers" in baselines or "genai" in baselines:
         say("loading the model in transformers")
@@ -116,6 +116,10 @@ def bench_generate_cmd(
         }
         json_out.write_text(json.dumps(payload, indent=2) + "\n")
     return rows
+
+
+def _vmm_factory(path: Path, label: str, precision: str) -> Callable[[], Engine]:
+    return lambda: VmmEngine(path, label, precision.split(" ")[0], precision)
 
 
 def _describe(report: dict[str, Any], mode: str | None) -> str:

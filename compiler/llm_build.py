@@ -49,7 +49,10 @@ class LMRun:
     """State of one LM compile: the source, the export, the work directory, the reference."""
 
     source: frontend.CausalLMSource
-    export: frontend.DecoderExport
+    layout: frontend.KvLayout
+    vocab_size: int
+    export_onnx: Callable[[], frontend.DecoderExport]
+    """The ONNX decoder step, exported on first use (the cuda target does not need it)."""
     tokenizer_dir: Path
     tokenizer_info: dict[str, Any]
     work: Path
@@ -156,7 +159,7 @@ def build_candidate(run: LMRun, device: Device, weights: WeightSpec | None) -> B
     """
     serial = next(_serial)
     payload = run.work / f"payload-{serial}"
-    layout = run.export.layout
+    layout = run.layout
     notes: list[str] = []
     if run.options.precision != "fp32" and device.target != "cuda":
         raise CompileError(
@@ -165,7 +168,7 @@ def build_candidate(run: LMRun, device: Device, weights: WeightSpec | None) -> B
     if device.target == "openvino":
         from ai_vmm.targets import openvino_lm
 
-        model = openvino_lm.stateful_model(run.export.path, layout.layers)
+        model = openvino_lm.stateful_model(run.export_onnx().path, layout.layers)
         if weights is not None:
             compression = openvino_lm.WeightCompression(
                 weights.mode, weights.group_size or openvino_lm.DEFAULT_INT4_GROUP, weights.ratio
@@ -182,7 +185,7 @@ def build_candidate(run: LMRun, device: Device, weights: WeightSpec | None) -> B
         from ai_vmm.targets import onnxruntime_lm
 
         entry, config, note = onnxruntime_lm.build(
-            run.export.path,
+            run.export_onnx().path,
             payload,
             weights=None if weights is None else weights.mode,
             group_size=None if weights is None else weights.group_size,
@@ -195,7 +198,12 @@ def build_candidate(run: LMRun, device: Device, weights: WeightSpec | None) -> B
         from ai_vmm.targets import cuda_lm
 
         entry, config, note = cuda_lm.build(
-            run.source.model, layout, payload, precision=run.options.precision, device=device.name
+            run.source.model,
+            layout.heads,
+            layout.head_dims,
+            payload,
+            precision=run.options.precision,
+            device=device.name,
         )
         notes.append(note)
         kind = "static"
@@ -320,14 +328,14 @@ def _manifest(
         for p in sorted(run.tokenizer_dir.rglob("*"))
         if p.is_file()
     }
-    layout = run.export.layout
+    layout = run.layout
     info = run.tokenizer_info
     inputs = (
         TensorSpec("input_ids", "int64", ("batch", "seq")),
         TensorSpec("attention_mask", "int64", ("batch", "total")),
         TensorSpec("position_ids", "int64", ("batch", "seq")),
     )
-    outputs = (TensorSpec("logits", "float32", ("batch", "n", run.export.vocab_size)),)
+    outputs = (TensorSpec("logits", "float32", ("batch", "n", run.vocab_size)),)
     partition = PartitionSpec(
         id="decoder",
         target=device.target,
@@ -356,6 +364,8 @@ def _manifest(
         or getattr(config_obj, "n_positions", None)
         or 2048
     )
+    if "max_cache_len" in config:  # a static cache bounds the context
+        context = min(context, int(config["max_cache_len"]))
     return Manifest(
         inputs=inputs,
         outputs=outputs,
@@ -367,7 +377,7 @@ def _manifest(
         assets=assets,
         llm=lm_spec.to_json(
             architecture=run.source.architecture,
-            vocab_size=run.export.vocab_size,
+            vocab_size=run.vocab_size,
             context_length=context,
             cache=layout.to_json(),
             decoder_kind=kind,

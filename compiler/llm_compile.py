@@ -121,23 +121,31 @@ def compile_causal_lm(
         label = source if isinstance(source, str | Path) else type(source).__name__
         say(f"loading {label}")
         src = frontend.load_causal_lm(source, tokenizer)
-        export = _export(src, work, root, say)
         tokenizer_dir = work / "tokenizer"
         info = frontend.save_tokenizer(src, tokenizer_dir)
-        run = LMRun(src, export, tokenizer_dir, info, work, options, say)
+        layout = frontend.kv_layout(src)
+        exported: list[frontend.DecoderExport] = []
+
+        def export_onnx() -> frontend.DecoderExport:
+            if not exported:
+                exported.append(_export(src, work, root, say))
+                run.report["export"] = {"opset": exported[0].opset, "path": "decoder.onnx"}
+                run.report["profile"] = _profile(exported[0], say)
+            return exported[0]
+
+        vocab = int(src.config.get_text_config().vocab_size)
+        run = LMRun(src, layout, vocab, export_onnx, tokenizer_dir, info, work, options, say)
         run.report = {
             "source": {"label": src.label, "sha256": src.digest, "architecture": src.architecture},
             "notes": list(src.notes),
-            "export": {"opset": export.opset, "cache": export.layout.to_json()},
+            "cache": layout.to_json(),
         }
-        run.report["profile"] = _profile(export, say)
         chosen = _compile_candidates(run, devices)
         run.report["timings"] = {"total_s": round(time.perf_counter() - started, 2)}
         artifact = chosen.finalize(out_path, run.report)
         if cache is not None and key is not None:
             cache.store(key, artifact)
-    manifest = read_manifest(out_path if out_path.is_dir() else artifact)
-    return CompileResult(out_path, manifest.to_json(), run.report)
+    return CompileResult(out_path, chosen.manifest.to_json(), run.report)
 
 
 def _compile_candidates(run: LMRun, devices: list[Device]) -> Built:

@@ -47,8 +47,10 @@ def test_runtime_imports_nothing_above_it(path: Path) -> None:
     for name in _imports(path):
         assert not (_is(name, "ai_vmm") and not _is(name, "ai_vmm.runtime")), name
         root = name.split(".")[0]
-        # torch is the cuda target's runtime (AOTInductor packages): its executor alone.
-        if not (root == "torch" and path.name == "cuda.py" and path.parent.name == "executors"):
+        # torch is the cuda target's runtime (AOTInductor packages, the LM's exported step):
+        # its executors alone.
+        cuda = path.name in ("cuda.py", "cuda_lm.py") and path.parent.name == "executors"
+        if not (root == "torch" and cuda):
             assert root not in {"torch", "tensorflow", "nncf", "onnxscript", "onnx_ir"}, name
         if name.split(".")[0] in VENDOR:
             assert path.parent.name == "executors", f"{path.name} imports {name}"

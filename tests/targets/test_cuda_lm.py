@@ -1,0 +1,62 @@
+"""The cuda LM path (static KV cache, ``torch.export``) run on the CPU: the code the GPU runs,
+minus CUDA graphs. No GPU here, so the compile is pointed at the CPU as its device (the only
+stand-in in this file: ``_devices`` returns a cuda-target device named ``cpu``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from lm_support import hf_dir, hf_greedy
+
+import ai_vmm
+from ai_vmm import llm_compile
+from ai_vmm.runtime.devices import Device
+from ai_vmm.runtime.errors import InputError
+from ai_vmm.runtime.llm import CausalLM, GenerationParams
+
+PROMPT = "Return a new list containing all items from the iterable in ascending order."
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CausalLM]:
+    pytest.importorskip("torch")
+    out = tmp_path_factory.mktemp("cuda-lm") / "llama-cuda.vmm"
+    cpu_as_cuda = Device("cuda", "cpu", "cpu", "the CPU standing in for a GPU (test)")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(llm_compile, "_devices", lambda target: [cpu_as_cuda])
+        result = ai_vmm.compile(hf_dir("llama"), target="cuda:0", output=out, tune=False)
+    assert result.report["candidates"][0]["parity"]["identical"] == 24
+    model = ai_vmm.load(out)
+    yield model
+    model.close()
+
+
+def test_static_cache_greedy_matches_transformers(lm: CausalLM) -> None:
+    assert lm.target == "cuda" and lm.spec.decoder_kind == "static"
+    config = lm.spec.partition.config
+    assert config["device_type"] == "cpu" and config["max_cache_len"] == lm.context_length
+    ids = lm.encode_prompt(PROMPT)
+    assert lm.generate(PROMPT, max_new_tokens=40, min_new_tokens=40).tokens == hf_greedy(  # type: ignore[union-attr]
+        "llama", ids, 40
+    )
+
+
+def test_static_cache_batches_and_joins(lm: CausalLM) -> None:
+    prompts = [PROMPT, "Hi", "def f(x):\n    return x * 2"]
+    alone = [lm.generate(p, max_new_tokens=12, min_new_tokens=12).tokens for p in prompts]  # type: ignore[union-attr]
+    batch = lm.generate(prompts, max_new_tokens=12, min_new_tokens=12)
+    assert [r.tokens for r in batch] == alone  # type: ignore[union-attr]
+    with lm.engine(max_batch=3) as engine:
+        params = GenerationParams(max_new_tokens=12, min_new_tokens=12)
+        first = engine.submit(lm.encode_prompt(prompts[0]), params)
+        assert first.wait(120) is not None
+        handles = [engine.submit(lm.encode_prompt(p), params) for p in prompts[1:]]
+        results = [h.wait(120) for h in handles]
+    assert [r.tokens for r in results if r is not None] == alone[1:]
+
+
+def test_static_cache_is_bounded(lm: CausalLM, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="context"):
+        lm.generate([5] * lm.context_length)
