@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,10 @@ import numpy as np
 import onnx_ir as ir
 
 from ai_vmm import choice, gates, hardware
-from ai_vmm.calibration import split_samples
-from ai_vmm.candidates import Candidate, build_single, build_split, static_order
+from ai_vmm.building import Machine, build_candidates, no_candidate_error
+from ai_vmm.candidates import Candidate
 from ai_vmm.frontends import LoadedModel
-from ai_vmm.hardware_profile import HardwareProfile
-from ai_vmm.inputs import compare, input_domains
+from ai_vmm.inputs import compare
 from ai_vmm.options import CompileOptions
 from ai_vmm.partition import sample_dims
 from ai_vmm.passes.analyze import analyze
@@ -35,44 +34,18 @@ from ai_vmm.passes.canonicalize import canonicalize
 from ai_vmm.passes.concrete_shapes import dims_from_shapes
 from ai_vmm.passes.recipes import choose_recipe
 from ai_vmm.reference import Reference
+from ai_vmm.representative import Inputs, reference_outputs, representative_inputs
 from ai_vmm.runtime.artifact import Manifest, PartitionSpec, PlanSpec, copy_artifact
 from ai_vmm.runtime.artifact import write_artifact as write_artifact_files
-from ai_vmm.runtime.devices import Device, Inventory
-from ai_vmm.runtime.errors import CompileError, UnsupportedModelError, VmmError
-from ai_vmm.samples import MAX_VERIFY, check_samples, shape_groups
-from ai_vmm.shapes import Bucket, ShapeChoice, Variable, choose_shapes, dynamic_variables
+from ai_vmm.runtime.devices import Device
+from ai_vmm.runtime.errors import CompileError, VmmError
+from ai_vmm.shapes import Bucket
 from ai_vmm.signature import bounded_signature, model_signature
-from ai_vmm.special_values import check_special_values, summary_line
+from ai_vmm.special_values import summary_line
 from ai_vmm.targets.base import TargetOptions
 
 Progress = Callable[[str], None]
 Sample = dict[str, np.ndarray]
-
-
-@dataclass
-class Machine:
-    """Where the artifact will run: this machine, or one a hardware profile describes."""
-
-    inventory: Inventory
-    profile: HardwareProfile | None
-    present: set[str]
-    """Device keys present here (none when planning for a profile)."""
-
-
-@dataclass
-class Inputs:
-    """The representative inputs: samples to verify on, buckets to time at, and their source."""
-
-    verify: list[Sample] = field(default_factory=list)
-    buckets: list[Bucket] = field(default_factory=list)
-    variables: list[Variable] = field(default_factory=list)
-    description: str = ""
-    report: dict[str, Any] = field(default_factory=dict)
-    failure: str | None = None
-
-    @property
-    def primary(self) -> Sample | None:
-        return self.buckets[0].sample if self.buckets else None
 
 
 @dataclass
@@ -229,90 +202,6 @@ def run(
     return Result(manifest, report, payloads, decision, inputs)
 
 
-def representative_inputs(
-    model: ir.Model,
-    signature: tuple[Any, ...],
-    reference: Reference,
-    options: CompileOptions,
-    say: Progress,
-) -> Inputs:
-    """The user's samples; else the calibration data's; else synthetic shapes (``shapes``)."""
-    variables = dynamic_variables(signature)
-    inputs = Inputs(variables=variables)
-    data = options.quantization.calibration
-    if options.samples is not None:
-        check_samples(options.samples, signature)
-        items = list(options.samples.items)
-        inputs.description = f"the given samples ({options.samples.description})"
-        inputs.report = {
-            **options.samples.to_json(),
-            "source": "samples",
-            "from": options.samples.description,
-        }
-    elif data is not None and not data.is_random:
-        split = split_samples(data, signature, options.quantization.calib_samples, model)
-        items = list(split.held_out or split.calibration)
-        inputs.description = f"held-out calibration samples ({data.description})"
-        inputs.report = {"source": "calibration", "count": len(items)}
-    else:
-        needs_reference = reference.runs and (options.verify or options.tune)
-        say("choosing representative input shapes")
-        shapes: ShapeChoice = choose_shapes(
-            signature,
-            input_domains(model),
-            reference.try_run if needs_reference else None,
-            dict(model.metadata_props),
-        )
-        inputs.report = {"source": shapes.source, **shapes.to_json()}
-        inputs.failure = shapes.failure
-        if shapes.primary is None:
-            if shapes.failure:
-                say(f"WARNING: {shapes.failure}")
-            return inputs
-        inputs.buckets = [shapes.primary, *shapes.buckets]
-        inputs.verify = [b.sample for b in inputs.buckets]
-        inputs.description = "synthetic (seed 0) at " + "; ".join(
-            f"{b.name} {b.sizes}" for b in inputs.buckets
-        )
-        return inputs
-    groups = shape_groups(items)
-    for index, group in enumerate(groups):
-        sizes = {
-            v.name: int(np.shape(group[0][v.axes[0][0]])[v.axes[0][1]])
-            for v in variables
-            if v.axes[0][0] in group[0]
-        }
-        name = "primary" if index == 0 else f"shape {index}"
-        inputs.buckets.append(Bucket(name, sizes, group[0]))
-    inputs.verify = items[:MAX_VERIFY]
-    return inputs
-
-
-def reference_outputs(
-    inputs: Inputs, reference: Reference, options: CompileOptions, say: Progress
-) -> tuple[list[dict[str, Any]] | None, str]:
-    """The reference outputs for every verification sample, or why there are none."""
-    if not options.verify:
-        return None, "disabled by --no-verify"
-    if not reference.comparable:
-        return None, reference.note
-    if not inputs.verify:
-        return None, inputs.failure or "no input could be made for the model"
-    say(f"running the reference on {len(inputs.verify)} sample(s)")
-    expected = []
-    for index, sample in enumerate(inputs.verify):
-        try:
-            expected.append(reference.outputs(sample))
-        except VmmError as exc:
-            note = (
-                f"ONNX Runtime cannot run the original model on {inputs.description}, "
-                f"sample {index}: {exc}"
-            )
-            inputs.failure = note
-            return None, note
-    return expected, ""
-
-
 def analyze_or_none(model: ir.Model, sample: Sample | None) -> Any:
     """The architecture profile at the representative shapes, or ``None`` on an odd graph."""
     try:
@@ -323,121 +212,6 @@ def analyze_or_none(model: ir.Model, sample: Sample | None) -> Any:
         return analyze(model, dims)
     except Exception:  # analysis informs the compile; it must never be why one fails
         return None
-
-
-def build_candidates(
-    model: ir.Model,
-    recipe: str,
-    devices: list[Device],
-    target_options: TargetOptions,
-    options: CompileOptions,
-    machine: Machine,
-    inputs: Inputs,
-    expected: list[dict[str, Any]] | None,
-    reference: Reference,
-    work: Path,
-    say: Progress,
-) -> list[Candidate]:
-    """Build and verify the candidates (see the module docstring for which ones)."""
-    explicit = options.target.strip() not in ("", "auto") and len(devices) > 1
-    common = {"target_options": target_options, "options": options, "work": work, "say": say}
-    built: list[Candidate] = []
-    if not explicit and machine.profile is None:
-        ordered = devices if options.tune else static_order(devices)
-        for index, device in enumerate(ordered):
-            if not options.tune and any(c.status == "ok" for c in built):
-                skipped = Candidate(device.key, [device], status="not built")
-                skipped.reason = "--no-tune: the static rule chose an earlier candidate"
-                built.append(skipped)
-                continue
-            candidate = build_single(model, recipe, device, index, **common)  # type: ignore[arg-type]
-            built.append(candidate)
-            _verify(candidate, inputs, expected, reference, options, say)
-        if any(c.status == "ok" for c in built) or len(devices) < 2:
-            return built
-        nowhere = set.intersection(*(set(c.unsupported) for c in built))
-        if nowhere and all(c.status == "unsupported" for c in built):
-            return built  # some node runs nowhere: splitting cannot help
-        say("no single device runs the model: planning partitions")
-    split = build_split(
-        model,
-        recipe,
-        devices,
-        priority=explicit,
-        profile=machine.profile,
-        present=machine.present,
-        sample=inputs.primary,
-        **common,  # type: ignore[arg-type]
-    )
-    built.append(split)
-    if split.status == "built" and split.deferred:
-        split.status = "ok"
-        split.verification = {
-            "status": "skipped",
-            "reason": "planned for devices that are not present",
-        }
-    else:
-        _verify(split, inputs, expected, reference, options, say)
-    return built
-
-
-def _verify(
-    candidate: Candidate,
-    inputs: Inputs,
-    expected: list[dict[str, Any]] | None,
-    reference: Reference,
-    options: CompileOptions,
-    say: Progress,
-) -> None:
-    if candidate.status != "built":
-        return
-    candidate.status = "ok"
-    if expected is None:
-        return
-    say(f"[{candidate.name}] verifying against the reference")
-    candidate.verification = gates.verify(
-        candidate, inputs.verify, expected, options.tolerance, inputs.description
-    )
-    if not candidate.verification["passed"]:
-        candidate.status = "mismatch"
-        candidate.reason = gates.mismatch_reason(candidate.verification)
-        return
-    # NaN and infinity: tolerance checks on ordinary samples never feed them.
-    names = set(expected[0])
-    candidate.verification["special_values"] = check_special_values(
-        reference.outputs,
-        lambda feed: {k: v for k, v in candidate.run(feed).items() if k in names},
-        inputs.verify[0],
-    )
-
-
-def no_candidate_error(built: list[Candidate]) -> VmmError:
-    """Why nothing can be written: nodes no device runs, or every candidate failed."""
-    unsupported = [c for c in built if c.status == "unsupported"]
-    if unsupported and len(unsupported) == len(built):
-        blocking = sorted(set.intersection(*(set(c.unsupported) for c in unsupported)))
-        blocking = blocking or sorted({n for c in unsupported for n in c.unsupported})
-        details = [
-            f"{name} ("
-            + "; ".join(
-                f"{c.name}: {c.unsupported[name]}" for c in unsupported if name in c.unsupported
-            )
-            + ")"
-            for name in blocking[:5]
-        ]
-        return UnsupportedModelError(
-            f"no available target can run {len(blocking)} node(s): {', '.join(details)}"
-            + (" ..." if len(blocking) > 5 else "")
-        )
-    return CompileError(
-        "no target produced a verified payload: "
-        + "; ".join(f"{c.name}: {c.status} ({c.reason})" for c in built if c.status != "not built")
-        + (
-            " (use --no-verify to accept unverified outputs)"
-            if any(c.status == "mismatch" for c in built)
-            else ""
-        )
-    )
 
 
 def decide(

@@ -134,8 +134,9 @@ class Target:
     read only by partitions on the same device stay there between partitions), ``raw_config``
     (the executor config that runs a plain ONNX model, for micro-benchmarks), ``quantize``
     (see ``QuantizingTarget``; ``can_quantize`` says whether it is offered),
-    ``measure_figures`` (its own cost-model micro-benchmark) and ``estimate`` (a latency
-    estimate before building, so ``auto`` can skip a candidate that cannot win).
+    ``measure_figures`` (its own cost-model micro-benchmark), ``estimate`` (a latency
+    estimate before building, so ``auto`` can skip a candidate that cannot win) and
+    ``alternative_options`` (another build route to try once when verification fails).
     """
 
     name: str = ""
@@ -196,6 +197,11 @@ class Target:
 
     def estimate(self, model: ir.Model, device: Device, dims: dict[str, int]) -> float | None:
         """Estimated seconds for one call of ``model`` at ``dims`` (``None``: no estimate)."""
+        return None
+
+    def alternative_options(self, options: TargetOptions) -> TargetOptions | None:
+        """Options for another build route, tried once when a payload fails verification
+        (cuda: the ONNX route after the torch program's); ``None``: there is none."""
         return None
 
 

@@ -24,6 +24,7 @@ PyTorch is imported lazily: importing this module costs nothing on a machine wit
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,13 @@ class CudaTarget(Target):
         self, model: ir.Model, device: Device, options: TargetOptions, out_dir: Path
     ) -> Payload:
         return build_package(model, device, options, out_dir, options.precision)
+
+    def alternative_options(self, options: TargetOptions) -> TargetOptions | None:
+        """The ONNX route, when the torch program's package failed the pipeline's verification."""
+        extra = options.extra
+        if extra.get("torch_program") is None or extra.get("cuda_source") == "onnx":
+            return None
+        return replace(options, extra={**extra, "cuda_source": "onnx"})
 
     def float_baseline(
         self, model: ir.Model, device: Device, options: TargetOptions, out_dir: Path

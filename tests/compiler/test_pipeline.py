@@ -161,3 +161,29 @@ def test_a_variant_wins_only_beyond_the_noise() -> None:
     assert not beats(noisy, default)
     assert not beats(marginal, default)
     assert noisy.to_json()["ci_ms"] == [0.7, 1.4]
+
+
+def test_an_expensive_candidate_is_not_built_when_its_estimate_cannot_win(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import onnx_ir as ir
+
+    from ai_vmm.building import cannot_win
+    from ai_vmm.representative import Inputs
+    from ai_vmm.runtime.devices import Device
+    from tests_support import make_mlp_model
+
+    model = ir.serde.deserialize_model(make_mlp_model())
+    gpu = Device("cuda", "0", "gpu", "stand-in GPU (estimate only, never built)")
+    cpu = Device("onnxruntime", "CPU", "cpu", "CPU")
+    sample = {"x": np.ones((1, 16), np.float32)}
+    inputs = Inputs(buckets=[Bucket("primary", {"batch": 1}, sample)])
+    cuda = registry.get_target("cuda")
+    said: list[str] = []
+    monkeypatch.setattr(cuda, "estimate", lambda *args, **kwargs: 1.0)  # one second a call
+    reason = cannot_win(model, gpu, [gpu, cpu], inputs, "fp32", said.append)
+    assert reason is not None and "not built" in reason and said
+    monkeypatch.setattr(cuda, "estimate", lambda *args, **kwargs: 1e-9)
+    assert cannot_win(model, gpu, [gpu, cpu], inputs, "fp32", said.append) is None
+    # Cheap targets are always built and measured.
+    assert cannot_win(model, cpu, [gpu, cpu], inputs, "fp32", said.append) is None
