@@ -66,7 +66,15 @@ def test_sigterm_drains_requests_in_flight(tmp_path: Path, cnn_artifact: Path) -
                 stream = Stream("t", None, rate=1, cases=cases)
                 url = f"{server.url}/v2/models/cnn/infer"
                 tasks = [asyncio.create_task(send(session, url, stream, c)) for c in cases]
-                await asyncio.sleep(0.3)  # sent; the first is running, the others queued
+                # SIGTERM once the server holds all 8 (one running, the rest queued); asked on
+                # a connection of its own (the session's 8 are busy).
+                async with aiohttp.ClientSession() as probe:
+                    for _ in range(600):
+                        async with probe.post(f"{server.url}/v2/repository/index") as response:
+                            (row,) = await response.json()
+                        if row["in_use"] >= 8 or all(t.done() for t in tasks):
+                            break
+                        await asyncio.sleep(0.05)
                 proc.send_signal(signal.SIGTERM)
                 return list(await asyncio.gather(*tasks))
 
