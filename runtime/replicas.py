@@ -441,7 +441,8 @@ class ReplicaSet:
                         return
                     self._wake.wait()
                 replica.running_cost += job.cost
-            if not job.future.set_running_or_notify_cancel():
+            # A rerouted request's future is running already (since its first attempt).
+            if not job.tried and not job.future.set_running_or_notify_cancel():
                 with self._lock:
                     replica.running_cost -= job.cost
                 continue
@@ -499,25 +500,49 @@ def _check_signatures(replicas: list[_Replica]) -> None:
     want = _names_and_dtypes(first.model)
     for other in replicas[1:]:
         got = _names_and_dtypes(other.model)
-        if want is not None and got is not None and got != want:
+        if want is not None and got is not None and not _compatible(want, got):
             raise ArtifactError(
                 f"replicas {first.name} and {other.name} take different inputs "
                 f"({_describe(want)} against {_describe(got)}): a replica set holds one model"
             )
 
 
-def _names_and_dtypes(model: Any) -> list[tuple[str, str]] | None:
+def _compatible(a: list[tuple[str, str, str]], b: list[tuple[str, str, str]]) -> bool:
+    """Same names and dtypes; shapes of the same rank whose fixed sizes agree where both are
+    fixed (a replica built for batch 8 and one with a dynamic batch hold the same model)."""
+    if [(n, d) for n, d, _ in a] != [(n, d) for n, d, _ in b]:
+        return False
+    for (_, _, x), (_, _, y) in zip(a, b, strict=True):
+        if x == "?" or y == "?":
+            continue
+        xs, ys = x.strip("[]").split(","), y.strip("[]").split(",")
+        if len(xs) != len(ys) or any(
+            p != q and "?" not in (p, q) for p, q in zip(xs, ys, strict=True)
+        ):
+            return False
+    return True
+
+
+def _names_and_dtypes(model: Any) -> list[tuple[str, str, str]] | None:
+    """Each input's name, dtype and shape with named or ranged axes as ``?``: replicas of one
+    model may differ there (one built for a fixed batch), not in fixed sizes or rank."""
     specs = getattr(model, "inputs", None)
     if not specs:
         return None
     try:
-        return [(str(s.name), str(s.dtype)) for s in specs]
+        return [(str(s.name), str(s.dtype), _fixed_dims(s.shape)) for s in specs]
     except AttributeError:
         return None
 
 
-def _describe(pairs: list[tuple[str, str]]) -> str:
-    return ", ".join(f"{n}: {d}" for n, d in pairs)
+def _fixed_dims(shape: Any) -> str:
+    if shape is None:
+        return "?"
+    return "[" + ",".join(str(d) if isinstance(d, int) else "?" for d in shape) + "]"
+
+
+def _describe(specs: list[tuple[str, str, str]]) -> str:
+    return ", ".join(f"{n}: {d}{s}" for n, d, s in specs)
 
 
 def _shared_checker(replicas: list[_Replica]) -> Any:
