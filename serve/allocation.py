@@ -111,16 +111,15 @@ class ModelManager:
         """A ready model for the duration of one request (loading a lazy model if need be).
 
         Raises:
-            Rejected: 404 unknown, 503 (with Retry-After) failed or still loading.
+            Rejected: 404 unknown, 503 (with Retry-After) when it failed to load.
         """
         served = self.find(name, version)
-        if served.state == UNLOADED and served.spec.config.load == "lazy":
-            await self.load(served)
-        elif served.state == UNLOADED:
-            # Evicted: load it again on demand; the caller waits for the load.
+        if served.state == UNLOADED:
+            # Lazy, or evicted: load it on demand; the caller waits for the load.
             await self.load(served)
         if served.state == LOADING:
-            raise Rejected(503, "model_loading", f"model '{name}' is loading", retry_after=1.0)
+            # Another request started the load: wait for it rather than refuse.
+            await served.loaded.wait()
         if served.state != READY:
             raise Rejected(
                 503,
@@ -142,6 +141,7 @@ class ModelManager:
             if served.state in (READY, LOADING):
                 return
             served.state, served.reason = LOADING, ""
+            served.loaded.clear()
             config = served.spec.config
             devices: list[str | None] = list(config.placement.devices) or [None]
             loop = asyncio.get_running_loop()
@@ -166,13 +166,18 @@ class ModelManager:
                 self._start(served, loaded)
                 served.state = READY
                 served.last_used = time.monotonic()
-            except (VmmError, Rejected, OSError, ValueError, RuntimeError) as exc:
+            except Exception as exc:  # whatever breaks a load breaks that model, not the server
                 for model in loaded:
                     with contextlib.suppress(Exception):
                         model.close()
                 served.memory = {}
                 served.state = FAILED
-                served.reason = exc.message if isinstance(exc, Rejected) else str(exc)
+                if isinstance(exc, Rejected):
+                    served.reason = exc.message
+                elif isinstance(exc, VmmError):
+                    served.reason = str(exc)
+                else:
+                    served.reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
             finally:
                 served.loaded.set()
 
