@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +30,7 @@ from ai_vmm.deploy.hardware import cpu_class
 from ai_vmm.deploy.measure import ROUNDS, Figures, rss_bytes
 from ai_vmm.deploy.resolve import ResolvedModel, model_digest
 from ai_vmm.deploy.samples import Samples
-from ai_vmm.deploy.search import thread_options
+from ai_vmm.deploy.search import SearchResult, thread_options
 from ai_vmm.deploy.store import STORE_FORMAT, derive_variant, digest, versions
 from ai_vmm.deploy.telemetry import PowerFigure, Window, combine
 from ai_vmm.runtime.errors import CompileError, InputError, VmmError
@@ -49,19 +48,6 @@ DEFAULT_PROMPTS = (
 )
 """Used when no prompts are given: short, valid chat questions written for this purpose."""
 NEW_TOKENS = 24
-
-
-@dataclass
-class _LMResult:
-    chosen: Variant
-    rule: str
-    meets: bool
-    builds: list[Build]
-    variants: list[Variant]
-    samples: Samples
-    notes: list[str]
-    reference: str
-    seconds: float
 
 
 def prompts_of(samples: Any) -> tuple[list[Any], bool]:
@@ -108,7 +94,7 @@ def deploy_causal_lm(
             "format": STORE_FORMAT,
             "kind": "causal-lm",
             "model": model_hash,
-            "hardware": vmm._fingerprint,
+            "hardware": vmm.fingerprint,
             "constraints": limits.to_json(),
             "prompts": [str(p) for p in prompts],
             "measure_seconds": vmm.measure_seconds,
@@ -123,7 +109,7 @@ def deploy_causal_lm(
             record["artifact"] = str(path)
         else:
             path, record = found
-        deployment = vmm._open(path, record, limits)
+        deployment = vmm.open(path, record, limits)
     if name:
         vmm.store.save_named(name, path)
     if not record.get("meets_constraints", True):
@@ -143,8 +129,8 @@ def _search(
     strict: bool,
 ) -> tuple[Path, dict[str, Any]]:
     started = time.perf_counter()
-    say = vmm._say
-    group = f"{model_hash[:16]}-{digest({'hardware': vmm._fingerprint})[:12]}"
+    say = vmm.say
+    group = f"{model_hash[:16]}-{digest({'hardware': vmm.fingerprint})[:12]}"
     builds_dir = vmm.store.path("builds", group)
     notes: list[str] = []
     specs: list[BuildSpec] = []
@@ -196,7 +182,7 @@ def _search(
         f"causal LM: latency is the time to first token, throughput generated tokens/s "
         f"({NEW_TOKENS} greedy tokens a prompt), energy per generated token"
     )
-    result = _LMResult(
+    result = SearchResult(
         chosen, rule, meets, builds, variants, samples, notes,
         "compile's LM quality gate (perplexity, greedy agreement with the float model)",
         time.perf_counter() - started,

@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,7 +45,6 @@ class Figures:
     memory_mb: float | None
     power: PowerFigure | None
     busy_cores: float = 0.0
-    notes: list[str] = field(default_factory=list)
     rate: float | None = None
     """Items per second measured directly (causal LMs: generated tokens per second)."""
 
@@ -90,8 +89,6 @@ class Figures:
             data["power"] = self.power.to_json()
             energy = self.energy_j
             data["energy_mj_per_inference"] = None if energy is None else round(energy * 1e3, 4)
-        if self.notes:
-            data["notes"] = self.notes
         return data
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -434,6 +433,3 @@ class Telemetry:
             found.append(f"{self.rapl.name}: measured CPU package energy")
         found += [f"{g.name}: measured GPU energy" for g in self.gpus]
         return found + self.notes
-
-
-MeterFactory = Callable[[], Telemetry]

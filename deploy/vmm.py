@@ -74,11 +74,11 @@ class VMM:
         self.store = DeploymentStore(store)
         self.measure_seconds = float(measure_seconds)
         self.restore_accuracy = restore_accuracy
-        self._say = progress or (lambda message: logger.info(message))
+        self.say = progress or (lambda message: logger.info(message))
         self.inventory = hardware.discover(registry.discoverers(), refresh=refresh)
         self.hardware: list[Hardware] = classify(self.inventory)
         self._telemetry = telemetry
-        self._fingerprint = hardware_fingerprint(self.inventory)
+        self.fingerprint = hardware_fingerprint(self.inventory)
 
     @property
     def devices(self) -> list[Hardware]:
@@ -144,7 +144,7 @@ class VMM:
             {
                 "format": STORE_FORMAT,
                 "model": model_hash,
-                "hardware": self._fingerprint,
+                "hardware": self.fingerprint,
                 "constraints": limits.to_json(),
                 "samples": _samples_digest(samples),
                 "measure_seconds": self.measure_seconds,
@@ -158,8 +158,8 @@ class VMM:
                 path, record = self._search(resolved, model_hash, limits, samples, strict, key)
             else:
                 path, record = found
-                self._say(f"deployment found in the store ({key[:12]})")
-            deployment = self._open(path, record, limits)
+                self.say(f"deployment found in the store ({key[:12]})")
+            deployment = self.open(path, record, limits)
         if name:
             self.store.save_named(name, path)
         elif resolved.model_id and not resolved.found.startswith("artifact store"):
@@ -169,10 +169,11 @@ class VMM:
             message = f"deployment does not meet its constraints: {record.get('rule', '')}"
             logger.warning(message)
             warnings.warn(message, ConstraintWarning, stacklevel=2)
-        self._say(f"deployed {record['chosen']['key']} in {time.perf_counter() - started:.2f} s")
+        self.say(f"deployed {record['chosen']['key']} in {time.perf_counter() - started:.2f} s")
         return deployment
 
-    def _open(self, path: Path, record: dict[str, Any], limits: Constraints) -> Deployment:
+    def open(self, path: Path, record: dict[str, Any], limits: Constraints) -> Deployment:
+        """A stored decision (artifact + explanation) as a running ``Deployment``."""
         from ai_vmm.runtime import load
 
         chosen = record.get("chosen", {})
@@ -203,7 +204,7 @@ class VMM:
         from ai_vmm.deploy.search import run_search
 
         source, model_notes = self._source(resolved, model_hash, limits, samples)
-        hw = digest({"hardware": self._fingerprint})[:12]
+        hw = digest({"hardware": self.fingerprint})[:12]
         group = f"{model_hash[:16]}-{hw}"
         host = cpu_class(self.inventory.cpu)
         result = run_search(
@@ -217,7 +218,7 @@ class VMM:
             host_cpu=host,
             measure_seconds=self.measure_seconds,
             strict=strict,
-            say=self._say,
+            say=self.say,
             restore_accuracy=self.restore_accuracy,
         )
         record = explanation(
@@ -273,7 +274,7 @@ class VMM:
                 limits.min_throughput is not None or limits.power_budget_watts is not None
             )
             path, notes, made = export_source(
-                resolved, model_hash, samples, self.store, batching=batching, say=self._say
+                resolved, model_hash, samples, self.store, batching=batching, say=self.say
             )
             return SearchInput(path, samples=samples, made_samples=made), notes
         raise ModelLoadError(f"{resolved.label}: cannot deploy a model of kind {resolved.kind}")

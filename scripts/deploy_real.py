@@ -192,7 +192,8 @@ def _deploy(vmm: Any, path: Path, limits: dict[str, Any], samples: list[Feed]) -
 
     started = time.perf_counter()
     try:
-        with vmm.deploy(path, limits, samples) as deployment:
+        # refresh: measured in this run, not a decision stored by an earlier one.
+        with vmm.deploy(path, limits, samples, refresh=True) as deployment:
             result = {"outcome": "deployed", **_summary(deployment)}
             result["explain"] = deployment.explain()
     except ConstraintError as exc:
@@ -212,7 +213,7 @@ def run_case(vmm: Any, case: Case, seconds: float) -> dict[str, Any]:
     for budget in case.budgets:
         log(f"survey with max_accuracy_drop {budget}")
         started = time.perf_counter()
-        with vmm.deploy(path, {"max_accuracy_drop": budget}, samples) as deployment:
+        with vmm.deploy(path, {"max_accuracy_drop": budget}, samples, refresh=True) as deployment:
             survey = deployment.explanation
             record["survey_explain"] = deployment.explain()
         record["survey_seconds"] = round(time.perf_counter() - started, 1)
