@@ -161,7 +161,7 @@ class PipelinedModel:
                     part.target,
                     root / part.entry,
                     part.device,
-                    _with_threads(executor_config(manifest, part), part, counts.get(part.id)),
+                    thread_config(executor_config(manifest, part), part, counts.get(part.id)),
                     part.outputs,
                 )
                 for part in manifest.partitions
@@ -328,11 +328,13 @@ def stage_threads(
     raise ArtifactError(f"threads must be 'auto', a positive number or a dict, not {threads!r}")
 
 
-def _with_threads(config: dict[str, Any], part: PartitionSpec, count: int | None) -> dict[str, Any]:
+def thread_config(config: dict[str, Any], part: PartitionSpec, count: int | None) -> dict[str, Any]:
+    """``config`` with ``part``'s CPU thread count set to ``count`` (unchanged for ``None`` or
+    a target without a thread setting)."""
     key = _THREAD_KEYS.get(part.target)
     if count is None or key is None:
         return config
     return {**config, key: int(count)}
 
 
-__all__ = ["PipelinedModel", "stage_threads"]
+__all__ = ["PipelinedModel", "stage_threads", "thread_config"]

@@ -1,0 +1,348 @@
+#!/usr/bin/env python
+"""Benchmark: every device of a machine at once (issue 17); writes docs/parallel.md.
+
+Sections (``--sections``, default: every one this machine can run):
+
+- ``pipeline`` (needs two devices of a partitioned plan; here openvino:CPU and onnxruntime:CPU):
+  each model planned over both devices with the planner's throughput objective, then run
+  (a) one request at a time as ``ai_vmm.runtime.load`` runs it (the artifact's threads),
+  (b) one request at a time with the pipeline's thread settings (one core per CPU stage),
+  (c) pipelined (``PipelinedModel``), and (d) the whole model on each device alone.
+  Saturation throughput in interleaved rounds; latency percentiles at a stated load (open loop,
+  Poisson arrivals at ``--load`` x the best one-at-a-time contender's throughput).
+- ``replicas``: each model compiled for each device (default: ``cuda:0`` where present, else
+  ``openvino:CPU``, and ``onnxruntime:CPU``), each device alone and all of them as one
+  ``ReplicaSet``; saturation throughput in interleaved rounds, latency percentiles at
+  ``--load`` x the best single device's throughput, and where the pair's requests went.
+
+Results are kept per machine in ``docs/parallel.json`` (a run replaces its own machine's entry),
+and ``docs/parallel.md`` is rendered from all entries, so the GPU machine's run and this
+machine's run sit side by side. Commands::
+
+    python scripts/bench_parallel.py                                  # this machine
+    python scripts/bench_parallel.py --sections replicas              # the GPU machine
+    python scripts/bench_parallel.py --quick                          # a smoke run (CI-sized)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from parallel_measure import (  # noqa: E402
+    interleaved,
+    one_at_a_time,
+    open_loop,
+    ratio,
+    saturation,
+    spread,
+)
+from parallel_report import render  # noqa: E402
+
+PIPELINE_GOAL = 1.5
+PAIR_GOAL = 1.2
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _zoo() -> Any:
+    from ai_vmm.bench_suite import load_zoo
+
+    return load_zoo(REPO / "models" / "zoo.py")
+
+
+def _inventory() -> Any:
+    from ai_vmm import hardware, registry
+
+    return hardware.discover(registry.discoverers())
+
+
+def machine_label(inventory: Any) -> str:
+    gpus = [g.name for g in inventory.gpus]
+    cpu = f"{inventory.cpu.model} ({os.cpu_count()} logical cores)"
+    return f"{cpu} + {', '.join(gpus)}" if gpus else cpu
+
+
+def _measure_contenders(
+    contenders: dict[str, tuple[Any, int]],
+    feed: dict[str, Any],
+    seconds: float,
+    rounds: int,
+) -> dict[str, list[float]]:
+    """contenders: name -> (submit, window). Saturation throughput per round."""
+    return interleaved(
+        {
+            name: (lambda s=submit, w=window: saturation(s, feed, seconds, w))
+            for name, (submit, window) in contenders.items()
+        },
+        rounds,
+    )
+
+
+def section_pipeline(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    from parallel_build import pinned_model, pipelined_artifact, single_artifact
+
+    import ai_vmm
+    from ai_vmm.runtime.pipelined import PipelinedModel
+
+    zoo = _zoo()
+    devices = args.pipeline_devices.split(",")
+    rows = []
+    for name in args.models.split(","):
+        batch = args.batch
+        log(f"[pipeline] {name} batch {batch}: planning over {', '.join(devices)}")
+        source = zoo.build(name, work)
+        feed = zoo.example_inputs(name, batch=batch)
+        path = work / f"{name}-pipeline.vmm"
+        plan = pipelined_artifact(source, devices, path, feed, calibrate=args.calibrate)
+        log(f"[pipeline] plan: {plan['partitions']}")
+        sequential = ai_vmm.runtime.load(path)
+        manifest = sequential.manifest
+        pinned = pinned_model(path)
+        pipelined = PipelinedModel.load(path, threads="auto", depth=args.depth)
+        want = sequential.run(feed)
+        for model in (pinned, pipelined):
+            got = model.run(feed)
+            for out, value in want.items():
+                diff = float(abs(got[out] - value).max())
+                if diff > 1e-4:
+                    raise SystemExit(f"{name}: pipelined output {out} differs by {diff}")
+        singles = {}
+        for device in devices:
+            single_path = single_artifact(
+                source, device, work / f"{name}-{device.replace(':', '-')}.vmm"
+            )
+            singles[device] = ai_vmm.runtime.load(single_path)
+        # Stage times alone (pipeline threads), for the balance column.
+        stage_ms = _stage_times(pinned, feed)
+        closers = []
+        contenders: dict[str, tuple[Any, int]] = {}
+        for label, model in (
+            ("sequential, artifact threads", sequential),
+            ("sequential, pipeline threads", pinned),
+            *((f"{d} alone", m) for d, m in singles.items()),
+        ):
+            submit, close = one_at_a_time(model.run)
+            closers.append(close)
+            contenders[label] = (submit, 1)
+        window = (args.depth + 1) * len(manifest.partitions)
+        contenders["pipelined"] = (pipelined.submit, window)
+        samples = _measure_contenders(contenders, feed, args.seconds, args.rounds)
+        best_sequential = max(
+            ("sequential, artifact threads", "sequential, pipeline threads"),
+            key=lambda k: spread(samples[k])["median"],
+        )
+        best_one = max(
+            (k for k in contenders if k != "pipelined"), key=lambda k: spread(samples[k])["median"]
+        )
+        rate = args.load * spread(samples[best_sequential])["median"]
+        log(f"[pipeline] {name}: latency at {rate:.1f}/s")
+        latency = {
+            best_sequential: open_loop(contenders[best_sequential][0], feed, rate, args.requests),
+            "pipelined": open_loop(pipelined.submit, feed, rate, args.requests),
+        }
+        for close in closers:
+            close()
+        pipelined.close()
+        rows.append(
+            {
+                "model": name,
+                "batch": batch,
+                "plan": plan,
+                "stage_ms": stage_ms,
+                "throughput": {k: spread(v) for k, v in samples.items()},
+                "speedup": ratio(samples, "pipelined", best_sequential),
+                "speedup_vs_best_one_at_a_time": ratio(samples, "pipelined", best_one),
+                "baseline": best_sequential,
+                "best_one_at_a_time": best_one,
+                "latency": latency,
+                "load_fraction": args.load,
+            }
+        )
+        log(f"[pipeline] {name}: {rows[-1]['throughput']} speedup {rows[-1]['speedup']}")
+    return rows
+
+
+def _stage_times(model: Any, feed: dict[str, Any], runs: int = 20) -> list[dict[str, Any]]:
+    totals: dict[str, float] = {}
+    for _ in range(runs):
+        _, times = model.run_profiled(feed)
+        for part, seconds in times:
+            totals[part] = totals.get(part, 0.0) + seconds
+    parts = {p.id: p for p in model.partitions}
+    return [
+        {
+            "partition": part,
+            "device": f"{parts[part].target}:{parts[part].device}",
+            "ms": round(total / runs * 1000, 3),
+        }
+        for part, total in totals.items()
+    ]
+
+
+def default_replica_devices(inventory: Any) -> list[str]:
+    first = "cuda:0" if inventory.find("cuda") else "openvino:CPU"
+    return [first, "onnxruntime:CPU"]
+
+
+def section_replicas(args: argparse.Namespace, work: Path, inventory: Any) -> list[dict[str, Any]]:
+    from parallel_build import single_artifact
+
+    import ai_vmm
+    from ai_vmm.runtime.replicas import ReplicaSet
+
+    zoo = _zoo()
+    devices = (
+        args.replica_devices.split(",")
+        if args.replica_devices
+        else default_replica_devices(inventory)
+    )
+    rows = []
+    for name in args.models.split(","):
+        source = zoo.build(name, work)
+        feed = zoo.example_inputs(name, batch=args.batch)
+        models = {}
+        for device in devices:
+            log(f"[replicas] {name}: compiling for {device}")
+            started = time.perf_counter()
+            options = {"precision": args.precision} if device.startswith("cuda") else {}
+            path = single_artifact(
+                source, device, work / f"{name}-r-{device.replace(':', '-')}.vmm", **options
+            )
+            models[device] = ai_vmm.runtime.load(path)
+            log(f"[replicas] {name}: {device} built in {time.perf_counter() - started:.0f} s")
+        reference = models[devices[-1]].run(feed)
+        for device, model in models.items():
+            got = model.run(feed)
+            for out, value in reference.items():
+                diff = float(abs(got[out] - value).max())
+                if diff > args.tolerance:
+                    raise SystemExit(f"{name}: {device} output {out} differs by {diff}")
+        alone = {d: ReplicaSet([(d, m)]) for d, m in models.items()}
+        pair = ReplicaSet(list(models.items()))
+        pair.calibrate(feed, seconds=1.0)
+        contenders: dict[str, tuple[Any, int]] = {
+            f"{d} alone": (s.submit, 2 * s.capacity + 1) for d, s in alone.items()
+        }
+        label = " + ".join(devices)
+        contenders[label] = (pair.submit, 2 * pair.capacity + 1)
+        before = {r["name"]: r["completed"] for r in pair.stats()["replicas"]}
+        samples = _measure_contenders(contenders, feed, args.seconds, args.rounds)
+        after = pair.stats()["replicas"]
+        best_single = max(
+            (k for k in contenders if k != label), key=lambda k: spread(samples[k])["median"]
+        )
+        rate = args.load * spread(samples[best_single])["median"]
+        log(f"[replicas] {name}: latency at {rate:.1f}/s")
+        latency = {
+            best_single: open_loop(contenders[best_single][0], feed, rate, args.requests),
+            label: open_loop(pair.submit, feed, rate, args.requests),
+        }
+        share = {r["name"]: r["completed"] - before.get(r["name"], 0) for r in after}
+        total = sum(share.values()) or 1
+        rows.append(
+            {
+                "model": name,
+                "batch": args.batch,
+                "devices": devices,
+                "pair": label,
+                "throughput": {k: spread(v) for k, v in samples.items()},
+                "ratio_to_best_single": ratio(samples, label, best_single),
+                "best_single": best_single,
+                "ratio_to_first": ratio(samples, label, f"{devices[0]} alone"),
+                "shares": {k: round(v / total, 3) for k, v in share.items()},
+                "stolen": {r["name"]: r["stolen"] for r in after},
+                "latency": latency,
+                "load_fraction": args.load,
+            }
+        )
+        log(f"[replicas] {name}: {rows[-1]['throughput']} ratio {rows[-1]['ratio_to_best_single']}")
+        for s in alone.values():
+            s.close(close_models=False)
+        pair.close()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--sections", default="auto", help="pipeline,replicas (default: what runs here)"
+    )
+    parser.add_argument("--models", default="resnet,transformer_encoder")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=2.0, help="per contender per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--requests", type=int, default=400, help="open-loop requests per contender"
+    )
+    parser.add_argument(
+        "--load", type=float, default=0.8, help="stated load: x the baseline's throughput"
+    )
+    parser.add_argument(
+        "--calibrate", type=int, default=1, help="plan rounds learning from measured stages"
+    )
+    parser.add_argument("--depth", type=int, default=2, help="pipeline queue depth per stage")
+    parser.add_argument("--pipeline-devices", default="openvino:CPU,onnxruntime:CPU")
+    parser.add_argument(
+        "--replica-devices", default="", help="default: cuda:0 or openvino:CPU, + onnxruntime:CPU"
+    )
+    parser.add_argument("--precision", default="fp32", help="precision of cuda replicas")
+    parser.add_argument(
+        "--tolerance", type=float, default=1e-3, help="max abs difference between replicas"
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round, short, small")
+    parser.add_argument("--json", type=Path, default=REPO / "docs" / "parallel.json")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "parallel.md")
+    parser.add_argument("--work", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.rounds, args.requests = 0.5, 1, 60
+    inventory = _inventory()
+    sections = args.sections.split(",") if args.sections != "auto" else ["pipeline", "replicas"]
+    present = {d.key for d in inventory.devices}
+    run: dict[str, Any] = {
+        "machine": machine_label(inventory),
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python scripts/bench_parallel.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "python": platform.python_version(),
+        "load_before": [round(x, 2) for x in os.getloadavg()],
+        "libraries": inventory.libraries,
+    }
+    with tempfile.TemporaryDirectory(prefix="ai-vmm-bench-parallel-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        if "pipeline" in sections:
+            missing = [d for d in args.pipeline_devices.split(",") if d not in present]
+            if missing:
+                run["pipeline_skipped"] = f"{', '.join(missing)} not present here"
+                log(f"[pipeline] skipped: {run['pipeline_skipped']}")
+            else:
+                run["pipeline"] = section_pipeline(args, work)
+        if "replicas" in sections:
+            run["replicas"] = section_replicas(args, work, inventory)
+    run["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    stored: dict[str, Any] = {}
+    if args.json.is_file():
+        stored = json.loads(args.json.read_text())
+    stored[run["machine"]] = run
+    args.json.write_text(json.dumps(stored, indent=2) + "\n")
+    args.out.write_text(render(stored, PIPELINE_GOAL, PAIR_GOAL))
+    log(f"wrote {args.out} and {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
