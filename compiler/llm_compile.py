@@ -253,7 +253,13 @@ def _profile(export: frontend.DecoderExport, say: Progress) -> dict[str, Any]:
     }
 
 
+CUDA_ON_CPU = "cuda:cpu"
+"""The cuda LM path (static cache, ``torch.export``) run on the CPU: checks without a GPU."""
+
+
 def _devices(target: str) -> list[Device]:
+    if target.strip() == CUDA_ON_CPU:
+        return [Device("cuda", "cpu", "cpu", "the cuda LM path on the CPU (no CUDA graphs)")]
     inventory = hardware.discover(registry.discoverers())
     devices = [d for d in resolve_targets(target, inventory) if d.target in LM_TARGETS]
     if target.strip() in ("", "auto"):

@@ -1,0 +1,272 @@
+"""Decode speed on an NVIDIA GPU: ai-vmm's cuda LM path against transformers, one process.
+
+Models: SmolLM2-135M-Instruct (real weights, from the GGUF) and a 1B-class Llama with random
+weights (Llama-3.2-1B's shape: 16 layers, hidden 2048, 32 heads, 8 KV heads, vocabulary
+128256). Precisions fp16 and bf16; batch 1 and 16; greedy, EOS blocked.
+
+Engines:
+* ai-vmm: ``ai_vmm.compile(..., target="cuda:0", precision=...)``: static KV cache, decode
+  steps replayed as CUDA graphs (``runtime/executors/cuda_lm.py``);
+* transformers eager (dynamic cache);
+* transformers with a static cache and ``torch.compile(mode="reduce-overhead")`` (its
+  documented fast path: CUDA graphs through Inductor).
+
+Decode tokens/s = batch x (new tokens - 1) / (time of the whole generate - time of a
+one-token generate), medians of ``--rounds`` interleaved rounds. Writes the table between
+``<!-- gpu-generate:start -->`` and ``<!-- gpu-generate:end -->`` in docs/generate.md.
+
+    python scripts/bench_generate_gpu.py                 # on the GPU machine
+    python scripts/bench_generate_gpu.py --tiny          # CPU smoke run (tiny model, seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SMOLLM2 = Path.home() / ".cache" / "ai-vmm" / "realmodels" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+LLAMA_1B = {
+    "vocab_size": 128256,
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 4096,
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": True,
+}
+
+
+def _tiny_lms() -> Any:
+    spec = importlib.util.spec_from_file_location("tiny_lms", REPO / "models" / "tiny_lms.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["tiny_lms"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def model_dirs(names: list[str], root: Path, tiny: bool) -> dict[str, Path]:
+    """Hugging Face folders (or the GGUF) of the models to measure."""
+    found: dict[str, Path] = {}
+    tiny_lms = _tiny_lms()
+    for name in names:
+        if tiny:
+            found[name] = tiny_lms.save("llama", root / name)
+        elif name == "smollm2":
+            found[name] = SMOLLM2
+        elif name == "llama1b":
+            folder = root / "llama1b"
+            if not (folder / "config.json").is_file():
+                import torch
+                import transformers
+
+                torch.manual_seed(0)
+                model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA_1B))
+                model.save_pretrained(folder)
+                tiny_lms.tokenizer().save_pretrained(folder)
+            found[name] = folder
+        else:
+            raise SystemExit(f"unknown model {name!r} (smollm2, llama1b)")
+    return found
+
+
+def hf_engine(
+    source: Path, dtype: str, device: str, compiled: bool
+) -> Callable[[list[list[int]], int], float]:
+    """transformers generate; returns a function (prompts, new tokens) -> decode tok/s."""
+    import torch
+    import transformers
+
+    kwargs = {"gguf_file": source.name} if source.suffix == ".gguf" else {}
+    folder = source.parent if source.suffix == ".gguf" else source
+    model = (
+        transformers.AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=getattr(torch, DTYPES[dtype]), **kwargs
+        )
+        .to(device)
+        .eval()
+    )
+    if compiled:
+        model.generation_config.cache_implementation = "static"
+        mode = "reduce-overhead" if device.startswith("cuda") else "default"
+        model.forward = torch.compile(model.forward, mode=mode, fullgraph=True)
+
+    def timed(prompts: list[list[int]], new_tokens: int) -> float:
+        ids = torch.tensor(prompts, device=device)
+
+        def run(n: int) -> float:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            with torch.no_grad():
+                model.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    do_sample=False,
+                    pad_token_id=0,
+                )
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            return time.perf_counter() - start
+
+        first = run(1)
+        total = run(new_tokens)
+        return len(prompts) * (new_tokens - 1) / max(total - first, 1e-9)
+
+    return timed
+
+
+def vmm_engine(
+    source: Path, dtype: str, target: str, out: Path
+) -> Callable[[list[list[int]], int], float]:
+    import ai_vmm
+
+    ai_vmm.compile(source, target=target, output=out, precision=dtype, tune=False, force=True)
+    lm = ai_vmm.load(out)
+
+    def timed(prompts: list[list[int]], new_tokens: int) -> float:
+        batch = prompts if len(prompts) > 1 else prompts[0]
+        results = lm.generate(batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+        results = results if isinstance(results, list) else [results]
+        tpot = statistics.median(r.tpot_s for r in results if r.tpot_s)
+        return len(prompts) / tpot
+
+    return timed
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import torch
+
+    device = "cpu" if args.tiny else "cuda:0"
+    target = "cuda:cpu" if args.tiny else "cuda:0"
+    root = Path(args.work)
+    rows: list[dict[str, Any]] = []
+    for name, source in model_dirs(args.models.split(","), root, args.tiny).items():
+        for dtype in args.dtypes.split(","):
+            prompt = [(7 * i + 3) % 500 + 1 for i in range(args.prompt_tokens)]
+            engines = {
+                "ai-vmm (static cache, CUDA graphs)": vmm_engine(
+                    source, dtype, target, root / f"{name}-{dtype}.vmm"
+                ),
+                "transformers eager": hf_engine(source, dtype, device, compiled=False),
+                "transformers static cache + torch.compile": hf_engine(
+                    source, dtype, device, compiled=True
+                ),
+            }
+            for batch in (int(b) for b in args.batches.split(",")):
+                prompts = [prompt] * batch
+                for engine in engines.values():  # warm-up (compiles, captures)
+                    engine(prompts, 4)
+                speeds: dict[str, list[float]] = {k: [] for k in engines}
+                for _ in range(args.rounds):
+                    for label, engine in engines.items():
+                        speeds[label].append(engine(prompts, args.new_tokens))
+                for label, values in speeds.items():
+                    row = {
+                        "model": name,
+                        "dtype": dtype,
+                        "batch": batch,
+                        "engine": label,
+                        "decode_tok_s": round(statistics.median(values), 1),
+                        "spread": [round(min(values), 1), round(max(values), 1)],
+                    }
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+            del engines
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -> str:
+    gpu = "CPU (smoke run)"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    lines = [
+        f"{gpu}; greedy, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, EOS "
+        f"blocked; decode tokens/s summed over the batch, median of {args.rounds} interleaved "
+        f"rounds [min-max]; {time.strftime('%Y-%m-%d %H:%M')}.",
+        "",
+        f"Command: `{command}`",
+        "",
+        "| model | precision | batch | engine | decode tok/s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['engine']} | "
+            f"{r['decode_tok_s']} [{r['spread'][0]}-{r['spread'][1]}] |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, body: str) -> None:
+    start, end = "<!-- gpu-generate:start -->", "<!-- gpu-generate:end -->"
+    text = path.read_text() if path.is_file() else "# Generation\n\n"
+    block = f"{start}\n{body}{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default="smollm2,llama1b")
+    parser.add_argument("--dtypes", default="fp16,bf16")
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--work", default=os.path.join(tempfile.gettempdir(), "ai-vmm-gpu-generate")
+    )
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "generate.md")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--tiny", action="store_true", help="CPU smoke run: a tiny Llama, fp32, batch 1 and 2."
+    )
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.models, args.dtypes, args.batches = "tiny-llama", "fp32", "1,2"
+        args.new_tokens, args.prompt_tokens, args.rounds = 8, 16, 1
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    rows = run(args)
+    command = "python scripts/bench_generate_gpu.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    if not args.tiny:
+        write_section(args.out, markdown(rows, args, command.strip()))
+        print(f"wrote {args.out}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""The LM compile path through ``ai_vmm.compile``: routing, the artifact, the report, the gates,
+bad options and damaged artifacts. Tiny random-weight models (tests/support/lm_support.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from lm_support import hf_dir, tiny_artifact
+
+import ai_vmm
+from ai_vmm.frontends.causal_lm import is_causal_lm
+from ai_vmm.runtime.artifact import read_manifest
+from ai_vmm.runtime.errors import ArtifactError, CompileError
+from ai_vmm.runtime.llm.spec import LMSpec
+
+
+def test_routing_detects_causal_lms(tmp_path: Path) -> None:
+    assert is_causal_lm(hf_dir("llama")) and is_causal_lm(hf_dir("gpt2"))
+    assert is_causal_lm(tmp_path / "model.gguf")
+    encoder = tmp_path / "bert"
+    encoder.mkdir()
+    (encoder / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
+    assert not is_causal_lm(encoder) and not is_causal_lm(tmp_path / "model.onnx")
+
+
+def test_artifact_manifest_and_report() -> None:
+    root = tiny_artifact("llama", "onnxruntime:CPU")
+    manifest = read_manifest(root)
+    assert manifest.kind == "causal-lm"
+    assert "tokenizer/tokenizer.json" in manifest.assets
+    assert "tokenizer/chat_template.jinja" in manifest.assets
+    spec = LMSpec.from_manifest(manifest)
+    assert spec.decoder_kind == "explicit" and spec.cache.layers == 2
+    assert spec.cache.heads == (2, 2) and spec.tokenizer.eos_token_ids == (2,)
+    report = json.loads((root / "report.json").read_text())
+    profile = report["profile"]
+    assert profile["primary_label"] == "causal-decoder"
+    evidence = profile["labels"][0]["evidence"]["patterns"]
+    assert evidence["kv_cache"] == 4 and evidence["attention"] == 2 and evidence["causal_mask"]
+    parity = report["candidates"][0]["parity"]
+    assert parity["identical"] == parity["tokens"] == 24
+    assert parity["tokenizer_matches_transformers"]
+
+
+def test_openvino_artifact_is_stateful() -> None:
+    root = tiny_artifact("llama", "openvino:CPU")
+    manifest = read_manifest(root)
+    assert LMSpec.from_manifest(manifest).decoder_kind == "stateful"
+    from ai_vmm.targets.openvino_lm import fused_attention
+
+    with ai_vmm.load(root) as lm:
+        fused = fused_attention(lm._session.compiled_model)
+    # Every attention node reads its cache straight from the state: the CPU plugin's
+    # ReadValue -> Gather -> Concat -> SDPA -> Assign fusion happened for both layers.
+    assert fused == {"attention": 2, "attention_with_cache": 2}
+
+
+def test_damaged_tokenizer_is_refused(tmp_path: Path) -> None:
+    copy = tmp_path / "copy.vmm"
+    shutil.copytree(tiny_artifact("llama", "onnxruntime:CPU"), copy)
+    with (copy / "tokenizer" / "tokenizer.json").open("a") as handle:
+        handle.write(" ")
+    with pytest.raises(ArtifactError, match=r"tokenizer/tokenizer\.json"):
+        ai_vmm.load(copy)
+
+
+def test_broken_llm_section_is_one_line_error(tmp_path: Path) -> None:
+    copy = tmp_path / "copy.vmm"
+    shutil.copytree(tiny_artifact("llama", "onnxruntime:CPU"), copy)
+    data = json.loads((copy / "manifest.json").read_text())
+    data["llm"]["decoder"]["kind"] = "quantum"
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="decoder kind 'quantum'"):
+        ai_vmm.load(copy)
+    del data["llm"]["cache"]
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="cache"):
+        ai_vmm.load(copy)
+
+
+def test_zip_artifact_generates_and_cleans_up(tmp_path: Path) -> None:
+    out = tmp_path / "llama.vmm.zip"
+    result = ai_vmm.compile(
+        hf_dir("llama"),
+        target="onnxruntime:CPU",
+        output=out,
+        tune=False,
+        cache_dir=tiny_artifact("llama").parent / "cache",
+    )
+    assert out.is_file() and result.manifest["kind"] == "causal-lm"
+    lm = ai_vmm.load(out)
+    unpacked = Path(lm.root)
+    assert lm.generate("Hello", max_new_tokens=3, min_new_tokens=3).completion_tokens == 3
+    lm.close()
+    assert not unpacked.exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"quantize": "int8"}, "weight-only"),
+        ({"weights": "int3"}, "int8 or int4"),
+        ({"precision": "fp8"}, "precision"),
+        ({"example_inputs": (1,)}, "do not apply"),
+        ({"ratio": 1.5}, "ratio"),
+    ],
+)
+def test_bad_options_are_compile_errors(
+    tmp_path: Path, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(CompileError, match=message):
+        ai_vmm.compile(
+            hf_dir("llama"), target="onnxruntime:CPU", output=tmp_path / "x.vmm", **options
+        )
+    assert not (tmp_path / "x.vmm").exists()
+
+
+def test_weight_compression_goes_through_the_quality_gate(tmp_path: Path) -> None:
+    result = ai_vmm.compile(
+        hf_dir("llama"),
+        target="openvino:CPU",
+        output=tmp_path / "int8.vmm",
+        weights="int8",
+        tune=False,
+        cache_dir=tiny_artifact("llama").parent / "cache",
+    )
+    quality = result.report["candidates"][0]["quality"]
+    attempt = quality["attempts"][0]
+    assert attempt["mode"] == "int8" and attempt["float_perplexity"] > 1
+    gate = quality["gate"]
+    passed = attempt["increase"] <= gate["max_perplexity_increase"] and (
+        attempt["agreement"] >= gate["min_agreement"]
+    )
+    assert attempt["passed"] == passed
+    kept = result.report["candidates"][0]["weights"]
+    assert (kept is not None) == passed
+    with ai_vmm.load(result.path) as lm:
+        assert lm.generate("Hello", max_new_tokens=4, min_new_tokens=4).completion_tokens == 4
