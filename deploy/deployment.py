@@ -56,14 +56,17 @@ class LatencyMonitor:
         self._under = 0
         self._lock = threading.Lock()
 
-    def record(self, started: float, seconds: float, ok: bool = True) -> None:
+    def record(
+        self, started: float, seconds: float, ok: bool = True, latency_s: float | None = None
+    ) -> None:
+        """One call: ``seconds`` busy; its latency (default ``seconds``; causal LMs: TTFT)."""
         with self._lock:
             if not ok:
                 self.errors += 1
                 return
             self.calls += 1
             self.busy_s += seconds
-            self.latencies.append(seconds * 1000.0)
+            self.latencies.append((seconds if latency_s is None else latency_s) * 1000.0)
             self.first_call = started if self.first_call is None else self.first_call
             self.last_call = started + seconds
             if self.limit_ms is None or self.calls % CHECK_EVERY or len(self.latencies) < WINDOW:
@@ -201,17 +204,15 @@ class Deployment:
             self._monitor.record(started, 0.0, ok=False)
             raise
         if kwargs.get("stream"):
-            return self._timed_stream(result, started)
-        self._monitor.record(started, time.perf_counter() - started)
-        for item in result if isinstance(result, list) else [result]:
+            return _TimedStream(result, started, self)
+        items = result if isinstance(result, list) else [result]
+        ttfts = [float(i.ttft_s) for i in items if getattr(i, "ttft_s", None) is not None]
+        self._monitor.record(
+            started, time.perf_counter() - started, latency_s=max(ttfts) if ttfts else None
+        )
+        for item in items:
             self._tokens += len(getattr(item, "tokens", ()) or ())
         return result
-
-    def _timed_stream(self, pieces: Iterator[Any], started: float) -> Iterator[Any]:
-        try:
-            yield from pieces
-        finally:
-            self._monitor.record(started, time.perf_counter() - started)
 
     def stats(self) -> dict[str, Any]:
         """Calls, latency percentiles (recent calls), throughput, energy, constraints at risk."""
@@ -291,6 +292,46 @@ class Deployment:
     def __repr__(self) -> str:
         chosen = self._explanation.get("chosen", {}).get("key", "?")
         return f"Deployment({self.kind}, {chosen}, {self.artifact_path})"
+
+
+class _TimedStream:
+    """The LM's text stream, passed through, with its time to first piece and its total time
+    recorded when it ends (``result`` and the stream's other attributes stay reachable)."""
+
+    def __init__(self, stream: Any, started: float, owner: Deployment) -> None:
+        self._stream = stream
+        self._iterator: Iterator[Any] = iter(stream)
+        self._started = started
+        self._first: float | None = None
+        self._owner = owner
+        self._done = False
+
+    def __iter__(self) -> _TimedStream:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            piece = next(self._iterator)
+        except StopIteration:
+            self._finish()
+            raise
+        if self._first is None:
+            self._first = time.perf_counter() - self._started
+        return piece
+
+    def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        owner = self._owner
+        owner._monitor.record(
+            self._started, time.perf_counter() - self._started, latency_s=self._first
+        )
+        result = getattr(self._stream, "result", None)
+        owner._tokens += len(getattr(result, "tokens", ()) or ())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _state(value: Any, limit: float, *, upper: bool) -> dict[str, Any]:

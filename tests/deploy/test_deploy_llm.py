@@ -49,10 +49,14 @@ def test_deploy_generate_stats(tiny_lm: Path, tmp_path: Path) -> None:
     direct.close()
     got = model.generate(prompts[0], max_new_tokens=6)
     assert got.tokens == expected.tokens  # greedy: the same tokens as the runtime object
-    pieces = list(model.generate(prompts[1], max_new_tokens=4, stream=True))
-    assert pieces
+    stream = model.generate(prompts[1], max_new_tokens=4, stream=True)
+    pieces = list(stream)
+    assert "".join(pieces) == stream.result.text  # the runtime's stream, passed through
     stats = model.stats()
-    assert stats["calls"] == 2 and stats["tokens_generated"] == len(got.tokens)
+    assert stats["calls"] == 2
+    assert stats["tokens_generated"] == len(got.tokens) + len(stream.result.tokens)
+    # An LM call's latency is its time to first token (what max_latency_ms bounds for LMs).
+    assert model._monitor.latencies[0] == pytest.approx(1000.0 * got.ttft_s)
     with pytest.raises(InputError, match="call generate"):
         model.run({"input_ids": [[1]]})
     model.close()
