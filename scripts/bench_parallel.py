@@ -7,7 +7,8 @@ Sections (``--sections``, default: every one this machine can run):
   each model planned over both devices with the planner's throughput objective, then run
   (a) one request at a time as ``ai_vmm.runtime.load`` runs it (the artifact's threads),
   (b) one request at a time with the pipeline's thread settings (one core per CPU stage),
-  (c) pipelined (``PipelinedModel``), and (d) the whole model on each device alone.
+  (c) pipelined (``PipelinedModel``) with those threads, (d) pipelined with each partition's
+  own threads, and (e) the whole model on each device alone.
   Saturation throughput in interleaved rounds; latency percentiles at a stated load (open loop,
   Poisson arrivals at ``--load`` x the best one-at-a-time contender's throughput).
 - ``replicas``: each model compiled for each device (default: ``cuda:0`` where present, else
@@ -112,8 +113,11 @@ def section_pipeline(args: argparse.Namespace, work: Path) -> list[dict[str, Any
         manifest = sequential.manifest
         pinned = pinned_model(path)
         pipelined = PipelinedModel.load(path, threads="auto", depth=args.depth)
+        # The same pipeline with each partition's own thread settings (every stage may use
+        # every core): on a machine shared with other work, more threads get more time slices.
+        pipelined_own = PipelinedModel.load(path, threads=None, depth=args.depth)
         want = sequential.run(feed)
-        for model in (pinned, pipelined):
+        for model in (pinned, pipelined, pipelined_own):
             got = model.run(feed)
             for out, value in want.items():
                 diff = float(abs(got[out] - value).max())
@@ -138,24 +142,31 @@ def section_pipeline(args: argparse.Namespace, work: Path) -> list[dict[str, Any
             closers.append(close)
             contenders[label] = (submit, 1)
         window = (args.depth + 1) * len(manifest.partitions)
-        contenders["pipelined"] = (pipelined.submit, window)
+        contenders["pipelined, pipeline threads"] = (pipelined.submit, window)
+        contenders["pipelined, artifact threads"] = (pipelined_own.submit, window)
         samples = _measure_contenders(contenders, feed, args.seconds, args.rounds)
+        best_pipelined = max(
+            ("pipelined, pipeline threads", "pipelined, artifact threads"),
+            key=lambda k: spread(samples[k])["median"],
+        )
         best_sequential = max(
             ("sequential, artifact threads", "sequential, pipeline threads"),
             key=lambda k: spread(samples[k])["median"],
         )
         best_one = max(
-            (k for k in contenders if k != "pipelined"), key=lambda k: spread(samples[k])["median"]
+            (k for k in contenders if not k.startswith("pipelined")),
+            key=lambda k: spread(samples[k])["median"],
         )
         rate = args.load * spread(samples[best_sequential])["median"]
         log(f"[pipeline] {name}: latency at {rate:.1f}/s")
         latency = {
             best_sequential: open_loop(contenders[best_sequential][0], feed, rate, args.requests),
-            "pipelined": open_loop(pipelined.submit, feed, rate, args.requests),
+            best_pipelined: open_loop(contenders[best_pipelined][0], feed, rate, args.requests),
         }
         for close in closers:
             close()
         pipelined.close()
+        pipelined_own.close()
         rows.append(
             {
                 "model": name,
@@ -163,8 +174,9 @@ def section_pipeline(args: argparse.Namespace, work: Path) -> list[dict[str, Any
                 "plan": plan,
                 "stage_ms": stage_ms,
                 "throughput": {k: spread(v) for k, v in samples.items()},
-                "speedup": ratio(samples, "pipelined", best_sequential),
-                "speedup_vs_best_one_at_a_time": ratio(samples, "pipelined", best_one),
+                "pipelined": best_pipelined,
+                "speedup": ratio(samples, best_pipelined, best_sequential),
+                "speedup_vs_best_one_at_a_time": ratio(samples, best_pipelined, best_one),
                 "baseline": best_sequential,
                 "best_one_at_a_time": best_one,
                 "latency": latency,
@@ -198,7 +210,7 @@ def default_replica_devices(inventory: Any) -> list[str]:
 
 
 def section_replicas(args: argparse.Namespace, work: Path, inventory: Any) -> list[dict[str, Any]]:
-    from parallel_build import single_artifact
+    from parallel_build import load_with_threads, single_artifact
 
     import ai_vmm
     from ai_vmm.runtime.replicas import ReplicaSet
@@ -213,12 +225,12 @@ def section_replicas(args: argparse.Namespace, work: Path, inventory: Any) -> li
     for name in args.models.split(","):
         source = zoo.build(name, work)
         feed = zoo.example_inputs(name, batch=args.batch)
-        models = {}
+        models, paths = {}, {}
         for device in devices:
             log(f"[replicas] {name}: compiling for {device}")
             started = time.perf_counter()
             options = {"precision": args.precision} if device.startswith("cuda") else {}
-            path = single_artifact(
+            paths[device] = path = single_artifact(
                 source, device, work / f"{name}-r-{device.replace(':', '-')}.vmm", **options
             )
             models[device] = ai_vmm.runtime.load(path)
@@ -231,7 +243,14 @@ def section_replicas(args: argparse.Namespace, work: Path, inventory: Any) -> li
                 if diff > args.tolerance:
                     raise SystemExit(f"{name}: {device} output {out} differs by {diff}")
         alone = {d: ReplicaSet([(d, m)]) for d, m in models.items()}
-        pair = ReplicaSet(list(models.items()))
+        # Beside an accelerator, the CPU replica leaves cores to the threads that feed it
+        # (the accelerator's worker and the load generator): --cpu-threads.
+        threads = _pair_cpu_threads(args.cpu_threads, devices)
+        pair_models = {
+            d: load_with_threads(paths[d], threads) if d.endswith(":CPU") and threads else m
+            for d, m in models.items()
+        }
+        pair = ReplicaSet(list(pair_models.items()))
         pair.calibrate(feed, seconds=1.0)
         contenders: dict[str, tuple[Any, int]] = {
             f"{d} alone": (s.submit, 2 * s.capacity + 1) for d, s in alone.items()
@@ -262,6 +281,7 @@ def section_replicas(args: argparse.Namespace, work: Path, inventory: Any) -> li
                 "ratio_to_best_single": ratio(samples, label, best_single),
                 "best_single": best_single,
                 "ratio_to_first": ratio(samples, label, f"{devices[0]} alone"),
+                "pair_cpu_threads": threads,
                 "shares": {k: round(v / total, 3) for k, v in share.items()},
                 "stolen": {r["name"]: r["stolen"] for r in after},
                 "latency": latency,
@@ -273,6 +293,18 @@ def section_replicas(args: argparse.Namespace, work: Path, inventory: Any) -> li
             s.close(close_models=False)
         pair.close()
     return rows
+
+
+def _pair_cpu_threads(setting: str, devices: list[str]) -> int | None:
+    """Threads of each CPU replica in the pair: ``auto`` is all cores but two when an
+    accelerator is in the set, else the artifact's own; a number; or ``none``."""
+    if setting == "none":
+        return None
+    if setting != "auto":
+        return int(setting)
+    if all(d.endswith(":CPU") for d in devices):
+        return None
+    return max(1, (os.cpu_count() or 1) - 2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline-devices", default="openvino:CPU,onnxruntime:CPU")
     parser.add_argument(
         "--replica-devices", default="", help="default: cuda:0 or openvino:CPU, + onnxruntime:CPU"
+    )
+    parser.add_argument(
+        "--cpu-threads",
+        default="auto",
+        help="threads of CPU replicas in the set: auto (cores - 2 beside an accelerator), N, none",
     )
     parser.add_argument("--precision", default="fp32", help="precision of cuda replicas")
     parser.add_argument(

@@ -143,6 +143,25 @@ def pinned_model(path: Path) -> CompiledModel:
     return CompiledModel(loaded.root, manifest, executors)
 
 
+def load_with_threads(path: Path, threads: int | None) -> CompiledModel:
+    """The artifact with ``threads`` intra-op threads on each CPU partition (``None``: as built)."""
+    loaded = ai_vmm.runtime.load(path)
+    if threads is None:
+        return loaded
+    manifest = loaded.manifest
+    executors = {
+        p.id: create_executor(
+            p.target,
+            loaded.root / p.entry,
+            p.device,
+            thread_config(executor_config(manifest, p), p, threads if p.device == "CPU" else None),
+            p.outputs,
+        )
+        for p in manifest.partitions
+    }
+    return CompiledModel(loaded.root, manifest, executors)
+
+
 def stage_seconds(path: Path, sample: dict[str, np.ndarray], runs: int = 20) -> dict[str, float]:
     """Seconds per call of each device's partitions, each partition alone (pipeline threads),
     the median of ``runs`` calls."""

@@ -12,6 +12,29 @@ and how: [the script's docstring](../scripts/bench_parallel.py); the runtime pie
 `ai_vmm.runtime.replicas.ReplicaSet` and `ai_vmm.runtime.pipelined.PipelinedModel`; the plan:
 `ai_vmm.planner.plan(..., objective="throughput")`.
 
+How it works:
+
+- **Replicas** (`ReplicaSet`): one artifact per device, one queue per device. A request goes
+  where it is expected to finish first (work queued there x that device's measured seconds
+  per request), which at saturation spreads requests in proportion to each device's
+  throughput; an idle device takes the newest request of the busiest queue when it would
+  finish it sooner than its owner (so a slow CPU never delays what a GPU finishes sooner).
+  A device that fails leaves the rotation and its requests go to the others.
+- **Pipelining** (`PipelinedModel`): one thread per partition, bounded queues between them;
+  partition k works on request n while partition k+1 works on request n-1. Partitions on
+  one device never overlap; CPU stages share the cores (`threads="auto"`).
+- **The plan** (`plan(..., objective="throughput")`): minimizes the busiest device's work per
+  request (compute + partition overheads + copies into it), sequential latency as tie
+  break; exact branch and bound on small graphs, balanced contiguous splits of the
+  topological order plus local moves on large ones. The bench then measures each stage
+  alone and scales every device's figures by measured / estimated before planning again
+  (`--calibrate`).
+
+Two CPU targets on one CPU share its cores: replicas of openvino:CPU and onnxruntime:CPU on
+the same 2 cores compete for them (the pair can be slower than the better target alone), and
+pipelining them gains only where one request at a time leaves cores idle. The GPU machine's
+pair (a GPU and the Xeon beside it) is the case replicas are for.
+
 Throughput: requests per second at saturation (closed loop, enough requests in flight to keep
 every device busy), median over interleaved rounds with the rounds' min-max; ratios are the
 median of per-round ratios. Latency: an open loop of Poisson arrivals at the stated load,
@@ -70,7 +93,8 @@ def _pipeline(rows: list[dict[str, Any]], goal: float) -> list[str]:
         met = "met" if row["speedup"]["median"] >= goal else "not met"
         out += [
             "",
-            f"Pipelined / {row['baseline']} (the same plan one request at a time, its better "
+            f"{row.get('pipelined', 'pipelined').capitalize()} (the better pipelined setting) / "
+            f"{row['baseline']} (the same plan one request at a time, its better "
             f"thread setting): **{_r(row['speedup'])}** (goal >= {goal}x: {met}); pipelined / "
             f"best one-at-a-time contender ({row['best_one_at_a_time']}): "
             f"{_r(row['speedup_vs_best_one_at_a_time'])}.",
@@ -108,7 +132,12 @@ def _replicas(rows: list[dict[str, Any]], goal: float) -> list[str]:
             f"{row['pair']} / {row['best_single']}: **{_r(row['ratio_to_best_single'])}** "
             f"({verdict}); / {first} alone: {_r(row['ratio_to_first'])} (goal >= {goal}x where "
             f"the other devices add meaningful capacity). Requests served by each device: "
-            f"{shares}; stolen by each: {stolen}.",
+            f"{shares}; stolen by each: {stolen}."
+            + (
+                f" CPU replicas in the set ran {row['pair_cpu_threads']} threads."
+                if row.get("pair_cpu_threads")
+                else ""
+            ),
             "",
             f"Latency at {row['load_fraction']:.0%} of {row['best_single']}'s throughput:",
             "",

@@ -21,7 +21,6 @@ rest of ``ai_vmm.serve``.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +66,13 @@ def ray_application(
         raise DeviceError(
             f"Ray Serve is not installed here (pip install 'ai-vmm[ray]'): {exc}"
         ) from exc
-    builder = functools.partial(build_app, str(Path(repository).resolve()), config)
+    root = str(Path(repository).resolve())
+
+    # A plain function (Ray tells a builder from an ASGI app with ``inspect.isfunction``),
+    # pickled with the deployment and called on each replica.
+    def builder() -> Any:
+        return build_app(root, config)
+
     options: dict[str, Any] = {
         "name": name,
         "max_ongoing_requests": max_ongoing_requests,
