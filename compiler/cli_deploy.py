@@ -37,7 +37,11 @@ def deploy_cmd(
     ] = None,
     samples: Annotated[
         Path | None,
-        typer.Option("--samples", help="Inputs to measure on: an .npz file or a directory."),
+        typer.Option(
+            "--samples",
+            help="Inputs to measure on: an .npz file or a directory of them; for a causal LM "
+            "a .txt file of prompts, one a line.",
+        ),
     ] = None,
     no_strict: Annotated[
         bool,

@@ -9,7 +9,8 @@ The same search as for tensor models, over what the LM compile path offers (issu
 - threads on the CPU.
 
 Each candidate generates greedy replies to the prompts (``samples=``: a list of strings or
-chats; by default ``DEFAULT_PROMPTS``, said so in the explanation). For causal LMs
+chats, or a ``.txt`` file with one prompt a line; by default ``DEFAULT_PROMPTS``, said so in
+the explanation). For causal LMs
 ``max_latency_ms`` bounds the time to first token and ``min_throughput`` the generated tokens
 per second; energy is per generated token.
 """
@@ -51,9 +52,24 @@ NEW_TOKENS = 24
 
 
 def prompts_of(samples: Any) -> tuple[list[Any], bool]:
-    """The prompts to measure on, and whether they are the defaults."""
+    """The prompts to measure on, and whether they are the defaults.
+
+    A ``Path`` (or a string naming an existing ``.txt`` file) is read one prompt per line
+    (``vmmc deploy --samples prompts.txt``); any other string is one prompt.
+    """
     if samples is None:
         return list(DEFAULT_PROMPTS), True
+    if isinstance(samples, Path) or (
+        isinstance(samples, str) and samples.endswith(".txt") and Path(samples).is_file()
+    ):
+        try:
+            lines = Path(samples).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read prompts from {samples}: {exc}") from exc
+        prompts = [line.strip() for line in lines if line.strip()]
+        if not prompts:
+            raise InputError(f"{samples} holds no prompt (one a line)")
+        return prompts, False
     if isinstance(samples, str):
         return [samples], False
     if (

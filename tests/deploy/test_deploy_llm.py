@@ -83,3 +83,18 @@ def test_quick_start_gguf(tmp_path: Path) -> None:
     response = model.generate("What is the capital of France?", max_new_tokens=16)
     assert "Paris" in response.text
     model.close()
+
+
+def test_prompts_from_lists_strings_and_files(tmp_path: Path) -> None:
+    from ai_vmm.deploy.llm import DEFAULT_PROMPTS, prompts_of
+
+    assert prompts_of(None) == (list(DEFAULT_PROMPTS), True)
+    assert prompts_of("Hi") == (["Hi"], False)
+    chat = [{"role": "user", "content": "Hi"}]
+    assert prompts_of([chat, "Yo"]) == ([chat, "Yo"], False)
+    (tmp_path / "p.txt").write_text("first prompt\n\nsecond one\n")
+    assert prompts_of(tmp_path / "p.txt") == (["first prompt", "second one"], False)
+    assert prompts_of(str(tmp_path / "p.txt"))[0] == ["first prompt", "second one"]
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(InputError, match="holds no prompt"):
+        prompts_of(tmp_path / "empty.txt")
