@@ -28,7 +28,16 @@ from ai_vmm.candidates import Candidate, static_order
 from ai_vmm.runtime.errors import VmmError
 from ai_vmm.runtime.executors import Executor, create_executor
 from ai_vmm.shapes import Bucket, Variable
-from ai_vmm.tuning import NOISY_SPREAD, ROUNDS, Rounds, beats, interleaved, load_average
+from ai_vmm.tuning import (
+    BUSY_SHARE,
+    NOISY_SPREAD,
+    ROUNDS,
+    OthersCpu,
+    Rounds,
+    beats,
+    interleaved,
+    load_average,
+)
 
 Progress = Callable[[str], None]
 OPEN_END = 2**31 - 1
@@ -139,11 +148,14 @@ def choose(
         f"interleaved rounds"
     )
     timings: dict[str, list[Rounds]] = {}
-    for bucket in buckets:
-        runners = [_runner(c, bucket) for c in racing]
-        timings[bucket.name] = interleaved(runners, budget_s=budget_s)
+    with OthersCpu() as others:
+        for bucket in buckets:
+            runners = [_runner(c, bucket) for c in racing]
+            timings[bucket.name] = interleaved(runners, budget_s=budget_s)
     after = load_average()
-    # Per candidate and bucket: its own config unless a variant wins beyond the noise.
+    busy = others.share is not None and others.share > BUSY_SHARE
+    # Per candidate and bucket: its own config unless a variant wins beyond the noise (and
+    # never on a busy machine, where fewer threads win for reasons a quiet one would not have).
     best: dict[tuple[str, str], tuple[Contender, Rounds]] = {}
     for bucket in buckets:
         for candidate in candidates:
@@ -153,11 +165,11 @@ def choose(
                 if c.candidate is candidate
             ]
             default = own[0]
-            winners = [(c, r) for c, r in own[1:] if beats(r, default[1])]
+            winners = [] if busy else [(c, r) for c, r in own[1:] if beats(r, default[1])]
             best[(candidate.name, bucket.name)] = min(
                 winners, key=lambda item: item[1].median_ms, default=default
             )
-    _record_latency(candidates, racing, timings, best, buckets)
+    _record_latency(candidates, racing, timings, best, buckets, busy)
     primary = buckets[0]
     ranked = sorted(candidates, key=lambda c: best[(c.name, primary.name)][1].median_ms)
     top = ranked[0]
@@ -198,6 +210,8 @@ def choose(
     spreads = [best[(c.name, primary.name)][1].spread for c in ranked[:2]]
     noisy = max(spreads, default=0.0) > NOISY_SPREAD
     timing: dict[str, Any] = {
+        "busy": busy,
+        "others_cpu_share": others.share,
         "rounds": ROUNDS,
         "budget_s": budget_s,
         "load_average": [before, after],
@@ -211,6 +225,14 @@ def choose(
         )
         timing["warnings"] = [warning]
         say(f"WARNING: {warning}")
+    if busy:
+        note = (
+            f"the machine was busy (other processes used {others.share:.0%} of the CPU "
+            f"while contenders were timed; load average {after}): thread-count variants were "
+            "not adopted; recompile on a quiet machine to tune them"
+        )
+        timing.setdefault("warnings", []).append(note)
+        say(f"WARNING: {note}")
     return Decision([*extra, primary_choice], timing)
 
 
@@ -225,6 +247,7 @@ def _record_latency(
     timings: dict[str, list[Rounds]],
     best: dict[tuple[str, str], tuple[Contender, Rounds]],
     buckets: list[Bucket],
+    busy: bool,
 ) -> None:
     for candidate in candidates:
         per_bucket: dict[str, Any] = {}
@@ -239,7 +262,11 @@ def _record_latency(
                 variant["chosen"] = variant["config"] == chosen.override
             default = variants[0]
             reason = (
-                "kept its own config: no variant was faster in every round by 3% or more"
+                "kept its own config: other processes used over "
+                f"{BUSY_SHARE:.0%} of the CPU while it was timed, so runtime variants are "
+                "measured but not adopted"
+                if busy
+                else "kept its own config: no variant was faster in every round by 3% or more"
                 if not chosen.override
                 else f"{chosen.label} was faster than its own config in every round "
                 f"({rounds.median_ms:.4g} ms vs {default['median_ms']:.4g} ms at the median)"

@@ -97,16 +97,31 @@ def interleaved(
 ) -> list[Rounds]:
     """Time every runner once per round, ``rounds`` times; ``budget_s`` per runner in all.
 
-    A runner that raises gets ``inf`` for that round (the caller decides what a failure means).
-    Interleaving means a neighbour that loads the machine for a while slows every contender of
-    that round alike, and the per-round comparison in :func:`beats` cancels it.
+    Each runner is warmed up with one call first; a round gives it ``budget_s / rounds`` (at
+    least one call), so a model that takes seconds a call costs ``rounds`` calls, not
+    ``rounds`` times a fixed minimum. A runner that raises gets ``inf`` for that round (the
+    caller decides what a failure means). Interleaving means a neighbour that loads the
+    machine for a while slows every contender of that round alike, and the per-round
+    comparison in :func:`beats` cancels it.
     """
     per_round = max(budget_s / rounds, 0.02)
     results: list[list[float]] = [[] for _ in runners]
+    alive = []
+    for run in runners:
+        try:
+            run()
+            alive.append(True)
+        except Exception:
+            alive.append(False)
     for _ in range(rounds):
         for index, run in enumerate(runners):
+            if not alive[index]:
+                results[index].append(float("inf"))
+                continue
             try:
-                results[index].append(measure(run, budget_s=per_round, warmup=2).median_ms)
+                results[index].append(
+                    measure(run, budget_s=per_round, warmup=0, min_runs=1).median_ms
+                )
             except Exception:
                 results[index].append(float("inf"))
     return [Rounds(tuple(r)) for r in results]
@@ -133,6 +148,52 @@ def ratio_summary(ours: Rounds, baseline: Rounds) -> dict[str, Any]:
         "ratio": round(statistics.median(ratios), 3),
         "range": [round(min(ratios), 3), round(max(ratios), 3)],
     }
+
+
+BUSY_SHARE = 0.25
+"""Share of the machine's CPU time that other processes may take while contenders are timed;
+above it the machine counts as busy and thread-count variants are measured but not adopted (a
+busy machine favours fewer threads for reasons a quiet one would not have)."""
+
+
+class OthersCpu:
+    """Measures, over a ``with`` block, the share of the machine's CPU time that processes other
+    than this one used (``share``; ``None`` where ``/proc/stat`` is not available).
+
+    The load average cannot tell: it counts this process's own timing threads too.
+    """
+
+    def __init__(self) -> None:
+        self.share: float | None = None
+        self._start: tuple[float, float, float] | None = None
+
+    def __enter__(self) -> OthersCpu:
+        self._start = _cpu_sample()
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        end = _cpu_sample()
+        if self._start is None or end is None:
+            return
+        busy = end[0] - self._start[0]
+        total = end[1] - self._start[1]
+        own = end[2] - self._start[2]
+        if total > 0:
+            self.share = round(max(0.0, (busy - own) / total), 3)
+
+
+def _cpu_sample() -> tuple[float, float, float] | None:
+    """(busy seconds of every core, total seconds of every core, this process's CPU seconds)."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = [float(x) for x in handle.readline().split()[1:]]
+        hertz = float(os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, AttributeError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    busy = sum(fields[:8]) - idle if len(fields) >= 8 else sum(fields) - idle
+    times = os.times()
+    return busy / hertz, (busy + idle) / hertz, times.user + times.system
 
 
 def load_average() -> float | None:
