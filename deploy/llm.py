@@ -121,13 +121,12 @@ def deploy_causal_lm(
         found = vmm.store.decision(key)
         if found is None:
             path, record = _search(vmm, resolved, model_hash, limits, prompts, default, strict)
+            record["artifact"] = str(vmm.store.decision_path(key))
             path = vmm.store.save_decision(key, path, record)
-            record["artifact"] = str(path)
         else:
             path, record = found
         deployment = vmm.open(path, record, limits)
-    if name:
-        vmm.store.save_named(name, path)
+    vmm.remember(resolved, path, name, searched=found is None)
     if not record.get("meets_constraints", True):
         message = f"deployment does not meet its constraints: {record.get('rule', '')}"
         logger.warning(message)

@@ -111,6 +111,10 @@ class DeploymentStore:
             return None
         return artifact, explanation
 
+    def decision_path(self, key: str) -> Path:
+        """Where the chosen artifact of ``key`` lives (``deployments/<key>/model.vmm``)."""
+        return self.path("deployments", key, "model.vmm")
+
     def save_decision(self, key: str, artifact: Path, explanation: dict[str, Any]) -> Path:
         """Store ``artifact`` (hard-linked) and its explanation under ``key``; the artifact path."""
         entry = self.path("deployments", key)

@@ -160,17 +160,23 @@ class VMM:
                 path, record = found
                 self.say(f"deployment found in the store ({key[:12]})")
             deployment = self.open(path, record, limits)
-        if name:
-            self.store.save_named(name, path)
-        elif resolved.model_id and not resolved.found.startswith("artifact store"):
-            # Found by ID (HF cache): the compiled choice is kept under that ID too.
-            self.store.save_named(resolved.model_id, path)
+        self.remember(resolved, path, name, searched=found is None)
         if not record.get("meets_constraints", True):
             message = f"deployment does not meet its constraints: {record.get('rule', '')}"
             logger.warning(message)
             warnings.warn(message, ConstraintWarning, stacklevel=2)
         self.say(f"deployed {record['chosen']['key']} in {time.perf_counter() - started:.2f} s")
         return deployment
+
+    def remember(
+        self, resolved: ResolvedModel, path: Path, name: str | None, *, searched: bool
+    ) -> None:
+        """Keep the choice in the artifact store: under ``name``, and under the ID a model was
+        found by in the HF cache (once, when it was searched), so the ID resolves without it."""
+        if name:
+            self.store.save_named(name, path)
+        elif searched and resolved.model_id and not resolved.found.startswith("artifact store"):
+            self.store.save_named(resolved.model_id, path)
 
     def open(self, path: Path, record: dict[str, Any], limits: Constraints) -> Deployment:
         """A stored decision (artifact + explanation) as a running ``Deployment``."""
@@ -239,9 +245,8 @@ class VMM:
             extra_notes=[],
         )
         assert result.chosen.path is not None
-        path = self.store.save_decision(key, result.chosen.path, record)
-        record["artifact"] = str(path)
-        return path, record
+        record["artifact"] = str(self.store.decision_path(key))
+        return self.store.save_decision(key, result.chosen.path, record), record
 
     def _source(
         self, resolved: ResolvedModel, model_hash: str, limits: Constraints, samples: Any
