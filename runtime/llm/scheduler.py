@@ -388,6 +388,18 @@ class Scheduler:
             return
         self._main_context().keep(keep)
         self._mask = self._mask[keep]
+        self._compact()
+
+    def _compact(self) -> None:
+        """Drop leading cache columns that only finished sequences used, once they are a
+        quarter of the cache (fewer columns to attend to; a static cache needs the room)."""
+        used = np.flatnonzero(self._mask.any(axis=0))
+        start = int(used[0]) if used.size else 0
+        if start < max(16, self._mask.shape[1] // 4):
+            return
+        main = self._main_context()
+        main.write_cache([array[:, :, start:, :] for array in main.read_cache()])
+        self._mask = self._mask[:, start:]
 
     def _drop_cancelled(self) -> None:
         if any(seq.handle.cancelled for seq in self._waiting):

@@ -151,3 +151,16 @@ def test_submit_checks_the_prompt(lm: CausalLM) -> None:
             engine.submit([1] * lm.context_length)
         with pytest.raises(InputError, match="top_p"):
             engine.submit([1, 2], {"top_p": 2.0})
+
+
+def test_cache_is_compacted_when_a_long_sequence_leaves(lm: CausalLM) -> None:
+    long_prompt = " ".join(PROMPTS) * 2  # ~100 tokens: most columns belong to it alone
+    expected = _alone(lm, PROMPTS[1], 20)
+    with lm.engine(max_batch=2) as engine:
+        leaving = engine.submit(lm.encode_prompt(long_prompt), {"max_new_tokens": 2})
+        staying = engine.submit(
+            lm.encode_prompt(PROMPTS[1]), {"max_new_tokens": 20, "min_new_tokens": 20}
+        )
+        assert leaving.wait(120) is not None
+        result = staying.wait(120)
+    assert result is not None and result.tokens == expected
