@@ -119,6 +119,7 @@ class DeployedLanguageModel:
             repetition_penalty=params.repetition_penalty,
             stop=params.stop,
             seed=params.seed,
+            min_new_tokens=params.min_tokens,
         )
 
         def forward(event: Any) -> None:

@@ -34,6 +34,9 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     repetition_penalty: float = 1.0
+    min_tokens: int = 0
+    """End-of-sequence cannot end the reply before this many tokens (vLLM's ``min_tokens``;
+    its ``ignore_eos`` sets it to ``max_tokens``)."""
 
 
 @dataclass

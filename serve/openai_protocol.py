@@ -49,6 +49,8 @@ class _Request(BaseModel):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = Field(default=1.0, gt=0)
+    min_tokens: int = Field(default=0, ge=0)
+    ignore_eos: bool = False
     logprobs: Any = None
     user: str | None = None
 

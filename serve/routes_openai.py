@@ -94,14 +94,17 @@ async def _serve(request: Request, chat: bool) -> Response:
                 else _encode_prompt(generator, parsed.single_prompt())
             ),
         )
+        max_tokens = parsed.new_tokens(generator.config.default_max_tokens)
         params = SamplingParams(
-            max_tokens=parsed.new_tokens(generator.config.default_max_tokens),
+            max_tokens=max_tokens,
             temperature=parsed.temperature,
             top_p=parsed.top_p,
             top_k=parsed.top_k,
             stop=parsed.stops,
             seed=parsed.seed,
             repetition_penalty=parsed.repetition_penalty,
+            # vLLM's extensions, for benchmarks that need replies of a fixed length.
+            min_tokens=max_tokens if parsed.ignore_eos else min(parsed.min_tokens, max_tokens),
         )
         generator.admit(ids, params, ticket)
         charged = len(ids) + params.max_tokens
