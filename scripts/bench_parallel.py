@@ -296,15 +296,17 @@ def section_replicas(args: argparse.Namespace, work: Path, inventory: Any) -> li
 
 
 def _pair_cpu_threads(setting: str, devices: list[str]) -> int | None:
-    """Threads of each CPU replica in the pair: ``auto`` is all cores but two when an
-    accelerator is in the set, else the artifact's own; a number; or ``none``."""
+    """Threads of each CPU replica in the set. ``auto``: beside an accelerator, all cores but
+    two (for the threads that feed it); CPU targets only, the cores split between them (two
+    replicas on one CPU otherwise each claim every core). A number; or ``none`` (as built)."""
     if setting == "none":
         return None
     if setting != "auto":
         return int(setting)
+    cores = os.cpu_count() or 1
     if all(d.endswith(":CPU") for d in devices):
-        return None
-    return max(1, (os.cpu_count() or 1) - 2)
+        return max(1, cores // len(devices))
+    return max(1, cores - 2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cpu-threads",
         default="auto",
-        help="threads of CPU replicas in the set: auto (cores - 2 beside an accelerator), N, none",
+        help="threads of CPU replicas in the set: auto (cores - 2 beside an accelerator, "
+        "cores / replicas for CPU targets only), N, none",
     )
     parser.add_argument("--precision", default="fp32", help="precision of cuda replicas")
     parser.add_argument(
