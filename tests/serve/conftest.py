@@ -66,7 +66,11 @@ def make_repo(root: Path, models: dict[str, Path], config: str = "") -> Path:
     """A repository folder: ``models`` linked in by name, ``config`` as its serve.toml."""
     root.mkdir(parents=True, exist_ok=True)
     for name, source in models.items():
-        target = root / (name + "".join(source.suffixes) if source.is_file() else f"{name}.vmm")
+        if source.is_file():
+            suffix = ".vmm.zip" if source.name.endswith(".vmm.zip") else source.suffix
+            target = root / f"{name}{suffix}"
+        else:
+            target = root / f"{name}.vmm"
         if not target.exists():
             target.symlink_to(source, target_is_directory=source.is_dir())
     if config:
