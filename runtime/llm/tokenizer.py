@@ -110,6 +110,7 @@ class Tokenizer:
         if self._template is None:
             try:
                 import jinja2
+                from jinja2.ext import loopcontrols
                 from jinja2.sandbox import ImmutableSandboxedEnvironment
             except ImportError as exc:
                 raise ArtifactError(
@@ -125,7 +126,7 @@ class Tokenizer:
                 return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, **kw)
 
             env = ImmutableSandboxedEnvironment(
-                trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
+                trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
             )
             env.filters["tojson"] = tojson
             env.globals["raise_exception"] = raise_exception

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,27 @@ def test_template_errors_are_one_line_input_errors(pair: tuple[Tokenizer, object
     strict._template = None
     with pytest.raises(InputError, match="only user messages"):
         strict.apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+def test_runtime_tokenizer_needs_no_transformers(
+    pair: tuple[Tokenizer, object], tmp_path: Path
+) -> None:
+    """A deployment machine has the runtime, tokenizers and jinja2: no torch, no transformers."""
+    ours, _ = pair
+    ours._tokenizer.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "template.jinja").write_text(ours.chat_template or "")
+    code = f"""
+import sys
+import subprocess
+import sys
+from pathlib import Path
+from ai_vmm.runtime.llm import Tokenizer
+root = Path({str(tmp_path)!r})
+tok = Tokenizer(root / "tokenizer.json", chat_template=(root / "template.jinja").read_text())
+ids = tok.apply_chat_template([{{"role": "user", "content": "hi"}}])
+assert ids and tok.decode(ids, skip_special_tokens=False).endswith("assistant\\n"), ids
+heavy = sorted(m for m in ("torch", "transformers", "onnxscript", "nncf") if m in sys.modules)
+assert not heavy, heavy
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
