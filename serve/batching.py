@@ -168,6 +168,27 @@ class DynamicBatcher:
         self._changed.set()
         return await item.future, item
 
+    def precheck(self, ticket: Ticket) -> None:
+        """``infer``'s refusals for a request of one row, before its body is even read.
+
+        Raises:
+            Rejected: 503 when shutting down, when the class queue is full and its overflow
+                policy is ``reject``, or when even one row would finish past the deadline.
+        """
+        if self._closing:
+            raise Rejected(503, "shutting_down", "the server is shutting down", retry_after=1.0)
+        policy = self.classes[ticket.priority_class]
+        queued = self._queued_by_class.get(ticket.priority_class, 0)
+        if queued >= policy.max_queue and policy.overflow == "reject":
+            raise Rejected(
+                503,
+                "queue_full",
+                f"the queue of model '{self.name}' for class '{ticket.priority_class}' is full "
+                f"({policy.max_queue} requests)",
+                retry_after=max(self.estimate(ticket.rank, 1), 0.05),
+            )
+        refuse_late(self.estimate(ticket.rank, 1), ticket, f"model '{self.name}'")
+
     def estimate(self, rank: int, rows: int) -> float:
         """Seconds until a request of ``rows`` at ``rank`` queued now would be answered."""
         if not self.service.known:

@@ -104,8 +104,6 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     authorize(request, tenant, model)
     ticket = ticket_for(request, tenant, None)
     with server.gate.admit(tenant):
-        body = await read_body(request)
-        header_length = _header_length(request)
         async with server.manager.use(model, version) as served:
             batcher = served.batcher
             if batcher is None:
@@ -114,6 +112,11 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
                     "wrong_protocol",
                     f"model '{model}' is a causal LM; use /v1/completions or /v1/chat/completions",
                 )
+            # Refuse before reading and parsing the body what could not be served even as one
+            # row: under overload, refusals must stay cheap.
+            batcher.precheck(ticket)
+            body = await read_body(request)
+            header_length = _header_length(request)
             signature = served.signature
             parsed = kserve.parse_infer_request(body, header_length, signature.inputs)
             timeout_us = parsed.parameters.get("timeout")
