@@ -35,6 +35,11 @@ the same 2 cores compete for them (the pair can be slower than the better target
 pipelining them gains only where one request at a time leaves cores idle. The GPU machine's
 pair (a GPU and the Xeon beside it) is the case replicas are for.
 
+Commands: `python scripts/bench_parallel.py` (here: both sections on openvino:CPU and
+onnxruntime:CPU); on the GPU machine `python scripts/bench_parallel.py --sections replicas`
+(cuda:0 + onnxruntime:CPU; each cuda artifact is an AOTInductor build of about a minute);
+`--quick` for a smoke run.
+
 Throughput: requests per second at saturation (closed loop, enough requests in flight to keep
 every device busy), median over interleaved rounds with the rounds' min-max; ratios are the
 median of per-round ratios. Latency: an open loop of Poisson arrivals at the stated load,
