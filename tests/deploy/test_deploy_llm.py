@@ -80,8 +80,12 @@ def test_quick_start_gguf(tmp_path: Path) -> None:
     """The issue's quick start, first half, on the real SmolLM2 GGUF (minutes: the export)."""
     vmm = VMM(store=tmp_path / "store", measure_seconds=0.5)
     model = vmm.deploy(str(GGUF))
-    response = model.generate("What is the capital of France?", max_new_tokens=16)
-    assert "Paris" in response.text
+    response = model.generate("Hello, how are you?")  # as written: a raw string, no template
+    assert response.finish_reason in ("stop", "length")
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    reply = model.generate(chat, max_new_tokens=16)
+    assert "Paris" in reply.text
+    assert model.stats()["calls"] == 2
     model.close()
 
 
