@@ -13,7 +13,8 @@ spreads requests over the replicas (its power-of-two-choices router on ongoing r
 retries a request on another replica when the one it picked has died before taking it, and
 restarts dead replicas. ``autoscaling`` scales replicas on ongoing requests (Ray's
 ``target_ongoing_requests``). Within a replica the repository's models load lazily and are
-evicted LRU under the memory budgets of ``serve.toml``, as in ``vmmc serve``.
+evicted LRU under the memory budgets of ``serve.toml``, as in ``vmmc serve``; with
+``models_per_replica`` requests are multiplexed by model id (``Multiplexed``).
 
 ``ray`` is an optional extra (``pip install ai-vmm[ray]``); nothing here is imported by the
 rest of ``ai_vmm.serve``.
@@ -27,11 +28,63 @@ from typing import Any
 from ai_vmm.runtime.errors import DeviceError
 
 
-def build_app(repository: str, config: dict[str, Any] | None = None) -> Any:
-    """The ASGI app of one replica (called on the replica's node, by Ray)."""
+def build_app(
+    repository: str, config: dict[str, Any] | None = None, models_per_replica: int = 0
+) -> Any:
+    """The ASGI app of one replica (called on the replica's node, by Ray).
+
+    With ``models_per_replica`` the app is wrapped by ``Multiplexed``.
+    """
     from ai_vmm.serve.app import create_app
 
-    return create_app(repository, config=config)
+    app = create_app(repository, config=config)
+    return Multiplexed(app, models_per_replica) if models_per_replica else app
+
+
+class Multiplexed:
+    """Model multiplexing by model id on Ray Serve's terms, around the serving app.
+
+    A request that names its model in the ``serve_multiplexed_model_id`` header (the header
+    Ray's proxy reads) is routed by Ray to a replica that served that model recently; here
+    each such request registers its model id with ``serve.multiplexed``, which is how a
+    replica tells Ray's router which models it holds (up to ``models_per_replica``, least
+    recently used out). The model itself loads, lazily, in the replica's own ``ModelManager``
+    (its memory budgets and LRU eviction). Every response carries ``x-ai-vmm-replica``, the
+    replica that answered.
+    """
+
+    def __init__(self, app: Any, models_per_replica: int) -> None:
+        from ray import serve
+
+        self.app = app
+
+        @serve.multiplexed(max_num_models_per_replica=models_per_replica)
+        async def held(model_id: str) -> str:
+            return model_id
+
+        self._held = held
+        self._replica = b""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from ray import serve
+
+        if not self._replica:
+            self._replica = serve.get_replica_context().replica_id.unique_id.encode()
+        model_id = serve.get_multiplexed_model_id()
+        if model_id:
+            await self._held(model_id)
+
+        async def tagged(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"x-ai-vmm-replica", self._replica))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, tagged)
 
 
 def ray_application(
@@ -43,6 +96,7 @@ def ray_application(
     autoscaling: dict[str, Any] | None = None,
     max_ongoing_requests: int = 64,
     ray_actor_options: dict[str, Any] | None = None,
+    models_per_replica: int = 0,
 ) -> Any:
     """A Ray Serve application serving ``repository`` (``serve.run`` it, or ``serve deploy``).
 
@@ -56,6 +110,9 @@ def ray_application(
         max_ongoing_requests: requests one replica takes at once (Ray queues the rest; the
             app's own admission control still answers 429/503 when its queues are full).
         ray_actor_options: resources per replica (``{"num_cpus": 1, "num_gpus": 1}``).
+        models_per_replica: multiplex by model id (``Multiplexed``): requests whose
+            ``serve_multiplexed_model_id`` header names a model go to replicas that hold it,
+            each replica holding up to this many; 0 leaves routing to load alone.
 
     Raises:
         DeviceError: Ray Serve is not installed (``pip install ai-vmm[ray]``).
@@ -71,7 +128,7 @@ def ray_application(
     # A plain function (Ray tells a builder from an ASGI app with ``inspect.isfunction``),
     # pickled with the deployment and called on each replica.
     def builder() -> Any:
-        return build_app(root, config)
+        return build_app(root, config, models_per_replica)
 
     options: dict[str, Any] = {
         "name": name,
@@ -88,4 +145,4 @@ def ray_application(
     return deployment.bind()
 
 
-__all__ = ["build_app", "ray_application"]
+__all__ = ["Multiplexed", "build_app", "ray_application"]

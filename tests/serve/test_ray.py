@@ -107,7 +107,8 @@ generation = { max_batch = 4, max_tokens_limit = 64 }
     http_port = free_port()
     with RayHead(root):
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
-        serve.run(ray_application(repo, num_replicas=2), name="ai_vmm", route_prefix="/")
+        app = ray_application(repo, num_replicas=2, models_per_replica=1)
+        serve.run(app, name="ai_vmm", route_prefix="/")
         url = f"http://127.0.0.1:{http_port}"
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
@@ -191,6 +192,32 @@ def test_two_replicas_serve_tritonclient_and_openai(ray_app: str, cnn_artifact: 
         llm.completions.create(model="llm", prompt="Once upon", max_tokens=6, stream=True)
     )
     assert pieces and pieces[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_requests_naming_a_model_go_to_the_replica_that_holds_it(ray_app: str) -> None:
+    """Without the multiplexing header Ray spreads requests over both replicas; with it
+    (``serve_multiplexed_model_id: cnn``) they go to the replica that registered the model."""
+    x = _cnn_input(1)
+    body = {
+        "inputs": [
+            {"name": "pixel_values", "shape": list(x.shape), "datatype": "FP32",
+             "data": x.ravel().tolist()}
+        ]
+    }  # fmt: skip
+    url = f"{ray_app}/v2/models/cnn/infer"
+
+    def replica(headers: dict[str, str]) -> str:
+        response = httpx.post(url, json=body, headers=headers, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.headers["x-ai-vmm-replica"]
+
+    spread = {replica({}) for _ in range(24)}
+    assert len(spread) == 2, spread
+    header = {"serve_multiplexed_model_id": "cnn"}
+    first = replica(header)
+    time.sleep(3)  # the replica reports the models it holds to Ray's router periodically
+    held = [replica(header) for _ in range(20)]
+    assert held.count(first) >= 18, (first, held)
 
 
 def test_a_replica_killed_under_load_loses_no_request(ray_app: str) -> None:
