@@ -217,9 +217,11 @@ def bench_model(
             for _ in range(3):
                 run()
         except Exception as exc:  # e.g. plain OpenVINO refusing a model: that column is n/a
-            if key not in BASELINES:
-                raise
-            result["baseline_errors"][key] = _one_line(exc)
+            if key in BASELINES:
+                result["baseline_errors"][key] = _one_line(exc)
+            else:  # our artifact fails at the real shape: the check above says so too
+                result[key]["match"] = False
+                result[key]["timing_error"] = _one_line(exc)
             continue
         runs[key] = run
     result["load_before"] = [round(x, 2) for x in os.getloadavg()]
