@@ -30,6 +30,14 @@ How it works:
   alone and scales every device's figures by measured / estimated before planning again
   (`--calibrate`).
 
+- **Many machines** (`ai_vmm.serve.ray_app.ray_application(repo, num_replicas=2 | autoscaling=...,
+  models_per_replica=N)`, extra `ray`): the serving app as a Ray Serve deployment; Ray
+  spreads requests over replicas, restarts dead ones, and with `models_per_replica` routes a
+  request whose `serve_multiplexed_model_id` header names a model to a replica holding it.
+  `tests/serve/test_ray.py` starts a local cluster: tritonclient and openai against two
+  replicas, and a replica killed during 160 requests (none lost: Ray stops routing to it at
+  once; the requests it was running get a 5xx and are sent again by the client).
+
 Two CPU targets on one CPU share its cores: replicas of openvino:CPU and onnxruntime:CPU on
 the same 2 cores compete for them (the pair can be slower than the better target alone), and
 pipelining them gains only where one request at a time leaves cores idle. The GPU machine's
