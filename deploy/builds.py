@@ -9,6 +9,10 @@ The space is what ``ai_vmm.compile`` already offers:
 | ``cuda:N`` | fp32 | fp16, bf16 (compute capability 8.0 and later) |
 | ``tensorrt:N``, ``openvino:GPU``, ``openvino:NPU`` | fp32 | fp16 |
 
+When a device cannot compile the model on its own, a partition plan over every device (in
+preference order: compile's planner places each node, docs/partitioning.md) is compiled in
+fp32 and measured like any other candidate.
+
 Each is compiled with ``tune=False`` (the search measures for itself) into the deployment
 store, keyed by model hash + hardware fingerprint + options, so it is compiled once per machine.
 Every build's accuracy is measured on the held-out samples against the reference (ONNX Runtime
@@ -46,14 +50,23 @@ OPEN_GATE = {"cosine": 2.0}
 
 @dataclass(frozen=True)
 class BuildSpec:
-    """One artifact to compile: a device and a precision mode."""
+    """One artifact to compile: a device (or a partition plan over devices) and a precision."""
 
     device: Device
     hardware: str
     precision: str
+    plan: tuple[str, ...] = ()
+    """For a partition plan: every device key, in priority order (``device`` is the first)."""
+
+    @property
+    def target(self) -> str:
+        """What ``ai_vmm.compile`` gets as ``target``."""
+        return ",".join(self.plan) if self.plan else self.device.key
 
     @property
     def id(self) -> str:
+        if self.plan:
+            return f"plan {'+'.join(self.plan)} {self.precision}"
         return f"{self.device.key} {self.precision}"
 
 
@@ -184,7 +197,7 @@ def build_one(
     if raw_samples is not None and takes_samples:
         options["samples"] = raw_samples
         key_options["samples"] = raw_digest
-    name = f"{_safe(spec.device.key)}-{spec.precision}-{digest(key_options)[:10]}.vmm"
+    name = f"{_safe(spec.target)}-{spec.precision}-{digest(key_options)[:10]}.vmm"
     path = out_dir / name
     build = Build(spec)
     if is_artifact(path):
@@ -193,7 +206,7 @@ def build_one(
     say(f"compiling {spec.id}")
     started = time.perf_counter()
     try:
-        result = ai_vmm.compile(source, spec.device.key, path, **options)
+        result = ai_vmm.compile(source, spec.target, path, **options)
     except VmmError as exc:
         build.status, build.reason = "failed", str(exc)
         build.seconds = time.perf_counter() - started

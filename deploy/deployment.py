@@ -225,6 +225,7 @@ class Deployment:
             power = figures.get("power", {})
             energy = {
                 "per_inference_mj_at_deploy": figures["energy_mj_per_inference"],
+                "per": "generated token" if self.kind == "causal-lm" else "inference",
                 "measured": bool(power.get("measured")),
                 "source": power.get("source"),
             }

@@ -149,6 +149,11 @@ def run_search(
         for device, name in devices:
             spec = BuildSpec(device, name, "fp32")
             builds.append(build_one(spec, source.onnx, builds_dir, None, {}, say, **raw))
+        if len(devices) > 1 and any(b.status == "failed" for b in builds):
+            # A device that cannot take the whole model may still take part of it.
+            lead, lead_class = devices[0]
+            plan = BuildSpec(lead, lead_class, "fp32", tuple(d.key for d, _ in devices))
+            builds.append(build_one(plan, source.onnx, builds_dir, None, {}, say, **raw))
     usable = [b for b in builds if b.usable]
     if not usable:
         reasons = "; ".join(f"{b.spec.id}: {b.reason}" for b in builds)

@@ -156,3 +156,22 @@ def test_openvino_ir_and_artifact_sources(vmm: VMM, tmp_path: Path) -> None:
     assert artifact.explanation["builds"][0]["status"] == "reused"
     np.testing.assert_allclose(artifact(**samples[0])["logits"], reference, rtol=1e-5, atol=1e-6)
     artifact.close()
+
+
+def test_a_partition_plan_when_a_device_cannot_take_the_whole_model(
+    vmm: VMM, tmp_path: Path
+) -> None:
+    from unpool_model import make_unpool_model
+
+    onnx.save(make_unpool_model(), tmp_path / "unpool.onnx")
+    rng = np.random.default_rng(0)
+    samples = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(4)]
+    model = vmm.deploy(tmp_path / "unpool.onnx", samples=samples)
+    builds = {b["id"]: b for b in model.explanation["builds"]}
+    assert builds["openvino:CPU fp32"]["status"] == "failed"  # OpenVINO has no MaxUnpool
+    plan = builds["plan openvino:CPU+onnxruntime:CPU fp32"]
+    assert plan["status"] == "built"
+    keys = [row["key"] for row in model.explanation["candidates"]]
+    assert any(k.startswith("plan openvino:CPU+onnxruntime:CPU fp32, 1 thread") for k in keys)
+    assert model(**samples[0])["y"].shape[0] == 1
+    model.close()
