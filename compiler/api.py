@@ -44,6 +44,7 @@ def compile(
     force_quantize: bool = False,
     force: bool = False,
     samples: SampleSource | None = None,
+    objective: str = "latency",
     **frontend_options: Any,
 ) -> CompileResult:
     """Compile ``model`` into an artifact and return where it went and what was decided.
@@ -86,6 +87,8 @@ def compile(
             dicts, an ``.npz`` file (one call) or a directory of ``.npz`` files. Verification
             runs on them and candidates are timed at their shapes; without samples, the shapes
             come from the model and a ladder of common sizes (docs/targets.md).
+        objective: what a partitioned plan minimizes: ``latency`` (default) or ``throughput``
+            (requests pipelined through the partitions, ``ai_vmm.runtime.pipelined``).
         force: replace whatever is at ``output`` even when it is not an ai-vmm artifact (a
             file, or a directory of other files); without it such a path is refused.
         **frontend_options: what a frontend needs beyond the model (``example_inputs``,
@@ -130,6 +133,7 @@ def compile(
             force=force_quantize,
         ),
         samples=None if samples is None else load_samples(samples),
+        objective=objective,
     )
     return compile_model(
         model,

@@ -235,6 +235,7 @@ def build_split(
             sample=sample,
             work=split_dir,
             say=say,
+            objective=options.objective,
         )
     except VmmError as exc:
         candidate.status, candidate.reason = "failed", str(exc)

@@ -134,6 +134,10 @@ def compile_cmd(
             "at their shapes.",
         ),
     ] = None,
+    objective: Annotated[
+        str,
+        typer.Option(help="A partitioned plan minimizes latency or throughput (pipelined)."),
+    ] = "latency",
     calib: Annotated[
         str | None,
         typer.Option(help="Calibration data: FILE.npz, a directory of .npz/.npy, or 'random'."),
@@ -192,6 +196,7 @@ def compile_cmd(
             ratio=ratio,
             calibration=calib,
             samples=sample,
+            objective=objective,
             calib_samples=calib_samples,
             max_accuracy_drop=max_accuracy_drop or (),
             force_quantize=force_quantize,

@@ -21,6 +21,7 @@ from ai_vmm.runtime.errors import CompileError
 from ai_vmm.samples import Samples
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+OBJECTIVES = ("latency", "throughput")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class CompileOptions:
     """INT8 / weight-only / reduced precision, behind the gates of ``ai_vmm.quantize``."""
     samples: Samples | None = None
     """Real inputs: verification and timing run on them, at their shapes (``--sample``)."""
+    objective: str = "latency"
+    """What a partitioned plan minimizes: ``latency`` (one request at a time) or ``throughput``
+    (requests pipelined through the partitions: the busiest device per request)."""
 
     def to_json(self) -> dict[str, Any]:
         quantization = (
@@ -69,6 +73,7 @@ class CompileOptions:
                 "recipe": self.recipe,
                 "trace_rules": self.trace_rules,
             }
+            | ({"objective": self.objective} if self.objective != "latency" else {})
         )
 
 
@@ -104,6 +109,10 @@ def validate_options(options: CompileOptions) -> None:
     if options.recipe is not None and options.recipe not in RECIPES:
         raise CompileError(
             f"unknown recipe '{options.recipe}' (recipes: {', '.join(sorted(RECIPES))})"
+        )
+    if options.objective not in OBJECTIVES:
+        raise CompileError(
+            f"unknown objective '{options.objective}' (choose from {', '.join(OBJECTIVES)})"
         )
     if options.tune_budget_s <= 0:
         raise CompileError("the tuning budget must be positive")

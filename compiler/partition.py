@@ -203,6 +203,7 @@ def build_partitioned(
     sample: dict[str, np.ndarray] | None,
     work: Path,
     say: Say,
+    objective: str = "latency",
 ) -> PartitionedBuild:
     """Plan, outline and build every partition; load executors where devices are present.
 
@@ -227,7 +228,11 @@ def build_partitioned(
     for _ in range(MAX_REPLANS + 1):
         graph = plan_graph(model, devices, support, figures, links, dims, target_options.precision)
         try:
-            result = plan(graph, priority=[d.key for d in devices] if priority else None)
+            result = plan(
+                graph,
+                priority=[d.key for d in devices] if priority else None,
+                objective=objective,
+            )
         except PlanningError as exc:
             detail = f" (after re-planning around {len(replanned)} failed partition(s))"
             raise UnsupportedModelError(str(exc) + (detail if replanned else "")) from exc
@@ -257,6 +262,7 @@ def build_partitioned(
     build.report.update(
         {
             "rule": "--target priority list" if priority else "cost model",
+            "objective": objective,
             "figures": {k: f.to_json() for k, f in figures.items()},
             "capability_notes": notes,
             "replanned": replanned,

@@ -187,3 +187,11 @@ def test_an_expensive_candidate_is_not_built_when_its_estimate_cannot_win(
     assert cannot_win(model, gpu, [gpu, cpu], inputs, "fp32", said.append) is None
     # Cheap targets are always built and measured.
     assert cannot_win(model, cpu, [gpu, cpu], inputs, "fp32", said.append) is None
+
+
+def test_the_throughput_objective_reaches_the_planner(unpool: Path, tmp_path: Path) -> None:
+    result = ai_vmm.compile(unpool, SPLIT, tmp_path / "t.vmm", tune=False, objective="throughput")
+    assert result.report["plan"]["objective"] == "throughput"
+    assert result.manifest["compile_options"]["objective"] == "throughput"
+    with pytest.raises(ai_vmm.CompileError, match="unknown objective"):
+        ai_vmm.compile(unpool, SPLIT, tmp_path / "u.vmm", objective="speed")
