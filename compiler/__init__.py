@@ -25,7 +25,7 @@ _LAZY = {
     "InputError": "ai_vmm.runtime.errors",
     "DeviceError": "ai_vmm.runtime.errors",
     "ConstraintError": "ai_vmm.runtime.errors",
-    "VMM": "ai_vmm.deploy",
+    "VMM": "ai_vmm.serve.vmm",
     "Deployment": "ai_vmm.deploy",
     "Constraints": "ai_vmm.deploy",
 }

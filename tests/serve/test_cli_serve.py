@@ -88,3 +88,25 @@ def test_sigterm_drains_requests_in_flight(tmp_path: Path, cnn_artifact: Path) -
     # Requests were still being answered after the shutdown began: they were drained.
     after = output.split("Shutting down", 1)[1]
     assert after.count('"path":"/v2/models/cnn/infer","status":200') >= 1, output
+
+
+def test_vmm_serve_is_the_seed_spelling(tmp_path: Path, cnn_artifact: Path) -> None:
+    """``from ai_vmm import VMM; VMM().serve(repo)`` serves like ``vmmc serve`` does."""
+    import sys
+
+    repo = make_repo(tmp_path / "repo", {"cnn": cnn_artifact}, "[models.cnn]\npinned = true\n")
+    server = ServerProcess(repo)
+    server.args = [
+        sys.executable,
+        "-c",
+        "import sys; from ai_vmm import VMM; VMM().serve(sys.argv[1], port=int(sys.argv[2]))",
+        str(repo),
+        str(server.port),
+    ]
+    with server:
+        import httpx
+
+        models = httpx.get(f"{server.url}/v2/repository/index", timeout=10).json()
+        assert [m["name"] for m in models] == ["cnn"]
+        out = server.stop()
+    assert server.proc is not None and server.proc.returncode in (0, -15), out
