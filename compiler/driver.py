@@ -170,14 +170,29 @@ def _compile_uncached(
         return CompileResult(out_path, result.manifest.to_json(), result.report)
 
 
+ANONYMOUS_DIMS = frozenset({"?", "-1", "None", "none", "unk", "dynamic"})
+"""Dimension names exporters write for "some size" (paddle2onnx writes ``?``): not a symbol
+two axes share."""
+
+
 def normalize_dims(model: ir.Model) -> None:
-    """Dimensions written as -1 (or any negative number) mean "dynamic": make them so."""
+    """Dimensions written as -1 (or any negative number) mean "dynamic", and a dimension named
+    ``?`` (or another placeholder in ``ANONYMOUS_DIMS``) is anonymous: make them so."""
     for value in [*model.graph.inputs, *model.graph.outputs]:
         shape = value.shape
-        if shape is not None and any(isinstance(d, int) and d < 0 for d in shape):
-            value.shape = ir.Shape(
-                [ir.SymbolicDim(None) if isinstance(d, int) and d < 0 else d for d in shape]
-            )
+        if shape is None:
+            continue
+        dims = [_normal_dim(d) for d in shape]
+        if dims != list(shape):
+            value.shape = ir.Shape(dims)
+
+
+def _normal_dim(dim: int | ir.SymbolicDim) -> int | ir.SymbolicDim:
+    if isinstance(dim, int):
+        return ir.SymbolicDim(None) if dim < 0 else dim
+    if dim.value is not None and (not dim.value.strip() or dim.value in ANONYMOUS_DIMS):
+        return ir.SymbolicDim(None)
+    return dim
 
 
 def _output_path(source: Any, output: str | Path | None) -> Path:

@@ -145,6 +145,10 @@ def dynamic_variables(specs: tuple[TensorSpec, ...]) -> list[Variable]:
 def _classify(spec: TensorSpec, axis: int, rank: int, symbol: str) -> str:
     shape = spec.shape or ()
     kind = np.dtype(spec.dtype).kind if _is_dtype(spec.dtype) else "?"
+    if _SEQUENCE_NAMES.search(symbol) and not _BATCH_NAMES.match(symbol):
+        # A leading axis named like a sequence (an LSTM over ``sequence_length`` chunks with
+        # its own state) is a sequence, whatever its position.
+        return "sequence"
     if axis == 0 and (rank >= 2 or _BATCH_NAMES.match(symbol)):
         return "batch"
     if rank == 4:

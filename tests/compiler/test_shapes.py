@@ -161,3 +161,25 @@ def test_an_unknown_target_suggests_the_closest_one(tmp_path: Path) -> None:
     path = _save(shape_models.minus_one_model(), tmp_path / "m.onnx")
     with pytest.raises(Exception, match="did you mean cuda:0"):
         ai_vmm.compile(path, "gpu", tmp_path / "m.vmm")
+
+
+def test_question_mark_dimensions_are_anonymous(tmp_path: Path) -> None:
+    # paddle2onnx writes "?" for every dynamic size; two "?" axes are not one symbol.
+    model = shape_models.minus_one_model()
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "?", "?"
+    path = _save(model, tmp_path / "q.onnx")
+    sample = {"x": np.ones((2, 3, 48, 192), np.float32)}
+    result = ai_vmm.compile(path, "onnxruntime:CPU", tmp_path / "q.vmm", samples=sample)
+    assert result.report["verification"]["passed"]
+    assert load(result.path)(**sample)["y"].shape == (2, 4, 48, 192)
+
+
+def test_a_leading_axis_named_like_a_sequence_is_a_sequence() -> None:
+    from ai_vmm.runtime.artifact import TensorSpec
+
+    specs = (
+        TensorSpec("input", "float32", ("sequence_length", 576)),
+        TensorSpec("h", "float32", (1, 1, 128)),
+    )
+    assert [v.cls for v in dynamic_variables(specs)] == ["sequence"]
