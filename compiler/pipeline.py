@@ -26,7 +26,7 @@ from ai_vmm import choice, gates, hardware
 from ai_vmm.building import Machine, build_candidates, no_candidate_error
 from ai_vmm.candidates import Candidate
 from ai_vmm.frontends import LoadedModel
-from ai_vmm.inputs import compare
+from ai_vmm.inputs import Tolerance, compare
 from ai_vmm.options import CompileOptions
 from ai_vmm.partition import sample_dims
 from ai_vmm.passes.analyze import analyze
@@ -80,6 +80,10 @@ def run(
     signature_in, signature_out = model_signature(model)
     signature_in = bounded_signature(signature_in, bounds)
 
+    tolerance, widened = verification_tolerance(model, options.tolerance)
+    if widened:
+        say(f"note: {widened}")
+        options = replace(options, tolerance=tolerance)
     clock = time.perf_counter()
     inputs = representative_inputs(model, signature_in, reference, options, say)
     expected, verify_note = reference_outputs(inputs, reference, options, say)
@@ -186,6 +190,8 @@ def run(
         report["plan"] = primary.plan
     if inputs.failure:
         report["unverified"] = inputs.failure
+    if widened:
+        report["tolerance_note"] = widened
     manifest = Manifest(
         inputs=signature_in,
         outputs=signature_out,
@@ -236,6 +242,39 @@ def decide(
     first, rule = choice.static_choice(ok, why)
     bucket = inputs.buckets[0] if inputs.buckets else Bucket("primary", {}, {})
     return choice.Decision([choice.BucketChoice(bucket, first, {}, rule, False)], {})
+
+
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "MatMulInteger",
+        "ConvInteger",
+        "DynamicQuantizeLinear",
+    }
+)
+QUANTIZED_TOLERANCE = Tolerance(rtol=1e-2, atol=1e-2)
+
+
+def verification_tolerance(model: ir.Model, given: Tolerance) -> tuple[Tolerance, str]:
+    """The tolerance to verify with, and why it was widened (``""`` when not).
+
+    A model that is already quantized (QDQ or integer ops) rounds at every integer op, and
+    backends fuse those ops differently (ONNX Runtime's own optimized payload differs from its
+    unoptimized reference by a quantization step: 3e-3 on a sigmoid output of a real QDQ
+    Whisper encoder). A float tolerance would fail every candidate; the default widens to
+    ``QUANTIZED_TOLERANCE`` (a tolerance the user set is kept).
+    """
+    ops = {n.op_type for n in ir.traversal.RecursiveGraphIterator(model.graph)} & QUANTIZED_OPS
+    if not ops or given != Tolerance():
+        return given, ""
+    return QUANTIZED_TOLERANCE, (
+        f"the model is quantized ({', '.join(sorted(ops))}): verified with rtol "
+        f"{QUANTIZED_TOLERANCE.rtol}, atol {QUANTIZED_TOLERANCE.atol} (backends round integer "
+        "ops differently; --rtol/--atol override)"
+    )
 
 
 def assemble(
