@@ -84,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--budget", type=float, default=None, help="power budget in W")
     parser.add_argument(
+        "--fp32-only",
+        action="store_true",
+        help="survey fp32 only (no max_accuracy_drop: no fp16/bf16/INT8 builds); the cheaper "
+        "setting is then a smaller batch or the CPU (a shorter run)",
+    )
+    parser.add_argument(
         "--fake-nvml",
         action="store_true",
         help="dry run on a CPU machine with the tests' stand-in NVML (no real GPU figures)",
@@ -133,12 +139,13 @@ def main(argv: list[str] | None = None) -> int:
             record("preferred_gpu", "FAIL", f"chose {chosen['key']}, not the GPU", chosen=chosen)
 
         # 2. A power budget below the survey's measured draw chooses a cheaper setting.
-        survey_limits = {
+        survey_limits: dict[str, Any] = {
             "preferred_hardware": ["NVIDIA_GPU", "CPU"],
             "power_budget_watts": 1_000_000,  # reached by nothing: batching and cost objective
             "max_batch": args.max_batch,
-            "max_accuracy_drop": {"cosine": 0.01},
         }
+        if not args.fp32_only:
+            survey_limits["max_accuracy_drop"] = {"cosine": 0.01}
         with vmm.deploy(model, survey_limits) as deployment:
             (args.out / "2-survey.txt").write_text(deployment.explain() + "\n")
             survey = _chosen(deployment)

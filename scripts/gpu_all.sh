@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The project's GPU measurements in one call, for a machine with an NVIDIA GPU (the device
+# tool's H200 in this project's sessions): each part is time-boxed, its log and files go to
+# RESULTS, and one archive of them lands in OUT.
+#
+#   bash scripts/gpu_all.sh OUT [PART ...]
+#
+# PART: deploy (issue 14: scripts/deploy_gpu_check.py), parallel (issue 17:
+# scripts/bench_parallel.py --sections replicas), generate (issue 15:
+# scripts/bench_generate_gpu.py), crash (issue 18: scripts/gpu_crash_check.py), gpu-tests
+# (pytest -m gpu); default: deploy parallel generate. Budgets (seconds) are the PART_SECONDS_*
+# variables below. A part that times out keeps what it wrote so far. Carried wheels in .whl/
+# (see .whl/setup.sh on the developer's machine) are installed first when present.
+set -uo pipefail
+OUT=${1:?usage: gpu_all.sh OUT [PART ...]}
+shift
+PARTS=("$@")
+[ ${#PARTS[@]} -eq 0 ] && PARTS=(deploy parallel generate)
+RESULTS=${RESULTS:-/tmp/gpu-results}
+mkdir -p "$OUT" "$RESULTS"
+export PYTHONUNBUFFERED=1 AI_VMM_CACHE_DIR=${AI_VMM_CACHE_DIR:-/tmp/ai-vmm-cache}
+if [ -f .whl/setup.sh ]; then
+    bash .whl/setup.sh >"$RESULTS/setup.log" 2>&1 && export PYTHONPATH=/tmp/site
+fi
+PART_SECONDS_deploy=${PART_SECONDS_deploy:-170}
+PART_SECONDS_parallel=${PART_SECONDS_parallel:-190}
+PART_SECONDS_generate=${PART_SECONDS_generate:-170}
+PART_SECONDS_crash=${PART_SECONDS_crash:-170}
+PART_SECONDS_gpu_tests=${PART_SECONDS_gpu_tests:-150}
+
+run_part() {
+    local name=$1 budget=$2
+    shift 2
+    local start=$SECONDS
+    echo "== $name (budget $budget s)"
+    timeout --kill-after=10 "$budget" "$@" >"$RESULTS/$name.log" 2>&1
+    local rc=$?
+    echo "== $name: exit $rc after $((SECONDS - start)) s"
+    tail -n 5 "$RESULTS/$name.log"
+}
+
+nvidia-smi --query-gpu=name,power.draw,power.limit --format=csv >"$RESULTS/gpu.txt" 2>&1
+for part in "${PARTS[@]}"; do
+    case $part in
+    deploy)
+        run_part deploy "$PART_SECONDS_deploy" python3 scripts/deploy_gpu_check.py \
+            --out "$RESULTS/deploy" --fp32-only --max-batch 16 --seconds 0.5 ;;
+    parallel)
+        cp docs/parallel.json "$RESULTS/parallel.json" 2>/dev/null
+        run_part parallel "$PART_SECONDS_parallel" python3 scripts/bench_parallel.py \
+            --sections replicas --rounds 3 --seconds 1 \
+            --json "$RESULTS/parallel.json" --out "$RESULTS/parallel.md" ;;
+    generate)
+        cp docs/generate.md "$RESULTS/generate.md" 2>/dev/null
+        run_part generate "$PART_SECONDS_generate" python3 scripts/bench_generate_gpu.py \
+            --models smollm2,llama1b --dtypes bf16 --batches 1,16 --new-tokens 64 --rounds 2 \
+            --json "$RESULTS/generate.json" --out "$RESULTS/generate.md" ;;
+    crash)
+        AI_VMM_TEST_CONVFORMER_PACKAGE=/tmp/cfpkg run_part crash "$PART_SECONDS_crash" \
+            python3 scripts/gpu_crash_check.py --json "$RESULTS/crash.json" ;;
+    gpu-tests)
+        run_part gpu-tests "$PART_SECONDS_gpu_tests" python3 -m pytest -q -p no:cacheprovider \
+            -m gpu tests/runtime/test_cuda_executor.py tests/targets/test_cuda.py ;;
+    *) echo "unknown part $part" ;;
+    esac
+done
+tar -czf "$OUT/results.tgz" -C "$RESULTS" .
+echo "results: $OUT/results.tgz"
