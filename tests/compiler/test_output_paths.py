@@ -188,6 +188,8 @@ def test_read_only_and_full_cache_directories_only_warn(model: Path, tmp_path: P
 
 
 def test_huge_declared_dimension_is_one_line(model: Path, tmp_path: Path) -> None:
+    # No MemoryError: synthetic inputs that large are refused before allocation, in one line
+    # naming the input; the compile then completes by the static rule, unverified (issue 12).
     for extra in ([], ["--no-verify"]):
         result = vmmc(
             "compile",
@@ -199,6 +201,7 @@ def test_huge_declared_dimension_is_one_line(model: Path, tmp_path: Path) -> Non
             "x[1099511627776,16]",
             *extra,
         )
-        assert result.returncode == 71, result.stderr
-        assert "out of memory" in result.stderr.strip().splitlines()[-1], extra
-    assert not os.path.exists(tmp_path / "h.vmm")
+        assert result.returncode == 0, result.stderr
+        assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+        assert "not verified" in result.stdout, result.stdout
+    assert "GiB" in result.stderr or "--no-verify" in result.stdout
