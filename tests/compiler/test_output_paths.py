@@ -5,7 +5,6 @@ Every refusal is one ``error:`` line, exit 4, and leaves the directory exactly a
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import onnx
