@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ai_vmm.driver import toolchain
 from ai_vmm.frontends import causal_lm as frontend
 from ai_vmm.llm_quality import (
-    agreement,
+    answer_overlap,
     chat_prompts,
     common_prefix,
     docstring_corpus,
@@ -224,8 +224,9 @@ def gate_weights(run: LMRun, float_build: Built) -> Built:
     """Compressed weights behind the quality gate; the float build when every attempt fails.
 
     Gate: perplexity on standard-library docstrings within ``max_perplexity_increase`` of the
-    float build's, and greedy replies to the chat prompts agreeing with the float build's for
-    at least ``min_agreement`` of their tokens (mean common-prefix share).
+    float build's, and greedy replies to the chat prompts keeping the float build's answers:
+    mean ROUGE-L recall at least ``min_agreement`` (``llm_quality.answer_overlap``); the
+    identical prefix of each reply is recorded too.
     """
     options, say = run.options, run.say
     mode = options.weights or "int8"
@@ -242,15 +243,19 @@ def gate_weights(run: LMRun, float_build: Built) -> Built:
         say(f"weights {spec.mode} (ratio {spec.ratio:g}) on {float_build.device.key}")
         candidate = build_candidate(run, float_build.device, spec)
         ppl = perplexity(candidate.lm, corpus)
-        agree = agreement(greedy(candidate.lm, prompts, AGREEMENT_TOKENS), base_replies)
+        replies = greedy(candidate.lm, prompts, AGREEMENT_TOKENS)
+        overlap = answer_overlap(replies, base_replies)
         increase = ppl / base_ppl - 1
-        passed = increase <= limit and agree >= options.min_agreement
+        passed = increase <= limit and overlap >= options.min_agreement
         attempt = {
             **spec.to_json(),
             "perplexity": round(ppl, 4),
             "float_perplexity": round(base_ppl, 4),
             "increase": round(increase, 4),
-            "agreement": round(agree, 4),
+            "agreement": round(overlap, 4),
+            "identical_prefix": [
+                common_prefix(r, b) for r, b in zip(replies, base_replies, strict=True)
+            ],
             "passed": passed,
             "notes": candidate.notes,
         }

@@ -56,7 +56,7 @@ class LMOptions:
     max_perplexity_increase: float | None = None
     """Allowed relative perplexity increase of compressed weights (default 2 % INT8, 10 % INT4)."""
     min_agreement: float = 0.5
-    """Mean share of the float model's greedy replies the compressed one must reproduce."""
+    """Mean ROUGE-L recall of the compressed model's greedy replies against the float ones."""
     force_weights: bool = False
     """Keep compressed weights even when the quality gate refuses them."""
 

@@ -9,6 +9,7 @@ float (ONNX Runtime's quantized gather only saves memory, it costs time).
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ def build(
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    # The quantizer logs every node it skips or packs at INFO: quiet it for the compile.
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     try:
         model = onnx.load(str(onnx_path))
         quantizer = MatMulNBitsQuantizer(
