@@ -54,3 +54,31 @@ def test_static_cache_batches_and_joins(lm: CausalLM) -> None:
 def test_static_cache_is_bounded(lm: CausalLM, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="context"):
         lm.generate([5] * lm.context_length)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_decode_on_the_gpu(tmp_path: Path) -> None:
+    """On the GPU machine: decode steps replayed as CUDA graphs give transformers' tokens
+    (fp32: identical; bf16: same first token), alone, in a batch and joining an engine."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU here")
+    ids = None
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"llama-{precision}.vmm"
+        ai_vmm.compile(
+            hf_dir("llama"), target="cuda:0", output=out, precision=precision, tune=False
+        )
+        with ai_vmm.load(out) as lm:
+            assert lm.spec.partition.config["cuda_graphs"] is True
+            ids = lm.encode_prompt(PROMPT)
+            tokens = lm.generate(PROMPT, max_new_tokens=40, min_new_tokens=40).tokens  # type: ignore[union-attr]
+            expected = hf_greedy("llama", ids, 40)
+            if precision == "fp32":
+                assert tokens == expected
+            else:
+                assert tokens[0] == expected[0]
+            prompts = [PROMPT, "Hi", "def f(x):\n    return x * 2"]
+            alone = [lm.generate(p, max_new_tokens=12, min_new_tokens=12).tokens for p in prompts]  # type: ignore[union-attr]
+            batch = lm.generate(prompts, max_new_tokens=12, min_new_tokens=12)
+            assert [r.tokens for r in batch] == alone  # type: ignore[union-attr]
