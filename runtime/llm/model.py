@@ -240,6 +240,16 @@ class CausalLM:
             self._pool.put(context)
         return total, count
 
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Tensor models run tensors; a causal LM generates (this says so, in one line)."""
+        raise InputError(
+            "this artifact is a causal LM: generate text with lm.generate(...) or "
+            "`vmmc generate ARTIFACT PROMPT`, not with tensors"
+        )
+
+    def __call__(self, **inputs: Any) -> dict[str, Any]:
+        return self.run(inputs)
+
     # -- plumbing ------------------------------------------------------------------------
 
     def _scheduler(self, max_batch: int) -> Scheduler:
