@@ -226,15 +226,22 @@ def section_replicas(args: argparse.Namespace, work: Path, inventory: Any) -> li
         source = zoo.build(name, work)
         feed = zoo.example_inputs(name, batch=args.batch)
         models, paths = {}, {}
-        for device in devices:
-            log(f"[replicas] {name}: compiling for {device}")
-            started = time.perf_counter()
-            options = {"precision": args.precision} if device.startswith("cuda") else {}
-            paths[device] = path = single_artifact(
-                source, device, work / f"{name}-r-{device.replace(':', '-')}.vmm", **options
-            )
-            models[device] = ai_vmm.runtime.load(path)
-            log(f"[replicas] {name}: {device} built in {time.perf_counter() - started:.0f} s")
+        try:
+            for device in devices:
+                log(f"[replicas] {name}: compiling for {device}")
+                started = time.perf_counter()
+                options = {"precision": args.precision} if device.startswith("cuda") else {}
+                paths[device] = path = single_artifact(
+                    source, device, work / f"{name}-r-{device.replace(':', '-')}.vmm", **options
+                )
+                models[device] = ai_vmm.runtime.load(path)
+                log(f"[replicas] {name}: {device} built in {time.perf_counter() - started:.0f} s")
+        except ai_vmm.VmmError as exc:
+            # One model that does not build is a row that says why; the others still run
+            # (a GPU session's minutes are too few to lose every result to one failure).
+            log(f"[replicas] {name}: not measured: {exc}")
+            rows.append({"model": name, "devices": devices, "error": str(exc)})
+            continue
         reference = models[devices[-1]].run(feed)
         for device, model in models.items():
             got = model.run(feed)

@@ -7,7 +7,8 @@
 #
 # PART: deploy (issue 14: scripts/deploy_gpu_check.py), parallel (issue 17:
 # scripts/bench_parallel.py --sections replicas), generate (issue 15:
-# scripts/bench_generate_gpu.py), crash (issue 18: scripts/gpu_crash_check.py), gpu-tests
+# scripts/bench_generate_gpu.py), crash (issue 18: scripts/gpu_crash_check.py), fresh-load
+# (issue 18: does a cuda artifact load in a fresh process: scripts/gpu_fresh_load.py), gpu-tests
 # (pytest -m gpu); default: deploy parallel generate. Budgets (seconds) are the PART_SECONDS_*
 # variables below. A part that times out keeps what it wrote so far. Carried wheels in .whl/
 # (see .whl/setup.sh on the developer's machine) are installed first when present.
@@ -58,6 +59,9 @@ for part in "${PARTS[@]}"; do
     crash)
         AI_VMM_TEST_CONVFORMER_PACKAGE=/tmp/cfpkg run_part crash "$PART_SECONDS_crash" \
             python3 scripts/gpu_crash_check.py --json "$RESULTS/crash.json" ;;
+    fresh-load)
+        run_part fresh-load "${PART_SECONDS_fresh_load:-150}" python3 scripts/gpu_fresh_load.py \
+            "$RESULTS/fresh" ;;
     gpu-tests)
         run_part gpu-tests "$PART_SECONDS_gpu_tests" python3 -m pytest -q -p no:cacheprovider \
             -m gpu tests/runtime/test_cuda_executor.py tests/targets/test_cuda.py ;;

@@ -125,6 +125,10 @@ def _pipeline(rows: list[dict[str, Any]], goal: float) -> list[str]:
 def _replicas(rows: list[dict[str, Any]], goal: float) -> list[str]:
     out = ["### Replicas across devices", ""]
     for row in rows:
+        if "error" in row:
+            out += [f"**{row['model']}** on {', '.join(row['devices'])}: not measured: "
+                    f"{row['error']}", ""]  # fmt: skip
+            continue
         out += [
             f"**{row['model']}**, batch {row['batch']}:",
             "",

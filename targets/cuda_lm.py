@@ -124,7 +124,13 @@ def build(
     ]
     for h, d in zip(heads, head_dims, strict=True):
         example += [torch.zeros(batch, h, max_len, d, dtype=dtype, device=target) for _ in range(2)]
-    dims = {name: torch.export.Dim(name) for name in ("batch", "seq", "n")}
+    # seq is bounded by the static cache (torch.export refuses an unbounded one: a guard on
+    # the cache length, seen on torch 2.11 with an H200).
+    dims = {
+        "batch": torch.export.Dim("batch"),
+        "seq": torch.export.Dim("seq", max=max_len - 1),
+        "n": torch.export.Dim("n"),
+    }
     dynamic = {
         "input_ids": {0: dims["batch"], 1: dims["seq"]},
         "attention_mask": {0: dims["batch"]},
