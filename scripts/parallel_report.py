@@ -41,7 +41,8 @@ How it works:
 Two CPU targets on one CPU share its cores: replicas of openvino:CPU and onnxruntime:CPU on
 the same 2 cores compete for them (the pair can be slower than the better target alone), and
 pipelining them gains only where one request at a time leaves cores idle. The GPU machine's
-pair (a GPU and the Xeon beside it) is the case replicas are for.
+pair (a GPU and the Xeon beside it) is the case replicas are for; its first, partial run is in
+docs/gpu-session-2026-12-03.md.
 
 Commands: `python scripts/bench_parallel.py` (here: both sections on openvino:CPU and
 onnxruntime:CPU); on the GPU machine `python scripts/bench_parallel.py --sections replicas`
