@@ -22,12 +22,10 @@ that fails is a row with its one-line error, not a crash.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,6 +37,7 @@ import numpy as np
 
 from ai_vmm.bench import artifact_contender, onnxruntime_contender, openvino_contender
 from ai_vmm.bench_report import Say, environment
+from ai_vmm.bench_suite import load_module
 from ai_vmm.runtime.errors import InputError
 
 RTOL, ATOL = 1e-3, 1e-4
@@ -51,16 +50,7 @@ def load_realmodels(path: Path) -> ModuleType:
         raise InputError(
             f"--suite real needs {path}: run from the repository root (models/realmodels.py)"
         )
-    name = "ai_vmm_models_realmodels"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise InputError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module(path, "ai_vmm_models_realmodels")
 
 
 def _one_line(exc: BaseException) -> str:

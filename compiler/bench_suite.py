@@ -20,18 +20,36 @@ from ai_vmm.runtime.errors import InputError
 CACHE = Path.home() / ".cache" / "ai-vmm" / "zoo"
 
 
+def load_module(path: Path, name: str) -> ModuleType:
+    """Import a file that is not in an installed package (``models/``, ``scripts/``) as ``name``.
+
+    The module is registered in ``sys.modules`` under ``name`` (spawned worker processes unpickle
+    by module name) and imported once per process. The one helper for it: the benchmarks, the
+    scripts and the tests all load ``models/*.py`` this way.
+
+    Raises:
+        InputError: the file is missing.
+    """
+    if name in sys.modules:
+        return sys.modules[name]
+    if not path.is_file():
+        raise InputError(f"{path} is missing: run from the repository root")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise InputError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_zoo(path: Path) -> ModuleType:
     if not path.is_file():
         raise InputError(
             f"--suite zoo needs the model zoo at {path}: run from the repository root or pass "
             f"--zoo PATH/models/zoo.py"
         )
-    spec = importlib.util.spec_from_file_location("ai_vmm_zoo", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ai_vmm_zoo"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module(path, "ai_vmm_zoo")
 
 
 def _prefixed(say: Say, prefix: str) -> Say:

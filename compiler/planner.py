@@ -267,26 +267,33 @@ def plan(
             node.name: next(d for d in [*priority, *node.times] if d in node.times)
             for node in plan_graph.nodes
         }
-        groups = group_nodes(plan_graph, assignment, graph)
-        cost, breakdown = evaluate(plan_graph, assignment, groups)
-        explanation = {
-            node.name: _why(node, assignment[node.name], "first in the --target priority list")
-            for node in plan_graph.nodes
-        }
-        return Plan(assignment, groups, cost, breakdown, explanation)
+        return _finished(
+            plan_graph, assignment, graph, evaluate, "first in the --target priority list"
+        )
+    exact = _search_space(plan_graph) <= EXACT_LIMIT
+    assignment = _exact(plan_graph, graph) if exact else local_search(plan_graph, graph)
+    return _finished(plan_graph, assignment, graph, evaluate, "lowest estimated end-to-end latency")
+
+
+def _search_space(plan_graph: PlanGraph) -> int:
+    """How many assignments there are: the product of each node's capable devices."""
     space = 1
     for node in plan_graph.nodes:
         space *= len(node.times)
-    if space <= EXACT_LIMIT:
-        assignment = _exact(plan_graph, graph)
-    else:
-        assignment = local_search(plan_graph, graph)
+    return space
+
+
+def _finished(
+    plan_graph: PlanGraph,
+    assignment: dict[str, str],
+    graph: nx.DiGraph,
+    score: Any,
+    rule: str,
+) -> Plan:
+    """Group an assignment, cost it with ``score`` and explain every node by ``rule``."""
     groups = group_nodes(plan_graph, assignment, graph)
-    cost, breakdown = evaluate(plan_graph, assignment, groups)
-    explanation = {
-        node.name: _why(node, assignment[node.name], "lowest estimated end-to-end latency")
-        for node in plan_graph.nodes
-    }
+    cost, breakdown = score(plan_graph, assignment, groups)
+    explanation = {node.name: _why(node, assignment[node.name], rule) for node in plan_graph.nodes}
     return Plan(assignment, groups, cost, breakdown, explanation)
 
 
@@ -498,22 +505,17 @@ def plan_throughput(plan_graph: PlanGraph) -> Plan:
     """The plan with the highest estimated pipelined throughput (see ``plan``)."""
     _check_capable(plan_graph)
     graph = _graph(plan_graph)
-    space = 1
-    for node in plan_graph.nodes:
-        space *= len(node.times)
-    if space <= EXACT_LIMIT:
+    if _search_space(plan_graph) <= EXACT_LIMIT:
         assignment = _exact_throughput(plan_graph, graph)
     else:
         assignment = _search_throughput(plan_graph, graph)
-    groups = group_nodes(plan_graph, assignment, graph)
-    cost, breakdown = evaluate_throughput(plan_graph, assignment, groups)
-    explanation = {
-        node.name: _why(
-            node, assignment[node.name], "highest estimated throughput, requests pipelined"
-        )
-        for node in plan_graph.nodes
-    }
-    return Plan(assignment, groups, cost, breakdown, explanation)
+    return _finished(
+        plan_graph,
+        assignment,
+        graph,
+        evaluate_throughput,
+        "highest estimated throughput, requests pipelined",
+    )
 
 
 def _score(plan_graph: PlanGraph, assignment: dict[str, str], graph: nx.DiGraph) -> float:

@@ -56,12 +56,9 @@ Runner = Callable[[], Any]
 
 
 def load_zoo() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ai_vmm_zoo", REPO / "models" / "zoo.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ai_vmm_zoo"] = module
-    spec.loader.exec_module(module)
-    return module
+    from ai_vmm.bench_suite import load_zoo as load
+
+    return load(REPO / "models" / "zoo.py")
 
 
 def _runner(

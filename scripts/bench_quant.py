@@ -38,7 +38,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
@@ -60,12 +59,9 @@ OV, ORT = "openvino:CPU", "onnxruntime:CPU"
 
 
 def _quant_models() -> Any:
-    spec = importlib.util.spec_from_file_location("quant_models", REPO / "models/quant_models.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["quant_models"] = module
-    spec.loader.exec_module(module)
-    return module
+    from ai_vmm.bench_suite import load_module
+
+    return load_module(REPO / "models" / "quant_models.py", "quant_models")
 
 
 def _executor(artifact: Path, threads: int = 0) -> Callable[[dict[str, Any]], dict[str, Any]]:

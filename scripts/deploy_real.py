@@ -23,7 +23,6 @@ of ``docs/deploy.md`` and ``docs/deploy.json``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -55,14 +54,9 @@ def log(message: str) -> None:
 
 
 def _module(name: str, path: Path) -> ModuleType:
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    from ai_vmm.bench_suite import load_module
+
+    return load_module(path, name)
 
 
 def real_inputs() -> ModuleType:

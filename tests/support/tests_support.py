@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -61,16 +59,8 @@ def make_two_input_model() -> onnx.ModelProto:
 
 
 def load_module(path: Path, name: str) -> ModuleType:
-    """Import a file that is not in an installed package (``models/``, ``scripts/``) as ``name``.
+    """Import a file that is not in an installed package (``models/``, ``scripts/``) as ``name``
+    (``ai_vmm.bench_suite.load_module``: registered in ``sys.modules``, imported once)."""
+    from ai_vmm.bench_suite import load_module as load
 
-    The module is registered in ``sys.modules`` under ``name`` (spawned worker processes unpickle
-    by module name) and imported once per process.
-    """
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load(path, name)
