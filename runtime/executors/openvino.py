@@ -10,6 +10,22 @@ import numpy as np
 
 from ai_vmm.runtime.errors import ArtifactError, DeviceError, InputError
 
+# numpy has two 64-bit integer types on LP64 platforms: ``long`` ('l', what np.int64 is) and
+# ``longlong`` ('q'). ONNX Runtime returns int64 tensors as ``longlong``; OpenVINO 2026.4's Python
+# binding accepts only ``long`` ("Unsupported data type: int64"). A view fixes it without a copy.
+_SAME_BITS = {
+    char: np.dtype(kind)
+    for char, kind in (("q", np.int64), ("Q", np.uint64))
+    if np.dtype(kind).char != char
+}
+
+
+def _openvino_array(value: Any) -> Any:
+    """``value`` with a dtype OpenVINO's binding accepts (a view where numpy has two spellings)."""
+    if isinstance(value, np.ndarray) and value.dtype.char in _SAME_BITS:
+        return value.view(_SAME_BITS[value.dtype.char])
+    return value
+
 
 def compile_properties(config: dict[str, Any]) -> dict[str, Any]:
     """OpenVINO ``compile_model`` properties from an artifact's partition config."""
@@ -86,6 +102,7 @@ class OpenVinoExecutor:
         frontend turns zero-element and unused inputs into constants (no Parameter at all).
         ``inputs`` comes in the model's input order, which is also OpenVINO's Parameter order.
         """
+        inputs = {name: _openvino_array(value) for name, value in inputs.items()}
         if self._ports.keys() >= inputs.keys():
             return inputs
         feed: dict[Any, Any] = {}

@@ -259,3 +259,37 @@ def test_loaded_split_artifact_sets_spinning_stop_and_matches(tmp_path: Path) ->
     assert _spinning_stop(stopping)
     feed = _feed(3, 4)
     np.testing.assert_array_equal(stopping.run(feed)["y"], alone.run(feed)["y"])
+
+
+def test_onnxruntime_int64_outputs_feed_an_openvino_partition(tmp_path: Path) -> None:
+    """ONNX Runtime returns int64 tensors as numpy ``longlong`` (char 'q'); OpenVINO 2026.4's
+    Python binding refuses that dtype ("Unsupported data type: int64"), so an int64 value
+    crossing an onnxruntime -> openvino partition boundary failed the run (seen in a pipelined
+    transformer plan, where a Shape result went from ONNX Runtime to OpenVINO)."""
+    from onnx import TensorProto, helper
+
+    from ai_vmm.runtime.executors import create_executor
+
+    shape = helper.make_graph(
+        [helper.make_node("Shape", ["x"], ["s"])],
+        "shape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3])],
+        [helper.make_tensor_value_info("s", TensorProto.INT64, [2])],
+    )
+    scale = helper.make_graph(
+        [helper.make_node("Mul", ["s", "s"], ["y"])],
+        "square",
+        [helper.make_tensor_value_info("s", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, [2])],
+    )
+    for graph, name in ((shape, "a.onnx"), (scale, "b.onnx")):
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 9
+        onnx.save(model, tmp_path / name)
+    first = create_executor("onnxruntime", tmp_path / "a.onnx", "CPU", {}, ("s",))
+    second = create_executor("openvino", tmp_path / "b.onnx", "CPU", {}, ("y",))
+    handed = first.run({"x": np.zeros((5, 3), np.float32)})["s"]
+    assert handed.dtype == np.int64
+    np.testing.assert_array_equal(second.run({"s": handed})["y"], [25, 9])
+    as_longlong = np.array([4, 2], dtype=np.longlong)
+    np.testing.assert_array_equal(second.run({"s": as_longlong})["y"], [16, 4])
