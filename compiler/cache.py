@@ -12,6 +12,7 @@ The cache is an optimisation: a cache directory that cannot be created, read, lo
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -50,7 +51,28 @@ def cache_root(explicit: str | Path | None) -> Path | None:
 
 
 def cache_key(parts: dict[str, Any]) -> str:
-    return hashlib.sha256(dumps_json(parts)).hexdigest()[:32]
+    """The key of a cache entry: ``parts`` (source digest, options, toolchain versions, ...) and
+    the fingerprint of ai-vmm's own code, so that a changed compiler never serves what an
+    earlier one built (the version number alone does not change between releases)."""
+    return hashlib.sha256(dumps_json({**parts, "code": code_fingerprint()})).hexdigest()[:32]
+
+
+@functools.cache
+def code_fingerprint(package: Path | None = None) -> str:
+    """A digest of every Python file of the ai-vmm package (``package``: its directory)."""
+    if package is None:
+        import ai_vmm
+
+        package = Path(ai_vmm.__file__).parent
+    root = package
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        try:
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        except OSError:
+            digest.update(b"unreadable")
+    return digest.hexdigest()[:16]
 
 
 def _warn(message: str) -> None:
