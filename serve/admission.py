@@ -138,6 +138,38 @@ class ServiceTimes:
         return self._fit
 
 
+class Lateness:
+    """How much later than predicted admitted requests were answered: a correction for admission.
+
+    ``ServiceTimes`` predicts the model calls; a request also waits for the event loop (parsing
+    and refusing other requests under overload), for requests of a higher class that arrive
+    after it, and for a worker to pick its batch up. Each admitted request records its answer
+    time minus the prediction made when it was admitted; ``allowance`` is the ``quantile`` of the
+    recent errors (never below 0), added to later predictions. Measured against the bare
+    prediction, not the corrected one, so the correction does not feed on itself.
+    """
+
+    def __init__(self, window: int = 256, quantile: float = 0.95) -> None:
+        self._errors: deque[float] = deque(maxlen=window)
+        self._quantile = quantile
+        self._value: float | None = None
+
+    def observe(self, predicted_s: float, actual_s: float) -> None:
+        self._errors.append(actual_s - predicted_s)
+        self._value = None
+
+    def __len__(self) -> int:
+        return len(self._errors)
+
+    def allowance(self) -> float:
+        """Seconds to add to a prediction (0.0 until something was observed)."""
+        if self._value is None:
+            ordered = sorted(self._errors)
+            index = min(int(self._quantile * len(ordered)), len(ordered) - 1)
+            self._value = max(ordered[index], 0.0) if ordered else 0.0
+        return self._value
+
+
 def refuse_late(estimate_s: float, ticket: Ticket, what: str) -> None:
     """Refuse now (503 + Retry-After) when ``estimate_s`` from now ends past the deadline."""
     budget = ticket.budget_s
@@ -151,4 +183,4 @@ def refuse_late(estimate_s: float, ticket: Ticket, what: str) -> None:
         )
 
 
-__all__ = ["Rejected", "ServiceTimes", "Ticket", "make_ticket", "refuse_late"]
+__all__ = ["Lateness", "Rejected", "ServiceTimes", "Ticket", "make_ticket", "refuse_late"]

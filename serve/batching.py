@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ai_vmm.serve.admission import Rejected, ServiceTimes, Ticket, refuse_late
+from ai_vmm.serve.admission import Lateness, Rejected, ServiceTimes, Ticket, refuse_late
 from ai_vmm.serve.backend import TensorModel
 from ai_vmm.serve.config import BatchingConfig, PriorityClass
 
@@ -91,6 +91,7 @@ class DynamicBatcher:
         self.config = batching
         self.classes = classes
         self.service = ServiceTimes()
+        self.lateness = Lateness()
         self._on_batch = on_batch
         model = replicas[0].model
         self._batch_axis = all(t.batch_axis for t in (*model.inputs, *model.outputs))
@@ -158,7 +159,8 @@ class DynamicBatcher:
                 f"{self._max_rows} per call",
             )
         await self._wait_for_room(ticket)
-        refuse_late(self.estimate(ticket.rank, rows), ticket, f"model '{self.name}'")
+        predicted = self._predict(ticket.rank, rows)
+        refuse_late(predicted + self.lateness.allowance(), ticket, f"model '{self.name}'")
         loop = asyncio.get_running_loop()
         item = WorkItem(inputs, rows, _signature(inputs), ticket, loop.create_future())
         heapq.heappush(self._heap, (ticket.rank, next(self._seq), item))
@@ -166,7 +168,19 @@ class DynamicBatcher:
             self._queued_by_class.get(ticket.priority_class, 0) + 1
         )
         self._changed.set()
-        return await item.future, item
+        admitted = time.monotonic()
+        try:
+            result = await item.future
+        except Rejected as exc:
+            if exc.status == 504:  # expired in the queue: as late as it gets
+                self._observe(predicted, admitted)
+            raise
+        self._observe(predicted, admitted)
+        return result, item
+
+    def _observe(self, predicted: float, admitted: float) -> None:
+        if predicted > 0:  # 0: nothing was measured when it was admitted
+            self.lateness.observe(predicted, time.monotonic() - admitted)
 
     def precheck(self, ticket: Ticket) -> None:
         """``infer``'s refusals for a request of one row, before its body is even read.
@@ -190,7 +204,14 @@ class DynamicBatcher:
         refuse_late(self.estimate(ticket.rank, 1), ticket, f"model '{self.name}'")
 
     def estimate(self, rank: int, rows: int) -> float:
-        """Seconds until a request of ``rows`` at ``rank`` queued now would be answered."""
+        """Seconds until a request of ``rows`` at ``rank`` queued now would be answered.
+
+        The model calls ahead of it and its own (``ServiceTimes``), plus how much later than
+        that prediction recent requests were answered (``Lateness``).
+        """
+        return self._predict(rank, rows) + self.lateness.allowance()
+
+    def _predict(self, rank: int, rows: int) -> float:
         if not self.service.known:
             return 0.0  # nothing measured yet: admit, and learn from the first batches
         ahead = sum(item.rows for r, _, item in self._heap if r <= rank)

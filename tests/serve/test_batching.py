@@ -184,3 +184,28 @@ def test_rows_above_max_batch_are_refused(model: Gated) -> None:
         await batcher.close()
 
     asyncio.run(main())
+
+
+def test_admission_learns_how_late_answers_come_and_refuses_by_it(model: Gated) -> None:
+    """Every admitted request records its answer time against the prediction made at admission;
+    how much later answers came (as under overload, when the event loop is busy refusing other
+    requests) is added to later predictions and refuses a deadline the bare prediction lets in."""
+
+    async def main() -> None:
+        batcher = _batcher(model, BatchingConfig(max_batch=1))
+        for i in range(3):  # the first is admitted before anything was measured: not recorded
+            await batcher.infer(_x(i), 1, _ticket())
+        assert len(batcher.lateness) == 2
+        assert batcher.lateness.allowance() < 0.1  # answers came about when predicted
+        bare = batcher.estimate(CLASSES["high"].rank, 1)
+        assert bare < 0.2
+        for _ in range(50):  # answers 0.3 s later than predicted
+            batcher.lateness.observe(0.01, 0.31)
+        assert batcher.estimate(CLASSES["high"].rank, 1) > bare + 0.25
+        with pytest.raises(Rejected) as refused:
+            await batcher.infer(_x(9), 1, _ticket("high", timeout=bare + 0.2))
+        assert refused.value.code == "deadline"
+        await batcher.infer(_x(9), 1, _ticket("high", timeout=5.0))  # a patient one gets in
+        await batcher.close()
+
+    asyncio.run(main())
