@@ -91,7 +91,7 @@ class DynamicBatcher:
         self.config = batching
         self.classes = classes
         self.service = ServiceTimes()
-        self.lateness = Lateness()
+        self._lateness: dict[int, Lateness] = {}
         self._on_batch = on_batch
         model = replicas[0].model
         self._batch_axis = all(t.batch_axis for t in (*model.inputs, *model.outputs))
@@ -160,7 +160,8 @@ class DynamicBatcher:
             )
         await self._wait_for_room(ticket)
         predicted = self._predict(ticket.rank, rows)
-        refuse_late(predicted + self.lateness.allowance(), ticket, f"model '{self.name}'")
+        allowance = self.lateness(ticket.rank).allowance()
+        refuse_late(predicted + allowance, ticket, f"model '{self.name}'")
         loop = asyncio.get_running_loop()
         item = WorkItem(inputs, rows, _signature(inputs), ticket, loop.create_future())
         heapq.heappush(self._heap, (ticket.rank, next(self._seq), item))
@@ -173,14 +174,21 @@ class DynamicBatcher:
             result = await item.future
         except Rejected as exc:
             if exc.status == 504:  # expired in the queue: as late as it gets
-                self._observe(predicted, admitted)
+                self._observe(ticket.rank, predicted, admitted)
             raise
-        self._observe(predicted, admitted)
+        self._observe(ticket.rank, predicted, admitted)
         return result, item
 
-    def _observe(self, predicted: float, admitted: float) -> None:
+    def lateness(self, rank: int) -> Lateness:
+        """How late answers of class ``rank`` came against their predictions (per class: a
+        flooding low class waits behind everyone, which says nothing of a high class's wait)."""
+        if rank not in self._lateness:
+            self._lateness[rank] = Lateness()
+        return self._lateness[rank]
+
+    def _observe(self, rank: int, predicted: float, admitted: float) -> None:
         if predicted > 0:  # 0: nothing was measured when it was admitted
-            self.lateness.observe(predicted, time.monotonic() - admitted)
+            self.lateness(rank).observe(predicted, time.monotonic() - admitted)
 
     def precheck(self, ticket: Ticket) -> None:
         """``infer``'s refusals for a request of one row, before its body is even read.
@@ -209,7 +217,7 @@ class DynamicBatcher:
         The model calls ahead of it and its own (``ServiceTimes``), plus how much later than
         that prediction recent requests were answered (``Lateness``).
         """
-        return self._predict(rank, rows) + self.lateness.allowance()
+        return self._predict(rank, rows) + self.lateness(rank).allowance()
 
     def _predict(self, rank: int, rows: int) -> float:
         if not self.service.known:

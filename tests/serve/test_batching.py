@@ -195,13 +195,15 @@ def test_admission_learns_how_late_answers_come_and_refuses_by_it(model: Gated) 
         batcher = _batcher(model, BatchingConfig(max_batch=1))
         for i in range(3):  # the first is admitted before anything was measured: not recorded
             await batcher.infer(_x(i), 1, _ticket())
-        assert len(batcher.lateness) == 2
-        assert batcher.lateness.allowance() < 0.1  # answers came about when predicted
-        bare = batcher.estimate(CLASSES["high"].rank, 1)
+        high = CLASSES["high"].rank
+        assert len(batcher.lateness(high)) == 2
+        assert batcher.lateness(high).allowance() < 0.1  # answers came about when predicted
+        bare = batcher.estimate(high, 1)
         assert bare < 0.2
         for _ in range(50):  # answers 0.3 s later than predicted
-            batcher.lateness.observe(0.01, 0.31)
-        assert batcher.estimate(CLASSES["high"].rank, 1) > bare + 0.25
+            batcher.lateness(high).observe(0.01, 0.31)
+        assert batcher.estimate(high, 1) > bare + 0.25
+        assert batcher.estimate(CLASSES["low"].rank, 1) < bare + 0.25  # another class's own
         with pytest.raises(Rejected) as refused:
             await batcher.infer(_x(9), 1, _ticket("high", timeout=bare + 0.2))
         assert refused.value.code == "deadline"
