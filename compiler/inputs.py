@@ -79,7 +79,8 @@ def input_domains(model: ir.Model) -> dict[str, Domain]:
     values from the valid domain, derived from the consuming op:
 
     - ``Gather`` / ``GatherElements`` / ``ScatterElements`` indices: within the indexed axis;
-      ``GatherND`` / ``ScatterND``: within the leading axes they index;
+      ``GatherND`` / ``ScatterND``: within the leading axes they index; ``RoiAlign``'s
+      ``batch_indices``: within the batch of its images;
     - ``TopK``'s ``K``: 1; ``OneHot``'s depth: 4;
     - lengths: ``Attention``'s ``nonpad_kv_seqlen`` and any integer compared against a constant
       ``arange(n)`` (a padding mask built from lengths) take the full length ``n``;
@@ -142,6 +143,9 @@ def _domain_for_use(value: ir.Value, node: ir.Node, index: int) -> Domain | None
             depth = indices[-1]
             if 0 < depth <= len(data):
                 return Domain(0, min(data[:depth]))
+    if op == "RoiAlign" and index == 2:  # batch_indices: which image of X each box is on
+        data = _static_dims(node.inputs[0])
+        return Domain(0, data[0] if data else 1)
     if op == "TopK" and index == 1:
         return Domain(fill=(1.0,))
     if op == "OneHot" and index == 1:

@@ -66,7 +66,11 @@ def test_minus_one_dimensions_are_dynamic(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("builder", "name"),
-    [(shape_models.index_model, "indices"), (shape_models.scatter_model, "indices")],
+    [
+        (shape_models.index_model, "indices"),
+        (shape_models.scatter_model, "indices"),
+        (shape_models.roi_align_model, "batch_indices"),
+    ],
 )
 def test_index_inputs_take_values_in_their_domain(tmp_path: Path, builder, name: str) -> None:  # type: ignore[no-untyped-def]
     path = _save(builder(), tmp_path / "idx.onnx")

@@ -110,6 +110,21 @@ def scatter_model() -> onnx.ModelProto:
     return _model([node, relu], [], [data, ids, upd], [out])
 
 
+def roi_align_model() -> onnx.ModelProto:
+    """``RoiAlign`` of 3 boxes on a dynamic batch of images: ``batch_indices`` must lie in
+    ``[0, batch)`` (OpenVINO refuses others: "Demanded batch (id = 6) doesn't exist")."""
+    node = oh.make_node(
+        "RoiAlign", ["x", "rois", "batch_indices"], ["y"], output_height=3, output_width=3,
+        sampling_ratio=2, name="roi",
+    )  # fmt: skip
+    relu = oh.make_node("Relu", ["y"], ["out"], name="relu")
+    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 2, 10, 10])
+    rois = oh.make_tensor_value_info("rois", onnx.TensorProto.FLOAT, [3, 4])
+    ids = oh.make_tensor_value_info("batch_indices", onnx.TensorProto.INT64, [3])
+    out = oh.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [3, 2, 3, 3])
+    return _model([node, relu], [], [x, rois, ids], [out])
+
+
 def unknowable_model() -> onnx.ModelProto:
     """A reshape to a shape given as an input: no synthetic input can know a valid one."""
     node = oh.make_node("Reshape", ["x", "shape"], ["r"], name="reshape")
