@@ -200,7 +200,7 @@ def test_admission_learns_how_late_answers_come_and_refuses_by_it(model: Gated) 
         assert batcher.lateness(high).allowance() < 0.1  # answers came about when predicted
         bare = batcher.estimate(high, 1)
         assert bare < 0.2
-        for _ in range(50):  # answers 0.3 s later than predicted
+        for _ in range(50):  # answers 0.3 s later than predicted (enough to apply)
             batcher.lateness(high).observe(0.01, 0.31)
         assert batcher.estimate(high, 1) > bare + 0.25
         assert batcher.estimate(CLASSES["low"].rank, 1) < bare + 0.25  # another class's own
@@ -211,3 +211,24 @@ def test_admission_learns_how_late_answers_come_and_refuses_by_it(model: Gated) 
         await batcher.close()
 
     asyncio.run(main())
+
+
+def test_lateness_never_shuts_a_class_out_for_good() -> None:
+    """Refused requests record nothing: a few early stragglers must not start a correction
+    that refuses everything after them, and a correction expires, so the class is admitted and
+    measured again (the trap: a loaded machine refused 111 of 114 gold requests for good)."""
+    from ai_vmm.serve.admission import Lateness
+
+    now = [0.0]
+    lateness = Lateness(min_samples=16, horizon_s=10.0, clock=lambda: now[0])
+    for _ in range(3):  # early stragglers: 1 s late
+        lateness.observe(0.01, 1.01)
+    assert lateness.allowance() == 0.0
+    for _ in range(13):  # now enough of them: the correction applies
+        lateness.observe(0.01, 1.01)
+    assert lateness.allowance() == pytest.approx(1.0)
+    now[0] = 11.0  # nothing admitted since: the correction expires
+    assert lateness.allowance() == 0.0 and len(lateness) == 0
+    for _ in range(20):  # and what comes back measures afresh
+        lateness.observe(0.05, 0.06)
+    assert lateness.allowance() == pytest.approx(0.01)
