@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from ai_vmm.serve.config import PriorityClass
@@ -139,59 +138,6 @@ class ServiceTimes:
         return self._fit
 
 
-class Lateness:
-    """How much later than predicted admitted requests were answered: a correction for admission.
-
-    ``ServiceTimes`` predicts the model calls; a request also waits for the event loop (parsing
-    and refusing other requests under overload), for requests of a higher class that arrive
-    after it, and for a worker to pick its batch up. Each admitted request records its answer
-    time minus the prediction made when it was admitted; ``allowance`` is the ``quantile`` of the
-    errors of the last ``horizon_s`` seconds (never below 0), added to later predictions.
-    Measured against the bare prediction, so the correction does not feed on itself.
-
-    Refused requests record nothing, so a correction that refuses a whole class would never
-    learn that things got better: it needs ``min_samples`` recent observations before it
-    applies (a few early stragglers do not shut a class out), and observations expire, so a
-    class refused for ``horizon_s`` is admitted again and measured afresh.
-    """
-
-    def __init__(
-        self,
-        window: int = 256,
-        quantile: float = 0.95,
-        min_samples: int = 16,
-        horizon_s: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._errors: deque[tuple[float, float]] = deque(maxlen=window)
-        self._quantile = quantile
-        self._min_samples = min_samples
-        self._horizon_s = horizon_s
-        self._clock = clock
-        self._value: tuple[float, float] | None = None  # (computed at, allowance)
-
-    def observe(self, predicted_s: float, actual_s: float) -> None:
-        self._errors.append((self._clock(), actual_s - predicted_s))
-        self._value = None
-
-    def __len__(self) -> int:
-        return len(self._errors)
-
-    def allowance(self) -> float:
-        """Seconds to add to a prediction (0.0 with fewer than ``min_samples`` recent ones)."""
-        now = self._clock()
-        if self._value is not None and now - self._value[0] < 0.5:
-            return self._value[1]
-        while self._errors and now - self._errors[0][0] > self._horizon_s:
-            self._errors.popleft()
-        value = 0.0
-        if len(self._errors) >= self._min_samples:
-            ordered = sorted(error for _, error in self._errors)
-            value = max(ordered[min(int(self._quantile * len(ordered)), len(ordered) - 1)], 0.0)
-        self._value = (now, value)
-        return value
-
-
 def refuse_late(estimate_s: float, ticket: Ticket, what: str) -> None:
     """Refuse now (503 + Retry-After) when ``estimate_s`` from now ends past the deadline."""
     budget = ticket.budget_s
@@ -205,4 +151,4 @@ def refuse_late(estimate_s: float, ticket: Ticket, what: str) -> None:
         )
 
 
-__all__ = ["Lateness", "Rejected", "ServiceTimes", "Ticket", "make_ticket", "refuse_late"]
+__all__ = ["Rejected", "ServiceTimes", "Ticket", "make_ticket", "refuse_late"]

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ai_vmm.serve.admission import Lateness, Rejected, ServiceTimes, Ticket, refuse_late
+from ai_vmm.serve.admission import Rejected, ServiceTimes, Ticket, refuse_late
 from ai_vmm.serve.backend import TensorModel
 from ai_vmm.serve.config import BatchingConfig, PriorityClass
 
@@ -91,7 +91,6 @@ class DynamicBatcher:
         self.config = batching
         self.classes = classes
         self.service = ServiceTimes()
-        self._lateness: dict[int, Lateness] = {}
         self._on_batch = on_batch
         model = replicas[0].model
         self._batch_axis = all(t.batch_axis for t in (*model.inputs, *model.outputs))
@@ -159,9 +158,7 @@ class DynamicBatcher:
                 f"{self._max_rows} per call",
             )
         await self._wait_for_room(ticket)
-        predicted = self._predict(ticket.rank, rows)
-        allowance = self.lateness(ticket.rank).allowance()
-        refuse_late(predicted + allowance, ticket, f"model '{self.name}'")
+        refuse_late(self.estimate(ticket.rank, rows), ticket, f"model '{self.name}'")
         loop = asyncio.get_running_loop()
         item = WorkItem(inputs, rows, _signature(inputs), ticket, loop.create_future())
         heapq.heappush(self._heap, (ticket.rank, next(self._seq), item))
@@ -169,26 +166,7 @@ class DynamicBatcher:
             self._queued_by_class.get(ticket.priority_class, 0) + 1
         )
         self._changed.set()
-        admitted = time.monotonic()
-        try:
-            result = await item.future
-        except Rejected as exc:
-            if exc.status == 504:  # expired in the queue: as late as it gets
-                self._observe(ticket.rank, predicted, admitted)
-            raise
-        self._observe(ticket.rank, predicted, admitted)
-        return result, item
-
-    def lateness(self, rank: int) -> Lateness:
-        """How late answers of class ``rank`` came against their predictions (per class: a
-        flooding low class waits behind everyone, which says nothing of a high class's wait)."""
-        if rank not in self._lateness:
-            self._lateness[rank] = Lateness()
-        return self._lateness[rank]
-
-    def _observe(self, rank: int, predicted: float, admitted: float) -> None:
-        if predicted > 0:  # 0: nothing was measured when it was admitted
-            self.lateness(rank).observe(predicted, time.monotonic() - admitted)
+        return await item.future, item
 
     def precheck(self, ticket: Ticket) -> None:
         """``infer``'s refusals for a request of one row, before its body is even read.
@@ -212,14 +190,7 @@ class DynamicBatcher:
         refuse_late(self.estimate(ticket.rank, 1), ticket, f"model '{self.name}'")
 
     def estimate(self, rank: int, rows: int) -> float:
-        """Seconds until a request of ``rows`` at ``rank`` queued now would be answered.
-
-        The model calls ahead of it and its own (``ServiceTimes``), plus how much later than
-        that prediction recent requests were answered (``Lateness``).
-        """
-        return self._predict(rank, rows) + self.lateness(rank).allowance()
-
-    def _predict(self, rank: int, rows: int) -> float:
+        """Seconds until a request of ``rows`` at ``rank`` queued now would be answered."""
         if not self.service.known:
             return 0.0  # nothing measured yet: admit, and learn from the first batches
         ahead = sum(item.rows for r, _, item in self._heap if r <= rank)

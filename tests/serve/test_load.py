@@ -35,11 +35,10 @@ def test_load_overload_and_priorities(tmp_path: Path) -> None:
     by_tenant = {row.tenant: row for row in results.priority}
     gold, free = by_tenant["gold"], by_tenant["free"]
     assert free.refused > 0
-    # The high-priority tenant keeps its service while the other floods: on a quiet machine 95%
-    # or more (the docs/serve.md run). A test machine shared with other work stalls the event
-    # loop itself now and then, and admission learns that and refuses (503 + Retry-After) what
-    # it expects to answer late, gold included: 80% here, and always far ahead of the flood.
-    assert gold.ok >= 0.8 * gold.sent, gold
+    # The high-priority tenant keeps its service while the other floods: on a quiet machine every
+    # request (the docs/serve.md run); a test machine shared with other work stalls the event
+    # loop itself now and then, so 90% here, and always far ahead of the flooding tenant.
+    assert gold.ok >= 0.9 * gold.sent, gold
     assert gold.ok / gold.sent > free.ok / max(free.sent, 1)
     (flat,) = [row for row in results.flat if row.tenant == "flat"]
     assert flat.ok < gold.ok  # without its priority class the same tenant loses requests
