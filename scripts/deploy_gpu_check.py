@@ -15,8 +15,9 @@ Checks (each prints PASS / FAIL / SKIP with the figures):
    inference on the GPU) draws W watts, measured by NVML. Deploying again with a budget halfway
    between W and the lowest draw any candidate had (or ``--budget``) must choose a cheaper
    setting (a smaller batch, a lower precision, or the CPU) whose draw is within the budget, and
-   explain() must show measured watts for the GPU candidates. Nothing ever changes the GPU's
-   power limit: the budget only chooses.
+   explain() must show measured watts for the GPU candidates (skipped when the survey's choice
+   already draws the least: nothing cheaper exists). Nothing ever changes the GPU's power
+   limit: the budget only chooses.
 
 Without a GPU (or with ``--fake-nvml``, a stand-in NVML from the tests, for a dry run on a CPU
 machine) check 1 is skipped and check 2 runs on the CPU candidates (thread counts, batches),
@@ -152,6 +153,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             return _finish(args.out, results, failed)
         lowest = min(w for w, _ in map(_watts, rows) if w is not None)
+        if args.budget is None and watts <= lowest * 1.01:
+            record(
+                "power_budget",
+                "SKIP",
+                f"the survey's choice {survey['key']} already draws the least ({watts:.1f} W): "
+                "there is no cheaper setting to choose",
+            )
+            return _finish(args.out, results, failed)
         budget = args.budget or round((watts + lowest) / 2, 2)
         how = "measured" if measured else "estimated"
         log(f"survey chose {survey['key']} drawing {watts:.1f} W ({how}); budget {budget} W")

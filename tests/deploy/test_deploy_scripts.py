@@ -28,9 +28,12 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path: Path) -> None:
     budget = results["checks"]["power_budget"]
     # On the CPU the watts are estimates from the process's CPU time, which move with the load
     # of a shared machine between the survey and the budget deploy: the only failure accepted
-    # here is that nothing measured within the budget the second time (the GPU run is exact).
+    # here is that nothing measured within the budget the second time (the GPU run is exact);
+    # where the survey's choice already drew the least, there is nothing cheaper to check.
     written = ["1-preferred.txt", "2-survey.txt"]
-    if budget["status"] == "FAIL":
+    if budget["status"] == "SKIP":
+        assert "already draws the least" in budget["detail"] and code == 0, budget
+    elif budget["status"] == "FAIL":
         assert budget["detail"].startswith("nothing within"), budget
         assert code == 1
     else:
