@@ -180,14 +180,17 @@ class DynamicBatcher:
         policy = self.classes[ticket.priority_class]
         queued = self._queued_by_class.get(ticket.priority_class, 0)
         if queued >= policy.max_queue and policy.overflow == "reject":
-            raise Rejected(
-                503,
-                "queue_full",
-                f"the queue of model '{self.name}' for class '{ticket.priority_class}' is full "
-                f"({policy.max_queue} requests)",
-                retry_after=max(self.estimate(ticket.rank, 1), 0.05),
-            )
+            raise self._queue_full(ticket, policy.max_queue)
         refuse_late(self.estimate(ticket.rank, 1), ticket, f"model '{self.name}'")
+
+    def _queue_full(self, ticket: Ticket, limit: int) -> Rejected:
+        return Rejected(
+            503,
+            "queue_full",
+            f"the queue of model '{self.name}' for class '{ticket.priority_class}' is full "
+            f"({limit} requests)",
+            retry_after=max(self.estimate(ticket.rank, 1), 0.05),
+        )
 
     def estimate(self, rank: int, rows: int) -> float:
         """Seconds until a request of ``rows`` at ``rank`` queued now would be answered."""
@@ -215,13 +218,7 @@ class DynamicBatcher:
         if self._queued_by_class.get(ticket.priority_class, 0) < policy.max_queue:
             return
         if policy.overflow == "reject":
-            raise Rejected(
-                503,
-                "queue_full",
-                f"the queue of model '{self.name}' for class '{ticket.priority_class}' is full "
-                f"({policy.max_queue} requests)",
-                retry_after=max(self.estimate(ticket.rank, 1), 0.05),
-            )
+            raise self._queue_full(ticket, policy.max_queue)
         while self._queued_by_class.get(ticket.priority_class, 0) >= policy.max_queue:
             self._room.clear()
             try:
