@@ -373,13 +373,22 @@ def export(
     dims: dict[str, tuple[int, int]],
     inputs: list[ir.Value],
 ) -> tuple[Any, str]:
-    """``torch.export`` with named dims; if the model pins one, let export decide (AUTO)."""
+    """``torch.export`` with named dims; if that fails, DYNAMIC hints within the same bounds
+    (export adds the guards it cannot prove on named dims: torch 2.11's symbolic reasoning
+    refused some that 2.13 proves), then AUTO (the model pins an axis: export decides)."""
     import torch
     from torch.export import Dim
 
     named = {s: Dim(_dim_name(s), min=lo, max=hi) for s, (lo, hi) in dims.items() if lo != hi}
 
-    def shapes(auto: bool) -> Any:
+    def hint(symbol: str) -> Any:
+        low, high = dims[symbol]
+        try:
+            return Dim.DYNAMIC(min=low, max=high)
+        except TypeError:  # a torch whose hints take no bounds
+            return Dim.DYNAMIC
+
+    def shapes(mode: str) -> Any:
         spec = []
         for value in inputs:
             axes: dict[int, Any] = {}
@@ -388,23 +397,27 @@ def export(
                     continue
                 symbol = _symbol(value, axis, dim)
                 if symbol in named:
-                    axes[axis] = Dim.AUTO if auto else named[symbol]
+                    axes[axis] = {"named": named[symbol], "auto": Dim.AUTO}.get(mode) or hint(
+                        symbol
+                    )
             spec.append(axes or None)
         return dict(zip(arg_names, spec, strict=True))
 
+    errors: list[str] = []
     with _quiet():
-        try:
-            return torch.export.export(
-                module, tuple(example), dynamic_shapes=shapes(False), strict=False
-            ), ""
-        except Exception as first:
+        for mode in ("named", "hints", "auto"):
             try:
                 program = torch.export.export(
-                    module, tuple(example), dynamic_shapes=shapes(True), strict=False
+                    module, tuple(example), dynamic_shapes=shapes(mode), strict=False
                 )
             except Exception as exc:
-                raise CompileError(f"cuda target: torch.export failed: {_one_line(exc)}") from exc
-            return program, f"some axes were pinned by the model: {_one_line(first)[:300]}"
+                errors.append(_one_line(exc))
+                continue
+            if not errors:
+                return program, ""
+            how = "some axes were pinned by the model" if mode == "auto" else "exported with hints"
+            return program, f"{how}: {errors[0][:300]}"
+    raise CompileError(f"cuda target: torch.export failed: {errors[-1]}")
 
 
 def _dim_name(symbol: str) -> str:

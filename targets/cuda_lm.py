@@ -125,29 +125,31 @@ def build(
     for h, d in zip(heads, head_dims, strict=True):
         example += [torch.zeros(batch, h, max_len, d, dtype=dtype, device=target) for _ in range(2)]
     # seq is bounded by the static cache (torch.export refuses an unbounded one: a guard on
-    # the cache length, seen on torch 2.11 with an H200).
-    dims = {
-        "batch": torch.export.Dim("batch"),
-        "seq": torch.export.Dim("seq", max=max_len - 1),
-        "n": torch.export.Dim("n"),
-    }
-    dynamic = {
-        "input_ids": {0: dims["batch"], 1: dims["seq"]},
-        "attention_mask": {0: dims["batch"]},
-        "position_ids": {0: dims["batch"], 1: dims["seq"]},
-        "cache_length": None,
-        "logit_index": {0: dims["n"]},
-        "kv": tuple({0: dims["batch"]} for _ in range(2 * layers)),
-    }
+    # the cache length, seen on torch 2.11 with an H200). Named dims first; if export cannot
+    # prove a guard on them (torch 2.11 on the GPU: "min(64*seq, 192*seq) == 64*seq"), the
+    # same axes as DYNAMIC hints, which let export add the guards it needs.
     out_dir.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    program = None
+    for hints in (False, True):
+        try:
+            dynamic = _dynamic_shapes(torch, layers, max_len - 1, hints=hints)
+            with torch.no_grad():
+                program = torch.export.export(
+                    StaticStep().eval(), tuple(example), dynamic_shapes=dynamic, strict=False
+                )
+            break
+        except Exception as exc:
+            errors.append(" ".join(str(exc).split())[:300])
+    if program is None:
+        raise CompileError(
+            f"torch.export of the static-cache decoder step failed: {' / then: '.join(errors)}"
+        )
+    _check_dynamic(program)
     try:
-        with torch.no_grad():
-            program = torch.export.export(
-                StaticStep().eval(), tuple(example), dynamic_shapes=dynamic, strict=False
-            )
         torch.export.save(program, str(out_dir / "decoder.pt2"))
     except Exception as exc:
-        raise CompileError(f"torch.export of the static-cache decoder step failed: {exc}") from exc
+        raise CompileError(f"saving the static-cache decoder step failed: {exc}") from exc
     config_out = {
         "device_type": target.type,
         "precision": precision,
@@ -156,8 +158,48 @@ def build(
         "cuda_graphs": target.type == "cuda",
         "torch": torch.__version__,
     }
-    return (
-        "decoder.pt2",
-        config_out,
-        f"static KV cache of {max_len} tokens, {precision}, torch.export on {target}",
-    )
+    note = f"static KV cache of {max_len} tokens, {precision}, torch.export on {target}"
+    if errors:
+        note += f" (named dims refused, exported with DYNAMIC hints: {errors[0][:160]})"
+        config_out["export_note"] = errors[0]
+    return "decoder.pt2", config_out, note
+
+
+def _dynamic_shapes(torch: Any, layers: int, max_seq: int, *, hints: bool) -> dict[str, Any]:
+    """Dynamic batch, sequence and logit count: named ``Dim``s, or DYNAMIC hints."""
+    from torch.export import Dim
+
+    if hints:
+        batch, seq, n = Dim.DYNAMIC, Dim.DYNAMIC(min=1, max=max_seq), Dim.DYNAMIC
+    else:
+        batch, seq, n = Dim("batch"), Dim("seq", max=max_seq), Dim("n")
+    return {
+        "input_ids": {0: batch, 1: seq},
+        "attention_mask": {0: batch},
+        "position_ids": {0: batch, 1: seq},
+        "cache_length": None,
+        "logit_index": {0: n},
+        "kv": tuple({0: batch} for _ in range(2 * layers)),
+    }
+
+
+def _check_dynamic(program: Any) -> None:
+    """The exported step must keep batch and sequence dynamic (a hint may have let export
+    specialize them to the example's sizes, which would fail every other shape at run time)."""
+    import torch
+
+    placeholders = [n for n in program.graph.nodes if n.op == "placeholder"]
+    names = {spec.arg.name: spec for spec in program.graph_signature.input_specs}
+    user = [
+        node
+        for node in placeholders
+        if names.get(node.name) is not None
+        and names[node.name].kind == torch.export.graph_signature.InputKind.USER_INPUT
+    ]
+    ids = user[0].meta.get("val") if user else None
+    if ids is None or any(isinstance(size, int) for size in ids.shape):
+        raise CompileError(
+            "torch.export fixed the decoder step's batch or sequence length "
+            f"({tuple(ids.shape) if ids is not None else '?'}): this model cannot take a "
+            "dynamic static-cache step here"
+        )

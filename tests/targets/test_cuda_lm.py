@@ -56,6 +56,36 @@ def test_static_cache_is_bounded(lm: CausalLM, tmp_path: Path) -> None:
         lm.generate([5] * lm.context_length)
 
 
+def test_export_falls_back_to_dynamic_hints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where torch.export cannot prove a guard on the named dims (torch 2.11 on the GPU
+    machine), the step is exported with DYNAMIC hints, still dynamic in batch and sequence,
+    and says so."""
+    pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    from ai_vmm.targets import cuda_lm
+
+    real = cuda_lm._dynamic_shapes
+
+    def named_refused(torch: object, layers: int, max_seq: int, *, hints: bool) -> object:
+        if not hints:
+            raise RuntimeError("Constraints violated (seq)! min(64*seq, 192*seq) == 64*seq")
+        return real(torch, layers, max_seq, hints=hints)
+
+    monkeypatch.setattr(cuda_lm, "_dynamic_shapes", named_refused)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir("llama"))
+    config = model.config
+    heads = (config.num_key_value_heads,) * config.num_hidden_layers
+    dims = (config.hidden_size // config.num_attention_heads,) * config.num_hidden_layers
+    entry, out, note = cuda_lm.build(
+        model, heads, dims, tmp_path, precision="fp32", device="cpu", max_cache_len=64
+    )
+    assert "DYNAMIC hints" in note and "64*seq" in out["export_note"]
+    assert (tmp_path / entry).is_file()
+
+
 @pytest.mark.gpu
 def test_cuda_graph_decode_on_the_gpu(tmp_path: Path) -> None:
     """On the GPU machine: decode steps replayed as CUDA graphs give transformers' tokens

@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""Where do fresh processes on the GPU machine die? (issue 18: children of the crash check
+segfaulted ~40 s in, before their first step, and a fresh-process package load did not answer.)
+
+    python scripts/gpu_probe.py OUT_DIR
+
+Each step runs in its own child process (``-X faulthandler``, a stack dump every 20 s while it
+runs, a time limit), so a hang shows where it hangs and a crash shows its Python stack:
+
+1. ``cuda-init``: a fresh process initializes CUDA;
+2. ``aoti-build``: a child compiles a small conv net with AOTInductor, loads it, and exits;
+3. ``aoti-load`` / ``aoti-load-cold``: a fresh child loads that package and runs it (with CUDA
+   initialized first / not);
+4. ``vmm-build`` / ``vmm-load``: ``ai_vmm.compile`` of the bundled CNN for cuda:0 in one child,
+   ``ai_vmm.runtime.load`` and a call (graphs at batch 1, 3, 1) in another;
+5. then ``cuda-init``, ``aoti-load`` and ``vmm-load`` again while this (parent) process holds a
+   CUDA context of its own (do two processes on the GPU at once work here?).
+
+Works in a temporary folder; writes ``OUT_DIR/probe.json`` (each step's exit status, seconds
+and last lines).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PRELUDE = (
+    "import faulthandler, sys, time; faulthandler.dump_traceback_later(20, repeat=True);"
+    "t0 = time.perf_counter();"
+    "say = lambda m: print(f'[{time.perf_counter() - t0:6.1f}s] {m}', flush=True);"
+)
+STEPS = {
+    "cuda-init": "import torch; say('torch imported'); x = torch.zeros(1, device='cuda');"
+    "torch.cuda.synchronize(); say(f'cuda ok {torch.__version__} {torch.cuda.get_device_name()}')",
+    "aoti-build": "import torch; say('torch imported');"
+    "m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),"
+    " torch.nn.LazyLinear(4)).cuda().eval(); x = torch.randn(2, 3, 16, 16, device='cuda');"
+    "m(x); b = torch.export.Dim('b', min=1, max=64);"
+    "ep = torch.export.export(m, (x,), dynamic_shapes={'input': {0: b}}); say('exported');"
+    "p = torch._inductor.aoti_compile_and_package(ep, package_path=sys.argv[1]); say('packaged');"
+    "r = torch._inductor.aoti_load_package(p); say('loaded in the building process');"
+    "print(r(x).shape); torch.cuda.synchronize(); say('ran')",
+    "aoti-load": "import torch; say('torch imported'); torch.zeros(1, device='cuda');"
+    "say('cuda up'); r = torch._inductor.aoti_load_package(sys.argv[1]); say('loaded');"
+    "x = torch.randn(3, 3, 16, 16, device='cuda'); print(r(x).shape);"
+    "torch.cuda.synchronize(); say('ran')",
+    "aoti-load-cold": "import torch; say('torch imported');"
+    "r = torch._inductor.aoti_load_package(sys.argv[1]); say('loaded (CUDA not touched first)');"
+    "x = torch.randn(3, 3, 16, 16, device='cuda'); print(r(x).shape);"
+    "torch.cuda.synchronize(); say('ran')",
+    "vmm-build": "import ai_vmm; say('ai_vmm imported');"
+    "r = ai_vmm.compile(sys.argv[2] + '/models/bundled/tiny_cnn.onnx', 'cuda:0', sys.argv[1],"
+    " force=True); say(f'compiled {r.report.get(\"chosen\")}')",
+    "vmm-load": "import numpy as np, ai_vmm.runtime as rt; say('imported');"
+    "m = rt.load(sys.argv[1]); say('loaded');"
+    "feed = dict(np.load(sys.argv[2] + '/models/bundled/tiny_cnn_input.npz'));"
+    "x = next(iter(feed)); base = feed[x];"
+    "outs = [m.run({x: np.concatenate([base] * n)}) for n in (1, 3, 1)];"
+    "say(f'ran: {[{k: v.shape for k, v in o.items()} for o in outs]}');"
+    "a = next(iter(outs[0].values())); c = next(iter(outs[2].values()));"
+    "say(f'batch 1 twice, max diff {float(np.abs(a - c).max())}')",
+}
+
+
+def child(name: str, args: list[str], limit: float) -> dict[str, object]:
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-X", "faulthandler", "-c", PRELUDE + STEPS[name], *args],
+            capture_output=True,
+            text=True,
+            timeout=limit,
+        )
+        code: int | str = proc.returncode
+        text = proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        code = "timeout"
+        text = _text(exc.stdout) + _text(exc.stderr)
+    seconds = round(time.perf_counter() - started, 1)
+    tail = "\n".join(text.strip().splitlines()[-40:])
+    print(f"== {name}: exit {code} after {seconds} s\n{tail}", flush=True)
+    return {"step": name, "exit": code, "seconds": seconds, "tail": tail}
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value or "")
+
+
+def main() -> int:
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="gpu-probe-"))
+    package = str(work / "small.pt2")
+    artifact = str(work / "cnn.vmm")
+    results = [child("cuda-init", [], 60), child("aoti-build", [package], 120)]
+    results += [child("aoti-load", [package], 60), child("aoti-load-cold", [package], 60)]
+    results += [child("vmm-build", [artifact, str(REPO)], 150)]
+    results += [child("vmm-load", [artifact, str(REPO)], 90)]
+    import torch
+
+    torch.zeros(1, device="cuda")
+    print("== the parent holds a CUDA context from here on", flush=True)
+    results += [child("cuda-init", [], 60), child("aoti-load", [package], 60)]
+    results += [child("vmm-load", [artifact, str(REPO)], 90)]
+    (out / "probe.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
