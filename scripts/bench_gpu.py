@@ -245,6 +245,7 @@ def bench_model(
     import torch
 
     from ai_vmm.runtime.executors import create_executor
+    from ai_vmm.runtime.executors.cuda_load import load_package
 
     module, inputs, dynamic = build_model(name)
     result: dict[str, Any] = {"model": name, "compile_s": {}, "batches": {}, "errors": {}}
@@ -280,7 +281,9 @@ def bench_model(
     raw_path = torch._inductor.aoti_compile_and_package(
         raw_program, package_path=str(work / f"raw-{name}.pt2")
     )
-    raw = torch._inductor.aoti_load_package(raw_path)
+    # Loaded with its model runner (runtime/executors/cuda_load.py): PyTorch's package loader
+    # crashed on the GPU machine with torch 2.11 (docs/gpu.md).
+    raw = load_package(torch, Path(raw_path), torch.device("cuda:0"))
     result["compile_s"]["raw AOTInductor"] = round(time.perf_counter() - started, 1)
     # The raw package run by our executor (CUDA graphs per shape): what graphs alone give,
     # without our Inductor settings.

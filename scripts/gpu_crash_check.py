@@ -152,7 +152,9 @@ def scenario(variant: str, entry: Path, part: dict[str, Any], old: Path | None) 
     def make() -> Any:
         return module.CudaExecutor(entry, "0", config, tuple(part["outputs"]))
 
-    runner = torch._inductor.aoti_load_package(str(entry), run_single_threaded=True)
+    from ai_vmm.runtime.executors.cuda_load import load_package
+
+    runner = load_package(torch, entry, torch.device("cuda:0"))
     x = torch.from_numpy(cases[2][0]).cuda()
     probe = module.capture(runner, [x], torch.device("cuda:0"))
     probe.graph.replay()

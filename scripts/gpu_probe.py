@@ -2,7 +2,10 @@
 """Where do fresh processes on the GPU machine die? (issue 18: children of the crash check
 segfaulted ~40 s in, before their first step, and a fresh-process package load did not answer.)
 
-    python scripts/gpu_probe.py OUT_DIR
+    python scripts/gpu_probe.py OUT_DIR [STEP,...]
+
+STEP: aoti-pack (compile only), direct-load (ai-vmm's loader in a fresh process), aoti-load,
+vmm-build, vmm-load, gdb (a native backtrace of PyTorch's loader); default: the sequence below.
 
 Each step runs in its own child process (``-X faulthandler``, a stack dump every 20 s while it
 runs, a time limit), so a hang shows where it hangs and a crash shows its Python stack:
@@ -23,6 +26,7 @@ and last lines).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -46,6 +50,18 @@ STEPS = {
     "p = torch._inductor.aoti_compile_and_package(ep, package_path=sys.argv[1]); say('packaged');"
     "r = torch._inductor.aoti_load_package(p); say('loaded in the building process');"
     "print(r(x).shape); torch.cuda.synchronize(); say('ran')",
+    "aoti-pack": "import torch; say('torch imported');"
+    "m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),"
+    " torch.nn.LazyLinear(4)).cuda().eval(); x = torch.randn(2, 3, 16, 16, device='cuda');"
+    "m(x); b = torch.export.Dim('b', min=1, max=64);"
+    "ep = torch.export.export(m, (x,), dynamic_shapes={'input': {0: b}}); say('exported');"
+    "p = torch._inductor.aoti_compile_and_package(ep, package_path=sys.argv[1]); say('packaged');"
+    "import zipfile; say(zipfile.ZipFile(p).namelist())",
+    "direct-load": "import torch; from ai_vmm.runtime.executors.cuda_load import load_direct;"
+    "say('imported'); r = load_direct(torch, __import__('pathlib').Path(sys.argv[1]),"
+    " torch.device('cuda:0')); say(f'loaded directly: {r}');"
+    "x = torch.randn(3, 3, 16, 16, device='cuda'); print(r(x)[0].shape);"
+    "torch.cuda.synchronize(); say('ran')",
     "aoti-load": "import torch; say('torch imported'); torch.zeros(1, device='cuda');"
     "say('cuda up'); r = torch._inductor.aoti_load_package(sys.argv[1]); say('loaded');"
     "x = torch.randn(3, 3, 16, 16, device='cuda'); print(r(x).shape);"
@@ -94,22 +110,59 @@ def _text(value: object) -> str:
     return str(value or "")
 
 
+def gdb(package: str, limit: float) -> dict[str, object]:
+    """A native backtrace of PyTorch's package loader in a fresh process (cuda-gdb)."""
+    code = PRELUDE + STEPS["aoti-load"]
+    command = ["cuda-gdb", "-q", "-batch", "-ex", "set pagination off", "-ex", "run"]
+    command += ["-ex", "bt 40", "--args", sys.executable, "-c", code, package]
+    started = time.perf_counter()
+    code_: str
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=limit)
+        text, code_ = proc.stdout + proc.stderr, str(proc.returncode)
+    except (subprocess.TimeoutExpired, OSError) as exc:
+        text, code_ = f"{type(exc).__name__}: {exc}", "timeout/missing"
+    tail = (
+        "\n".join(line for line in text.splitlines() if line.startswith(("#", "Thread", "[")))
+        or text[-3000:]
+    )
+    print(f"== gdb: exit {code_}\n{tail[-6000:]}", flush=True)
+    return {
+        "step": "gdb",
+        "exit": code_,
+        "seconds": round(time.perf_counter() - started, 1),
+        "tail": tail[-6000:],
+    }
+
+
 def main() -> int:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="gpu-probe-"))
+    steps = sys.argv[2].split(",") if len(sys.argv) > 2 else ["all"]
+    work = Path(os.environ.get("GPU_PROBE_WORK") or tempfile.mkdtemp(prefix="gpu-probe-"))
+    work.mkdir(parents=True, exist_ok=True)
     package = str(work / "small.pt2")
     artifact = str(work / "cnn.vmm")
-    results = [child("cuda-init", [], 60), child("aoti-build", [package], 120)]
-    results += [child("aoti-load", [package], 60), child("aoti-load-cold", [package], 60)]
-    results += [child("vmm-build", [artifact, str(REPO)], 150)]
-    results += [child("vmm-load", [artifact, str(REPO)], 90)]
-    import torch
+    results: list[dict[str, object]] = []
+    if steps == ["all"]:
+        results += [child("cuda-init", [], 60), child("aoti-build", [package], 120)]
+        results += [child("aoti-load", [package], 60), child("aoti-load-cold", [package], 60)]
+        results += [child("vmm-build", [artifact, str(REPO)], 150)]
+        results += [child("vmm-load", [artifact, str(REPO)], 90)]
+        import torch
 
-    torch.zeros(1, device="cuda")
-    print("== the parent holds a CUDA context from here on", flush=True)
-    results += [child("cuda-init", [], 60), child("aoti-load", [package], 60)]
-    results += [child("vmm-load", [artifact, str(REPO)], 90)]
+        torch.zeros(1, device="cuda")
+        print("== the parent holds a CUDA context from here on", flush=True)
+        results += [child("cuda-init", [], 60), child("aoti-load", [package], 60)]
+        results += [child("vmm-load", [artifact, str(REPO)], 90)]
+    for step in steps:
+        if step in ("aoti-pack", "direct-load", "aoti-load"):
+            results.append(child(step, [package], 120))
+        elif step in ("vmm-build", "vmm-load"):
+            results.append(child(step, [artifact, str(REPO)], 150))
+        elif step == "gdb":
+            results.append(gdb(package, 120))
+        (out / "probe.json").write_text(json.dumps(results, indent=1))
     (out / "probe.json").write_text(json.dumps(results, indent=1))
     return 0
 

@@ -211,7 +211,9 @@ def _build(
         config["compute_capability"] = f"{props.major}.{props.minor}"
         config["gpu"] = str(props.name)
     if not eager:
-        runner = torch._inductor.aoti_load_package(str(entry), run_single_threaded=True)
+        from ai_vmm.runtime.executors.cuda_load import load_package
+
+        runner = load_package(torch, entry, torch.device(torch_device))
         if source == "torch":
             _self_check(runner, module, example, precision)
         if torch_device.startswith("cuda"):

@@ -87,7 +87,7 @@ class CudaExecutor:
         self._keep = set(config.get("device_outputs", ()))
         self._use_graphs = bool(config.get("cuda_graphs")) and self._cuda
         self._cudnn_benchmark = bool(config.get("cudnn_benchmark", False))
-        self._runner = _load_runner(torch, entry, str(config.get("runner", "aoti")))
+        self._runner = _load_runner(torch, entry, str(config.get("runner", "aoti")), self._device)
         self._stream = private_stream(torch, self._device) if self._cuda else None
         self._graphs: OrderedDict[tuple[tuple[int, ...], ...], CapturedGraph] = OrderedDict()
         self._lock = threading.Lock()
@@ -409,12 +409,14 @@ def _same_kind(name: str, have: str, want: str) -> None:
         raise InputError(f"input '{name}': element type {have}, the model takes {want}")
 
 
-def _load_runner(torch: Any, entry: Path, runner: str) -> Any:
+def _load_runner(torch: Any, entry: Path, runner: str, device: Any) -> Any:
+    from ai_vmm.runtime.executors.cuda_load import load_package
+
     try:
         if runner == "eager":
             return torch.export.load(str(entry)).module()
         # Single-threaded: our lock serializes calls, and capture needs it.
-        return torch._inductor.aoti_load_package(str(entry), run_single_threaded=True)
+        return load_package(torch, entry, device)
     except Exception as exc:
         raise ArtifactError(
             f"PyTorch could not load the GPU package {entry.name}: {_one_line(exc)}"

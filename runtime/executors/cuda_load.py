@@ -1,0 +1,96 @@
+"""Loading an AOTInductor package with the model runner itself, not PyTorch's package loader.
+
+Why: on the GPU machine (an H200, torch 2.11), ``torch._inductor.aoti_load_package`` in a fresh
+process first spends ~35 s in ``get_device_information`` (it compiles and dlopens a probe for the
+CPU's vector ISA, only to log a warning if it differs from the build machine's) and then dies with
+a segmentation fault inside the C++ ``AOTIModelPackageLoader`` (scripts/gpu_probe.py; docs/gpu.md).
+The package is a zip of the compiled wrapper ``.so`` (weights inside it by default), its kernels
+(``.cubin``) and metadata; the runner class PyTorch's loader wraps,
+``torch._C._aoti.AOTIModelContainerRunnerCuda`` (``...Cpu`` for CPU packages), takes the ``.so``
+and the kernels' folder directly. The executor checks what the package loader's metadata check
+would (PyTorch version, compute capability) itself, from the payload's config.
+
+A package whose weights are stored beside the ``.so`` (``aot_inductor.package_constants_in_so``
+off) or that holds no ``.so`` (``package_cpp_only``) is left to PyTorch's loader.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import weakref
+import zipfile
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+_MODEL_DIR = "data/aotinductor/model/"
+_WEIGHT_SUFFIXES = (".blob", ".pt", ".bin")
+
+
+class DirectRunner:
+    """``runner(*tensors) -> list of tensors`` over an extracted package (kept while it lives)."""
+
+    def __init__(self, runner: Any, folder: Path) -> None:
+        self._runner = runner
+        self.folder = folder
+        weakref.finalize(self, shutil.rmtree, str(folder), True)
+
+    def __call__(self, *tensors: Any) -> list[Any]:
+        return list(self._runner.run(list(tensors)))
+
+
+def load_direct(torch: Any, entry: Path, device: Any) -> DirectRunner | None:
+    """The package's model runner for ``device`` (``torch.device``), or None when this package
+    needs PyTorch's own loader (module doc)."""
+    with zipfile.ZipFile(entry) as archive:
+        names = [n for n in archive.namelist() if _MODEL_DIR in n and not n.endswith("/")]
+        libraries = [n for n in names if n.endswith(".so")]
+        if len(libraries) != 1 or any(n.endswith(_WEIGHT_SUFFIXES) for n in names):
+            return None
+        folder = Path(tempfile.mkdtemp(prefix="ai-vmm-pt2-"))
+        try:
+            for name in names:
+                relative = PurePosixPath(name).name
+                with archive.open(name) as src, open(folder / relative, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+    library = str(folder / PurePosixPath(libraries[0]).name)
+    try:
+        runner = _runner_class(torch, device)(library, folder, device)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return DirectRunner(runner, folder)
+
+
+def _runner_class(torch: Any, device: Any) -> Callable[[str, Path, Any], Any]:
+    aoti = torch._C._aoti
+    if device.type == "cpu":
+        return lambda library, folder, dev: aoti.AOTIModelContainerRunnerCpu(library, 1)
+
+    def cuda(library: str, folder: Path, dev: Any) -> Any:
+        name = f"cuda:{dev.index or 0}"
+        try:  # run_single_threaded (our lock serializes calls; CUDA-graph capture needs it)
+            return aoti.AOTIModelContainerRunnerCuda(library, 1, name, str(folder), True)
+        except TypeError:  # a PyTorch whose runner takes no such flag
+            return aoti.AOTIModelContainerRunnerCuda(library, 1, name, str(folder))
+
+    return cuda
+
+
+def load_package(torch: Any, entry: Path, device: Any) -> Any:
+    """A callable runner of the package on ``device``: the direct runner where it applies
+    (``AI_VMM_AOTI_LOADER=torch`` turns it off), else ``torch._inductor.aoti_load_package``."""
+    import os
+
+    if os.environ.get("AI_VMM_AOTI_LOADER", "direct") != "torch":
+        runner = load_direct(torch, entry, device)
+        if runner is not None:
+            return runner
+    index = device.index if device.type == "cuda" and device.index is not None else -1
+    return torch._inductor.aoti_load_package(
+        str(entry), run_single_threaded=True, device_index=index
+    )
