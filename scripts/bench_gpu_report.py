@@ -24,7 +24,7 @@ ORDER = (
     "raw AOTInductor + our executor (CUDA graphs)",
     "ours (GPU tensors)",
     "ours (runtime, NumPy in/out)",
-    "ours without freezing/channels-last",
+    "ours + freezing/channels-last",
 )
 TORCH_COMPILE = ("torch.compile default", "torch.compile reduce-overhead")
 
