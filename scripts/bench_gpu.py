@@ -272,7 +272,7 @@ def bench_model(
     log(f"[{name}] raw AOTInductor package (defaults) of the fp16 module")
     started = time.perf_counter()
     batch_dim = torch.export.Dim("batch", min=1, max=4096)
-    example16 = _cast(inputs(2), torch.float16)
+    example16 = _cast({k: v.cuda() for k, v in inputs(2).items()}, torch.float16)
     raw_program = torch.export.export(
         half,
         tuple(example16.values()),

@@ -110,9 +110,49 @@ def _text(value: object) -> str:
     return str(value or "")
 
 
+VARIANTS = {
+    "plain": "",
+    "cuda-first": "import torch; torch.zeros(1, device='cuda');",
+    "libcuda-global": "import ctypes, os;"
+    "ctypes.CDLL('libcuda.so.1', mode=os.RTLD_GLOBAL | os.RTLD_NOW);",
+    "triton-driver": "import torch; torch.zeros(1, device='cuda');"
+    "from triton.runtime.driver import driver;"
+    "driver.active.get_current_device(); driver.active.utils;",
+}
+LOAD = (
+    "import torch, pathlib; from ai_vmm.runtime.executors.cuda_load import load_direct;"
+    "libs = lambda: sorted({l.split()[-1] for l in open('/proc/self/maps')"
+    " if 'cuda' in l and '.so' in l});"
+    "say(f'before: {libs()}');"
+    "r = load_direct(torch, pathlib.Path(sys.argv[1]), torch.device('cuda:0')); say('loaded');"
+    "x = torch.randn(3, 3, 16, 16, device='cuda'); print(r(x)[0].shape); torch.cuda.synchronize();"
+    "say(f'ran; after: {libs()}')"
+)
+
+
+def variants(package: str) -> list[dict[str, object]]:
+    """ai-vmm's direct loader in fresh processes after different preparations, and what the
+    package's library links against."""
+    import zipfile
+
+    results = []
+    with zipfile.ZipFile(package) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".so"))
+        library = Path(tempfile.mkdtemp()) / "model.so"
+        library.write_bytes(archive.read(name))
+    for tool in (["ldd", str(library)], ["sh", "-c", "ldconfig -p | grep -i libcuda"]):
+        proc = subprocess.run(tool, capture_output=True, text=True)
+        print(f"== {' '.join(tool)}\n{proc.stdout}{proc.stderr}", flush=True)
+        results.append({"step": " ".join(tool), "exit": proc.returncode, "tail": proc.stdout})
+    for label, prelude in VARIANTS.items():
+        STEPS[f"direct-{label}"] = prelude + LOAD
+        results.append(child(f"direct-{label}", [package], 60))
+    return results
+
+
 def gdb(package: str, limit: float) -> dict[str, object]:
     """A native backtrace of PyTorch's package loader in a fresh process (cuda-gdb)."""
-    code = PRELUDE + STEPS["aoti-load"]
+    code = PRELUDE + LOAD
     command = ["cuda-gdb", "-q", "-batch", "-ex", "set pagination off", "-ex", "run"]
     command += ["-ex", "bt 40", "--args", sys.executable, "-c", code, package]
     started = time.perf_counter()
@@ -160,6 +200,8 @@ def main() -> int:
             results.append(child(step, [package], 120))
         elif step in ("vmm-build", "vmm-load"):
             results.append(child(step, [artifact, str(REPO)], 150))
+        elif step == "variants":
+            results += variants(package)
         elif step == "gdb":
             results.append(gdb(package, 120))
         (out / "probe.json").write_text(json.dumps(results, indent=1))

@@ -48,6 +48,12 @@ def load_direct(torch: Any, entry: Path, device: Any) -> DirectRunner | None:
         libraries = [n for n in names if n.endswith(".so")]
         if len(libraries) != 1 or any(n.endswith(_WEIGHT_SUFFIXES) for n in names):
             return None
+        built_for = _device_key(archive, libraries[0])
+        if built_for is not None and built_for != device.type:
+            raise ValueError(
+                f"the package was compiled for {built_for}, not for {device.type} (rebuild it "
+                f"for the device it runs on)"
+            )
         folder = Path(tempfile.mkdtemp(prefix="ai-vmm-pt2-"))
         try:
             for name in names:
@@ -64,6 +70,17 @@ def load_direct(torch: Any, entry: Path, device: Any) -> DirectRunner | None:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return DirectRunner(runner, folder)
+
+
+def _device_key(archive: zipfile.ZipFile, library: str) -> str | None:
+    """The device the package was compiled for (its metadata's ``AOTI_DEVICE_KEY``)."""
+    import json
+
+    metadata = library[: -len(".so")] + "_metadata.json"
+    try:
+        return str(json.loads(archive.read(metadata))["AOTI_DEVICE_KEY"]).split(":")[0]
+    except (KeyError, ValueError):
+        return None
 
 
 def _runner_class(torch: Any, device: Any) -> Callable[[str, Path, Any], Any]:
