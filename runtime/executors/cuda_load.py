@@ -83,12 +83,33 @@ def _device_key(archive: zipfile.ZipFile, library: str) -> str | None:
         return None
 
 
+def _prepare(torch: Any, device: Any) -> None:
+    """What the process needs before a package's library is opened (``AI_VMM_AOTI_PRELOAD``,
+    comma-separated: ``cuda`` a CUDA context on the device, ``libcuda`` the driver library
+    opened globally, ``triton`` Triton's CUDA driver loaded; default ``cuda``)."""
+    import os
+
+    for step in os.environ.get("AI_VMM_AOTI_PRELOAD", "cuda").split(","):
+        if step == "cuda":
+            torch.zeros(1, device=device)
+        elif step == "libcuda":
+            import ctypes
+
+            ctypes.CDLL("libcuda.so.1", mode=os.RTLD_GLOBAL | os.RTLD_NOW)
+        elif step == "triton":
+            from triton.runtime.driver import driver
+
+            driver.active.get_current_device()
+            driver.active.utils  # noqa: B018 (loads Triton's CUDA helpers)
+
+
 def _runner_class(torch: Any, device: Any) -> Callable[[str, Path, Any], Any]:
     aoti = torch._C._aoti
     if device.type == "cpu":
         return lambda library, folder, dev: aoti.AOTIModelContainerRunnerCpu(library, 1)
 
     def cuda(library: str, folder: Path, dev: Any) -> Any:
+        _prepare(torch, dev)
         name = f"cuda:{dev.index or 0}"
         try:  # run_single_threaded (our lock serializes calls; CUDA-graph capture needs it)
             return aoti.AOTIModelContainerRunnerCuda(library, 1, name, str(folder), True)
