@@ -84,7 +84,9 @@ STEPS = {
 }
 
 
-def child(name: str, args: list[str], limit: float) -> dict[str, object]:
+def child(
+    name: str, args: list[str], limit: float, env: dict[str, str] | None = None
+) -> dict[str, object]:
     started = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -92,6 +94,7 @@ def child(name: str, args: list[str], limit: float) -> dict[str, object]:
             capture_output=True,
             text=True,
             timeout=limit,
+            env={**os.environ, **(env or {})},
         )
         code: int | str = proc.returncode
         text = proc.stdout + proc.stderr
@@ -118,7 +121,14 @@ VARIANTS = {
     "triton-driver": "import torch; torch.zeros(1, device='cuda');"
     "from triton.runtime.driver import driver;"
     "driver.active.get_current_device(); driver.active.utils;",
+    "stdcxx-global-first": "import ctypes, os;"
+    "ctypes.CDLL('libstdc++.so.6', mode=os.RTLD_GLOBAL | os.RTLD_NOW);",
+    "compile-first": "import torch; f = torch.compile(lambda x: x * 2 + 1);"
+    "f(torch.randn(8, device='cuda')); torch.cuda.synchronize(); say('compiled a function');",
+    "lc-all-c": "",
+    "bind-now": "",
 }
+ENVS = {"lc-all-c": {"LC_ALL": "C", "LANG": "C"}, "bind-now": {"LD_BIND_NOW": "1"}}
 LOAD = (
     "import torch, pathlib; from ai_vmm.runtime.executors.cuda_load import load_direct;"
     "libs = lambda: sorted({l.split()[-1] for l in open('/proc/self/maps')"
@@ -144,9 +154,12 @@ def variants(package: str) -> list[dict[str, object]]:
         proc = subprocess.run(tool, capture_output=True, text=True)
         print(f"== {' '.join(tool)}\n{proc.stdout}{proc.stderr}", flush=True)
         results.append({"step": " ".join(tool), "exit": proc.returncode, "tail": proc.stdout})
+    wanted = os.environ.get("GPU_PROBE_VARIANTS")
     for label, prelude in VARIANTS.items():
+        if wanted and label not in wanted.split(","):
+            continue
         STEPS[f"direct-{label}"] = prelude + LOAD
-        results.append(child(f"direct-{label}", [package], 60))
+        results.append(child(f"direct-{label}", [package], 90, ENVS.get(label)))
     return results
 
 
@@ -154,7 +167,8 @@ def gdb(package: str, limit: float) -> dict[str, object]:
     """A native backtrace of PyTorch's package loader in a fresh process (cuda-gdb)."""
     code = PRELUDE + LOAD
     command = ["cuda-gdb", "-q", "-batch", "-ex", "set pagination off", "-ex", "run"]
-    command += ["-ex", "bt 40", "--args", sys.executable, "-c", code, package]
+    command += ["-ex", "bt 18", "-ex", "info sharedlibrary"]
+    command += ["--args", sys.executable, "-c", code, package]
     started = time.perf_counter()
     code_: str
     try:
@@ -163,15 +177,19 @@ def gdb(package: str, limit: float) -> dict[str, object]:
     except (subprocess.TimeoutExpired, OSError) as exc:
         text, code_ = f"{type(exc).__name__}: {exc}", "timeout/missing"
     tail = (
-        "\n".join(line for line in text.splitlines() if line.startswith(("#", "Thread", "[")))
+        "\n".join(
+            line[:400]
+            for line in text.splitlines()
+            if line.startswith(("#", "Thread", "[")) or "stdc++" in line or "gcc_s" in line
+        )
         or text[-3000:]
     )
-    print(f"== gdb: exit {code_}\n{tail[-6000:]}", flush=True)
+    print(f"== gdb: exit {code_}\n{tail[:4000]}", flush=True)
     return {
         "step": "gdb",
         "exit": code_,
         "seconds": round(time.perf_counter() - started, 1),
-        "tail": tail[-6000:],
+        "tail": tail[:8000],
     }
 
 
