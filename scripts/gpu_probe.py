@@ -115,6 +115,9 @@ def _text(value: object) -> str:
 
 VARIANTS = {
     "plain": "",
+    "onnxruntime-first": "import onnxruntime;",
+    "onnx-first": "import onnx;",
+    "ai-vmm-compiler-first": "import ai_vmm, ai_vmm.pipeline, onnx, onnxruntime;",
     "cuda-first": "import torch; torch.zeros(1, device='cuda');",
     "libcuda-global": "import ctypes, os;"
     "ctypes.CDLL('libcuda.so.1', mode=os.RTLD_GLOBAL | os.RTLD_NOW);",
