@@ -4,6 +4,10 @@ Why: on the GPU machine (an H200, torch 2.11), ``torch._inductor.aoti_load_packa
 process first spends ~35 s in ``get_device_information`` (it compiles and dlopens a probe for the
 CPU's vector ISA, only to log a warning if it differs from the build machine's) and then dies with
 a segmentation fault inside the C++ ``AOTIModelPackageLoader`` (scripts/gpu_probe.py; docs/gpu.md).
+The crash itself came from the wrapper library's C++ runtime: it binds ``libstdc++`` symbols
+from the process's global scope, where a process that has only imported torch has none; the
+runtime is promoted to global scope before any package is opened (``_prepare``).
+
 The package is a zip of the compiled wrapper ``.so`` (weights inside it by default), its kernels
 (``.cubin``) and metadata; the runner class PyTorch's loader wraps,
 ``torch._C._aoti.AOTIModelContainerRunnerCuda`` (``...Cpu`` for CPU packages), takes the ``.so``
@@ -85,12 +89,22 @@ def _device_key(archive: zipfile.ZipFile, library: str) -> str | None:
 
 def _prepare(torch: Any, device: Any) -> None:
     """What the process needs before a package's library is opened (``AI_VMM_AOTI_PRELOAD``,
-    comma-separated: ``cuda`` a CUDA context on the device, ``libcuda`` the driver library
-    opened globally, ``triton`` Triton's CUDA driver loaded; default ``cuda``)."""
+    comma-separated; default ``libstdcxx,cuda``):
+
+    - ``libstdcxx``: the C++ runtime's symbols made global. The wrapper library does not list
+      ``libstdc++`` among its needed libraries; in a process that has only imported torch (which
+      loads it with local scope) the wrapper's ``std::regex`` in ``parse_device_str`` crashed
+      (SIGSEGV, torch 2.11, H200). Opened with ``RTLD_GLOBAL`` first, the same package loads
+      and runs (scripts/gpu_probe.py, docs/gpu.md); importing ONNX Runtime first did the same.
+    - ``cuda``: a CUDA context on the device; ``libcuda``: the driver library opened globally;
+      ``triton``: Triton's CUDA driver loaded (the other variants tried on the GPU machine).
+    """
     import os
 
-    for step in os.environ.get("AI_VMM_AOTI_PRELOAD", "cuda").split(","):
-        if step == "cuda":
+    for step in os.environ.get("AI_VMM_AOTI_PRELOAD", "libstdcxx,cuda").split(","):
+        if step == "libstdcxx":
+            _global_cxx_runtime()
+        elif step == "cuda" and device.type == "cuda":
             torch.zeros(1, device=device)
         elif step == "libcuda":
             import ctypes
@@ -103,10 +117,25 @@ def _prepare(torch: Any, device: Any) -> None:
             driver.active.utils  # noqa: B018 (loads Triton's CUDA helpers)
 
 
+def _global_cxx_runtime() -> None:
+    """``libstdc++`` with global scope (promoted if torch already loaded it locally)."""
+    import contextlib
+    import ctypes
+    import os
+
+    with contextlib.suppress(OSError):  # no libstdc++ here (not glibc): nothing to promote
+        ctypes.CDLL("libstdc++.so.6", mode=os.RTLD_GLOBAL | os.RTLD_NOW)
+
+
 def _runner_class(torch: Any, device: Any) -> Callable[[str, Path, Any], Any]:
     aoti = torch._C._aoti
     if device.type == "cpu":
-        return lambda library, folder, dev: aoti.AOTIModelContainerRunnerCpu(library, 1)
+
+        def cpu(library: str, folder: Path, dev: Any) -> Any:
+            _prepare(torch, dev)
+            return aoti.AOTIModelContainerRunnerCpu(library, 1)
+
+        return cpu
 
     def cuda(library: str, folder: Path, dev: Any) -> Any:
         _prepare(torch, dev)
@@ -129,6 +158,7 @@ def load_package(torch: Any, entry: Path, device: Any) -> Any:
         if runner is not None:
             return runner
     index = device.index if device.type == "cuda" and device.index is not None else -1
+    _prepare(torch, device)
     return torch._inductor.aoti_load_package(
         str(entry), run_single_threaded=True, device_index=index
     )

@@ -57,3 +57,25 @@ def test_packages_with_weights_beside_go_to_torchs_loader(
     runner = load_package(torch, path, torch.device("cpu"))
     x = torch.randn(3, 3, 8, 8)
     torch.testing.assert_close(runner(x)[0], module(x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_cxx_runtime_is_made_global_before_a_package_opens() -> None:
+    """The GPU machine's crash (docs/gpu.md): a package's wrapper binds libstdc++ from the
+    process's global scope, which a process that has only imported torch lacks. In a fresh
+    process: not global after ``import torch``, global after the loader's preparation."""
+    import subprocess
+    import sys
+
+    code = (
+        "import ctypes, torch\n"
+        "from ai_vmm.runtime.executors.cuda_load import _prepare\n"
+        "def visible():\n"
+        "    return hasattr(ctypes.CDLL(None), '_ZNSt6localeC1Ev')\n"
+        "print(visible())\n"
+        "_prepare(torch, torch.device('cpu'))\n"
+        "print(visible())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.split() == ["False", "True"]
