@@ -208,7 +208,6 @@ def choose(
         if choice.when:
             extra.append(choice)
     spreads = [best[(c.name, primary.name)][1].spread for c in ranked[:2]]
-    noisy = max(spreads, default=0.0) > NOISY_SPREAD
     timing: dict[str, Any] = {
         "busy": busy,
         "others_cpu_share": others.share,
@@ -217,12 +216,8 @@ def choose(
         "load_average": [before, after],
         "spread": round(max(spreads, default=0.0), 3),
     }
-    if noisy:
-        warning = (
-            f"the machine was too noisy to decide reliably (round medians spread "
-            f"{max(spreads):.0%}, load average {after}): recompile on a quieter machine, or "
-            f"give --tune-seconds more time"
-        )
+    warning = noise_warning(max(spreads, default=0.0), decided, after)
+    if warning:
         timing["warnings"] = [warning]
         say(f"WARNING: {warning}")
     if busy:
@@ -234,6 +229,20 @@ def choose(
         timing.setdefault("warnings", []).append(note)
         say(f"WARNING: {note}")
     return Decision([*extra, primary_choice], timing)
+
+
+def noise_warning(spread: float, decided: bool, load: Any) -> str | None:
+    """A warning when noise may have made the choice: round medians spread more than
+    ``NOISY_SPREAD`` and the winner did not beat the runner-up in every round. A winner faster
+    in every round (by ``MATERIAL``) stands however much the rounds moved (sub-millisecond
+    models spread 40 % between rounds on a quiet 2-core machine)."""
+    if decided or spread <= NOISY_SPREAD:
+        return None
+    return (
+        f"the machine was too noisy to decide reliably (round medians spread {spread:.0%}, "
+        f"load average {load}, and no candidate was faster in every round): recompile on a "
+        f"quieter machine, or give --tune-seconds more time"
+    )
 
 
 def _runner(contender: Contender, bucket: Bucket) -> Callable[[], Any]:

@@ -14,7 +14,7 @@ from unpool_model import make_unpool_model
 
 import ai_vmm
 from ai_vmm import registry
-from ai_vmm.choice import dispatch_when
+from ai_vmm.choice import dispatch_when, noise_warning
 from ai_vmm.runtime import load
 from ai_vmm.shapes import Bucket, Variable
 from ai_vmm.tuning import Rounds, beats
@@ -161,6 +161,18 @@ def test_a_variant_wins_only_beyond_the_noise() -> None:
     assert not beats(noisy, default)
     assert not beats(marginal, default)
     assert noisy.to_json()["ci_ms"] == [0.7, 1.4]
+
+
+def test_noise_warns_only_when_it_could_have_made_the_choice() -> None:
+    """Round medians that move 44 % (a sub-millisecond model on a quiet 2-core machine) warn
+    only when no candidate was faster in every round."""
+    default = Rounds((1.00, 1.60, 0.95, 1.30, 1.00))
+    clearly = Rounds((0.80, 1.20, 0.76, 1.00, 0.81))
+    assert default.spread > 0.25 and beats(clearly, default)
+    assert noise_warning(default.spread, True, [0.5, 0.5, 0.5]) is None
+    warning = noise_warning(default.spread, False, [0.5, 0.5, 0.5])
+    assert warning is not None and "no candidate was faster in every round" in warning
+    assert noise_warning(0.10, False, [0.5, 0.5, 0.5]) is None
 
 
 def test_an_expensive_candidate_is_not_built_when_its_estimate_cannot_win(
