@@ -282,7 +282,10 @@ class DynamicBatcher:
                 or slack <= 0
                 or self._closing
             ):
-                return [self._pop(item) for item in candidates]
+                batch = self._in_time([self._pop(item) for item in candidates], rows)
+                if batch:
+                    return batch
+                continue
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=min(delay - waited, slack))
@@ -307,6 +310,28 @@ class DynamicBatcher:
         self._queued_by_class[item.ticket.priority_class] -= 1
         self._room.set()
         return item
+
+    def _in_time(self, batch: list[WorkItem], rows: int) -> list[WorkItem]:
+        """The batch without the requests a typical call of its size would answer after their
+        deadline: those get 504 now (``_drop_expired`` looks at a one-row call; a batch of
+        many rows takes longer, and its late answers would be worthless)."""
+        if not self.service.known:
+            return batch
+        end = time.monotonic() + self.service.estimate(rows, pessimistic=False)
+        kept = []
+        for item in batch:
+            if item.ticket.deadline >= end:
+                kept.append(item)
+            elif not item.future.done():
+                item.future.set_exception(
+                    Rejected(
+                        504,
+                        "deadline",
+                        f"the request's deadline would pass before a batch of {rows} rows of "
+                        f"model '{self.name}' could end",
+                    )
+                )
+        return kept
 
     def _drop_expired(self) -> None:
         # A request that would end after its deadline even with a typical call from now is

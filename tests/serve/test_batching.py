@@ -176,6 +176,34 @@ def test_deadlines_refuse_early_and_expire_in_queue(model: Gated) -> None:
     asyncio.run(main())
 
 
+def test_a_batch_leaves_out_requests_it_would_answer_late(model: Gated) -> None:
+    """A request whose deadline a one-row call would meet but the batch it joins would not
+    gets 504 at dispatch; the rest of the batch is answered."""
+
+    async def main() -> None:
+        batcher = _batcher(model, BatchingConfig(max_batch=2, max_queue_delay_ms=0))
+        model.gate.clear()
+        blocker = asyncio.create_task(batcher.infer(_x(0), 1, _ticket()))
+        await asyncio.sleep(0.05)
+        # Admitted while nothing is measured (admission cannot refuse them yet).
+        patient = asyncio.create_task(batcher.infer(_x(1), 1, _ticket("high", timeout=5.0)))
+        hurried = asyncio.create_task(batcher.infer(_x(2), 1, _ticket("high", timeout=0.8)))
+        await asyncio.sleep(0.05)
+        for _ in range(300):  # now a call is known to take 0.5 s a row
+            batcher.service.observe(1, 0.5)
+        model.gate.set()
+        await blocker
+        out, _item = await patient
+        assert out["logits"].shape[0] == 1
+        with pytest.raises(Rejected) as late:
+            await hurried
+        assert late.value.status == 504 and "batch of 2 rows" in late.value.message
+        assert model.calls == [1, 1]  # the blocker, then the patient request alone
+        await batcher.close()
+
+    asyncio.run(main())
+
+
 def test_rows_above_max_batch_are_refused(model: Gated) -> None:
     async def main() -> None:
         batcher = _batcher(model, BatchingConfig(max_batch=4))
