@@ -17,6 +17,7 @@ bf16 on GPUs; fp32 too), and saved with ``torch.export.save`` (weights inside).
 from __future__ import annotations
 
 import copy
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,11 @@ def build(
         )
     layers = len(heads)
     work = copy.deepcopy(model).to(device=target, dtype=dtype).eval()
+    # transformers >= 5.2x takes the cache as ``cache``, earlier 5.x (5.17 on the GPU machine)
+    # as ``past_key_values``; under the other name it lands in ``**kwargs`` unread and the model
+    # builds a fresh cache, so every decode step would see only its own token.
+    parameters = inspect.signature(work.forward).parameters
+    cache_kw = "cache" if "cache" in parameters else "past_key_values"
 
     class StaticStep(torch.nn.Module):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
@@ -102,9 +108,9 @@ def build(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                cache=cache,
                 use_cache=True,
                 logits_to_keep=logit_index,
+                **{cache_kw: cache},
             )
             return out.logits.float()
 

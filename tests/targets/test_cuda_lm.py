@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lm_support import hf_dir, hf_greedy
@@ -84,6 +85,68 @@ def test_export_falls_back_to_dynamic_hints(
     )
     assert "DYNAMIC hints" in note and "64*seq" in out["export_note"]
     assert (tmp_path / entry).is_file()
+
+
+def test_the_cache_reaches_a_model_that_takes_past_key_values(tmp_path: Path) -> None:
+    """transformers 5.17 (the GPU machine's) takes the cache as ``past_key_values``: the step
+    must hand it over under that name, or decode steps see only their own token (the GPU run
+    differed from transformers at token 1)."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    from ai_vmm.targets import cuda_lm
+
+    inner = AutoModelForCausalLM.from_pretrained(hf_dir("llama")).eval()
+
+    class OlderApi(torch.nn.Module):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(
+            self,
+            input_ids: Any,
+            attention_mask: Any = None,
+            position_ids: Any = None,
+            past_key_values: Any = None,
+            use_cache: Any = None,
+            logits_to_keep: Any = 0,
+            **kwargs: Any,
+        ) -> Any:
+            assert "cache" not in kwargs, "the cache came under the newer name"
+            return self.inner(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=past_key_values,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+            )
+
+    config = inner.config
+    layers, max_len = config.num_hidden_layers, 32
+    heads = (config.num_key_value_heads,) * layers
+    dims = (config.hidden_size // config.num_attention_heads,) * layers
+    entry, _, _ = cuda_lm.build(
+        OlderApi(), heads, dims, tmp_path, precision="fp32", device="cpu", max_cache_len=max_len
+    )
+    step = torch.export.load(str(tmp_path / entry)).module()
+    ids = torch.tensor([[5, 17, 42, 7, 99, 3]])
+    kv = [torch.zeros(1, h, max_len, d) for h, d in zip(heads, dims, strict=True) for _ in (0, 1)]
+
+    def run(tokens: Any, start: int) -> Any:
+        seq = tokens.shape[1]
+        mask = torch.zeros(1, max_len, dtype=torch.int64)
+        mask[:, : start + seq] = 1
+        positions = torch.arange(start, start + seq).unsqueeze(0)
+        with torch.no_grad():
+            return step(tokens, mask, positions, torch.tensor(start), torch.tensor([seq - 1]), *kv)
+
+    run(ids[:, :5], 0)
+    decoded = run(ids[:, 5:], 5)[0, -1]
+    with torch.no_grad():
+        full = inner(input_ids=ids).logits[0, -1]
+    torch.testing.assert_close(decoded, full, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.gpu
