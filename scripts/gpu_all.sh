@@ -9,7 +9,9 @@
 # scripts/bench_parallel.py --sections replicas), generate (issue 15:
 # scripts/bench_generate_gpu.py), crash (issue 18: scripts/gpu_crash_check.py), fresh-load
 # (issue 18: does a cuda artifact load in a fresh process: scripts/gpu_fresh_load.py), gpu-tests
-# (pytest -m gpu); default: deploy parallel generate. Budgets (seconds) are the PART_SECONDS_*
+# (pytest -m gpu), probe (scripts/gpu_probe.py's fresh-process steps), speed (issue 18:
+# scripts/bench_gpu.py env+speed, ResNet-50 / BERT / ViT at batch 1 and 32), auto (issue 18:
+# scripts/gpu_auto_buckets.py); default: deploy parallel generate. Budgets (seconds) are the PART_SECONDS_*
 # variables below. A part that times out keeps what it wrote so far. Carried wheels in .whl/
 # (see .whl/setup.sh on the developer's machine) are installed first when present.
 set -uo pipefail
@@ -62,6 +64,17 @@ for part in "${PARTS[@]}"; do
     fresh-load)
         run_part fresh-load "${PART_SECONDS_fresh_load:-150}" python3 scripts/gpu_fresh_load.py \
             "$RESULTS/fresh" ;;
+    probe)
+        run_part probe "${PART_SECONDS_probe:-200}" python3 scripts/gpu_probe.py \
+            "$RESULTS/probe" aoti-pack,direct-load,vmm-build,vmm-load ;;
+    speed)
+        cp docs/gpu.json "$RESULTS/gpu.json" 2>/dev/null
+        run_part speed "${PART_SECONDS_speed:-540}" python3 scripts/bench_gpu.py \
+            --sections env,speed --models "${SPEED_MODELS:-resnet50,bert,vit}" \
+            --variants resnet50 --rounds 3 --json "$RESULTS/gpu.json" ;;
+    auto)
+        run_part auto "${PART_SECONDS_auto:-240}" python3 scripts/gpu_auto_buckets.py \
+            --json "$RESULTS/auto.json" ;;
     gpu-tests)
         run_part gpu-tests "$PART_SECONDS_gpu_tests" python3 -m pytest -q -p no:cacheprovider \
             -m gpu tests/runtime/test_cuda_executor.py tests/targets/test_cuda.py ;;
