@@ -235,7 +235,7 @@ def layer_precisions(model: Any) -> dict[str, str]:
         source = op.input_value(1 if op.get_type_name() == "MatMul" else 0).get_node()
         for _ in range(6):
             if source.get_type_name() == "Constant":
-                found[op.get_friendly_name()] = str(source.get_output_element_type(0))
+                found[op.get_friendly_name()] = source.get_output_element_type(0).get_type_name()
                 break
             if source.get_type_name() not in ("Convert", "Multiply", "Subtract", "Reshape"):
                 break
