@@ -78,7 +78,9 @@ def compile(
         ratio: share of weight layers in INT4 (the rest INT8; openvino).
         calibration: an ``.npz`` path, a directory of ``.npz``/``.npy`` files, an iterable of
             input dicts, a callable returning one, or ``"random"`` (accuracy then unknown). The
-            last quarter is held out for the accuracy gate.
+            last quarter is held out for the accuracy gate. For a causal LM: text that
+            calibrates INT4 weights (a string, a list of strings, a ``.txt`` or ``.jsonl``
+            file); without it, standard-library docstrings (docs/generate.md).
         calib_samples: at most this many samples calibrate (default 300).
         max_accuracy_drop: limits such as ``["cosine=0.01", "top1=1"]`` or
             ``{"top1": 1.0}``; default ``cosine=0.01``.
@@ -107,7 +109,7 @@ def compile(
             model, output, target=target, precision=precision, weights=weights,
             group_size=group_size, ratio=ratio, verify=verify, tune=tune, quantize=quantize,
             force_quantize=force_quantize, cache_dir=cache_dir, progress=progress, force=force,
-            frontend_options=frontend_options,
+            frontend_options=frontend_options, calibration=calibration,
         )  # fmt: skip
     check_keywords(model, frontend_options)
     options = CompileOptions(

@@ -140,7 +140,10 @@ def compile_cmd(
     ] = "latency",
     calib: Annotated[
         str | None,
-        typer.Option(help="Calibration data: FILE.npz, a directory of .npz/.npy, or 'random'."),
+        typer.Option(
+            help="Calibration data: FILE.npz, a directory of .npz/.npy, or 'random'; for a "
+            "causal LM, text that calibrates INT4 weights: FILE.txt or FILE.jsonl."
+        ),
     ] = None,
     calib_samples: Annotated[int, typer.Option(help="At most this many samples calibrate.")] = 300,
     max_accuracy_drop: Annotated[

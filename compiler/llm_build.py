@@ -7,6 +7,7 @@ and driven through ``CausalLM.generate`` (the same token loop, sampler and token
 from __future__ import annotations
 
 import itertools
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from ai_vmm.driver import toolchain
 from ai_vmm.frontends import causal_lm as frontend
 from ai_vmm.llm_quality import (
     answer_overlap,
+    calibration_windows,
     chat_prompts,
     common_prefix,
     docstring_corpus,
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
 
 AGREEMENT_TOKENS = 64
 PERPLEXITY_TOKENS = 2048
-INT4_RATIOS = (1.0, 0.8, 0.6, 0.4, 0.2)
+INT4_RATIOS = (1.0, 0.8, 0.6, 0.4, 0.2, 0.1)
 _serial = itertools.count()
 
 
@@ -174,12 +176,18 @@ def build_candidate(run: LMRun, device: Device, weights: WeightSpec | None) -> B
 
         model = openvino_lm.stateful_model(run.export_onnx().path, layout.layers)
         if weights is not None:
+            windows = _calibration(run) if weights.mode == "int4" else None
             compression = openvino_lm.WeightCompression(
-                weights.mode, weights.group_size or openvino_lm.DEFAULT_INT4_GROUP, weights.ratio
+                weights.mode,
+                weights.group_size or openvino_lm.DEFAULT_INT4_GROUP,
+                weights.ratio,
+                data_aware=bool(windows),
             )
-            model = openvino_lm.compress(model, compression)
+            model = openvino_lm.compress(
+                model, compression, windows, statistics=run.work / "nncf-statistics"
+            )
             notes.append(compression.describe())
-            int8 = _int8_layers(openvino_lm.layer_precisions(model), weights)
+            int8 = _int8_layers(run, openvino_lm.layer_precisions(model), weights)
             if int8 is not None:
                 notes.append(f"layers kept INT8: {', '.join(int8) or 'embedding and LM head only'}")
         openvino_lm.save(model, payload)
@@ -293,10 +301,60 @@ def _attempts(run: LMRun, device: Device) -> list[WeightSpec]:
     return [WeightSpec("int4", options.group_size, r) for r in ratios]
 
 
-def _int8_layers(precisions: dict[str, str], weights: WeightSpec) -> list[str] | None:
+def _calibration(run: LMRun) -> list[list[int]]:
+    """Token windows that calibrate INT4 (``llm_quality.calibration_windows``): the user's text
+    when the compile was given some, else docstrings the gate does not read; computed once."""
+    if "calibration" not in run.reference:
+        texts = list(run.options.calibration) or None
+        windows = calibration_windows(run.source.tokenizer, texts)
+        if not windows:
+            raise CompileError("the calibration text is too short: no window of 16 tokens")
+        source = "the given text" if texts else "standard-library docstrings (not the gate's)"
+        run.say(f"INT4 calibration: {len(windows)} windows of up to 128 tokens from {source}")
+        run.report["calibration"] = {
+            "windows": len(windows),
+            "tokens": sum(len(w) for w in windows),
+            "source": source,
+        }
+        run.reference["calibration"] = windows
+    return list(run.reference["calibration"])
+
+
+def _int8_layers(run: LMRun, precisions: dict[str, str], weights: WeightSpec) -> list[str] | None:
+    """The weight layers an INT4 build kept in INT8, by the model's own module names."""
     if weights.mode != "int4":
         return None
-    return sorted(name for name, kind in precisions.items() if kind in ("u8", "i8"))
+    names = _module_names(run)
+    kept = [names.get(n, n) for n, kind in precisions.items() if kind in ("u8", "i8")]
+    return sorted(kept, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
+
+
+def _module_names(run: LMRun) -> dict[str, str]:
+    """Exported node name -> the ``transformers`` module it came from (``model.layers.14.mlp.
+    down_proj``), read off the exporter's ``pkg.torch.onnx.name_scopes`` metadata."""
+    if "module_names" not in run.reference:
+        import ast
+
+        import onnx
+
+        names: dict[str, str] = {}
+        graph = onnx.load(str(run.export_onnx().path), load_external_data=False).graph
+        for node in graph.node:
+            scopes = next(
+                (p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"),
+                None,
+            )
+            if scopes is None:
+                continue
+            try:
+                path = [str(s) for s in ast.literal_eval(scopes)]
+            except (ValueError, SyntaxError):
+                continue
+            if len(path) >= 2 and path[-2].startswith("model."):
+                names[node.name] = path[-2].removeprefix("model.")
+        names.setdefault("logits", "lm_head")
+        run.reference["module_names"] = names
+    return dict(run.reference["module_names"])
 
 
 def _reference(run: LMRun) -> tuple[list[int], list[int]]:

@@ -12,6 +12,8 @@ quality figures, speed, and why the kept one won.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import tempfile
 import time
@@ -59,6 +61,9 @@ class LMOptions:
     """Mean ROUGE-L recall of the compressed model's greedy replies against the float ones."""
     force_weights: bool = False
     """Keep compressed weights even when the quality gate refuses them."""
+    calibration: tuple[str, ...] = ()
+    """Text that calibrates data-aware INT4 (the user's own prompts or documents); empty:
+    standard-library docstrings that the quality gate does not read."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +79,11 @@ class LMOptions:
             "max_perplexity_increase": self.max_perplexity_increase,
             "min_agreement": self.min_agreement,
             "force_weights": self.force_weights,
+            "calibration": (
+                hashlib.sha256("\0".join(self.calibration).encode()).hexdigest()
+                if self.calibration
+                else None
+            ),
         }
 
 
@@ -283,6 +293,57 @@ def _validate(options: LMOptions) -> None:
         raise CompileError("verify_tokens must be >= 1")
 
 
+def calibration_texts(source: Any) -> tuple[str, ...]:
+    """An LM's calibration text: ``None`` (none given), a string or a list of strings, or the
+    path of a ``.txt`` file (the whole file) or a ``.jsonl`` file (each line a string or an
+    object with a ``text`` field, as chat logs and datasets are commonly exported).
+
+    Raises:
+        CompileError: anything else, a file that cannot be read, or no text at all.
+    """
+    if source is None:
+        return ()
+    if isinstance(source, Path) or (
+        isinstance(source, str) and source.endswith((".txt", ".jsonl"))
+    ):
+        path = Path(source)
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CompileError(f"cannot read the calibration text {path}: {exc}") from exc
+        if path.suffix == ".jsonl":
+            texts = []
+            for number, line in enumerate(raw.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise CompileError(f"{path}:{number}: not JSON ({exc.msg})") from None
+                text = value.get("text") if isinstance(value, dict) else value
+                if not isinstance(text, str):
+                    raise CompileError(
+                        f"{path}:{number}: a line must be a string or an object with a "
+                        f"'text' string"
+                    )
+                texts.append(text)
+        else:
+            texts = [raw]
+    elif isinstance(source, str):
+        texts = [source]
+    elif isinstance(source, list | tuple) and all(isinstance(t, str) for t in source):
+        texts = list(source)
+    else:
+        raise CompileError(
+            "calibration for a causal LM is text: a string, a list of strings, or a .txt / "
+            f".jsonl file, not {type(source).__name__}"
+        )
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise CompileError("the calibration text is empty")
+    return tuple(texts)
+
+
 def is_lm_artifact(path: Path) -> bool:
     """Whether ``path`` holds a ``causal-lm`` artifact."""
     try:
@@ -291,7 +352,13 @@ def is_lm_artifact(path: Path) -> bool:
         return False
 
 
-__all__ = ["LMOptions", "compile_causal_lm", "compile_lm_from_api", "is_lm_artifact"]
+__all__ = [
+    "LMOptions",
+    "calibration_texts",
+    "compile_causal_lm",
+    "compile_lm_from_api",
+    "is_lm_artifact",
+]
 
 
 def compile_lm_from_api(
@@ -311,8 +378,12 @@ def compile_lm_from_api(
     progress: Progress | None,
     force: bool,
     frontend_options: dict[str, Any],
+    calibration: Any = None,
 ) -> CompileResult:
-    """``ai_vmm.compile`` for a causal LM: its options mapped, those that do not apply refused."""
+    """``ai_vmm.compile`` for a causal LM: its options mapped, those that do not apply refused.
+
+    ``calibration``: text that calibrates data-aware INT4 (``calibration_texts``).
+    """
     options = dict(frontend_options)
     tokenizer = options.pop("tokenizer", None)
     if options:
@@ -334,6 +405,7 @@ def compile_lm_from_api(
         verify=verify,
         tune=tune,
         force_weights=force_quantize,
+        calibration=calibration_texts(calibration),
     )
     return compile_causal_lm(
         model,

@@ -38,13 +38,29 @@ CORPUS_MODULES = (
     "shutil",
     "datetime",
 )
+CALIBRATION_MODULES = (
+    "email.message",
+    "http.client",
+    "unittest",
+    "typing",
+    "asyncio",
+    "threading",
+    "csv",
+    "random",
+    "contextlib",
+    "tarfile",
+    "zipfile",
+    "heapq",
+)
+"""Text that calibrates data-aware INT4 (``calibration_windows``): other modules than the
+gate's, so that the gate measures the compressed model on text it was not fitted to."""
 
 
-def docstring_corpus(max_chars: int = 60_000) -> str:
+def docstring_corpus(max_chars: int = 60_000, modules: Sequence[str] = CORPUS_MODULES) -> str:
     """Real English prose: docstrings of standard-library modules and their members, in a fixed
     order (the same text on every machine with this Python)."""
     parts: list[str] = []
-    for name in CORPUS_MODULES:
+    for name in modules:
         module = importlib.import_module(name)
         seen: set[str] = set()
         for obj in [module, *(v for _, v in sorted(vars(module).items()))]:
@@ -65,6 +81,26 @@ def chat_prompts(tokenizer: Any) -> list[list[int]]:
         ]
     corpus = docstring_corpus(20_000)
     return [tokenizer.encode(corpus[i * 3000 : i * 3000 + 300]) for i in range(len(CHAT_PROMPTS))]
+
+
+def calibration_windows(
+    tokenizer: Any, texts: Sequence[str] | None = None, count: int = 32, length: int = 128
+) -> list[list[int]]:
+    """Token windows that calibrate data-aware weight compression: up to ``count`` windows of
+    ``length`` tokens from ``texts`` (the user's own text) or, without it, from docstrings of
+    ``CALIBRATION_MODULES`` (real English, disjoint from the gate's text)."""
+    if texts is None:
+        texts = [docstring_corpus(count * length * 8, CALIBRATION_MODULES)]
+    windows: list[list[int]] = []
+    for text in texts:
+        ids = [int(t) for t in tokenizer.encode(text)]
+        for start in range(0, max(len(ids) - 1, 1), length):
+            window = ids[start : start + length]
+            if len(window) >= min(16, length):
+                windows.append(window)
+            if len(windows) == count:
+                return windows
+    return windows
 
 
 def realistic_prompt(tokenizer: Any, tokens: int) -> list[int]:

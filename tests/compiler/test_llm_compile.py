@@ -139,3 +139,63 @@ def test_weight_compression_goes_through_the_quality_gate(tmp_path: Path) -> Non
     assert (kept is not None) == passed
     with ai_vmm.load(result.path) as lm:
         assert lm.generate("Hello", max_new_tokens=4, min_new_tokens=4).completion_tokens == 4
+
+
+def test_int4_is_calibrated_on_the_users_text(tmp_path: Path) -> None:
+    """INT4 on OpenVINO is data-aware (AWQ, scale estimation, activation sensitivity),
+    calibrated on the text the user passed as ``calibration``; the report says so."""
+    lines = [
+        {"text": "The quick brown fox jumps over the lazy dog while the cat sleeps. " * 8},
+        "A plain string line is text too, and calibration reads every line of the file. " * 8,
+    ]
+    corpus = tmp_path / "prompts.jsonl"
+    corpus.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    result = ai_vmm.compile(
+        hf_dir("llama"),
+        target="openvino:CPU",
+        output=tmp_path / "int4.vmm",
+        weights="int4",
+        ratio=0.1,  # one attempt: the ladder starts at the given ratio
+        calibration=corpus,
+        force_quantize=True,
+        tune=False,
+        cache_dir=tiny_artifact("llama").parent / "cache",
+    )
+    calibration = result.report["calibration"]
+    assert calibration["source"] == "the given text" and calibration["windows"] >= 2
+    attempt = result.report["candidates"][0]["quality"]["attempts"][0]
+    assert "data-aware (AWQ, scale estimation" in attempt["notes"][0]
+    kept_int8 = attempt["notes"][1]  # by the transformers module names, not the graph's
+    assert "lm_head" in kept_int8 and "model.layers.0." in kept_int8, kept_int8
+    assert result.report["candidates"][0]["weights"] is not None  # forced: kept either way
+    with ai_vmm.load(result.path) as lm:
+        assert lm.generate("Hello", max_new_tokens=4, min_new_tokens=4).completion_tokens == 4
+
+
+def test_calibration_text_sources(tmp_path: Path) -> None:
+    from ai_vmm.llm_compile import calibration_texts
+
+    assert calibration_texts(None) == ()
+    assert calibration_texts("some text") == ("some text",)
+    assert calibration_texts(["a", " ", "b"]) == ("a", "b")
+    plain = tmp_path / "notes.txt"
+    plain.write_text("line one\nline two\n")
+    assert calibration_texts(plain) == ("line one\nline two\n",)
+    assert calibration_texts(str(plain)) == ("line one\nline two\n",)
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"text": "first"}\n\n"second"\n')
+    assert calibration_texts(good) == ("first", "second")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "first"}\n{"prompt": 3}\n')
+    with pytest.raises(CompileError, match=r"bad.jsonl:2: .*'text' string"):
+        calibration_texts(bad)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{not json\n")
+    with pytest.raises(CompileError, match=r"broken.jsonl:1: not JSON"):
+        calibration_texts(broken)
+    with pytest.raises(CompileError, match="cannot read"):
+        calibration_texts(tmp_path / "missing.txt")
+    with pytest.raises(CompileError, match="is text"):
+        calibration_texts({"input_ids": [1, 2]})
+    with pytest.raises(CompileError, match="empty"):
+        calibration_texts(["  "])
