@@ -147,7 +147,10 @@ class Lateness:
     the cores the HTTP side takes from the model) shows up as answers later than estimated.
     ``margin`` is the ``quantile`` of the last ``window`` such errors (0 until ``min_samples``
     were seen, and never negative): a closed loop, since a larger margin refuses more, the
-    queue shortens, and the errors with it.
+    queue shortens, and the errors with it. At the 99th percentile the loop overreacted in
+    bench_serve's overload run (one slow answer widened the margin for the next 256; 5,311 of
+    9,947 requests ended 504 at dispatch and the gold tenant was refused); at the 95th, answers
+    late by the server's clock fell from 4.4 % to 0.9 % of those admitted.
     """
 
     def __init__(self, window: int = 256, quantile: float = 0.95, min_samples: int = 16) -> None:
