@@ -10,7 +10,9 @@ agreement with transformers (the common prefix of the long prompt's reply, in to
 Engines: ai-vmm artifacts (compiled here: OpenVINO fp32, INT8 and INT4 behind the quality gate,
 ONNX Runtime fp32), ``transformers`` eager (``--baselines transformers``) and OpenVINO GenAI's
 ``LLMPipeline`` on optimum-intel exports (``--baselines genai``: fp32 with its default u8 KV
-cache, fp32 with an f32 KV cache, INT8, INT4 group 64; prefix caching off). optimum-intel needs
+cache and the plugin's default precision, which is bf16 on a CPU with AMX; fp32 with f32
+activations and KV cache; INT8 and INT4 group 64 with f32 activations; bf16 where the CPU has
+it; prefix caching off). On a CPU with bf16 our OpenVINO build runs in bf16 too. optimum-intel needs
 transformers < 5.6 for ``optimum-cli export openvino``: it runs from a separate virtual
 environment (``$AI_VMM_OPTIMUM_VENV``, default ``/work/venvs/optimum``) on a Hugging Face folder
 converted here from the GGUF under this process's transformers.
@@ -139,14 +141,16 @@ class TransformersEngine(Engine):
 
 
 class GenAIEngine(Engine):
-    def __init__(self, folder: Path, precision: str, notes: str, kv_f32: bool) -> None:
+    def __init__(
+        self, folder: Path, precision: str, notes: str, properties: dict[str, str]
+    ) -> None:
+        """``properties``: OpenVINO CPU properties (``INFERENCE_PRECISION_HINT``,
+        ``KV_CACHE_PRECISION``); none: the plugin's defaults (bf16 on a CPU with AMX)."""
         import openvino_genai as genai
 
         scheduler = genai.SchedulerConfig()
         scheduler.enable_prefix_caching = False  # a repeated prompt would skip its prefill
-        props: dict[str, Any] = {"scheduler_config": scheduler}
-        if kv_f32:
-            props["KV_CACHE_PRECISION"] = "f32"
+        props: dict[str, Any] = {"scheduler_config": scheduler, **properties}
         self.pipe = genai.LLMPipeline(str(folder), "CPU", **props)
         self._genai = genai
         self.name = "OpenVINO GenAI"

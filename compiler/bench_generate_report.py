@@ -64,17 +64,25 @@ def bench_generate_cmd(
     load_before = os.getloadavg()
     root = CACHE / source_digest(model)[:16]
     artifacts: list[tuple[Path, str, str]] = []
-    for target in targets:
-        for mode in weights if target.startswith("openvino") else (None,):
-            path = root / f"{target.replace(':', '-')}-{mode or 'fp32'}.vmm"
-            say(f"ai-vmm compile {target} {mode or 'fp32'}")
-            result = ai_vmm.compile(
-                model, target=target, output=path, weights=mode, cache_dir=CACHE / "compile",
-                force=True, progress=say,
-            )  # fmt: skip
-            artifacts.append(
-                (path, f"ai-vmm {target.split(':')[0]}", _describe(result.report, mode))
-            )
+    from ai_vmm.targets.openvino_lm import capabilities
+
+    bf16 = "BF16" in capabilities("CPU")
+    builds = [
+        (target, mode, "fp32")
+        for target in targets
+        for mode in (weights if target.startswith("openvino") else (None,))
+    ]
+    if bf16:  # this CPU computes in bf16 (AMX): the float model in bf16 too
+        builds += [(t, None, "bf16") for t in targets if t.startswith("openvino")]
+    for target, mode, precision in builds:
+        name = f"{target.replace(':', '-')}-{mode or precision}.vmm"
+        say(f"ai-vmm compile {target} {mode or precision}")
+        result = ai_vmm.compile(
+            model, target=target, output=root / name, weights=mode, precision=precision,
+            cache_dir=CACHE / "compile", force=True, progress=say,
+        )  # fmt: skip
+        label = _describe(result.report, mode) if precision == "fp32" else precision
+        artifacts.append((root / name, f"ai-vmm {target.split(':')[0]}", label))
     factories: list[Callable[[], Engine]] = []
     for path, label, precision in artifacts:
         factories.append(_vmm_factory(path, label, precision))
@@ -86,12 +94,23 @@ def bench_generate_cmd(
         factories.append(lambda: TransformersEngine(source.model))  # type: ignore[union-attr]
     if "genai" in baselines:
         folders = genai_exports(hf_folder(source, root), root / "genai", say)
+        f32 = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
+        default = "default (bf16 on this CPU, u8 KV cache)" if bf16 else "default (u8 KV cache)"
         factories += [
-            lambda: GenAIEngine(folders["fp32"], "fp32", "default (u8 KV cache)", False),
-            lambda: GenAIEngine(folders["fp32"], "fp32", "f32 KV cache", True),
-            lambda: GenAIEngine(folders["int8"], "int8", "int8 weights", True),
-            lambda: GenAIEngine(folders["int4"], "int4", "int4, group 64", True),
+            lambda: GenAIEngine(folders["fp32"], "bf16" if bf16 else "fp32", default, {}),
+            lambda: GenAIEngine(folders["fp32"], "fp32", "f32 activations and KV cache", f32),
+            lambda: GenAIEngine(folders["int8"], "int8", "int8 weights, f32 activations", f32),
+            lambda: GenAIEngine(folders["int4"], "int4", "int4 group 64, f32 activations", f32),
         ]
+        if bf16:
+            factories.append(
+                lambda: GenAIEngine(
+                    folders["fp32"],
+                    "bf16",
+                    "bf16 activations and KV cache",
+                    {"INFERENCE_PRECISION_HINT": "bf16", "KV_CACHE_PRECISION": "bf16"},
+                )
+            )
     with ai_vmm.load(artifacts[0][0]) as lm:
         cases = prompts(lm.tokenizer)
     rows = run_bench(factories, cases, new_tokens, rounds, say)

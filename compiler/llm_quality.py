@@ -131,6 +131,13 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return count
 
 
+def distinct_share(tokens: Sequence[int], n: int = 4) -> float:
+    """The share of distinct ``n``-grams among a reply's ``n``-grams: near 1 for prose, low for
+    a reply that repeats itself (``la France, la France, ...``)."""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
 def longest_common_subsequence(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the longest common subsequence of two token lists (ROUGE-L's core)."""
     previous = [0] * (len(b) + 1)

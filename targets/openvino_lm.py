@@ -64,6 +64,16 @@ class WeightCompression:
         )
 
 
+def capabilities(device: str) -> list[str]:
+    """OpenVINO's ``OPTIMIZATION_CAPABILITIES`` of ``device`` (``BF16``, ``FP16``, ``INT8``...)."""
+    import openvino as ov
+
+    try:
+        return [str(c) for c in ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES")]
+    except Exception:
+        return []
+
+
 def stateful_model(onnx_path: Path, layers: int) -> Any:
     """Read the exported decoder and make it stateful (see the module doc)."""
     import openvino as ov

@@ -199,3 +199,61 @@ def test_calibration_text_sources(tmp_path: Path) -> None:
         calibration_texts({"input_ids": [1, 2]})
     with pytest.raises(CompileError, match="empty"):
         calibration_texts(["  "])
+
+
+def test_distinct_share_sees_a_looping_reply() -> None:
+    from ai_vmm.llm_quality import distinct_share
+
+    assert distinct_share(list(range(64))) == 1.0
+    loop = [5, 6, 7] * 20  # "la France, la France, ..."
+    assert distinct_share(loop) < 0.1
+    assert distinct_share([1, 2]) == 1.0  # too short to judge
+
+
+def test_runtime_config_sets_dynamic_quantization(tmp_path: Path) -> None:
+    """The gate's fallback reloads a compressed candidate with other activation groups; the
+    OpenVINO LM runtime must apply the config it is given (0 turns it off)."""
+    result = ai_vmm.compile(
+        hf_dir("llama"),
+        target="openvino:CPU",
+        output=tmp_path / "int8.vmm",
+        weights="int8",
+        force_quantize=True,
+        tune=False,
+        cache_dir=tiny_artifact("llama").parent / "cache",
+    )
+    manifest_path = result.path / "manifest.json"
+    for group in (0, 64):
+        manifest = json.loads(manifest_path.read_text())
+        manifest["partitions"][0]["config"]["dynamic_quantization_group_size"] = group
+        manifest_path.write_text(json.dumps(manifest))
+        with ai_vmm.load(result.path) as lm:
+            compiled = lm._session.compiled_model
+            assert int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) == group
+            assert lm.generate("Hello", max_new_tokens=3, min_new_tokens=3).completion_tokens == 3
+
+
+def test_bf16_on_the_openvino_cpu_where_it_computes_in_bf16(tmp_path: Path) -> None:
+    """bf16 activations and KV cache on a CPU with bf16 compute (AMX); elsewhere a one-line
+    refusal that names what the CPU has."""
+    from ai_vmm.targets.openvino_lm import capabilities
+
+    kwargs: dict[str, object] = {
+        "target": "openvino:CPU",
+        "output": tmp_path / "bf16.vmm",
+        "precision": "bf16",
+        "tune": False,
+        "cache_dir": tiny_artifact("llama").parent / "cache",
+    }
+    if "BF16" not in capabilities("CPU"):
+        with pytest.raises(CompileError, match="no bf16 compute"):
+            ai_vmm.compile(hf_dir("llama"), **kwargs)  # type: ignore[arg-type]
+        return
+    result = ai_vmm.compile(hf_dir("llama"), **kwargs)  # type: ignore[arg-type]
+    config = result.report["candidates"][0]["partition_config"]
+    assert config["inference_precision"] == "bf16" and config["kv_cache_precision"] == "bf16"
+    assert result.report["candidates"][0]["parity"]["identical"] >= 1  # first token at least
+    with ai_vmm.load(result.path) as lm:
+        compiled = lm._session.compiled_model
+        assert "bfloat16" in str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        assert lm.generate("Hello", max_new_tokens=4, min_new_tokens=4).completion_tokens == 4
