@@ -279,7 +279,8 @@ def genai_exports(hf_dir: Path, root: Path, say: Callable[[str], None]) -> dict[
         raise InputError(
             f"OpenVINO GenAI baselines need optimum-intel in {OPTIMUM_VENV} (python -m venv "
             f"--system-site-packages {OPTIMUM_VENV}; {OPTIMUM_VENV}/bin/pip install "
-            f"'transformers<5.6'; {OPTIMUM_VENV}/bin/pip install --no-deps optimum-intel optimum)"
+            f"'transformers<5.6'; {OPTIMUM_VENV}/bin/pip install --no-deps optimum-intel optimum "
+            f"'kernels>=0.12,<0.13')"
         )
     found: dict[str, Path] = {}
     for fmt, extra in (
@@ -297,7 +298,13 @@ def genai_exports(hf_dir: Path, root: Path, say: Callable[[str], None]) -> dict[
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 tail = " ".join((done.stderr or done.stdout).split())[-300:]
-                raise InputError(f"optimum-cli export ({fmt}) failed: {tail}")
+                hint = (
+                    f" (transformers 5.5 needs kernels 0.12 beside it: {OPTIMUM_VENV}/bin/pip "
+                    f"install --no-deps 'kernels>=0.12,<0.13')"
+                    if "kernels" in tail
+                    else ""
+                )
+                raise InputError(f"optimum-cli export ({fmt}) failed: {tail}{hint}")
         found[fmt] = out
     return found
 
