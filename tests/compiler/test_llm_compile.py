@@ -128,15 +128,20 @@ def test_weight_compression_goes_through_the_quality_gate(tmp_path: Path) -> Non
         cache_dir=tiny_artifact("llama").parent / "cache",
     )
     quality = result.report["candidates"][0]["quality"]
-    attempt = quality["attempts"][0]
-    assert attempt["mode"] == "int8" and attempt["float_perplexity"] > 1
     gate = quality["gate"]
-    passed = attempt["increase"] <= gate["max_perplexity_increase"] and (
-        attempt["agreement"] >= gate["min_agreement"]
-    )
-    assert attempt["passed"] == passed
+    for attempt in quality["attempts"]:  # the plugin's activation groups, then the fallbacks
+        assert attempt["mode"] == "int8" and attempt["float_perplexity"] > 1
+        passed = (
+            attempt["increase"] <= gate["max_perplexity_increase"]
+            and attempt["agreement"] >= gate["min_agreement"]
+            and not attempt["looping_replies"]
+        )
+        assert attempt["passed"] == passed
+    assert [a["passed"] for a in quality["attempts"][:-1]] == [False] * (
+        len(quality["attempts"]) - 1
+    )  # the gate stops at the first pass
     kept = result.report["candidates"][0]["weights"]
-    assert (kept is not None) == passed
+    assert (kept is not None) == quality["attempts"][-1]["passed"]
     with ai_vmm.load(result.path) as lm:
         assert lm.generate("Hello", max_new_tokens=4, min_new_tokens=4).completion_tokens == 4
 
@@ -223,13 +228,16 @@ def test_runtime_config_sets_dynamic_quantization(tmp_path: Path) -> None:
         cache_dir=tiny_artifact("llama").parent / "cache",
     )
     manifest_path = result.path / "manifest.json"
+    with ai_vmm.load(result.path) as lm:
+        default = int(lm._session.compiled_model.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
     for group in (0, 64):
         manifest = json.loads(manifest_path.read_text())
         manifest["partitions"][0]["config"]["dynamic_quantization_group_size"] = group
         manifest_path.write_text(json.dumps(manifest))
         with ai_vmm.load(result.path) as lm:
-            compiled = lm._session.compiled_model
-            assert int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) == group
+            got = int(lm._session.compiled_model.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
+            # A CPU without VNNI/AMX may not quantize activations at all (default 0).
+            assert got == group or (default == 0 and got == 0), (default, group, got)
             assert lm.generate("Hello", max_new_tokens=3, min_new_tokens=3).completion_tokens == 3
 
 
