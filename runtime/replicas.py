@@ -14,7 +14,12 @@ GPU and one for the CPU beside it; CPU, iGPU and NPU artifacts on a laptop; or a
   with the most queued work, provided it would finish that request sooner than its owner
   would. So no device idles while another has a queue, except where taking the request would
   only make it later (a slow CPU does not take the last request from a fast GPU that will be
-  free in a moment): the pair is never slower than its best device alone.
+  free in a moment).
+- **Never below the best device, measured.** Devices that share a resource (two CPU targets
+  on the same cores) can be slower together than the best of them alone; stealing cannot see
+  that. ``prune`` measures the set against its fastest replica alone and keeps only that one
+  when the set does not beat it (bench_parallel: two CPU targets' ResNet replicas did 0.94x
+  the better one alone on a 2-core Xeon).
 - **Order where asked.** ``map(feeds, ordered=True)`` yields results in submission order;
   ``submit`` returns a ``concurrent.futures.Future`` per request.
 - **Failures.** A request whose replica fails with anything but an ``InputError`` (a device
@@ -30,6 +35,8 @@ a time (one by default: one call at a time keeps a device's own threads to itsel
 
 from __future__ import annotations
 
+import math
+import statistics
 import threading
 import time
 from collections import deque
@@ -284,6 +291,69 @@ class ReplicaSet:
                 replica.seconds = per_call
             rates[replica.name] = replica.workers / per_call
         return rates
+
+    def prune(
+        self, sample: Mapping[str, Any], seconds: float = 1.0, rounds: int = 2, margin: float = 0.03
+    ) -> dict[str, Any]:
+        """Keep the set only where it beats its best replica alone, measured.
+
+        Replicas on devices that share a resource (two CPU targets on the same cores, a GPU
+        fed by a busy CPU) can run slower together than the best of them alone. This
+        saturates the set with ``sample`` requests, alternately with only the fastest replica
+        (by ``calibrate``) and with every enabled one, ``rounds`` times each for
+        ``seconds / (2 * rounds)``; when the whole set is not at least ``margin`` faster in
+        the median, the other replicas leave the rotation (``stats`` gives the reason). Call
+        after ``calibrate``. Returns the two medians (requests/s) and the decision.
+        """
+        enabled = [r for r in self._replicas if r.enabled]
+        if len(enabled) < 2:
+            return {"kept": [r.name for r in enabled], "pruned": []}
+        best = min(enabled, key=lambda r: (r.seconds or math.inf) / r.workers)
+        others = [r for r in enabled if r is not best]
+        window = seconds / (2 * rounds)
+        alone: list[float] = []
+        together: list[float] = []
+        for _ in range(rounds):
+            for replica in others:
+                self.enable(replica.name, False)
+            alone.append(self._saturate(sample, window))
+            for replica in others:
+                self.enable(replica.name, True)
+            together.append(self._saturate(sample, window))
+        best_alone, whole = statistics.median(alone), statistics.median(together)
+        decision: dict[str, Any] = {
+            "best_alone": {best.name: round(best_alone, 2)},
+            "together": round(whole, 2),
+            "kept": [r.name for r in enabled],
+            "pruned": [],
+        }
+        if whole < best_alone * (1 + margin):
+            why = (
+                f"adds no capacity: {whole:.1f} requests/s together against {best_alone:.1f} "
+                f"with {best.name} alone"
+            )
+            with self._lock:
+                for replica in others:
+                    replica.enabled, replica.reason = False, why
+                    self._requeue_all(replica)
+                self._wake.notify_all()
+            decision.update(kept=[best.name], pruned=[r.name for r in others])
+        return decision
+
+    def _saturate(self, sample: Mapping[str, Any], seconds: float) -> float:
+        """Requests per second of the set with enough requests in flight to keep it busy."""
+        depth = 2 * self.capacity + 1
+        done = 0
+        start = time.perf_counter()
+        pending: deque[Future[dict[str, Any]]] = deque(self.submit(sample) for _ in range(depth))
+        while time.perf_counter() - start < seconds:
+            pending.popleft().result()
+            done += 1
+            pending.append(self.submit(sample))
+        elapsed = time.perf_counter() - start
+        for future in pending:
+            future.result()
+        return done / elapsed
 
     def enable(self, name: str, enabled: bool = True) -> None:
         """Put a replica back into the rotation (or take it out: its queue moves elsewhere)."""

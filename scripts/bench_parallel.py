@@ -259,6 +259,9 @@ def section_replicas(args: argparse.Namespace, work: Path, inventory: Any) -> li
         }
         pair = ReplicaSet(list(pair_models.items()))
         pair.calibrate(feed, seconds=1.0)
+        # What a deployment would do: keep the set only where it beats its best replica.
+        pruned = pair.prune(feed, seconds=1.0)
+        log(f"[replicas] {name}: prune {pruned}")
         contenders: dict[str, tuple[Any, int]] = {
             f"{d} alone": (s.submit, 2 * s.capacity + 1) for d, s in alone.items()
         }
@@ -293,6 +296,7 @@ def section_replicas(args: argparse.Namespace, work: Path, inventory: Any) -> li
                 "stolen": {r["name"]: r["stolen"] for r in after},
                 "latency": latency,
                 "load_fraction": args.load,
+                "prune": pruned,
             }
         )
         log(f"[replicas] {name}: {rows[-1]['throughput']} ratio {rows[-1]['ratio_to_best_single']}")

@@ -19,7 +19,9 @@ How it works:
   per request), which at saturation spreads requests in proportion to each device's
   throughput; an idle device takes the newest request of the busiest queue when it would
   finish it sooner than its owner (so a slow CPU never delays what a GPU finishes sooner).
-  A device that fails leaves the rotation and its requests go to the others.
+  A device that fails leaves the rotation and its requests go to the others. `prune` then
+  measures the set against its fastest replica alone and keeps only that one where the set
+  does not beat it (devices sharing cores: two CPU targets on one CPU).
 - **Pipelining** (`PipelinedModel`): one thread per partition, bounded queues between them;
   partition k works on request n while partition k+1 works on request n-1. Partitions on
   one device never overlap; CPU stages share the cores (`threads="auto"`).
@@ -155,7 +157,8 @@ def _replicas(rows: list[dict[str, Any]], goal: float) -> list[str]:
                 f" CPU replicas in the set ran {row['pair_cpu_threads']} threads."
                 if row.get("pair_cpu_threads")
                 else ""
-            ),
+            )
+            + _prune_line(row.get("prune")),
             "",
             f"Latency at {row['load_fraction']:.0%} of {row['best_single']}'s throughput:",
             "",
@@ -189,3 +192,20 @@ def render(stored: dict[str, Any], pipeline_goal: float, pair_goal: float) -> st
         if run.get("notes"):
             lines += ["Notes:", "", *[f"- {n}" for n in run["notes"]], ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _prune_line(decision: dict[str, Any] | None) -> str:
+    """``ReplicaSet.prune``'s measurement before the timed rounds, and what it decided."""
+    if not decision or "together" not in decision:
+        return ""
+    ((best, alone),) = decision["best_alone"].items()
+    verdict = (
+        f"it kept {best} alone (the others added no capacity), so the set's row above is "
+        f"{best} through the set"
+        if decision["pruned"]
+        else "it kept the whole set"
+    )
+    return (
+        f" Before the timed rounds `ReplicaSet.prune` measured {decision['together']:.0f} "
+        f"requests/s with every replica against {alone:.0f} with {best} alone: {verdict}."
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -203,3 +204,39 @@ def test_replicas_must_be_one_model(chain: tuple[onnx.ModelProto, list[Path]]) -
         ReplicaSet.load([chain[1][0], other.path])
     with pytest.raises(ArtifactError, match="at least one"):
         ReplicaSet([])
+
+
+class _SharedCore:
+    """Two simulated devices that compute on one shared core (a lock held while they run)."""
+
+    def __init__(self, core: threading.Lock, seconds: float) -> None:
+        self.core, self.device = core, SimulatedDevice(seconds)
+
+    def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        with self.core:
+            return self.device.run(inputs)
+
+
+def test_prune_drops_replicas_that_add_no_capacity() -> None:
+    """Two targets on one core: the slow one's calls only take the core from the fast one,
+    so the set keeps the fast one alone (and says why); requests still all come back."""
+    core = threading.Lock()
+    fast, slow = _SharedCore(core, 0.002), _SharedCore(core, 0.006)
+    with ReplicaSet([("fast", fast), ("slow", slow)]) as replicas:
+        replicas.calibrate({"x": np.array([1])}, seconds=0.1)
+        decision = replicas.prune({"x": np.array([1])}, seconds=0.4)
+        assert decision["pruned"] == ["slow"] and decision["kept"] == ["fast"]
+        assert decision["together"] < decision["best_alone"]["fast"]
+        results = list(replicas.map({"x": np.array([i])} for i in range(20)))
+        stats = {r["name"]: r for r in replicas.stats()["replicas"]}
+    assert [r["y"][0] for r in results] == [2 * i for i in range(20)]
+    assert not stats["slow"]["enabled"] and "adds no capacity" in stats["slow"]["reason"]
+
+
+def test_prune_keeps_replicas_that_add_capacity() -> None:
+    devices = [("a", SimulatedDevice(0.002)), ("b", SimulatedDevice(0.004))]
+    with ReplicaSet(devices) as replicas:
+        replicas.calibrate({"x": np.array([1])}, seconds=0.1)
+        decision = replicas.prune({"x": np.array([1])}, seconds=0.4)
+        assert decision["pruned"] == [] and sorted(decision["kept"]) == ["a", "b"]
+        assert decision["together"] > decision["best_alone"]["a"]
