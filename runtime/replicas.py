@@ -35,7 +35,6 @@ a time (one by default: one call at a time keeps a device's own threads to itsel
 
 from __future__ import annotations
 
-import math
 import statistics
 import threading
 import time
@@ -293,35 +292,52 @@ class ReplicaSet:
         return rates
 
     def prune(
-        self, sample: Mapping[str, Any], seconds: float = 1.0, rounds: int = 2, margin: float = 0.03
+        self,
+        sample: Mapping[str, Any],
+        seconds: float = 1.0,
+        rounds: int = 2,
+        margin: float = 0.03,
+        alone: Mapping[str, Runnable] | None = None,
     ) -> dict[str, Any]:
         """Keep the set only where it beats its best replica alone, measured.
 
         Replicas on devices that share a resource (two CPU targets on the same cores, a GPU
         fed by a busy CPU) can run slower together than the best of them alone. This
-        saturates the set with ``sample`` requests, alternately with only the fastest replica
-        (by ``calibrate``) and with every enabled one, ``rounds`` times each for
-        ``seconds / (2 * rounds)``; when the whole set is not at least ``margin`` faster in
-        the median, the other replicas leave the rotation (``stats`` gives the reason). Call
-        after ``calibrate``. Returns the two medians (requests/s) and the decision.
+        saturates the set with ``sample`` requests, with each enabled replica alone and then
+        with all of them, ``rounds`` interleaved times; when the whole set is not at least
+        ``margin`` faster in the median than its fastest replica alone, the other replicas
+        leave the rotation (``stats`` gives the reason). Returns the medians (requests/s) and
+        the decision.
+
+        ``alone``: by replica name, the model that device would run on its own, where that
+        differs from its replica (a CPU replica holds back threads for its neighbours; alone
+        it would use every core). Each replica is measured alone with it, and the fastest
+        keeps it when the set is pruned.
         """
         enabled = [r for r in self._replicas if r.enabled]
         if len(enabled) < 2:
             return {"kept": [r.name for r in enabled], "pruned": []}
-        best = min(enabled, key=lambda r: (r.seconds or math.inf) / r.workers)
-        others = [r for r in enabled if r is not best]
-        window = seconds / (2 * rounds)
-        alone: list[float] = []
+        models = {r.name: (r.model, (alone or {}).get(r.name, r.model)) for r in enabled}
+        window = seconds / ((len(enabled) + 1) * rounds)
+        solo: dict[str, list[float]] = {r.name: [] for r in enabled}
         together: list[float] = []
         for _ in range(rounds):
-            for replica in others:
-                self.enable(replica.name, False)
-            alone.append(self._saturate(sample, window))
-            for replica in others:
+            for replica in enabled:  # each alone, as it would run alone
+                for other in enabled:
+                    self.enable(other.name, other is replica)
+                replica.model = models[replica.name][1]  # nothing is in flight between windows
+                solo[replica.name].append(self._saturate(sample, window))
+                replica.model = models[replica.name][0]
+            for replica in enabled:
                 self.enable(replica.name, True)
             together.append(self._saturate(sample, window))
-        best_alone, whole = statistics.median(alone), statistics.median(together)
+        best = max(enabled, key=lambda r: statistics.median(solo[r.name]))
+        others = [r for r in enabled if r is not best]
+        solo_rates = solo[best.name]
+        shared, solo_model = models[best.name]
+        best_alone, whole = statistics.median(solo_rates), statistics.median(together)
         decision: dict[str, Any] = {
+            "alone": {name: round(statistics.median(v), 2) for name, v in solo.items()},
             "best_alone": {best.name: round(best_alone, 2)},
             "together": round(whole, 2),
             "kept": [r.name for r in enabled],
@@ -336,6 +352,8 @@ class ReplicaSet:
                 for replica in others:
                     replica.enabled, replica.reason = False, why
                     self._requeue_all(replica)
+                if solo_model is not shared:
+                    best.model, best.seconds = solo_model, None  # measured again from its calls
                 self._wake.notify_all()
             decision.update(kept=[best.name], pruned=[r.name for r in others])
         return decision

@@ -260,7 +260,7 @@ def section_replicas(args: argparse.Namespace, work: Path, inventory: Any) -> li
         pair = ReplicaSet(list(pair_models.items()))
         pair.calibrate(feed, seconds=1.0)
         # What a deployment would do: keep the set only where it beats its best replica.
-        pruned = pair.prune(feed, seconds=1.0)
+        pruned = pair.prune(feed, seconds=1.0, alone=models)
         log(f"[replicas] {name}: prune {pruned}")
         contenders: dict[str, tuple[Any, int]] = {
             f"{d} alone": (s.submit, 2 * s.capacity + 1) for d, s in alone.items()
@@ -388,6 +388,15 @@ def main(argv: list[str] | None = None) -> int:
     stored: dict[str, Any] = {}
     if args.json.is_file():
         stored = json.loads(args.json.read_text())
+    previous = stored.get(run["machine"], {})
+    for section in ("pipeline", "pipeline_skipped", "replicas"):
+        if section.split("_")[0] not in sections and section in previous:
+            # A run of some sections keeps this machine's other sections from their own run.
+            run[section] = previous[section]
+            origin = previous.get("sections_from", {}).get(section.split("_")[0])
+            run.setdefault("sections_from", {})[section.split("_")[0]] = origin or (
+                f"{previous.get('date', '?')}, `{previous.get('command', '?')}`"
+            )
     stored[run["machine"]] = run
     args.json.write_text(json.dumps(stored, indent=2) + "\n")
     args.out.write_text(render(stored, PIPELINE_GOAL, PAIR_GOAL))

@@ -41,8 +41,9 @@ How it works:
   once; the requests it was running get a 5xx and are sent again by the client).
 
 Two CPU targets on one CPU share its cores: replicas of openvino:CPU and onnxruntime:CPU on
-the same 2 cores compete for them (the pair can be slower than the better target alone), and
-pipelining them gains only where one request at a time leaves cores idle. The GPU machine's
+the same 2 cores compete for them (the pair can be slower than the better target alone: then
+`prune` keeps the better one, with all the cores), and pipelining them gains only where one
+request at a time leaves cores idle. The GPU machine's
 pair (a GPU and the Xeon beside it) is the case replicas are for; its first, partial run is in
 docs/gpu-session-2026-12-03.md.
 
@@ -142,9 +143,12 @@ def _replicas(rows: list[dict[str, Any]], goal: float) -> list[str]:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in row["shares"].items())
         stolen = ", ".join(f"{k} {v}" for k, v in row["stolen"].items())
         first = row["devices"][0]
+        spread_ = row["ratio_to_best_single"]
         verdict = (
             "never below the best single device: met"
-            if row["ratio_to_best_single"]["median"] >= 1.0
+            if spread_["median"] >= 1.0
+            else "the best single device's throughput within the rounds' spread"
+            if spread_["max"] >= 1.0
             else "below the best single device"
         )
         out += [
@@ -183,6 +187,8 @@ def render(stored: dict[str, Any], pipeline_goal: float, pair_goal: float) -> st
             + ".",
             "",
         ]
+        for section, origin in run.get("sections_from", {}).items():
+            lines += [f"The {section} section is from an earlier run: {origin}.", ""]
         if "pipeline" in run:
             lines += _pipeline(run["pipeline"], pipeline_goal)
         elif "pipeline_skipped" in run:

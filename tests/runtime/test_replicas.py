@@ -240,3 +240,20 @@ def test_prune_keeps_replicas_that_add_capacity() -> None:
         decision = replicas.prune({"x": np.array([1])}, seconds=0.4)
         assert decision["pruned"] == [] and sorted(decision["kept"]) == ["a", "b"]
         assert decision["together"] > decision["best_alone"]["a"]
+
+
+def test_prune_measures_and_keeps_the_model_a_device_runs_alone() -> None:
+    """The fast device's replica runs at half speed in the set (it leaves threads to its
+    neighbour); alone it would run at full speed: ``prune`` measures that model alone and,
+    when the set loses to it, serves with it."""
+    core = threading.Lock()
+    shared_fast, slow = _SharedCore(core, 0.004), _SharedCore(core, 0.006)
+    solo = _SharedCore(core, 0.002)
+    with ReplicaSet([("fast", shared_fast), ("slow", slow)]) as replicas:
+        replicas.calibrate({"x": np.array([1])}, seconds=0.1)
+        decision = replicas.prune({"x": np.array([1])}, seconds=0.4, alone={"fast": solo})
+        assert decision["pruned"] == ["slow"]
+        before = (shared_fast.device.calls, solo.device.calls)
+        results = list(replicas.map({"x": np.array([i])} for i in range(10)))
+    assert [r["y"][0] for r in results] == [2 * i for i in range(10)]
+    assert shared_fast.device.calls == before[0] and solo.device.calls == before[1] + 10
