@@ -117,7 +117,9 @@ def test_run_with_wrong_inputs(
 def test_broken_artifacts(built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tampered = tmp_path / "tampered.vmm"
     shutil.copytree(built, tampered)
-    (tampered / "p0" / "model.onnx").write_bytes(b"swapped")
+    # The chosen target's payload (model.onnx or an OpenVINO IR, whichever won here).
+    payload = sorted(f for f in (tampered / "p0").iterdir() if f.suffix in (".onnx", ".bin"))
+    payload[0].write_bytes(b"swapped")
     assert main(["run", str(tampered), "--random-inputs"]) == 5
     assert "changed after compile" in _error_line(capsys)
     newer = tmp_path / "newer.vmm"

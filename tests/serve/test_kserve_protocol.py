@@ -18,9 +18,10 @@ import onnx
 import onnx.helper as oh
 import pytest
 import tritonclient.http as triton
-from conftest import compile_artifact, make_repo
+from conftest import make_repo
 from tritonclient.utils import InferenceServerException
 
+import ai_vmm
 from ai_vmm.serve import create_app, kserve
 from ai_vmm.serve.admission import Rejected
 from ai_vmm.serve.backend import Tensor
@@ -44,7 +45,13 @@ def strings_artifact(artifacts: Path) -> Path:
     )
     source = artifacts / "strings.onnx"
     onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 19)]), source)
-    return compile_artifact(source, artifacts / "strings.vmm")
+    # Verified: OpenVINO's CPU plugin cannot compare strings (its Equal kernel refuses string
+    # inputs), and its Python binding refuses numpy object arrays; verification keeps that
+    # candidate out, where the unverified static order would pick it on an Intel CPU.
+    out = artifacts / "strings.vmm"
+    if not (out / "manifest.json").is_file():
+        ai_vmm.compile(source, output=out, tune=False)
+    return out
 
 
 def test_bytes_tensors_with_tritonclient(
