@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lm_support import hf_dir, tiny_artifact
@@ -15,6 +16,18 @@ from ai_vmm.frontends.causal_lm import is_causal_lm
 from ai_vmm.runtime.artifact import read_manifest
 from ai_vmm.runtime.errors import ArtifactError, CompileError
 from ai_vmm.runtime.llm.spec import LMSpec
+
+
+def _tiny_openvino(output: Path, **options: Any) -> Any:
+    """The tiny Llama compiled for openvino:CPU (tune off, the shared export cache)."""
+    return ai_vmm.compile(
+        hf_dir("llama"),
+        target="openvino:CPU",
+        output=output,
+        tune=False,
+        cache_dir=tiny_artifact("llama").parent / "cache",
+        **options,
+    )
 
 
 def test_routing_detects_causal_lms(tmp_path: Path) -> None:
@@ -119,14 +132,7 @@ def test_bad_options_are_compile_errors(
 
 
 def test_weight_compression_goes_through_the_quality_gate(tmp_path: Path) -> None:
-    result = ai_vmm.compile(
-        hf_dir("llama"),
-        target="openvino:CPU",
-        output=tmp_path / "int8.vmm",
-        weights="int8",
-        tune=False,
-        cache_dir=tiny_artifact("llama").parent / "cache",
-    )
+    result = _tiny_openvino(tmp_path / "int8.vmm", weights="int8")
     quality = result.report["candidates"][0]["quality"]
     gate = quality["gate"]
     for attempt in quality["attempts"]:  # the plugin's activation groups, then the fallbacks
@@ -155,16 +161,12 @@ def test_int4_is_calibrated_on_the_users_text(tmp_path: Path) -> None:
     ]
     corpus = tmp_path / "prompts.jsonl"
     corpus.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    result = ai_vmm.compile(
-        hf_dir("llama"),
-        target="openvino:CPU",
-        output=tmp_path / "int4.vmm",
+    result = _tiny_openvino(
+        tmp_path / "int4.vmm",
         weights="int4",
         ratio=0.1,  # one attempt: the ladder starts at the given ratio
         calibration=corpus,
         force_quantize=True,
-        tune=False,
-        cache_dir=tiny_artifact("llama").parent / "cache",
     )
     calibration = result.report["calibration"]
     assert calibration["source"] == "the given text" and calibration["windows"] >= 2
@@ -218,15 +220,7 @@ def test_distinct_share_sees_a_looping_reply() -> None:
 def test_runtime_config_sets_dynamic_quantization(tmp_path: Path) -> None:
     """The gate's fallback reloads a compressed candidate with other activation groups; the
     OpenVINO LM runtime must apply the config it is given (0 turns it off)."""
-    result = ai_vmm.compile(
-        hf_dir("llama"),
-        target="openvino:CPU",
-        output=tmp_path / "int8.vmm",
-        weights="int8",
-        force_quantize=True,
-        tune=False,
-        cache_dir=tiny_artifact("llama").parent / "cache",
-    )
+    result = _tiny_openvino(tmp_path / "int8.vmm", weights="int8", force_quantize=True)
     manifest_path = result.path / "manifest.json"
     with ai_vmm.load(result.path) as lm:
         default = int(lm._session.compiled_model.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
@@ -246,18 +240,11 @@ def test_bf16_on_the_openvino_cpu_where_it_computes_in_bf16(tmp_path: Path) -> N
     refusal that names what the CPU has."""
     from ai_vmm.targets.openvino_lm import capabilities
 
-    kwargs: dict[str, object] = {
-        "target": "openvino:CPU",
-        "output": tmp_path / "bf16.vmm",
-        "precision": "bf16",
-        "tune": False,
-        "cache_dir": tiny_artifact("llama").parent / "cache",
-    }
     if "BF16" not in capabilities("CPU"):
         with pytest.raises(CompileError, match="no bf16 compute"):
-            ai_vmm.compile(hf_dir("llama"), **kwargs)  # type: ignore[arg-type]
+            _tiny_openvino(tmp_path / "bf16.vmm", precision="bf16")
         return
-    result = ai_vmm.compile(hf_dir("llama"), **kwargs)  # type: ignore[arg-type]
+    result = _tiny_openvino(tmp_path / "bf16.vmm", precision="bf16")
     config = result.report["candidates"][0]["partition_config"]
     assert config["inference_precision"] == "bf16" and config["kv_cache_precision"] == "bf16"
     assert result.report["candidates"][0]["parity"]["identical"] >= 1  # first token at least
