@@ -282,14 +282,19 @@ def gate_weights(run: LMRun, float_build: Built) -> Built:
         "max_loop_drop": LOOP_DROP,
     }
     specs = _attempts(run, float_build.device)
+    fallbacks_help = True
     for spec in specs:
         say(f"weights {spec.mode} (ratio {spec.ratio:g}) on {float_build.device.key}")
         candidate = build_candidate(run, float_build.device, spec)
         # OpenVINO's CPU plugin quantizes activations on the fly (groups of 32) for compressed
-        # weights where the CPU has VNNI/AMX; when that fails the gate, larger groups, then none.
+        # weights where the CPU has VNNI/AMX; when that fails the gate, larger groups, then none
+        # (and for the next attempts only while a fallback fixed something the default failed).
         default_group = _dynamic_quantization(candidate)
-        groups = [None, *(g for g in DYNAMIC_QUANTIZATION_FALLBACK if g > default_group or not g)]
-        for group in groups if default_group else [None]:
+        groups: list[int | None] = [None]
+        if default_group and fallbacks_help:
+            groups += [g for g in DYNAMIC_QUANTIZATION_FALLBACK if g > default_group or not g]
+        failures: list[set[str]] = []
+        for group in groups:
             if group is not None:
                 what = "off" if not group else f"in groups of {group}"
                 say(f"  ... with dynamic quantization of activations {what}")
@@ -303,7 +308,17 @@ def gate_weights(run: LMRun, float_build: Built) -> Built:
                 for i, (r, b) in enumerate(zip(replies, base_replies, strict=True))
                 if distinct_share(r) < (1 - LOOP_DROP) * distinct_share(b)
             ]
-            passed = increase <= limit and overlap >= options.min_agreement and not loops
+            failed = {
+                name
+                for name, bad in (
+                    ("perplexity", increase > limit),
+                    ("agreement", overlap < options.min_agreement),
+                    ("loops", bool(loops)),
+                )
+                if bad
+            }
+            failures.append(failed)
+            passed = not failed
             attempt = {
                 **spec.to_json(),
                 "dynamic_quantization_group_size": default_group if group is None else group,
@@ -319,7 +334,7 @@ def gate_weights(run: LMRun, float_build: Built) -> Built:
                 "notes": list(candidate.notes),
             }
             attempts.append(attempt)
-            last = spec == specs[-1] and group == (groups[-1] if default_group else None)
+            last = spec == specs[-1] and group == groups[-1]
             if passed or (options.force_weights and last):
                 candidate.quality = {
                     "gate": gate,
@@ -337,6 +352,8 @@ def gate_weights(run: LMRun, float_build: Built) -> Built:
                 candidate.parity = float_build.parity
                 float_build.close()
                 return candidate
+        if len(failures) > 1:
+            fallbacks_help = any(f < failures[0] for f in failures[1:])
         candidate.close()
     float_build.quality = {
         "gate": gate,
