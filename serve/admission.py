@@ -138,45 +138,6 @@ class ServiceTimes:
         return self._fit
 
 
-class Lateness:
-    """How much later than estimated admitted requests were answered, per priority class: the
-    margin admission adds to its estimate.
-
-    The estimate prices the model calls; what it leaves out (the event loop's turn between a
-    call's end and the answer, requests of higher classes that arrive later and go first,
-    the cores the HTTP side takes from the model) shows up as answers later than estimated.
-    ``margin`` is the ``quantile`` of the last ``window`` such errors (0 until ``min_samples``
-    were seen, and never negative): a closed loop, since a larger margin refuses more, the
-    queue shortens, and the errors with it. At the 99th percentile the loop overreacted in
-    bench_serve's overload run (one slow answer widened the margin for the next 256; 5,311 of
-    9,947 requests ended 504 at dispatch and the gold tenant was refused); at the 95th, answers
-    late by the server's clock fell from 4.4 % to 0.9 % of those admitted.
-    """
-
-    def __init__(self, window: int = 256, quantile: float = 0.95, min_samples: int = 16) -> None:
-        self._window = window
-        self._quantile = quantile
-        self._min = min_samples
-        self._errors: dict[str, deque[float]] = {}
-        self._cached: dict[str, float] = {}
-
-    def observe(self, key: str, late_s: float) -> None:
-        """One answered request: ``late_s`` seconds after the estimate (negative: earlier)."""
-        self._errors.setdefault(key, deque(maxlen=self._window)).append(late_s)
-        self._cached.pop(key, None)
-
-    def margin(self, key: str) -> float:
-        """Seconds to add to the estimate for a request of class ``key``."""
-        if key not in self._cached:
-            errors = sorted(self._errors.get(key, ()))
-            if len(errors) < self._min:
-                self._cached[key] = 0.0
-            else:
-                index = min(int(self._quantile * len(errors)), len(errors) - 1)
-                self._cached[key] = max(errors[index], 0.0)
-        return self._cached[key]
-
-
 def refuse_late(estimate_s: float, ticket: Ticket, what: str) -> None:
     """Refuse now (503 + Retry-After) when ``estimate_s`` from now ends past the deadline."""
     budget = ticket.budget_s
@@ -190,4 +151,4 @@ def refuse_late(estimate_s: float, ticket: Ticket, what: str) -> None:
         )
 
 
-__all__ = ["Lateness", "Rejected", "ServiceTimes", "Ticket", "make_ticket", "refuse_late"]
+__all__ = ["Rejected", "ServiceTimes", "Ticket", "make_ticket", "refuse_late"]

@@ -11,8 +11,7 @@ idles while another has a queue.
 Admission happens before a request is queued: ``admit`` estimates, from the rows queued ahead
 of it (same or higher priority) and the measured service time, when it would finish, and
 refuses it at once if that is after its deadline; a full class queue refuses or delays
-(the class's ``overflow``). The estimate carries a margin learned from the answers: how much
-later than estimated recent requests of the same class were answered (``Lateness``).
+(the class's ``overflow``).
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ai_vmm.serve.admission import Lateness, Rejected, ServiceTimes, Ticket, refuse_late
+from ai_vmm.serve.admission import Rejected, ServiceTimes, Ticket, refuse_late
 from ai_vmm.serve.backend import TensorModel
 from ai_vmm.serve.config import BatchingConfig, PriorityClass
 
@@ -47,8 +46,6 @@ class WorkItem:
     queued_at: float = field(default_factory=time.monotonic)
     dispatched_at: float = 0.0
     batch_size: int = 0
-    expected_end: float | None = None
-    """When a typical call of its batch would end (set at dispatch, once calls were timed)."""
 
 
 @dataclass
@@ -94,10 +91,6 @@ class DynamicBatcher:
         self.config = batching
         self.classes = classes
         self.service = ServiceTimes()
-        self.lateness = Lateness()
-        """Answers later than admission estimated, per class (its margin, ``Lateness``)."""
-        self.dispatch_lateness = Lateness()
-        """Answers later than a typical call from their dispatch, per class (``_in_time``)."""
         self._on_batch = on_batch
         model = replicas[0].model
         self._batch_axis = all(t.batch_axis for t in (*model.inputs, *model.outputs))
@@ -165,20 +158,15 @@ class DynamicBatcher:
                 f"{self._max_rows} per call",
             )
         await self._wait_for_room(ticket)
-        klass = ticket.priority_class
-        estimate = self.estimate(ticket.rank, rows)
-        refuse_late(estimate + self.lateness.margin(klass), ticket, f"model '{self.name}'")
+        refuse_late(self.estimate(ticket.rank, rows), ticket, f"model '{self.name}'")
         loop = asyncio.get_running_loop()
         item = WorkItem(inputs, rows, _signature(inputs), ticket, loop.create_future())
         heapq.heappush(self._heap, (ticket.rank, next(self._seq), item))
-        self._queued_by_class[klass] = self._queued_by_class.get(klass, 0) + 1
+        self._queued_by_class[ticket.priority_class] = (
+            self._queued_by_class.get(ticket.priority_class, 0) + 1
+        )
         self._changed.set()
-        outputs = await item.future
-        answered = time.monotonic()
-        self.lateness.observe(klass, answered - item.queued_at - estimate)
-        if item.expected_end is not None:
-            self.dispatch_lateness.observe(klass, answered - item.expected_end)
-        return outputs, item
+        return await item.future, item
 
     def precheck(self, ticket: Ticket) -> None:
         """``infer``'s refusals for a request of one row, before its body is even read.
@@ -193,8 +181,7 @@ class DynamicBatcher:
         queued = self._queued_by_class.get(ticket.priority_class, 0)
         if queued >= policy.max_queue and policy.overflow == "reject":
             raise self._queue_full(ticket, policy.max_queue)
-        margin = self.lateness.margin(ticket.priority_class)
-        refuse_late(self.estimate(ticket.rank, 1) + margin, ticket, f"model '{self.name}'")
+        refuse_late(self.estimate(ticket.rank, 1), ticket, f"model '{self.name}'")
 
     def _queue_full(self, ticket: Ticket, limit: int) -> Rejected:
         return Rejected(
@@ -333,9 +320,7 @@ class DynamicBatcher:
         end = time.monotonic() + self.service.estimate(rows, pessimistic=False)
         kept = []
         for item in batch:
-            margin = self.dispatch_lateness.margin(item.ticket.priority_class)
-            if item.ticket.deadline >= end + margin:
-                item.expected_end = end
+            if item.ticket.deadline >= end:
                 kept.append(item)
             elif not item.future.done():
                 item.future.set_exception(

@@ -204,28 +204,6 @@ def test_a_batch_leaves_out_requests_it_would_answer_late(model: Gated) -> None:
     asyncio.run(main())
 
 
-def test_admission_adds_the_lateness_it_has_seen_in_the_class(model: Gated) -> None:
-    """Answers of a class that came later than estimated widen that class's estimate: a
-    request whose bare estimate fits its deadline is refused at once when recent answers of
-    its class were late by more than its slack; another class is unaffected."""
-
-    async def main() -> None:
-        batcher = _batcher(model, BatchingConfig(max_batch=1))
-        for i in range(20):  # measured calls; each answer also records its lateness
-            await batcher.infer(_x(i), 1, _ticket("high"))
-        assert batcher.lateness.margin("high") < 0.1
-        for _ in range(256):  # pretend the answers of "high" came 0.3 s after their estimate
-            batcher.lateness.observe("high", 0.3)
-        with pytest.raises(Rejected) as refused:
-            await batcher.infer(_x(30), 1, _ticket("high", timeout=0.2))
-        assert refused.value.status == 503 and refused.value.code == "deadline"
-        out, _ = await batcher.infer(_x(31), 1, _ticket("low", timeout=0.2))
-        assert out["logits"].shape[0] == 1
-        await batcher.close()
-
-    asyncio.run(main())
-
-
 def test_rows_above_max_batch_are_refused(model: Gated) -> None:
     async def main() -> None:
         batcher = _batcher(model, BatchingConfig(max_batch=4))
