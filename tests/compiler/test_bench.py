@@ -37,7 +37,10 @@ def test_bench_artifact_against_baselines(artifact: Path, tmp_path: Path) -> Non
         assert row["throughput_per_s"] > 0 and len(row["round_medians_ms"]) == 2
     ratio = result["comparison"]["latency_ratio"]
     best = min(r["p50_ms"] for r in result["contenders"][1:])
-    assert ratio == pytest.approx(result["contenders"][0]["p50_ms"] / best, rel=1e-2)
+    # p50_ms is rounded to 0.1 us: on a fast CPU a baseline's p50 of a few us carries that
+    # rounding into the ratio recomputed from it (5.122 against 5.174 on the AMX Xeon).
+    rounding = 0.5e-4 / best + 0.5e-4 / result["contenders"][0]["p50_ms"]
+    assert ratio == pytest.approx(result["contenders"][0]["p50_ms"] / best, rel=1e-2 + rounding)
     # One direction (ours / baseline time) with the per-round range and a verdict.
     comparison = result["comparison"]
     low, high = comparison["latency_ratio_rounds"]["range"]
