@@ -194,7 +194,7 @@ def build_candidate(run: LMRun, device: Device, weights: WeightSpec | None) -> B
 
         model = openvino_lm.stateful_model(run.export_onnx().path, layout.layers)
         if weights is not None:
-            windows = _calibration(run) if weights.mode == "int4" else None
+            windows = calibration(run) if weights.mode == "int4" else None
             compression = openvino_lm.WeightCompression(
                 weights.mode,
                 weights.group_size or openvino_lm.DEFAULT_INT4_GROUP,
@@ -386,7 +386,7 @@ def _dynamic_quantization(built: Built) -> int:
         return 0
 
 
-def _calibration(run: LMRun) -> list[list[int]]:
+def calibration(run: LMRun) -> list[list[int]]:
     """Token windows that calibrate INT4 (``llm_quality.calibration_windows``): the user's text
     when the compile was given some, else docstrings the gate does not read; computed once."""
     if "calibration" not in run.reference:

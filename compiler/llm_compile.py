@@ -26,7 +26,7 @@ from ai_vmm import hardware, registry
 from ai_vmm.cache import CompileCache, cache_key, cache_root
 from ai_vmm.driver import CompileResult, resolve_targets, toolchain
 from ai_vmm.frontends import causal_lm as frontend
-from ai_vmm.llm_build import Built, LMRun, build_candidate, gate_weights
+from ai_vmm.llm_build import Built, LMRun, build_candidate, calibration, gate_weights
 from ai_vmm.llm_quality import Speed, measure_speed, realistic_prompt
 from ai_vmm.runtime.artifact import (
     MANIFEST,
@@ -150,6 +150,8 @@ def compile_causal_lm(
             "notes": list(src.notes),
             "cache": layout.to_json(),
         }
+        if options.calibration:
+            calibration(run)  # the user's text tokenized now: too short fails before any build
         chosen = _compile_candidates(run, devices)
         run.report["timings"] = {"total_s": round(time.perf_counter() - started, 2)}
         artifact = chosen.finalize(out_path, run.report)
@@ -291,6 +293,11 @@ def _validate(options: LMOptions) -> None:
         raise CompileError(f"ratio must be in (0, 1], not {options.ratio}")
     if options.verify_tokens < 1:
         raise CompileError("verify_tokens must be >= 1")
+    if options.calibration and options.weights != "int4":
+        raise CompileError(
+            "calibration text calibrates INT4 weights: it needs weights='int4' "
+            f"(weights={options.weights!r})"
+        )
 
 
 def calibration_texts(source: Any) -> tuple[str, ...]:
@@ -304,7 +311,8 @@ def calibration_texts(source: Any) -> tuple[str, ...]:
     if source is None:
         return ()
     if isinstance(source, Path) or (
-        isinstance(source, str) and source.endswith((".txt", ".jsonl"))
+        isinstance(source, str)
+        and (source.endswith((".txt", ".jsonl")) or ("\n" not in source and Path(source).is_file()))
     ):
         path = Path(source)
         try:

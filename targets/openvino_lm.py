@@ -46,15 +46,12 @@ class WeightCompression:
     data_aware: bool = False
     """Calibrated on real text (``compress``'s ``windows``): AWQ, scale estimation and the
     activation-based choice of the layers kept INT8."""
-    awq: bool = True
-    scale_estimation: bool = True
 
     def describe(self) -> str:
         if self.mode == "int8":
             return "INT8 symmetric per channel (nncf.compress_weights INT8_SYM)"
         how = (
-            f"data-aware ({'AWQ, ' if self.awq else ''}"
-            f"{'scale estimation, ' if self.scale_estimation else ''}activation sensitivity)"
+            "data-aware (AWQ, scale estimation, activation sensitivity)"
             if self.data_aware
             else "data-free"
         )
@@ -276,8 +273,8 @@ def compress(
             kwargs.update(
                 dataset=calibration_dataset(windows),
                 subset_size=len(windows),
-                awq=compression.awq,
-                scale_estimation=compression.scale_estimation,
+                awq=True,
+                scale_estimation=True,
                 sensitivity_metric=nncf.SensitivityMetric.HESSIAN_INPUT_ACTIVATION,
             )
             if statistics is not None:

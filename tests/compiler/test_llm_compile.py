@@ -119,6 +119,8 @@ def test_zip_artifact_generates_and_cleans_up(tmp_path: Path) -> None:
         ({"precision": "fp8"}, "precision"),
         ({"example_inputs": (1,)}, "do not apply"),
         ({"ratio": 1.5}, "ratio"),
+        ({"calibration": "Real text for INT4."}, "needs weights='int4'"),
+        ({"weights": "int4", "calibration": "Too short."}, "no window of 16 tokens"),
     ],
 )
 def test_bad_options_are_compile_errors(
