@@ -1,0 +1,169 @@
+"""SmolLM2 on this CPU, measured apart from the crowded bench process (docs/generate.md).
+
+Needs what ``vmmc bench MODEL --generate --baselines genai`` built first (our artifacts and
+GenAI's optimum-intel exports, under ``~/.cache/ai-vmm/bench-generate/<digest>``). Three parts,
+each printed as a Markdown table:
+
+* ``engines``: GenAI's ``LLMPipeline`` with PagedAttention, the same with
+  ``ATTENTION_BACKEND=SDPA`` (its export run stateful), and ours; the bench's 400-token prompt,
+  128 greedy tokens, 3 interleaved rounds; fp32, and bf16 where the CPU computes in it.
+* ``profile``: OpenVINO ``PERF_COUNT`` by op type for 32 decode steps at a 400-token context,
+  our decoder against GenAI's export, both compiled stateful with the same properties.
+* ``dq``: our INT8 artifact reloaded with the CPU plugin's activation groups (its default, 64,
+  128, off): the answer to "What is the capital of France?" and decode tokens/s.
+
+Usage: ``python scripts/llm_lean_compare.py [engines profile dq]``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import ai_vmm
+from ai_vmm.bench_generate import CACHE, prompts
+from ai_vmm.frontends.causal_lm import source_digest
+from ai_vmm.targets.openvino_lm import capabilities
+
+MODEL = Path.home() / ".cache" / "ai-vmm" / "realmodels" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+ROOT = CACHE / source_digest(MODEL)[:16]
+
+
+def engines(ids: list[int]) -> None:
+    import openvino as ov
+    import openvino_genai as genai
+
+    array = np.array([ids], dtype=np.int64)
+
+    def genai_run(pipe: Any) -> tuple[float, float]:
+        config = genai.GenerationConfig()
+        config.max_new_tokens = config.min_new_tokens = 128
+        inputs = genai.TokenizedInputs(ov.Tensor(array), ov.Tensor(np.ones_like(array)))
+        metrics = pipe.generate(inputs, config).perf_metrics
+        return metrics.get_ttft().mean, 1000 / metrics.get_tpot().mean
+
+    print("| precision | engine | TTFT ms | decode tok/s (3 rounds) |\n|---|---|---|---|")
+    for precision in ["f32", *(["bf16"] if "BF16" in capabilities("CPU") else [])]:
+        props = {"INFERENCE_PRECISION_HINT": precision, "KV_CACHE_PRECISION": precision}
+        scheduler = genai.SchedulerConfig()
+        scheduler.enable_prefix_caching = False
+        folder = str(ROOT / "genai" / "fp32")
+        pipes = {
+            "GenAI, PagedAttention": genai.LLMPipeline(
+                folder, "CPU", scheduler_config=scheduler, **props
+            ),
+            "GenAI, SDPA (stateful)": genai.LLMPipeline(
+                folder, "CPU", ATTENTION_BACKEND="SDPA", **props
+            ),
+        }
+        lm = ai_vmm.load(ROOT / f"openvino-CPU-{'fp32' if precision == 'f32' else 'bf16'}.vmm")
+
+        def ours(lm: Any = lm) -> tuple[float, float]:
+            result = lm.generate(ids, max_new_tokens=128, min_new_tokens=128)
+            return result.ttft_s * 1000, result.tokens_per_s
+
+        runs: dict[str, list[tuple[float, float]]] = {k: [] for k in [*pipes, "ai-vmm"]}
+        for _ in range(3):
+            for name, pipe in pipes.items():
+                runs[name].append(genai_run(pipe))
+            runs["ai-vmm"].append(ours())
+        for name, values in runs.items():
+            ttft = statistics.median(v[0] for v in values)
+            speeds = ", ".join(f"{v[1]:.1f}" for v in values)
+            print(f"| {precision} | {name} | {ttft:.0f} | {speeds} |")
+        lm.close()
+
+
+def profile(ids: list[int]) -> None:
+    import openvino as ov
+
+    core = ov.Core()
+    props = {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "KV_CACHE_PRECISION": "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+        "PERF_COUNT": "YES",
+    }
+
+    def run(xml: Path) -> tuple[collections.Counter[str], float]:
+        compiled = core.compile_model(core.read_model(str(xml)), "CPU", props)
+        request = compiled.create_infer_request()
+        names = {n for port in compiled.inputs for n in port.get_names()}
+
+        def step(tokens: list[int], start: int) -> None:
+            n = len(tokens)
+            feed = {
+                "input_ids": np.array([tokens], dtype=np.int64),
+                "attention_mask": np.ones((1, start + n), dtype=np.int64),
+                "position_ids": np.arange(start, start + n, dtype=np.int64)[None],
+                "beam_idx": np.zeros(1, dtype=np.int32),
+            }
+            if "logit_index" in names:
+                feed["logit_index"] = np.array([n - 1], dtype=np.int64)
+            request.infer(feed)
+
+        step(ids, 0)
+        totals: collections.Counter[str] = collections.Counter()
+        started = time.perf_counter()
+        for i in range(32):
+            step([ids[i]], len(ids) + i)
+            for info in request.profiling_info:
+                totals[info.node_type] += info.real_time.total_seconds() * 1000 / 32
+        return totals, (time.perf_counter() - started) / 32 * 1000
+
+    ours, ours_ms = run(next((ROOT / "openvino-CPU-fp32.vmm" / "decoder").glob("*.xml")))
+    theirs, theirs_ms = run(ROOT / "genai" / "fp32" / "openvino_model.xml")
+    print(f"Wall ms a decode step with PERF_COUNT: ours {ours_ms:.1f}, GenAI's {theirs_ms:.1f}\n")
+    print("| op type | ours, profile ms a step | GenAI's export |\n|---|---|---|")
+    for kind in sorted(set(ours) | set(theirs), key=lambda k: -(ours[k] + theirs[k])):
+        if ours[kind] > 0.05 or theirs[kind] > 0.05:
+            print(f"| {kind} | {ours[kind]:.2f} | {theirs[kind]:.2f} |")
+
+
+def dq(ids: list[int]) -> None:
+    source = ROOT / "openvino-CPU-int8.vmm"
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    print("| activation groups | answer | decode tok/s (400-token prompt) |\n|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for group in (None, 64, 128, 0):
+            copy = Path(tmp) / f"int8-{group}.vmm"
+            shutil.copytree(source, copy)
+            manifest = json.loads((copy / "manifest.json").read_text())
+            config = manifest["partitions"][0]["config"]
+            config.pop("dynamic_quantization_group_size", None)
+            if group is not None:
+                config["dynamic_quantization_group_size"] = group
+            (copy / "manifest.json").write_text(json.dumps(manifest))
+            with ai_vmm.load(copy) as lm:
+                compiled = lm._session.compiled_model
+                used = int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
+                answer = lm.generate(question, max_new_tokens=24).text.split("\n")[0][:60]
+                speed = lm.generate(ids, max_new_tokens=64, min_new_tokens=64).tokens_per_s
+            label = f"{used} (plugin default)" if group is None else (used or "off")
+            print(f"| {label} | {answer} | {speed:.1f} |")
+
+
+def main(argv: list[str]) -> int:
+    parts = argv or ["engines", "profile", "dq"]
+    if not (ROOT / "genai" / "fp32").is_dir():
+        print(f"run `vmmc bench {MODEL} --generate --baselines genai` first", file=sys.stderr)
+        return 2
+    with ai_vmm.load(ROOT / "openvino-CPU-fp32.vmm") as lm:
+        ids = prompts(lm.tokenizer)["long"]
+    for part in parts:
+        print(f"\n### {part}\n")
+        {"engines": engines, "profile": profile, "dq": dq}[part](ids)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
