@@ -303,6 +303,9 @@ def section_replicas(args: argparse.Namespace, work: Path, inventory: Any) -> li
         for s in alone.values():
             s.close(close_models=False)
         pair.close()
+        for device, model in pair_models.items():  # one prune swapped out (close: idempotent)
+            if model is not models[device]:
+                model.close()
     return rows
 
 
