@@ -119,7 +119,85 @@ def stateful_model(onnx_path: Path, layers: int) -> Any:
         )
         op.set_arguments([zeros])
     model.validate_nodes_and_infer_types()
+    _constant_reshapes(model)
     return model
+
+
+def _constant_reshapes(model: Any) -> int:
+    """Give every ``Reshape`` whose target shape is computed at run time a constant one.
+
+    The exporter writes ``view(batch, seq, -1, head_dim)`` with ``batch`` read off the shape of
+    ``past.0.key`` and ``seq`` off ``input_ids`` (torch.export's symbols name graph inputs), so
+    90 of SmolLM2's reshapes hung on ``ShapeOf -> Slice -> Concat`` subgraphs and the CPU plugin
+    inferred their output shapes from values at every step; optimum-intel's export has
+    constants there (``[0, 0, -1, 64]``, ``0`` copying the input's dimension). Under the
+    decoder's contract (one batch for ``input_ids``, ``position_ids``, ``attention_mask`` and
+    ``beam_idx``, one length for ``input_ids`` and ``position_ids``) the inputs get shared
+    OpenVINO symbols; shape inference carries them through the graph, and an output dimension
+    whose symbol is the input's at the same axis becomes ``0``, a static one its length, and a
+    single remaining one ``-1``. A reshape with anything left over keeps its subgraph. The
+    symbols are removed again (they are not saved, and nothing else should lean on them).
+
+    Returns:
+        How many reshapes got a constant shape.
+    """
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    params = {p.get_friendly_name(): p for p in model.get_parameters()}
+    plain = {name: p.get_partial_shape() for name, p in params.items()}
+    batch, seq = ov.Symbol(), ov.Symbol()
+    axes = {
+        "input_ids": (batch, seq),
+        "position_ids": (batch, seq),
+        "attention_mask": (batch, None),
+        "beam_idx": (batch,),
+    }
+    for name, symbols in axes.items():
+        if name not in params:
+            continue
+        shape = params[name].get_partial_shape()
+        dims = [shape[i] for i in range(len(shape))]
+        for dim, symbol in zip(dims, symbols, strict=False):
+            if symbol is not None and dim.is_dynamic:
+                dim.set_symbol(symbol)
+        params[name].set_partial_shape(ov.PartialShape(dims))
+    model.validate_nodes_and_infer_types()
+
+    def symbol(shape: Any, axis: int) -> Any:
+        return shape[axis].get_symbol() if shape[axis].has_symbol() else None
+
+    rewritten = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Reshape" or op.input_value(1).get_node().get_type_name() in (
+            "Constant"
+        ):
+            continue
+        source, target = op.input_value(0).get_partial_shape(), op.get_output_partial_shape(0)
+        if source.rank.is_dynamic or target.rank.is_dynamic:
+            continue
+        pattern: list[int] = []
+        for axis in range(len(target)):
+            dim = target[axis]
+            mine = symbol(target, axis)
+            if dim.is_static and dim.get_length() > 0:
+                pattern.append(dim.get_length())
+            elif mine is not None and axis < len(source) and mine == symbol(source, axis):
+                pattern.append(0)
+            else:
+                pattern.append(-1)
+        if pattern.count(-1) > 1 or 0 in [d.get_length() for d in target if d.is_static]:
+            continue
+        replacement = ops.reshape(
+            op.input_value(0), ops.constant(np.array(pattern, dtype=np.int64)), special_zero=True
+        )
+        replacement.set_friendly_name(op.get_friendly_name())
+        op.output(0).replace(replacement.output(0))
+        rewritten += 1
+    for name, shape in plain.items():
+        params[name].set_partial_shape(shape)
+    model.validate_nodes_and_infer_types()
+    return rewritten
 
 
 def _float_masks(model: Any) -> None:
