@@ -117,6 +117,11 @@ def node_seconds(
     return max(compute, memory)
 
 
+# onnx's default IR version runs ahead of ONNX Runtime's (the GPU machine's onnx 1.23.1 wrote
+# IR 14, its ONNX Runtime 1.30 reads up to 13): opset 17 needs IR 8.
+IR_VERSION = 8
+
+
 def _micro_models(tmp: Path) -> tuple[Path, Path, Path]:
     """A 512^3 MatMul (compute), a 16 M-element Add (bandwidth), an Identity (overhead)."""
     n = 512
@@ -132,6 +137,7 @@ def _micro_models(tmp: Path) -> tuple[Path, Path, Path]:
             [weight],
         ),
         opset_imports=[oh.make_opsetid("", 17)],
+        ir_version=IR_VERSION,
     )
     m = 1 << 22
     add = oh.make_model(
@@ -142,6 +148,7 @@ def _micro_models(tmp: Path) -> tuple[Path, Path, Path]:
             [oh.make_tensor_value_info("c", f32, [m])],
         ),
         opset_imports=[oh.make_opsetid("", 17)],
+        ir_version=IR_VERSION,
     )
     ident = oh.make_model(
         oh.make_graph(
@@ -151,6 +158,7 @@ def _micro_models(tmp: Path) -> tuple[Path, Path, Path]:
             [oh.make_tensor_value_info("b", f32, [4])],
         ),
         opset_imports=[oh.make_opsetid("", 17)],
+        ir_version=IR_VERSION,
     )
     paths = (tmp / "mm.onnx", tmp / "add.onnx", tmp / "id.onnx")
     for model, path in zip((mm, add, ident), paths, strict=True):

@@ -115,7 +115,9 @@ def build_package(
         note = _FAILED.get(program, "")
         if not note:
             try:
-                module = _program_module(program, [v.name for v in model.graph.inputs], compute)
+                module = _program_module(
+                    program, [v.name for v in model.graph.inputs], compute, torch_device
+                )
                 payload = _build(
                     module, "torch", model, options, out_dir, precision, eager, torch_device
                 )
@@ -127,7 +129,10 @@ def build_package(
                 _FAILED[program] = note
                 _clear(out_dir)
         if payload is None and wanted == "torch":
-            raise CompileError(f"cuda target: {note}")
+            reason = note.removesuffix(": the ONNX graph was compiled instead")
+            raise CompileError(
+                f"cuda target: {reason} (cuda_source='torch' forbids the ONNX route)"
+            )
     if payload is None:
         from ai_vmm.targets.cuda_convert import ConversionError, to_torch
 
@@ -234,15 +239,31 @@ def _torch_route_offered(model: ir.Model, options: TargetOptions) -> bool:
     return list(names[0]) == inputs and list(names[1]) == outputs
 
 
-def _program_module(program: Any, input_names: list[str | None], compute: Any) -> Any:
-    """An ``nn.Module`` around an ExportedProgram: float32 in and out, ``compute`` inside."""
+def _program_module(
+    program: Any, input_names: list[str | None], compute: Any, device: str = "cpu"
+) -> Any:
+    """An ``nn.Module`` around an ExportedProgram: float32 in and out, ``compute`` inside.
+
+    A program exported on the CPU has the CPU burnt into nodes that make tensors
+    (``arange(..., device=cpu)`` in BERT's and ViT's position ids): moving the module's
+    parameters is not enough, so the program goes through ``move_to_device_pass`` first
+    (measured on the H200: both re-exports failed with a device mismatch without it).
+    """
     import torch
 
     from ai_vmm.targets.cuda_convert import named_forward, python_names
 
     # A copy: the program's module shares its parameters with the user's model, which moving
     # them to the GPU (or to fp16) would change under the user's feet.
-    inner = copy.deepcopy(program.module())
+    program = copy.deepcopy(program)
+    if device != "cpu":
+        try:
+            from torch.export.passes import move_to_device_pass
+        except ImportError:  # an older torch: parameters are moved by the caller
+            pass
+        else:
+            program = move_to_device_pass(program, device)
+    inner = program.module()
     if compute != torch.float32:
         inner = inner.to(compute)
 
@@ -375,13 +396,21 @@ def export(
     dims: dict[str, tuple[int, int]],
     inputs: list[ir.Value],
 ) -> tuple[Any, str]:
-    """``torch.export`` with named dims; if that fails, DYNAMIC hints within the same bounds
-    (export adds the guards it cannot prove on named dims: torch 2.11's symbolic reasoning
-    refused some that 2.13 proves), then AUTO (the model pins an axis: export decides)."""
+    """``torch.export`` with named dims, keeping the lower bounds asked for.
+
+    When the named export fails, DYNAMIC hints find the ranges the model really allows (a
+    position table caps a sequence axis at 128, say), but hints also raise every lower bound
+    of 1 to 2 (export's 0/1 specialization): a package that then refuses batch 1. So the named
+    export is retried with the hints' upper bounds and the asked-for lower bounds, then the same
+    under ``backed_size_oblivious`` (size 1 not special: torch 2.11 guarded ``batch != 1`` where
+    2.13 proves it away), and only then are the hints' ranges kept; AUTO last (the model pins
+    an axis: export decides). The compile verifies the package at the sample sizes either way.
+    """
     import torch
     from torch.export import Dim
 
-    named = {s: Dim(_dim_name(s), min=lo, max=hi) for s, (lo, hi) in dims.items() if lo != hi}
+    def named(bounds: dict[str, tuple[int, int]]) -> dict[str, Any]:
+        return {s: Dim(_dim_name(s), min=lo, max=hi) for s, (lo, hi) in bounds.items() if lo != hi}
 
     def hint(symbol: str) -> Any:
         low, high = dims[symbol]
@@ -390,7 +419,8 @@ def export(
         except TypeError:  # a torch whose hints take no bounds
             return Dim.DYNAMIC
 
-    def shapes(mode: str) -> Any:
+    def shapes(mode: str, bounds: dict[str, tuple[int, int]]) -> Any:
+        dynamic = named(bounds)
         spec = []
         for value in inputs:
             axes: dict[int, Any] = {}
@@ -398,28 +428,77 @@ def export(
                 if isinstance(dim, int):
                     continue
                 symbol = _symbol(value, axis, dim)
-                if symbol in named:
-                    axes[axis] = {"named": named[symbol], "auto": Dim.AUTO}.get(mode) or hint(
+                if symbol in dynamic:
+                    axes[axis] = {"named": dynamic[symbol], "auto": Dim.AUTO}.get(mode) or hint(
                         symbol
                     )
             spec.append(axes or None)
         return dict(zip(arg_names, spec, strict=True))
 
+    def attempt(mode: str, bounds: dict[str, tuple[int, int]], oblivious: bool = False) -> Any:
+        from torch.fx.experimental import _config as fx_config
+
+        patch: Any = (
+            fx_config.patch(backed_size_oblivious=True)  # type: ignore[attr-defined]
+            if oblivious and hasattr(fx_config, "backed_size_oblivious")
+            else contextlib.nullcontext()
+        )
+        with patch:
+            return torch.export.export(
+                module, tuple(example), dynamic_shapes=shapes(mode, bounds), strict=False
+            )
+
     errors: list[str] = []
     with _quiet():
-        for mode in ("named", "hints", "auto"):
-            try:
-                program = torch.export.export(
-                    module, tuple(example), dynamic_shapes=shapes(mode), strict=False
-                )
-            except Exception as exc:
-                errors.append(_one_line(exc))
+        try:
+            return attempt("named", dims), ""
+        except Exception as exc:
+            errors.append(_one_line(exc))
+        try:
+            hinted = attempt("hints", dims)
+        except Exception as exc:
+            errors.append(_one_line(exc))
+            hinted = None
+        if hinted is not None:
+            found = _program_ranges(hinted, inputs)
+            narrowed = {s: (lo, min(hi, found.get(s, (lo, hi))[1])) for s, (lo, hi) in dims.items()}
+            for oblivious in (False, True):
+                try:
+                    program = attempt("named", narrowed, oblivious)
+                except Exception as exc:
+                    errors.append(_one_line(exc))
+                    continue
+                how = "size 1 taken obliviously, " if oblivious else ""
+                return program, f"exported with {how}the ranges the model allows: {errors[0][:300]}"
+            return hinted, f"exported with hints: {errors[0][:300]}"
+        try:
+            program = attempt("auto", dims)
+        except Exception as exc:
+            errors.append(_one_line(exc))
+            raise CompileError(f"cuda target: torch.export failed: {errors[-1]}") from None
+        return program, f"some axes were pinned by the model: {errors[0][:300]}"
+
+
+def _program_ranges(program: Any, inputs: list[ir.Value]) -> dict[str, tuple[int, int]]:
+    """The range of each ONNX dimension symbol as the exported program bounds it."""
+    user = set(program.graph_signature.user_inputs)
+    placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in user]
+    found: dict[str, tuple[int, int]] = {}
+    for value, node in zip(inputs, placeholders, strict=False):
+        fake = node.meta.get("val")
+        for axis, (dim, size) in enumerate(
+            zip(value.shape or [], getattr(fake, "shape", ()), strict=False)
+        ):
+            expr = getattr(getattr(size, "node", None), "expr", None)
+            bound = program.range_constraints.get(expr) if expr is not None else None
+            if isinstance(dim, int) or bound is None:
                 continue
-            if not errors:
-                return program, ""
-            how = "some axes were pinned by the model" if mode == "auto" else "exported with hints"
-            return program, f"{how}: {errors[0][:300]}"
-    raise CompileError(f"cuda target: torch.export failed: {errors[-1]}")
+            low = int(bound.lower) if bound.lower.is_finite else 0
+            high = int(bound.upper) if bound.upper.is_finite else 2**31 - 1
+            symbol = _symbol(value, axis, dim)
+            old = found.get(symbol, (low, high))
+            found[symbol] = (max(low, old[0]), min(high, old[1]))
+    return found
 
 
 def _dim_name(symbol: str) -> str:

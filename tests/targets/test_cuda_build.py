@@ -171,6 +171,45 @@ def test_dynamic_ranges_are_recorded_and_enforced(tmp_path: Path) -> None:
         executor.run({"x": x})
 
 
+def test_a_capped_axis_keeps_size_one_in_range(
+    zoo_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """The zoo encoder's position table caps its sequence at 128, so the named export fails;
+    export's hints find the cap but raise every lower bound to 2 (0/1 specialization). The
+    named export is retried with the cap: batch 1 and one token stay in range (on the H200 the
+    executor refused batch 1 and the compile failed its verification)."""
+    path = zoo_model("transformer_encoder")
+    model = ir.load(path)
+    options = TargetOptions(extra={"input_bounds": {}, "sample_dims": {}})
+    payload = CudaTarget().float_baseline(model, CPU, options, _dir(tmp_path / "p"))
+    ranges = {s["name"]: s["ranges"] for s in payload.config["inputs"]}
+    assert ranges["input_ids"] == {"0": [1, 4096], "1": [1, 128]}
+    assert "ranges the model allows" in payload.config["shape_note"]
+    executor = create_executor(
+        "cuda",
+        tmp_path / "p" / payload.entry,
+        "cpu",
+        payload.config,
+        ("last_hidden_state", "pooler_output"),
+    )
+    session = ort.InferenceSession(str(path))
+    for batch, seq in ((1, 1), (1, 7), (3, 128)):
+        feeds = {
+            "input_ids": np.random.default_rng(seq).integers(0, 100, (batch, seq)),
+            "attention_mask": np.ones((batch, seq), np.int64),
+        }
+        want = session.run(None, feeds)[0]
+        got = executor.run(feeds)["last_hidden_state"]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(InputError, match=r"axis 1 is 129, outside the range 1\.\.128"):
+        executor.run(
+            {
+                "input_ids": np.ones((1, 129), np.int64),
+                "attention_mask": np.ones((1, 129), np.int64),
+            }
+        )
+
+
 def test_a_second_identical_request_reuses_the_package(
     zoo_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
