@@ -6,7 +6,9 @@ copy), then OpenVINO's own ``MakeStateful`` transformation turns each past/prese
 variable, and the variables start from zeros shaped by the batch of ``input_ids``. OpenVINO's
 CPU plugin then fuses ``ReadValue -> Gather -> Concat -> ScaledDotProductAttention -> Assign``
 into one attention node that keeps the cache (``StatefulSDPAFusion``); ``fused_attention``
-counts them in the compiled model so the report shows whether it happened.
+counts them in the compiled model so the report shows whether it happened. Reshapes whose
+target shape the exporter computes from the inputs' shapes get constant ones
+(``_constant_reshapes``), as in optimum-intel's export.
 
 Weight-only compression uses NNCF's ``compress_weights`` on the stateful model: INT8 (symmetric,
 per channel) or INT4 (symmetric, groups) with a share of the layers kept in INT8 (``ratio``),
@@ -158,9 +160,9 @@ def _constant_reshapes(model: Any) -> int:
             continue
         shape = params[name].get_partial_shape()
         dims = [shape[i] for i in range(len(shape))]
-        for dim, symbol in zip(dims, symbols, strict=False):
-            if symbol is not None and dim.is_dynamic:
-                dim.set_symbol(symbol)
+        for dim, shared in zip(dims, symbols, strict=False):
+            if shared is not None and dim.is_dynamic:
+                dim.set_symbol(shared)
         params[name].set_partial_shape(ov.PartialShape(dims))
     model.validate_nodes_and_infer_types()
 
