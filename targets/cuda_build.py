@@ -169,6 +169,10 @@ def _build(
     example, dims = example_inputs(graph_inputs, bounds, sample_dims, torch_device)
     program, shape_note = export(module, example, list(module.arg_names), dims, graph_inputs)
     specs = input_specs(program, graph_inputs, dims)
+    raised = _smallest_sizes_check(program, module, example, graph_inputs, specs, precision)
+    if raised:
+        note = f"the export differs from the model at {raised}: those sizes are refused"
+        shape_note = f"{shape_note}; {note}" if shape_note else note
     if source == "torch":
         narrowed = [
             f"{s['name']} axis {axis}"
@@ -539,6 +543,72 @@ def input_specs(
             spec["symbols"] = symbols
         specs.append(spec)
     return specs
+
+
+def _smallest_sizes_check(
+    program: Any,
+    module: Any,
+    example: list[Any],
+    inputs: list[ir.Value],
+    specs: list[dict[str, Any]],
+    precision: str,
+) -> str:
+    """Run the exported program at the smallest size of each dynamic dimension, against the
+    module.
+
+    Export traces at sizes >= 2 and may take size 1 obliviously: a branch on ``batch == 1``
+    is then traced the other way with nothing to say so (torch 2.13 exports such a branch with
+    the range 1..N). Where the two disagree, that dimension's lower bound goes up to the
+    example's size (the executor refuses the rest) and the returned text names the axes; ''
+    when they agree everywhere.
+    """
+
+    by_symbol: dict[str, list[tuple[int, dict[str, Any], int, int, int]]] = {}
+    for index, (tensor, spec) in enumerate(zip(example, specs, strict=True)):
+        for axis_key, (low, _high) in spec["ranges"].items():
+            axis = int(axis_key)
+            if 1 <= low < tensor.shape[axis]:
+                symbol = spec.get("symbols", {}).get(axis_key, f"{index}:{axis}")
+                entry = (index, spec, axis, int(low), int(tensor.shape[axis]))
+                by_symbol.setdefault(symbol, []).append(entry)
+    raised: list[str] = []
+    for entries in by_symbol.values():
+        smallest = list(example)
+        for index, _spec, axis, low, _size in entries:
+            smallest[index] = smallest[index].narrow(axis, 0, low)
+        if _agree(program, module, smallest, precision):
+            continue
+        for _index, spec, axis, _low, size in entries:
+            spec["ranges"][str(axis)][0] = size
+            raised.append(f"{spec['name']} axis {axis} below {size}")
+    return ", ".join(raised[:4])
+
+
+def _agree(program: Any, module: Any, feeds: list[Any], precision: str) -> bool:
+    """The program computes what the module computes on these inputs (or the module itself
+    cannot take them: not a valid combination of sizes, nothing to say)."""
+    import torch
+
+    try:
+        with torch.inference_mode():
+            want = torch.utils._pytree.tree_leaves(module(*feeds))
+    except Exception:
+        return True
+    try:
+        with torch.inference_mode():
+            got = torch.utils._pytree.tree_leaves(program.module()(*feeds))
+    except Exception:  # the model runs there and the program does not
+        return False
+    return len(got) == len(want) and all(
+        a.shape == b.shape
+        and (
+            torch.equal(a, b)
+            if not a.is_floating_point()
+            else float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12))
+            <= SELF_CHECK[precision]
+        )
+        for a, b in zip(got, want, strict=True)
+    )
 
 
 def _self_check(runner: Any, module: Any, example: list[Any], precision: str) -> None:

@@ -210,6 +210,34 @@ def test_a_capped_axis_keeps_size_one_in_range(
         )
 
 
+class Branchy(torch.nn.Module):
+    """Computes differently at batch 1: export traces at batch 2 and takes size 1 obliviously
+    (torch 2.13 exports this with the range 1..N and the x + x branch for every size)."""
+
+    arg_names = ["x", "ids"]
+
+    def forward(self, x: Any, ids: Any) -> Any:
+        return ((x * 3 if x.shape[0] == 1 else x + x) + ids.float(),)
+
+
+def test_sizes_where_the_export_differs_from_the_model_are_refused(tmp_path: Path) -> None:
+    model = ir.load(_two_inputs(tmp_path / "two.onnx"))
+    options = TargetOptions(extra={"input_bounds": {}, "sample_dims": {}})
+    payload = cuda_build._build(
+        Branchy(), "onnx", model, options, _dir(tmp_path / "p"), "fp32", True, "cpu"
+    )
+    specs = {s["name"]: s for s in payload.config["inputs"]}
+    assert specs["x"]["ranges"]["0"] == [2, 4096] and specs["x"]["ranges"]["1"][0] == 1
+    assert "differs from the model at x axis 0 below 2" in payload.config["shape_note"]
+    executor = create_executor(
+        "cuda", tmp_path / "p" / payload.entry, "cpu", payload.config, ("y",)
+    )
+    x, ids = np.ones((3, 5), np.float32), np.ones((3, 5), np.int64)
+    np.testing.assert_allclose(executor.run({"x": x, "ids": ids})["y"], x + x + 1)
+    with pytest.raises(InputError, match=r"axis 0 is 1, outside the range 2\.\.4096"):
+        executor.run({"x": x[:1], "ids": ids[:1]})
+
+
 def test_a_second_identical_request_reuses_the_package(
     zoo_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
