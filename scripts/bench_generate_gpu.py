@@ -17,11 +17,18 @@ one-token generate), medians of ``--rounds`` interleaved rounds. Writes the tabl
 
     python scripts/bench_generate_gpu.py                 # on the GPU machine
     python scripts/bench_generate_gpu.py --tiny          # CPU smoke run (tiny model, seconds)
+
+``--engines vmm,eager,compiled`` runs a subset; with ``--json`` the rows are merged into what the
+file already holds (same model, precision, batch and engine replaced), so each engine can run
+in its own process (``scripts/gpu_all.sh generate`` does: on the H200 one process running all
+three died with a segmentation fault while the torch.compile baseline warmed up, taking every
+row with it). Rounds are interleaved only among the engines of one process.
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import gc
 import importlib.util
 import inspect
@@ -184,6 +191,23 @@ def vmm_engine(
     return timed
 
 
+ENGINES = {
+    "vmm": "ai-vmm (static cache, CUDA graphs)",
+    "eager": "transformers eager",
+    "compiled": "transformers static cache + torch.compile",
+}
+
+
+def make_engine(
+    key: str, source: Path, dtype: str, device: str, target: str, stem: Path
+) -> Callable[[list[list[int]], int], float]:
+    if key == "vmm":
+        return vmm_engine(source, dtype, target, Path(f"{stem}-{dtype}.vmm"))
+    if key in ("eager", "compiled"):
+        return hf_engine(source, dtype, device, compiled=key == "compiled")
+    raise SystemExit(f"unknown engine {key!r} ({', '.join(ENGINES)})")
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
@@ -195,13 +219,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         for dtype in args.dtypes.split(","):
             prompt = [(7 * i + 3) % 500 + 1 for i in range(args.prompt_tokens)]
             engines = {
-                "ai-vmm (static cache, CUDA graphs)": vmm_engine(
-                    source, dtype, target, root / f"{name}-{dtype}.vmm"
-                ),
-                "transformers eager": hf_engine(source, dtype, device, compiled=False),
-                "transformers static cache + torch.compile": hf_engine(
-                    source, dtype, device, compiled=True
-                ),
+                ENGINES[key]: make_engine(key, source, dtype, device, target, root / name)
+                for key in args.engines.split(",")
             }
             for batch in (int(b) for b in args.batches.split(",")):
                 prompts = [prompt] * batch
@@ -277,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--engines", default="vmm,eager,compiled")
     parser.add_argument(
         "--work", default=os.path.join(tempfile.gettempdir(), "ai-vmm-gpu-generate")
     )
@@ -289,8 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         args.models, args.dtypes, args.batches = "tiny-llama", "fp32", "1,2"
         args.new_tokens, args.prompt_tokens, args.rounds = 8, 16, 1
+    faulthandler.enable()
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    rows = run(args)
+    rows = merge(args.json, run(args))
     command = "python scripts/bench_generate_gpu.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
@@ -300,6 +321,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
+
+
+def merge(path: Path | None, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows already in ``path`` (if any), with this run's rows replacing their namesakes."""
+    if path is None or not path.is_file():
+        return new
+
+    def key(row: dict[str, Any]) -> tuple[Any, ...]:
+        return (row["model"], row["dtype"], row["batch"], row["engine"])
+
+    fresh = {key(r) for r in new}
+    return [r for r in json.loads(path.read_text()) if key(r) not in fresh] + new
 
 
 if __name__ == "__main__":

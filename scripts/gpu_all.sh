@@ -54,10 +54,15 @@ for part in "${PARTS[@]}"; do
             --sections replicas --rounds 3 --seconds 1 \
             --json "$RESULTS/parallel.json" --out "$RESULTS/parallel.md" ;;
     generate)
+        # One process per engine: one process running all three died with a segmentation
+        # fault on the H200 (2026-12-04) while the torch.compile baseline warmed up.
         cp docs/generate.md "$RESULTS/generate.md" 2>/dev/null
-        run_part generate "$PART_SECONDS_generate" python3 scripts/bench_generate_gpu.py \
-            --models smollm2,llama1b --dtypes bf16 --batches 1,16 --new-tokens 64 --rounds 2 \
-            --json "$RESULTS/generate.json" --out "$RESULTS/generate.md" ;;
+        for engine in vmm eager compiled; do
+            run_part "generate-$engine" "$PART_SECONDS_generate" python3 -X faulthandler \
+                scripts/bench_generate_gpu.py --engines "$engine" \
+                --models smollm2,llama1b --dtypes bf16 --batches 1,16 --new-tokens 64 \
+                --rounds 2 --json "$RESULTS/generate.json" --out "$RESULTS/generate.md"
+        done ;;
     crash)
         AI_VMM_TEST_CONVFORMER_PACKAGE=/tmp/cfpkg run_part crash "$PART_SECONDS_crash" \
             python3 scripts/gpu_crash_check.py --json "$RESULTS/crash.json" ;;

@@ -81,7 +81,8 @@ class CudaExecutor:
         self._cuda = self._device.type == "cuda"
         specs = list(config.get("inputs", []))
         self._names = [str(spec["name"]) for spec in specs]
-        self._checks = {str(spec["name"]): _ShapeCheck(spec) for spec in specs}
+        note = str(config.get("shape_note") or "")
+        self._checks = {str(spec["name"]): _ShapeCheck(spec, note) for spec in specs}
         self._dtypes = {str(spec["name"]): str(spec.get("dtype", "")) for spec in specs}
         self._outputs = list(outputs)
         self._keep = set(config.get("device_outputs", ()))
@@ -253,7 +254,9 @@ class CudaExecutor:
 class _ShapeCheck:
     """One input's compiled shape: fixed sizes, dynamic ranges and shared symbols."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: dict[str, Any], note: str = "") -> None:
+        self.note = note
+        """How the export came by its ranges, when it did not take the ones asked for."""
         self.shape = list(spec.get("shape") or [])
         self.ranges = {
             int(a): (int(r[0]), int(r[1])) for a, r in (spec.get("ranges") or {}).items()
@@ -276,6 +279,7 @@ class _ShapeCheck:
                     f"input '{name}': axis {axis} is {shape[axis]}, outside the range "
                     f"{low}..{high} the GPU package was compiled for (recompile with "
                     f"--input giving the sizes you need)"
+                    + (f"; the export said: {self.note[:300]}" if self.note else "")
                 )
         for axis, symbol in self.symbols.items():
             seen = sizes.setdefault(symbol, (shape[axis], name))

@@ -234,7 +234,9 @@ def test_sizes_where_the_export_differs_from_the_model_are_refused(tmp_path: Pat
     )
     x, ids = np.ones((3, 5), np.float32), np.ones((3, 5), np.int64)
     np.testing.assert_allclose(executor.run({"x": x, "ids": ids})["y"], x + x + 1)
-    with pytest.raises(InputError, match=r"axis 0 is 1, outside the range 2\.\.4096"):
+    with pytest.raises(
+        InputError, match=r"axis 0 is 1, outside the range 2\.\.4096.*export said.*differs"
+    ):
         executor.run({"x": x[:1], "ids": ids[:1]})
 
 
