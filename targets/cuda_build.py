@@ -173,6 +173,7 @@ def _build(
     if raised:
         note = f"the export differs from the model at {raised}: those sizes are refused"
         shape_note = f"{shape_note}; {note}" if shape_note else note
+    padding = _batch_padding(program, module, example, specs, dims, graph_inputs, precision)
     if source == "torch":
         narrowed = [
             f"{s['name']} axis {axis}"
@@ -193,6 +194,8 @@ def _build(
     }
     if shape_note:
         config["shape_note"] = shape_note
+    if padding:
+        config["pad_batch"] = padding
     if eager:
         entry = out_dir / "program.pt2"
         with _quiet():
@@ -483,6 +486,14 @@ def export(
         return program, f"some axes were pinned by the model: {errors[0][:300]}"
 
 
+def _bound(value: Any, unbounded: int) -> int:
+    """A range end as an int (torch's ``int_oo`` says ``is_finite`` yet has no int value)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        return unbounded
+
+
 def _program_ranges(program: Any, inputs: list[ir.Value]) -> dict[str, tuple[int, int]]:
     """The range of each ONNX dimension symbol as the exported program bounds it."""
     user = set(program.graph_signature.user_inputs)
@@ -497,8 +508,7 @@ def _program_ranges(program: Any, inputs: list[ir.Value]) -> dict[str, tuple[int
             bound = program.range_constraints.get(expr) if expr is not None else None
             if isinstance(dim, int) or bound is None:
                 continue
-            low = int(bound.lower) if bound.lower.is_finite else 0
-            high = int(bound.upper) if bound.upper.is_finite else 2**31 - 1
+            low, high = _bound(bound.lower, 0), _bound(bound.upper, 2**31 - 1)
             symbol = _symbol(value, axis, dim)
             old = found.get(symbol, (low, high))
             found[symbol] = (max(low, old[0]), min(high, old[1]))
@@ -535,8 +545,7 @@ def input_specs(
             expr = getattr(getattr(size, "node", None), "expr", None)
             bound = ranges.get(expr) if expr is not None else None
             if bound is not None:
-                low = int(bound.lower) if bound.lower.is_finite else 0
-                high = int(bound.upper) if bound.upper.is_finite else 2**31 - 1
+                low, high = _bound(bound.lower, 0), _bound(bound.upper, 2**31 - 1)
                 spec["ranges"][str(axis)] = [low, high]
                 symbols[str(axis)] = str(expr)
         if symbols:
@@ -584,6 +593,63 @@ def _smallest_sizes_check(
     return ", ".join(raised[:4])
 
 
+def _batch_padding(
+    program: Any,
+    module: Any,
+    example: list[Any],
+    specs: list[dict[str, Any]],
+    dims: dict[str, tuple[int, int]],
+    inputs: list[ir.Value],
+    precision: str,
+) -> dict[str, int] | None:
+    """Where the package's batch range starts above the one asked for, whether a smaller batch
+    can run padded up to the package's least batch (rows repeated, outputs cut back).
+
+    Torch 2.11 exported the zoo Llama with batch 2..N whatever we asked (H200, 2026-12-04),
+    and the executor refused batch 1. Padding is right only where rows do not mix: the axis
+    must be the leading axis of every input and output, and the program at the padded size
+    must give the model's own result at the small one (checked here on the example's rows).
+    Returns ``{"from": small, "to": least}`` or ``None``.
+    """
+    import torch
+
+    lows = {spec.get("symbols", {}).get("0"): spec["ranges"].get("0", [0, 0])[0] for spec in specs}
+    if len(lows) != 1 or None in lows:
+        return None
+    ((expr, least),) = lows.items()
+    wanted = {
+        dims[_symbol(v, 0, v.shape[0])][0]
+        for v in inputs
+        if v.shape and len(v.shape) and not isinstance(v.shape[0], int)
+    }
+    if len(wanted) != 1:
+        return None
+    small = wanted.pop()
+    if not 1 <= small < least:
+        return None
+    outputs = next(n for n in program.graph.nodes if n.op == "output").args[0]
+    for node in outputs:
+        shape = getattr(getattr(node, "meta", {}).get("val"), "shape", ())
+        if not shape or str(getattr(getattr(shape[0], "node", None), "expr", "")) != expr:
+            return None
+    if any(t.shape[0] < least for t in example):
+        return None
+    # Checked with other rows than the executor's padding (it repeats the last row): a copy of
+    # a row hides mixing that averages rows.
+    rows = [t.narrow(0, 0, small) for t in example]
+    padded = [t.narrow(0, 0, least) for t in example]
+    try:
+        with torch.inference_mode():
+            want = torch.utils._pytree.tree_leaves(module(*rows))
+            got = torch.utils._pytree.tree_leaves(program.module()(*padded))
+    except Exception:
+        return None
+    cut = [g.narrow(0, 0, small) for g in got]
+    if not _same(cut, want, precision):
+        return None
+    return {"from": int(small), "to": int(least)}
+
+
 def _agree(program: Any, module: Any, feeds: list[Any], precision: str) -> bool:
     """The program computes what the module computes on these inputs (or the module itself
     cannot take them: not a valid combination of sizes, nothing to say)."""
@@ -599,6 +665,12 @@ def _agree(program: Any, module: Any, feeds: list[Any], precision: str) -> bool:
             got = torch.utils._pytree.tree_leaves(program.module()(*feeds))
     except Exception:  # the model runs there and the program does not
         return False
+    return _same(got, want, precision)
+
+
+def _same(got: list[Any], want: list[Any], precision: str) -> bool:
+    import torch
+
     return len(got) == len(want) and all(
         a.shape == b.shape
         and (

@@ -88,6 +88,8 @@ class CudaExecutor:
         self._keep = set(config.get("device_outputs", ()))
         self._use_graphs = bool(config.get("cuda_graphs")) and self._cuda
         self._cudnn_benchmark = bool(config.get("cudnn_benchmark", False))
+        pad = config.get("pad_batch")
+        self._pad = (int(pad["from"]), int(pad["to"])) if pad else None
         self._runner = _load_runner(torch, entry, str(config.get("runner", "aoti")), self._device)
         self._stream = private_stream(torch, self._device) if self._cuda else None
         self._graphs: OrderedDict[tuple[tuple[int, ...], ...], CapturedGraph] = OrderedDict()
@@ -106,6 +108,7 @@ class CudaExecutor:
 
     def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
         torch = self._torch
+        inputs, rows = self._padded(inputs)
         inputs = self._prepare(inputs)
         with self._lock, torch.inference_mode(), self._on_stream() as caller:
             if self._use_graphs:
@@ -116,7 +119,32 @@ class CudaExecutor:
                     results = list(self._runner(*tensors))
                 except Exception as exc:
                     raise InputError(f"the CUDA package failed to run: {_one_line(exc)}") from exc
-            return self._deliver(results, caller)
+            out = self._deliver(results, caller)
+        if rows is not None:
+            out = {name: value[:rows] for name, value in out.items()}
+        return out
+
+    def _padded(self, inputs: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+        """A batch below the package's least one, padded up to it (``config["pad_batch"]``:
+        the build checked that rows do not mix); the real row count, or ``None``."""
+        if not self._pad:
+            return inputs, None
+        sizes = {int(v.shape[0]) for v in inputs.values() if getattr(v, "shape", None)}
+        if len(sizes) != 1:
+            return inputs, None
+        rows = sizes.pop()
+        small, least = self._pad
+        if not small <= rows < least:
+            return inputs, None
+        extra = least - rows
+        padded: dict[str, Any] = {}
+        for name, value in inputs.items():
+            if isinstance(value, self._torch.Tensor):
+                padded[name] = self._torch.cat([value, value[-1:].expand(extra, *value.shape[1:])])
+            else:
+                array = np.asarray(value)
+                padded[name] = np.concatenate([array, np.repeat(array[-1:], extra, axis=0)])
+        return padded, rows
 
     # Internals -----------------------------------------------------------------------------
 

@@ -214,7 +214,7 @@ class Branchy(torch.nn.Module):
     """Computes differently at batch 1: export traces at batch 2 and takes size 1 obliviously
     (torch 2.13 exports this with the range 1..N and the x + x branch for every size)."""
 
-    arg_names = ["x", "ids"]
+    arg_names = ("x", "ids")
 
     def forward(self, x: Any, ids: Any) -> Any:
         return ((x * 3 if x.shape[0] == 1 else x + x) + ids.float(),)
@@ -238,6 +238,62 @@ def test_sizes_where_the_export_differs_from_the_model_are_refused(tmp_path: Pat
         InputError, match=r"axis 0 is 1, outside the range 2\.\.4096.*export said.*differs"
     ):
         executor.run({"x": x[:1], "ids": ids[:1]})
+
+
+class Mixing(torch.nn.Module):
+    """Rows that mix (each row minus the batch mean): padding the batch would change them."""
+
+    arg_names = ("x", "ids")
+
+    def forward(self, x: Any, ids: Any) -> Any:
+        return (x - x.mean(0, keepdim=True) + ids.float(),)
+
+
+def _hinted(module: Any, example: list[Any], arg_names: list[str], *_: Any) -> Any:
+    """Export with hints only: every lower bound comes out 2 (what torch 2.11 gave the zoo
+    Llama on the H200 whatever was asked)."""
+    from torch.export import Dim
+
+    shapes = {n: {0: Dim.DYNAMIC, 1: Dim.DYNAMIC} for n in arg_names}
+    program = torch.export.export(module, tuple(example), dynamic_shapes=shapes, strict=False)
+    return program, "exported with hints (test)"
+
+
+@pytest.mark.parametrize("mixing", [False, True])
+def test_a_batch_below_the_exports_range_runs_padded_where_rows_do_not_mix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mixing: bool
+) -> None:
+    from ai_vmm.targets.cuda_convert import to_torch
+
+    path = _two_inputs(tmp_path / "two.onnx")
+    model = ir.load(path)
+    module = Mixing() if mixing else to_torch(model, torch.float32).eval()
+    monkeypatch.setattr(cuda_build, "export", _hinted)
+    options = TargetOptions(extra={"input_bounds": {}, "sample_dims": {}})
+    payload = cuda_build._build(
+        module, "onnx", model, options, _dir(tmp_path / "p"), "fp32", True, "cpu"
+    )
+    assert payload.config["inputs"][0]["ranges"]["0"][0] == 2
+    executor = create_executor(
+        "cuda", tmp_path / "p" / payload.entry, "cpu", payload.config, ("y",)
+    )
+    rng = np.random.default_rng(0)
+    x, ids = rng.standard_normal((1, 6)).astype(np.float32), rng.integers(0, 9, (1, 6))
+    if mixing:
+        assert "pad_batch" not in payload.config
+        with pytest.raises(InputError, match=r"axis 0 is 1, outside the range 2\.\."):
+            executor.run({"x": x, "ids": ids})
+        return
+    assert payload.config["pad_batch"] == {"from": 1, "to": 2}
+    session = ort.InferenceSession(str(path))
+    for batch in (1, 3):
+        xb, idsb = np.repeat(x, batch, 0) + np.arange(batch)[:, None], np.repeat(ids, batch, 0)
+        got = executor.run({"x": xb.astype(np.float32), "ids": idsb})["y"]
+        want = session.run(None, {"x": xb.astype(np.float32), "ids": idsb})[0]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    kept = executor.run({"x": torch.from_numpy(x), "ids": torch.from_numpy(ids)})["y"]
+    assert kept.shape == (1, 6)
 
 
 def test_a_second_identical_request_reuses_the_package(
