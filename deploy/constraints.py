@@ -20,6 +20,7 @@ from ai_vmm.runtime.errors import ConstraintError
 ACCURACY_METRICS = ("cosine", "top1", "max_abs", "mean_abs")
 OBJECTIVES = ("auto", "cost", "latency", "throughput")
 MAX_BATCH = 256
+MAX_REPLICAS = 64
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,11 @@ class Constraints:
         optimize: what to minimise among the candidates that meet every limit: ``cost``
             (energy per inference), ``latency``, ``throughput`` (maximised), or ``auto``:
             ``cost`` when a latency, throughput or power limit is given, else ``latency``.
+        replicas: run the model on several devices at once (``ai_vmm.deploy.replicas``):
+            ``"auto"`` (every device with a candidate that meets the constraints), a number
+            (the N best such devices) or device keys (``["openvino:CPU", "onnxruntime:CPU"]``).
+            The set is measured on the samples against its best device alone and kept only
+            where it is faster; ``None`` (default) or 1: one device.
     """
 
     max_latency_ms: float | None = None
@@ -57,6 +63,7 @@ class Constraints:
     preferred_hardware: tuple[str, ...] = ()
     max_batch: int = 32
     optimize: str = "auto"
+    replicas: str | int | tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_latency_ms", "min_throughput", "power_budget_watts", "max_memory_mb"):
@@ -78,6 +85,7 @@ class Constraints:
             raise ConstraintError(
                 f"optimize must be one of {', '.join(OBJECTIVES)}, got {self.optimize!r}"
             )
+        object.__setattr__(self, "replicas", _replicas(self.replicas))
 
     @classmethod
     def parse(cls, value: Constraints | Mapping[str, Any] | Iterable[str] | None) -> Constraints:
@@ -130,8 +138,11 @@ class Constraints:
         return found
 
     def to_json(self) -> dict[str, Any]:
-        """Every field, JSON-ready (the deployment store's key records this)."""
-        return {
+        """Every field, JSON-ready (the deployment store's key records this).
+
+        ``replicas`` appears only when asked for, so the keys of single-device deployments
+        stored before it existed still match."""
+        data: dict[str, Any] = {
             "max_latency_ms": self.max_latency_ms,
             "latency_percentile": self.latency_percentile,
             "min_throughput": self.min_throughput,
@@ -142,6 +153,11 @@ class Constraints:
             "max_batch": self.max_batch,
             "optimize": self.optimize,
         }
+        if self.replicas is not None:
+            data["replicas"] = (
+                list(self.replicas) if isinstance(self.replicas, tuple) else (self.replicas)
+            )
+        return data
 
     def describe(self) -> str:
         """One line: the limits that are set, as a user would write them."""
@@ -158,6 +174,9 @@ class Constraints:
             parts.append(f"{metric} drop <= {limit:g}")
         if self.preferred_hardware:
             parts.append("prefer " + " > ".join(self.preferred_hardware))
+        if self.replicas is not None:
+            what = ", ".join(self.replicas) if isinstance(self.replicas, tuple) else self.replicas
+            parts.append(f"replicas {what}")
         return "; ".join(parts) or "none"
 
 
@@ -243,6 +262,40 @@ def _hardware(value: Any) -> tuple[str, ...]:
         if name not in names:
             names.append(name)
     return tuple(names)
+
+
+def _replicas(value: Any) -> str | int | tuple[str, ...] | None:
+    """``None`` (or 1: one device), ``"auto"``, a count >= 2, or ``target:DEVICE`` keys."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() == "auto":
+            return "auto"
+        listed = [v.strip() for v in text.split(",") if v.strip()]
+        value = int(text) if text.isdigit() else listed
+    if isinstance(value, bool):
+        raise ConstraintError(f"replicas must be 'auto', a number or device keys, got {value!r}")
+    if isinstance(value, int):
+        if not 1 <= value <= MAX_REPLICAS:
+            raise ConstraintError(f"replicas must be in 1..{MAX_REPLICAS}, got {value!r}")
+        return None if value == 1 else value
+    if not isinstance(value, Iterable):
+        raise ConstraintError(f"replicas must be 'auto', a number or device keys, got {value!r}")
+    keys: list[str] = []
+    for item in value:
+        target, sep, device = str(item).strip().partition(":")
+        if not sep or not target or not device:
+            raise ConstraintError(
+                f"replicas: {item!r} is not a device key such as 'openvino:CPU' or 'cuda:0' "
+                "(vmmc devices lists them)"
+            )
+        key = f"{target.lower()}:{device}"
+        if key not in keys:
+            keys.append(key)
+    if not keys:
+        raise ConstraintError("replicas: an empty device list (give 'auto', a number or keys)")
+    return tuple(keys)
 
 
 def _parse_pairs(items: Sequence[str]) -> dict[str, Any]:

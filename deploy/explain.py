@@ -16,6 +16,7 @@ from typing import Any
 from ai_vmm.deploy.choose import Variant, preference_rank
 from ai_vmm.deploy.constraints import Constraints
 from ai_vmm.deploy.hardware import CPU_ALIAS, Hardware
+from ai_vmm.deploy.replicas import format_replicas
 
 OBJECTIVES = {
     "cost": "cost = energy per inference",
@@ -182,6 +183,8 @@ def format_explanation(data: dict[str, Any]) -> str:
         lines.append(f"artifact     {data['artifact']}")
     for note in data.get("notes", []):
         lines.append(f"note         {note}")
+    if data.get("replicas") is not None:
+        lines += format_replicas(data["replicas"])
     return "\n".join(lines)
 
 

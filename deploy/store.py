@@ -10,6 +10,7 @@ Layout under the store root (default ``~/.cache/ai-vmm/deployments``)::
         <candidate>-t<N>.vmm          the manifest's executor config
     deployments/<key>/model.vmm       the chosen artifact and explanation.json, keyed by model
     deployments/<key>/explanation.json  hash + hardware fingerprint + constraints + samples
+    deployments/<key>/replicas/       with the replicas constraint: the kept replicas' artifacts
     models/<name>.vmm                 "our artifact store": deployments saved under a name,
                                       found by ``VMM().deploy(name)``
 
@@ -115,11 +116,22 @@ class DeploymentStore:
         """Where the chosen artifact of ``key`` lives (``deployments/<key>/model.vmm``)."""
         return self.path("deployments", key, "model.vmm")
 
-    def save_decision(self, key: str, artifact: Path, explanation: dict[str, Any]) -> Path:
-        """Store ``artifact`` (hard-linked) and its explanation under ``key``; the artifact path."""
+    def save_decision(
+        self,
+        key: str,
+        artifact: Path,
+        explanation: dict[str, Any],
+        extra: Mapping[str, Path] | None = None,
+    ) -> Path:
+        """Store ``artifact`` (hard-linked) and its explanation under ``key``; the artifact path.
+
+        ``extra``: more artifacts to keep in the entry, by their path under it (a replica
+        set's devices: ``replicas/<device>.vmm``)."""
         entry = self.path("deployments", key)
         with staged_directory(entry) as tree:
             link_tree(artifact, tree / "model.vmm")
+            for relative, source in (extra or {}).items():
+                link_tree(source, tree / relative)
             (tree / EXPLANATION).write_bytes(dumps_json(explanation))
         return entry / "model.vmm"
 

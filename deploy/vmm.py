@@ -33,7 +33,7 @@ from ai_vmm.deploy.store import (
     versions,
 )
 from ai_vmm.deploy.telemetry import Meter, Telemetry
-from ai_vmm.runtime.errors import ModelLoadError
+from ai_vmm.runtime.errors import ConstraintError, ModelLoadError
 
 logger = logging.getLogger("ai_vmm.deploy")
 Progress = Callable[[str], None]
@@ -138,7 +138,14 @@ class VMM:
         if resolved.kind == "causal-lm" or _lm_artifact(resolved, self.inventory):
             from ai_vmm.deploy.llm import deploy_causal_lm
 
+            if limits.replicas is not None:
+                raise ConstraintError(
+                    f"{resolved.label}: replicas apply to tensor models; a causal LM runs on "
+                    "one device (drop the replicas constraint)"
+                )
+
             return deploy_causal_lm(self, resolved, limits, samples, strict=strict, name=name)
+        _check_replica_devices(limits, self.inventory)
         model_hash = model_digest(resolved)
         key = digest(
             {
@@ -154,6 +161,8 @@ class VMM:
         )
         with self.store.locked(key):
             found = None if refresh else self.store.decision(key)
+            if found is not None and not _replicas_intact(*found):
+                found = None  # a replica artifact went missing: search (the builds are kept)
             if found is None:
                 path, record = self._search(resolved, model_hash, limits, samples, strict, key)
             else:
@@ -183,6 +192,13 @@ class VMM:
         from ai_vmm.runtime import load
 
         chosen = record.get("chosen", {})
+        model: Any
+        if record.get("replicas") is not None:
+            from ai_vmm.deploy.replicas import open_replicas
+
+            model, path = open_replicas(path.parent, record["replicas"])
+        else:
+            model = load(path)
         device = str(chosen.get("device", "")).split(":")
         meter: Meter | None = None
         if len(device) == 2:
@@ -190,7 +206,7 @@ class VMM:
             index = int(device[1]) if device[1].isdigit() else 0
             meter = self.telemetry.meter_for(kind, index)
         return Deployment(
-            load(path),
+            model,
             artifact_path=path,
             explanation=record,
             constraints=limits,
@@ -246,7 +262,32 @@ class VMM:
         )
         assert result.chosen.path is not None
         record["artifact"] = str(self.store.decision_path(key))
-        return self.store.save_decision(key, result.chosen.path, record), record
+        extra: dict[str, Path] = {}
+        if limits.replicas is not None:
+            record["replicas"], extra = self._replicas(result, limits, group)
+        return self.store.save_decision(key, result.chosen.path, record, extra), record
+
+    def _replicas(
+        self, result: Any, limits: Constraints, group: str
+    ) -> tuple[dict[str, Any], dict[str, Path]]:
+        """Plan and measure the replica set (``ai_vmm.deploy.replicas``): its record, and the
+        kept replicas' artifacts to store with the decision."""
+        from ai_vmm.deploy.replicas import measure_replicas, plan_replicas, stored_artifacts
+
+        plans, notes = plan_replicas(
+            result.variants,
+            result.chosen,
+            limits,
+            self.inventory.cpu.physical_cores,
+            self.store.path("variants", group),
+        )
+        record = measure_replicas(
+            plans, result.samples, result.chosen.batch, self.measure_seconds, self.say
+        )
+        asked = limits.replicas
+        record["asked"] = list(asked) if isinstance(asked, tuple) else asked
+        record["notes"] = notes
+        return record, stored_artifacts(plans, record)
 
     def _source(
         self, resolved: ResolvedModel, model_hash: str, limits: Constraints, samples: Any
@@ -320,6 +361,26 @@ class VMM:
                 f"{resolved.label}: an OpenVINO IR needs OpenVINO, which is absent here"
             )
         return builds
+
+
+def _check_replica_devices(limits: Constraints, inventory: Any) -> None:
+    """Refuse replicas named on devices that are not here before anything is compiled."""
+    if not isinstance(limits.replicas, tuple):
+        return
+    present = {d.key.lower() for d in inventory.devices}
+    missing = [key for key in limits.replicas if key.lower() not in present]
+    if missing:
+        names = ", ".join(sorted(d.key for d in inventory.devices)) or "none"
+        raise ConstraintError(
+            f"replicas: {', '.join(missing)} is not a device here (devices: {names})"
+        )
+
+
+def _replicas_intact(path: Path, record: dict[str, Any]) -> bool:
+    from ai_vmm.deploy.replicas import replica_paths_ok
+
+    replicas = record.get("replicas")
+    return replicas is None or replica_paths_ok(path.parent, replicas)
 
 
 def _lm_artifact(resolved: ResolvedModel, inventory: Any) -> bool:

@@ -184,6 +184,12 @@ class ReplicaSet:
         return [r.name for r in self._replicas]
 
     @property
+    def members(self) -> list[tuple[str, Any]]:
+        """The replicas in the rotation: ``(name, model)`` pairs, in order."""
+        with self._lock:
+            return [(r.name, r.model) for r in self._replicas if r.enabled]
+
+    @property
     def capacity(self) -> int:
         """Requests the enabled replicas run at once (what a caller should keep in flight,
         at least, to saturate the set)."""
