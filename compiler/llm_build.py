@@ -377,12 +377,10 @@ def _attempts(run: LMRun, device: Device) -> list[WeightSpec]:
 
 def _dynamic_quantization(built: Built) -> int:
     """The activation group size the CPU plugin chose for this candidate (0: none)."""
-    compiled = getattr(getattr(built.lm, "_session", None), "compiled_model", None)
-    if compiled is None:
-        return 0
+    value = built.lm.backend_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")
     try:
-        return int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
-    except Exception:  # not an OpenVINO CPU model, or a plugin without the property
+        return int(value) if value is not None else 0
+    except (TypeError, ValueError):
         return 0
 
 

@@ -278,6 +278,18 @@ class CausalLM:
             if self._pool.qsize() < 2:
                 self._pool.put(context)
 
+    def backend_property(self, name: str) -> Any:
+        """A property of the compiled decoder as its backend reports it (OpenVINO's
+        ``get_property``, e.g. ``DYNAMIC_QUANTIZATION_GROUP_SIZE``); ``None`` where the
+        backend has no compiled model or no such property."""
+        compiled = getattr(self._session, "compiled_model", None)
+        if compiled is None:
+            return None
+        try:
+            return compiled.get_property(name)
+        except Exception:  # a plugin without the property
+            return None
+
     def close(self) -> None:
         """Stop engines and release the backend."""
         if self._closed:

@@ -225,13 +225,13 @@ def test_runtime_config_sets_dynamic_quantization(tmp_path: Path) -> None:
     result = _tiny_openvino(tmp_path / "int8.vmm", weights="int8", force_quantize=True)
     manifest_path = result.path / "manifest.json"
     with ai_vmm.load(result.path) as lm:
-        default = int(lm._session.compiled_model.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
+        default = int(lm.backend_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
     for group in (0, 64):
         manifest = json.loads(manifest_path.read_text())
         manifest["partitions"][0]["config"]["dynamic_quantization_group_size"] = group
         manifest_path.write_text(json.dumps(manifest))
         with ai_vmm.load(result.path) as lm:
-            got = int(lm._session.compiled_model.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
+            got = int(lm.backend_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
             # A CPU without VNNI/AMX may not quantize activations at all (default 0).
             assert got == group or (default == 0 and got == 0), (default, group, got)
             assert lm.generate("Hello", max_new_tokens=3, min_new_tokens=3).completion_tokens == 3
