@@ -13,7 +13,8 @@
 # scripts/bench_gpu.py env+speed, ResNet-50 / BERT / ViT at batch 1 and 32), auto (issue 18:
 # scripts/gpu_auto_buckets.py); default: deploy parallel generate. Budgets (seconds) are the PART_SECONDS_*
 # variables below. A part that times out keeps what it wrote so far. Carried wheels in .whl/
-# (see .whl/setup.sh on the developer's machine) are installed first when present.
+# (`bash scripts/gpu_wheels.sh` on the developer's machine makes them and .whl/setup.sh) are
+# installed first when present.
 set -uo pipefail
 OUT=${1:?usage: gpu_all.sh OUT [PART ...]}
 shift
