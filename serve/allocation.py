@@ -7,8 +7,10 @@ there that are neither pinned nor in use are evicted first, and if that is not e
 fails with a message naming the budget. A model that fails to load is ``FAILED`` (not ready),
 its requests get 503, and the server carries on. ``lazy`` models load on their first request.
 
-Placement is written for N devices: a model asks for ``replicas`` per device in ``devices``
-(issue 17 spreads requests over them; here every replica pulls from the model's one queue).
+Placement is written for N devices: a model asks for ``replicas`` per device in ``devices``,
+or (``replicas = "auto"`` or device keys) for one deployment over several devices, deploy's
+replica set (docs/parallel.md), whose kept replicas each become a worker. Every worker pulls
+from the model's one queue; ``snapshot`` shows each worker's device and deploy's decision.
 """
 
 from __future__ import annotations
@@ -148,21 +150,24 @@ class ModelManager:
             loaded: list[Any] = []
             try:
                 for device in devices:
-                    for _ in range(config.placement.replicas):
+                    for _ in range(config.placement.copies):
                         # Load one replica, then check its charge before loading the next.
                         load = functools.partial(
                             self._load,
                             served.spec.source,
                             kind=served.spec.kind,
-                            constraints=dict(config.constraints),
+                            constraints=config.deploy_constraints(),
                             device=device,
                         )
                         model = await loop.run_in_executor(None, load)
-                        loaded.append(model)
-                        charge = _charge(model, config.placement.memory_bytes)
-                        await self._make_room(charge, served)
-                        for key, size in charge.items():
-                            served.memory[key] = served.memory.get(key, 0) + size
+                        workers = getattr(model, "workers", None)
+                        parts = workers() if callable(workers) else [model]
+                        loaded += parts
+                        for part in parts:
+                            charge = _charge(part, config.placement.memory_bytes)
+                            await self._make_room(charge, served)
+                            for key, size in charge.items():
+                                served.memory[key] = served.memory.get(key, 0) + size
                 self._start(served, loaded)
                 served.state = READY
                 served.last_used = time.monotonic()
@@ -292,6 +297,7 @@ class ModelManager:
                     "kind": served.spec.kind,
                     "pinned": served.spec.config.pinned,
                     "replicas": served.replicas,
+                    "devices": _devices(served),
                     "memory": dict(served.memory),
                     "queued": queue,
                     "in_use": served.users,
@@ -299,6 +305,9 @@ class ModelManager:
             )
             if served.generator is not None:
                 models[-1]["engine"] = served.generator.engine_stats()
+            decision = _replica_set(served)
+            if decision is not None:
+                models[-1]["replica_set"] = decision
         devices: dict[str, dict[str, Any]] = {}
         for served in self._all():
             for key in served.memory:
@@ -314,6 +323,21 @@ class ModelManager:
         for served in self._all():
             if served.state == READY:
                 await self.unload(served)
+
+
+def _devices(served: ServedModel) -> list[str]:
+    """Where each replica (batcher worker) of ``served`` runs, in order."""
+    if served.batcher is not None:
+        return [str(getattr(r.model, "device", "")) for r in served.batcher.replicas]
+    if served.generator is not None and served.signature is not None:
+        return [str(getattr(served.signature, "device", ""))]
+    return []
+
+
+def _replica_set(served: ServedModel) -> dict[str, Any] | None:
+    """Deploy's replica decision for ``served`` (kept, pruned, why, measured), if it has one."""
+    describe = getattr(served.signature, "replica_set", None)
+    return describe() if callable(describe) else None
 
 
 def _charge(model: Any, override: int | None) -> dict[str, int]:

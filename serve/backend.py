@@ -85,6 +85,81 @@ class DeployedTensorModel:
             self._closed = True
             self.deployment.close()
 
+    def workers(self) -> list[TensorModel]:
+        """What the batcher runs batches on: this model, or, for a deployment over a replica
+        set (deploy's ``replicas``), one worker per replica (the set runs one request at a
+        time on each), each shown on its replica's device and charged that replica's
+        payloads. Every worker runs its batch through the set (its dispatch, stealing and
+        rerouting); the deployment closes with the last worker."""
+        members = getattr(self.deployment.model, "members", None)
+        if not members or len(members) < 2:
+            return [self]
+        shared = _Shared(self)
+        return [_SetWorker(shared, device, _footprint_of(model)[0]) for device, model in members]
+
+    def replica_set(self) -> dict[str, Any] | None:
+        """Deploy's replica decision and the set's live counters, or ``None`` (one device)."""
+        record = self.deployment.explanation.get("replicas")
+        if record is None:
+            return None
+        found: dict[str, Any] = {
+            key: record.get(key) for key in ("asked", "kept", "pruned", "why", "measured")
+        }
+        stats = getattr(self.deployment.model, "stats", None)
+        if callable(stats):
+            found["replicas"] = [
+                {k: r[k] for k in ("name", "enabled", "reason", "completed", "stolen", "share")}
+                for r in stats()["replicas"]
+            ]
+        return found
+
+
+class _Shared:
+    """A deployment shared by several batcher workers: closed when the last one closes."""
+
+    def __init__(self, owner: DeployedTensorModel) -> None:
+        self.owner = owner
+        self.open = 0
+        self.lock = threading.Lock()
+
+    def release(self) -> None:
+        with self.lock:
+            self.open -= 1
+            last = self.open == 0
+        if last:
+            self.owner.close()
+
+
+class _SetWorker:
+    """One batcher worker of a deployment over a replica set (``DeployedTensorModel.workers``)."""
+
+    kind = "model"
+
+    def __init__(self, shared: _Shared, device: str, memory: dict[str, int]) -> None:
+        owner = shared.owner
+        self.inputs, self.outputs = owner.inputs, owner.outputs
+        self.platform, self.batch = owner.platform, owner.batch
+        self.device = device
+        self.memory = memory
+        self._shared = shared
+        self._closed = False
+        with shared.lock:
+            shared.open += 1
+
+    def check(self, inputs: dict[str, np.ndarray]) -> None:
+        self._shared.owner.check(inputs)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._shared.owner.run(inputs)
+
+    def replica_set(self) -> dict[str, Any] | None:
+        return self._shared.owner.replica_set()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._shared.release()
+
 
 @dataclass
 class DeployedLanguageModel:
@@ -202,9 +277,26 @@ def _default_vmm() -> Any:
 
 
 def _footprint(deployment: Any) -> tuple[dict[str, int], list[str], str]:
-    """Bytes of the payload files per device, the devices in order, and the platform name."""
-    root = Path(deployment.artifact_path)
-    manifest = deployment.model.manifest
+    """Bytes of the payload files per device, the devices in order, and the platform name
+    (of every replica, for a deployment over a replica set)."""
+    members = getattr(deployment.model, "members", None)
+    if members and len(members) > 1:
+        memory: dict[str, int] = {}
+        devices: list[str] = []
+        for _, model in members:
+            size, where, _ = _footprint_of(model)
+            for key, value in size.items():
+                memory[key] = memory.get(key, 0) + value
+            devices += where
+        targets = "+".join(sorted({d.split(":")[0] for d in devices})) or "ai-vmm"
+        return memory, list(dict.fromkeys(devices)), f"ai-vmm/{targets}"
+    return _footprint_of(deployment.model, Path(deployment.artifact_path))
+
+
+def _footprint_of(model: Any, root: Path | None = None) -> tuple[dict[str, int], list[str], str]:
+    """``_footprint`` of one loaded artifact (its root: ``model.root`` unless given)."""
+    root = Path(root if root is not None else model.root)
+    manifest = model.manifest
     memory: dict[str, int] = {}
     devices: list[str] = []
     for part in manifest.partitions:

@@ -33,6 +33,7 @@ Example ``serve.toml``::
     source = "resnet.vmm"
     pinned = true
     batching = { max_batch = 8, max_queue_delay_ms = 2, preferred_sizes = [4, 8] }
+    placement = { replicas = "auto" }   # every device where the set measures faster
 """
 
 from __future__ import annotations
@@ -43,7 +44,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ai_vmm.runtime.errors import InputError
 
@@ -141,12 +150,52 @@ class GenerationConfig(_Strict):
 class PlacementConfig(_Strict):
     """Where a model's replicas go and what they cost."""
 
-    replicas: int = Field(default=1, ge=1, le=64)
-    """Replicas per device; each takes whole batches from the model's one queue."""
+    replicas: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] | tuple[str, ...] = 1
+    """A number: copies per device, each taking whole batches from the model's one queue.
+    ``"auto"`` or device keys (``["openvino:CPU", "onnxruntime:CPU"]``): one deployment over
+    several devices, deploy's ``replicas`` constraint (docs/parallel.md): deploy measures the
+    set against its best device alone and keeps it only where it is faster; each kept
+    device's replica takes batches from the model's queue."""
     devices: tuple[str, ...] = ()
     """Devices to place replicas on (deploy's device names); empty: where deploy chooses."""
     memory_bytes: Size | None = None
     """The footprint to charge against device budgets; default: measured from the artifact."""
+
+    @field_validator("replicas", mode="before")
+    @classmethod
+    def _replicas(cls, value: Any) -> Any:
+        wrong = (
+            f'replicas must be a number, "auto" or device keys such as '
+            f'["openvino:CPU", "onnxruntime:CPU"], got {value!r}'
+        )
+        if isinstance(value, str) and value != "auto":
+            raise ValueError(wrong)
+        if isinstance(value, list | tuple) and not all(
+            isinstance(v, str) and ":" in v for v in value
+        ):
+            raise ValueError(wrong)
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> PlacementConfig:
+        if not isinstance(self.replicas, int) and self.devices:
+            raise ValueError(
+                'replicas across devices ("auto" or device keys) choose the devices '
+                "themselves; leave devices empty"
+            )
+        if isinstance(self.replicas, tuple) and not self.replicas:
+            raise ValueError('replicas: an empty device list (give a number, "auto" or keys)')
+        return self
+
+    @property
+    def across_devices(self) -> str | tuple[str, ...] | None:
+        """What goes to deploy as its ``replicas`` constraint (``None``: copies per device)."""
+        return None if isinstance(self.replicas, int) else self.replicas
+
+    @property
+    def copies(self) -> int:
+        """Copies per device (1 with replicas across devices: deploy places those)."""
+        return self.replicas if isinstance(self.replicas, int) else 1
 
 
 class ModelConfig(_Strict):
@@ -166,6 +215,23 @@ class ModelConfig(_Strict):
     """``lazy``: load on first request (and after an eviction)."""
     versions: Literal["latest", "all"] = "latest"
     """With numbered version folders (``name/1/``, ``name/2/``): serve the highest, or all."""
+
+    @model_validator(mode="after")
+    def _one_replicas(self) -> ModelConfig:
+        if self.placement.across_devices is not None and "replicas" in self.constraints:
+            raise ValueError(
+                "replicas is set twice (placement.replicas and constraints.replicas); keep one"
+            )
+        return self
+
+    def deploy_constraints(self) -> dict[str, Any]:
+        """The constraints deploy gets: ``constraints``, with ``placement.replicas`` across
+        devices as its ``replicas``."""
+        limits = dict(self.constraints)
+        across = self.placement.across_devices
+        if across is not None:
+            limits["replicas"] = across if isinstance(across, str) else list(across)
+        return limits
 
 
 class PriorityClass(_Strict):
