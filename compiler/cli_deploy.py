@@ -1,6 +1,8 @@
 """``vmmc deploy MODEL --constraint max_latency_ms=20 ... -o DIR``: the deployment search as a
 command. DIR receives the chosen artifact (``model.vmm``) and why it was chosen
-(``explanation.txt``, ``explanation.json``); nothing is written when the search fails."""
+(``explanation.txt``, ``explanation.json``); with ``-c replicas=...`` also the kept replicas'
+artifacts (``replicas/``; ``model.vmm`` is the first); nothing is written when the search
+fails."""
 
 from __future__ import annotations
 
@@ -84,6 +86,9 @@ def deploy_cmd(
         text = deployment.explain()
         with staged_directory(output) as tree:
             shutil.copytree(deployment.artifact_path, tree / "model.vmm")
+            if deployment.explanation.get("replicas") is not None:
+                # The kept replicas, where explanation.json's replicas rows name them.
+                shutil.copytree(deployment.artifact_path.parent, tree / "replicas")
             (tree / "explanation.txt").write_text(text + "\n")
             (tree / "explanation.json").write_bytes(dumps_json(deployment.explanation))
     finally:

@@ -9,6 +9,7 @@ make each decision happen for sure (a set kept, a set pruned).
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -296,3 +297,25 @@ def test_auto_replicas_on_a_zoo_transformer(
         )
     model.close()
     single.close()
+
+
+def test_vmmc_deploy_writes_the_kept_replicas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("openvino")
+    from ai_vmm.cli import main
+    from ai_vmm.deploy.replicas import open_replicas
+
+    monkeypatch.setattr(deploy_replicas, "MARGIN", -1.0)
+    onnx.save(make_mlp_model(), tmp_path / "mlp.onnx")
+    out = tmp_path / "out"
+    args = ["deploy", str(tmp_path / "mlp.onnx"), "-o", str(out), "--store", str(tmp_path / "s")]
+    assert main([*args, "--seconds", "0.1", "-c", "replicas=auto"]) == 0
+    assert "replicas     asked auto" in capsys.readouterr().out
+    record = json.loads((out / "explanation.json").read_text())["replicas"]
+    assert len(record["kept"]) == 2
+    # The directory holds the set: explanation.json's rows name each replica's artifact.
+    model, first = open_replicas(out, record)
+    with model:
+        assert isinstance(model, ReplicaSet) and first.parent == out / "replicas"
+        assert model.run({"x": np.ones((1, 16), np.float32)})["y"].shape == (1, 8)
