@@ -1,18 +1,20 @@
 """SmolLM2 on this CPU, measured apart from the crowded bench process (docs/generate.md).
 
 Needs what ``vmmc bench MODEL --generate --baselines genai`` built first (our artifacts and
-GenAI's optimum-intel exports, under ``~/.cache/ai-vmm/bench-generate/<digest>``). Three parts,
+GenAI's optimum-intel exports, under ``~/.cache/ai-vmm/bench-generate/<digest>``). Four parts,
 each printed as a Markdown table:
 
 * ``engines``: GenAI's ``LLMPipeline`` with PagedAttention, the same with
   ``ATTENTION_BACKEND=SDPA`` (its export run stateful), and ours; the bench's 400-token prompt,
   128 greedy tokens, 3 interleaved rounds; fp32, and bf16 where the CPU computes in it.
+* ``compressed``: INT8 and INT4 weights with f32 activations and KV cache, GenAI's stateful
+  pipeline on its NNCF exports against our gated artifacts; TTFT and decode tokens/s.
 * ``profile``: OpenVINO ``PERF_COUNT`` by op type for 32 decode steps at a 400-token context,
   our decoder against GenAI's export, both compiled stateful with the same properties.
 * ``dq``: our INT8 artifact reloaded with the CPU plugin's activation groups (its default, 64,
   128, off): the answer to "What is the capital of France?" and decode tokens/s.
 
-Usage: ``python scripts/llm_lean_compare.py [engines profile dq]``.
+Usage: ``python scripts/llm_lean_compare.py [engines compressed profile dq]``.
 """
 
 from __future__ import annotations
@@ -81,6 +83,40 @@ def engines(ids: list[int]) -> None:
             speeds = ", ".join(f"{v[1]:.1f}" for v in values)
             print(f"| {precision} | {name} | {ttft:.0f} | {speeds} |")
         lm.close()
+
+
+def compressed(ids: list[int]) -> None:
+    """INT8 and INT4 weights, f32 activations and KV cache: GenAI's stateful (SDPA) pipeline
+    on its NNCF exports against ours (the bench's artifacts, as their quality gate left them),
+    3 interleaved rounds."""
+    import openvino as ov
+    import openvino_genai as genai
+
+    array = np.array([ids], dtype=np.int64)
+    props = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
+    print("| weights | engine | TTFT ms | decode tok/s (3 rounds) |\n|---|---|---|---|")
+    for weights in ("int8", "int4"):
+        pipe = genai.LLMPipeline(
+            str(ROOT / "genai" / weights), "CPU", ATTENTION_BACKEND="SDPA", **props
+        )
+        lm = ai_vmm.load(ROOT / f"openvino-CPU-{weights}.vmm")
+        runs: dict[str, list[tuple[float, float]]] = {"GenAI, SDPA (stateful)": [], "ai-vmm": []}
+        for _ in range(3):
+            config = genai.GenerationConfig()
+            config.max_new_tokens = config.min_new_tokens = 128
+            inputs = genai.TokenizedInputs(ov.Tensor(array), ov.Tensor(np.ones_like(array)))
+            metrics = pipe.generate(inputs, config).perf_metrics
+            runs["GenAI, SDPA (stateful)"].append(
+                (metrics.get_ttft().mean, 1000 / metrics.get_tpot().mean)
+            )
+            result = lm.generate(ids, max_new_tokens=128, min_new_tokens=128)
+            runs["ai-vmm"].append((result.ttft_s * 1000, result.tokens_per_s))
+        for name, values in runs.items():
+            ttft = statistics.median(v[0] for v in values)
+            speeds = ", ".join(f"{v[1]:.1f}" for v in values)
+            print(f"| {weights} | {name} | {ttft:.0f} | {speeds} |")
+        lm.close()
+        del pipe
 
 
 def profile(ids: list[int]) -> None:
@@ -161,7 +197,7 @@ def main(argv: list[str]) -> int:
         ids = prompts(lm.tokenizer)["long"]
     for part in parts:
         print(f"\n### {part}\n")
-        {"engines": engines, "profile": profile, "dq": dq}[part](ids)
+        {"engines": engines, "compressed": compressed, "profile": profile, "dq": dq}[part](ids)
     return 0
 
 
