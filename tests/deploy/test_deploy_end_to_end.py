@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from bundled_cnn import cnn_samples
 
 from ai_vmm import VMM, ConstraintError, Constraints, Deployment
 from ai_vmm.deploy import ConstraintWarning
@@ -23,12 +24,7 @@ CNN = REPO / "models" / "bundled" / "tiny_cnn.onnx"
 
 
 def _cnn_samples(count: int = 8) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(3)
-    base = np.load(REPO / "models" / "bundled" / "tiny_cnn_input.npz")["pixel_values"]
-    return [
-        {"pixel_values": (base + 0.05 * rng.standard_normal(base.shape)).astype(np.float32)}
-        for _ in range(count)
-    ]
+    return cnn_samples(count, seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from bundled_cnn import cnn_samples
 from parallel_models import SimulatedDevice
 
 import ai_vmm
@@ -40,12 +41,7 @@ RTOL, ATOL = 1e-3, 1e-4
 
 
 def _cnn_samples(count: int = 4) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(5)
-    base = np.load(REPO / "models" / "bundled" / "tiny_cnn_input.npz")["pixel_values"]
-    return [
-        {"pixel_values": (base + 0.05 * rng.standard_normal(base.shape)).astype(np.float32)}
-        for _ in range(count)
-    ]
+    return cnn_samples(count, seed=5)
 
 
 @pytest.fixture(scope="module")
