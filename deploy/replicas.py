@@ -9,11 +9,12 @@ as it always does (every device's candidates compiled, verified and measured), a
    measured throughput (the chosen device first), a list exactly those devices (each must
    have a measured candidate; one that meets the constraints where there is one).
 2. ``measure_replicas``: the candidates are loaded into a ``ReplicaSet`` (CPU replicas on
-   the same cores split them: each gets ``cores // CPU replicas`` threads; accelerators run as
-   compiled), calibrated on a sample, and ``ReplicaSet.prune`` measures the set against each
-   replica alone (with the candidate that device would run alone, every core). Where the
-   whole set is not at least ``MARGIN`` faster than its best replica alone, only that
-   replica is kept (with its all-core candidate): a set never runs below its best device.
+   the same cores split them: each gets ``(cores - accelerators) // CPU replicas`` threads,
+   a core left to each accelerator's feeding thread; accelerators run as compiled),
+   calibrated on a sample, and ``ReplicaSet.prune`` measures the set against each replica
+   alone (with the candidate that device would run alone, every core). Where the whole set is
+   not at least ``MARGIN`` faster than its best replica alone, only that replica is kept (with
+   its all-core candidate): a set never runs below its best device.
 3. The record (``explanation["replicas"]``) names every replica, its artifact, the requests/s
    measured alone and together, what was kept and why. It is stored with the decision
    (``deployments/<key>/replicas/``), so a later deploy loads what was kept without
@@ -111,7 +112,10 @@ def plan_replicas(
                 notes.append(f"replica {device} left out: replicas = {request}")
             devices = devices[:request]
     on_cpu = [d for d in devices if best[d].build.spec.device.kind == "cpu"]
-    share = max(1, cores // len(on_cpu)) if len(on_cpu) > 1 else None
+    # Each accelerator replica has a host thread feeding it (launches, copies): a core of its
+    # own (bench_parallel: CPU replicas at every core starved a GPU's feeding thread).
+    fed = len(devices) - len(on_cpu)
+    share = max(1, (cores - fed) // len(on_cpu)) if on_cpu and (len(on_cpu) > 1 or fed) else None
     plans = []
     for device in devices:
         variant = best[device]
