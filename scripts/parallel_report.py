@@ -58,8 +58,9 @@ print(model.explain())
   said so.
 
 The search runs as always; each device then brings its best candidate (verified by its
-compile and measured by the search). CPU replicas on the same cores split them (each gets
-`cores // CPU replicas` threads; an accelerator runs as compiled). The set is calibrated on
+compile and measured by the search). CPU replicas on the same cores split them, leaving a
+core to each accelerator's feeding thread (each gets `(cores - accelerators) // CPU replicas`
+threads; an accelerator runs as compiled). The set is calibrated on
 the first sample (at the chosen batch) and `prune` measures each replica alone (with the
 candidate that device runs alone, every core) and the whole set, interleaved over two rounds:
 the set is kept only where it measures at least 3 % faster than its best replica alone;
