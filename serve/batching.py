@@ -2,9 +2,12 @@
 
 Requests wait in one queue per model, ordered by priority rank, then arrival. A replica that
 is free takes the highest-priority request and every queued request that can join it (same
-inputs apart from the batch axis, in priority order) up to ``max_batch`` rows, once one of
-these holds: the batch is full, it has reached a preferred size, the oldest request has waited
-``max_queue_delay_ms``, or waiting longer would make the head request miss its deadline. Free
+rank, same inputs apart from the batch axis, in arrival order) up to ``max_batch`` rows, once
+one of these holds: the batch is full, it has reached a preferred size, the oldest request has
+waited ``max_queue_delay_ms``, waiting longer would make the head request miss its deadline, or
+other requests wait that it cannot take. A batch holds one rank because on a CPU a row costs
+nearly what a call does: a high-priority request carried with low-priority rows took several
+times longer than alone. Free
 replicas pulling from one queue is the work stealing that issue 17 builds on: a replica never
 idles while another has a queue.
 
@@ -46,6 +49,8 @@ class WorkItem:
     queued_at: float = field(default_factory=time.monotonic)
     dispatched_at: float = 0.0
     batch_size: int = 0
+    finished_at: float = 0.0
+    """When the model call that answered it ended (``time.monotonic()``)."""
 
 
 @dataclass
@@ -247,6 +252,8 @@ class DynamicBatcher:
                 feed = _concatenate([item.inputs for item in batch])
                 outputs = await loop.run_in_executor(replica.executor, replica.model.run, feed)
                 seconds = time.monotonic() - now
+                for item in batch:
+                    item.finished_at = now + seconds
                 self.service.observe(rows, seconds)
                 if self._on_batch is not None:
                     self._on_batch(BatchStats(self.name, rows, len(batch), seconds, replica.index))
@@ -281,6 +288,8 @@ class DynamicBatcher:
                 or waited >= delay
                 or slack <= 0
                 or self._closing
+                # Others wait that this batch cannot take: waiting would idle the replica.
+                or len(candidates) < len(self._heap)
             ):
                 batch = self._in_time([self._pop(item) for item in candidates], rows)
                 if batch:
@@ -295,6 +304,8 @@ class DynamicBatcher:
         rows = head.rows
         for _, _, item in sorted(self._heap):
             if item is head or item.signature != head.signature:
+                continue
+            if item.ticket.rank != head.ticket.rank:
                 continue
             if rows + item.rows > self._max_rows:
                 continue

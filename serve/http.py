@@ -2,8 +2,10 @@
 
 ``RequestContext`` travels with each request (in the ASGI scope): the routes fill in the
 tenant, model and protocol, the middleware turns it into an access-log line, the metrics and
-the ``X-Request-Id`` header. Errors are ``Rejected`` exceptions; ``error_response`` gives them
-the shape of the protocol the request came in on (OpenAI's under ``/v1``, KServe's elsewhere).
+the ``X-Request-Id`` header. ``EarlyRefusal`` answers, from the headers alone, the infer
+requests that quotas or admission would refuse, before routing. Errors are ``Rejected``
+exceptions; ``error_response`` gives them the shape of the protocol the request came in on
+(OpenAI's under ``/v1``, KServe's elsewhere).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 
 from ai_vmm.serve import kserve, openai_protocol
 from ai_vmm.serve.admission import Rejected, Ticket, make_ticket
-from ai_vmm.serve.allocation import ModelManager
+from ai_vmm.serve.allocation import READY, ModelManager
 from ai_vmm.serve.config import MODEL_NAME, ServeConfig, Tenant
 from ai_vmm.serve.metrics import ServerMetrics
 from ai_vmm.serve.tenants import TenantGate, tenant_name
@@ -63,6 +65,7 @@ class RequestContext:
     model: str = "-"
     reason: str = ""
     queue_s: float | None = None
+    infer_s: float | None = None
     batch: int | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -110,6 +113,8 @@ class RequestLog:
                 timing = f"app;dur={(time.monotonic() - ctx.arrival) * 1000:.2f}"
                 if ctx.queue_s is not None:
                     timing += f", queue;dur={ctx.queue_s * 1000:.2f}"
+                if ctx.infer_s is not None:
+                    timing += f", infer;dur={ctx.infer_s * 1000:.2f}"
                 headers.append((b"server-timing", timing.encode()))
                 message["headers"] = headers
             await send(message)
@@ -143,11 +148,102 @@ class RequestLog:
                 "tenant": ctx.tenant,
                 "model": ctx.model,
             }
-            for key in ("reason", "queue_s", "batch", "prompt_tokens", "completion_tokens"):
+            for key in (
+                "reason",
+                "queue_s",
+                "infer_s",
+                "batch",
+                "prompt_tokens",
+                "completion_tokens",
+            ):
                 value = getattr(ctx, key)
                 if value not in (None, ""):
                     record[key] = round(value, 4) if isinstance(value, float) else value
             ACCESS_LOG.info(json.dumps(record, separators=(",", ":")))
+
+
+_INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
+
+
+class EarlyRefusal:
+    """ASGI middleware: refuse from the headers alone what the infer route would refuse anyway.
+
+    Under overload most requests are refused; through the whole framework (routing, the
+    endpoint, exception handlers) each refusal cost the event loop about as much as the
+    requests it serves, and every request waited behind that work. Here a request whose
+    tenant's quota is spent (429), whose class queue is full, or which could not finish by its
+    deadline even as one row (503) is answered before routing, from the key, the path and the
+    timeout header, without reading the body. The check takes nothing (a refused request is not
+    charged to the tenant's rate); anything it cannot decide (no valid key, an unknown or
+    unready model, a malformed header) goes on to the route, which checks everything again.
+    """
+
+    def __init__(self, app: ASGIApp, get_state: Callable[[], ServerState | None]) -> None:
+        self.app = app
+        self._state = get_state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            match = _INFER_PATH.match(scope.get("path", ""))
+            server = self._state()
+            if match and server is not None and server.started:
+                refusal = _early_refusal(server, scope, match.group(1), match.group(2))
+                if refusal is not None:
+                    await _send_refusal(send, refusal)
+                    return
+        await self.app(scope, receive, send)
+
+
+def _early_refusal(
+    server: ServerState, scope: Scope, model: str, version: str | None
+) -> Rejected | None:
+    try:
+        tenant = server.gate.authenticate(
+            _header(scope, b"authorization"), _header(scope, b"api-key")
+        )
+        server.gate.authorize(tenant, model)
+        served = server.manager.find(model, version)
+        if served.batcher is None or served.state != READY:
+            return None
+        timeout = _header(scope, TIMEOUT_HEADER.encode())
+        requested = None if timeout is None else float(timeout) / 1000.0
+        class_name = server.config.server.default_class if tenant is None else tenant.priority_class
+        ticket = _from_arrival(
+            make_ticket(class_name, server.config.classes[class_name], requested),
+            scope["vmm"].arrival if isinstance(scope.get("vmm"), RequestContext) else None,
+        )
+    except (Rejected, ValueError, KeyError):
+        return None  # the route answers these, with the whole request to go on
+    try:
+        server.gate.check_quota(tenant)
+        served.batcher.precheck(ticket)
+    except Rejected as refusal:
+        ctx = scope.get("vmm")
+        if isinstance(ctx, RequestContext):
+            ctx.tenant, ctx.model, ctx.protocol = tenant_name(tenant), model, "kserve"
+            ctx.reason = refusal.code
+        return refusal
+    return None
+
+
+async def _send_refusal(send: Send, refusal: Rejected) -> None:
+    body = json.dumps(kserve.error_body(refusal.message)).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in refusal.headers().items()),
+    ]
+    await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _from_arrival(ticket: Ticket, arrival: float | None) -> Ticket:
+    """``ticket`` with its deadline counted from ``arrival`` rather than from now."""
+    if arrival is None:
+        return ticket
+    return Ticket(
+        ticket.priority_class, ticket.rank, arrival, arrival + (ticket.deadline - ticket.arrival)
+    )
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -213,10 +309,7 @@ def ticket_for(request: Request, tenant: Tenant | None, extra_timeout_s: float |
         requested = header_s if requested is None else min(requested, header_s)
     ticket = make_ticket(class_name, server.config.classes[class_name], requested)
     # The deadline counts from arrival, not from when the body was read.
-    arrival = context(request).arrival
-    return Ticket(
-        ticket.priority_class, ticket.rank, arrival, arrival + (ticket.deadline - ticket.arrival)
-    )
+    return _from_arrival(ticket, context(request).arrival)
 
 
 async def read_body(request: Request) -> bytes:
@@ -264,6 +357,7 @@ def _too_large(limit: int) -> Rejected:
 __all__ = [
     "ACCESS_LOG",
     "TIMEOUT_HEADER",
+    "EarlyRefusal",
     "RequestContext",
     "RequestLog",
     "ServerState",

@@ -131,6 +131,7 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
                 raise Rejected(400, "bad_input", str(exc)) from None
             outputs, item = await batcher.infer(parsed.inputs, rows, ticket)
             ctx.queue_s = item.dispatched_at - item.queued_at
+            ctx.infer_s = item.finished_at - item.dispatched_at
             ctx.batch = item.batch_size
             server.metrics.queue_time.labels(model, ctx.tenant).observe(ctx.queue_s)
             payload, json_length = kserve.encode_infer_response(

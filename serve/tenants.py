@@ -48,9 +48,15 @@ class TokenBucket:
 
     def take(self, n: float) -> float:
         """Take ``n`` units; 0.0 on success, else the seconds to wait before trying again."""
+        wait = self.wait(n)
+        if not wait:
+            self.level -= n
+        return wait
+
+    def wait(self, n: float) -> float:
+        """What ``take(n)`` would answer now, without taking anything."""
         self._refill()
         if self.level >= n or self.level >= self.capacity:
-            self.level -= n
             return 0.0
         return (min(n, self.capacity) - self.level) / self.rate
 
@@ -133,6 +139,25 @@ class TenantGate:
                 units taken now) or concurrency quota is spent.
         """
         state = self._state[ANONYMOUS if tenant is None else tenant.name]
+        self.check_quota(tenant)
+        if state.requests is not None:
+            state.requests.take(1)
+        if tokens:
+            self.take_tokens(tenant, tokens)
+        state.in_flight += 1
+        try:
+            yield
+        finally:
+            state.in_flight -= 1
+
+    def check_quota(self, tenant: Tenant | None) -> None:
+        """``admit``'s refusals for one more request, taking nothing (headers are enough).
+
+        Raises:
+            Rejected: 429 with ``Retry-After`` when the concurrency quota or the request rate
+                is spent.
+        """
+        state = self._state[ANONYMOUS if tenant is None else tenant.name]
         if (
             tenant is not None
             and tenant.max_concurrency
@@ -146,7 +171,7 @@ class TenantGate:
                 retry_after=0.1,
             )
         if state.requests is not None:
-            wait = state.requests.take(1)
+            wait = state.requests.wait(1)
             if wait:
                 raise Rejected(
                     429,
@@ -154,13 +179,6 @@ class TenantGate:
                     f"this API key's rate limit of {state.requests.rate:g} requests/s is spent",
                     retry_after=wait,
                 )
-        if tokens:
-            self.take_tokens(tenant, tokens)
-        state.in_flight += 1
-        try:
-            yield
-        finally:
-            state.in_flight -= 1
 
     def take_tokens(self, tenant: Tenant | None, tokens: int) -> None:
         """Charge ``tokens`` LM tokens to ``tenant`` now (429 when its token rate is spent)."""

@@ -122,6 +122,30 @@ def test_higher_priority_jumps_the_queue(model: Gated) -> None:
     asyncio.run(main())
 
 
+def test_a_batch_holds_one_rank_and_a_high_priority_head_goes_at_once(model: Gated) -> None:
+    """Rows cost time on CPU: a high-priority request is not made to carry low-priority rows,
+    nor to wait out the queue delay while other requests wait for the replica."""
+
+    async def main() -> None:
+        batcher = _batcher(model, BatchingConfig(max_batch=8, max_queue_delay_ms=2000))
+        model.gate.clear()
+        first = asyncio.create_task(batcher.infer(_x(0, rows=8), 8, _ticket("low")))
+        await asyncio.sleep(0.05)  # the first (full) batch is on the replica, blocked
+        lows = [asyncio.create_task(batcher.infer(_x(i), 1, _ticket("low"))) for i in (1, 2, 3)]
+        high = asyncio.create_task(batcher.infer(_x(4), 1, _ticket("high")))
+        await asyncio.sleep(0.01)
+        model.gate.set()
+        (_, first_item), (_, high_item) = await asyncio.gather(first, high)
+        low_items = [item for _, item in await asyncio.gather(*lows)]
+        assert high_item.batch_size == 1 and all(item.batch_size == 3 for item in low_items)
+        assert model.calls == [8, 1, 3]
+        # Dispatched when the replica freed, not after the 2 s delay.
+        assert high_item.dispatched_at - first_item.finished_at < 1.0
+        await batcher.close()
+
+    asyncio.run(main())
+
+
 def test_full_queue_rejects_at_once_or_delays(model: Gated) -> None:
     async def main() -> None:
         batcher = _batcher(model, BatchingConfig(max_batch=1))

@@ -76,3 +76,30 @@ def test_request_rate_limit_over_http(tmp_path: Path, cnn_artifact: Path, live: 
         assert int(refused.headers["Retry-After"]) >= 1
         time.sleep(float(refused.headers["retry-after-ms"]) / 1000 + 0.6)
         assert httpx.post(url, json=body, headers=headers).status_code == 200
+
+
+def test_quota_refusals_come_from_the_headers(
+    tmp_path: Path, cnn_artifact: Path, live: type
+) -> None:
+    """A tenant over its quota is refused before its body is read (so before it is parsed), the
+    refusal is logged and counted like any other, and what the headers cannot decide (a bad
+    key) still gets the route's own answer."""
+    key = hash_key(KEYS["bob"])
+    config = f'[[tenants]]\nname = "slow"\nkey_sha256 = "{key}"\nrequests_per_s = 0.5\n'
+    repo = make_repo(tmp_path / "repo", {"cnn": cnn_artifact}, config)
+    body = {"inputs": [{"name": "pixel_values", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                        "data": [0.0] * 3072}]}  # fmt: skip
+    headers = {"Authorization": f"Bearer {KEYS['bob']}", "X-Request-Id": "early-1"}
+    with live(create_app(repo)) as server:
+        url = f"{server.url}/v2/models/cnn/infer"
+        assert httpx.post(url, json=body, headers=headers).status_code == 200
+        refused = httpx.post(url, content=b"{not json", headers=headers)
+        assert refused.status_code == 429 and "0.5 requests/s" in refused.json()["error"]
+        assert refused.headers["Retry-After"] and refused.headers["x-request-id"] == "early-1"
+        assert refused.headers["server-timing"].startswith("app;dur=")
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert 'reason="rate_limited",tenant="slow"' in metrics or (
+            'tenant="slow",reason="rate_limited"' in metrics
+        )
+        bad_key = httpx.post(url, content=b"{not json", headers={"Authorization": "Bearer no"})
+        assert bad_key.status_code == 401
