@@ -46,7 +46,7 @@ Ask for them with the `replicas` constraint (`ai_vmm.deploy.replicas`):
 
 ```python
 model = VMM().deploy("encoder.onnx", constraints={"replicas": "auto"}, samples="x.npz")
-model(**inputs)      # through the set: requests spread over the kept devices
+model(**inputs)  # through the set: requests spread over the kept devices
 print(model.explain())
 ```
 
