@@ -163,6 +163,7 @@ class RequestLog:
 
 
 _INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
+_OPENAI_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
 
 
 class EarlyRefusal:
@@ -176,6 +177,8 @@ class EarlyRefusal:
     timeout header, without reading the body. The check takes nothing (a refused request is not
     charged to the tenant's rate); anything it cannot decide (no valid key, an unknown or
     unready model, a malformed header) goes on to the route, which checks everything again.
+    The OpenAI routes name their model in the body, so there only the tenant's own quota is
+    decided from the headers (an OpenAI-shaped 429).
     """
 
     def __init__(self, app: ASGIApp, get_state: Callable[[], ServerState | None]) -> None:
@@ -190,6 +193,11 @@ class EarlyRefusal:
                 refusal = _early_refusal(server, scope, match.group(1), match.group(2))
                 if refusal is not None:
                     await _send_refusal(send, refusal)
+                    return
+            elif scope.get("path") in _OPENAI_PATHS and server is not None and server.started:
+                refusal = _early_quota_refusal(server, scope)
+                if refusal is not None:
+                    await _send_refusal(send, refusal, openai=True)
                     return
         await self.app(scope, receive, send)
 
@@ -226,8 +234,28 @@ def _early_refusal(
     return None
 
 
-async def _send_refusal(send: Send, refusal: Rejected) -> None:
-    body = json.dumps(kserve.error_body(refusal.message)).encode()
+def _early_quota_refusal(server: ServerState, scope: Scope) -> Rejected | None:
+    """The OpenAI routes name their model in the body: from the headers, only the tenant's
+    own quota (requests/s, concurrency) can be decided; the route does everything else."""
+    try:
+        tenant = server.gate.authenticate(
+            _header(scope, b"authorization"), _header(scope, b"api-key")
+        )
+    except Rejected:
+        return None  # the route answers, OpenAI-shaped
+    try:
+        server.gate.check_quota(tenant)
+    except Rejected as refusal:
+        ctx = scope.get("vmm")
+        if isinstance(ctx, RequestContext):
+            ctx.tenant, ctx.protocol, ctx.reason = tenant_name(tenant), "openai", refusal.code
+        return refusal
+    return None
+
+
+async def _send_refusal(send: Send, refusal: Rejected, openai: bool = False) -> None:
+    error = openai_protocol.error_body(refusal) if openai else kserve.error_body(refusal.message)
+    body = json.dumps(error).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

@@ -103,3 +103,12 @@ def test_quota_refusals_come_from_the_headers(
         )
         bad_key = httpx.post(url, content=b"{not json", headers={"Authorization": "Bearer no"})
         assert bad_key.status_code == 401
+        # The OpenAI routes: the tenant's quota (shared across protocols) from the headers too,
+        # answered the OpenAI way; the model (named in the body) is the route's business.
+        completions = f"{server.url}/v1/completions"
+        over = httpx.post(completions, content=b"{not json", headers=headers)
+        assert over.status_code == 429 and over.headers["Retry-After"]
+        assert over.json()["error"]["code"] == "rate_limited"
+        assert "0.5 requests/s" in over.json()["error"]["message"]
+        no_key = httpx.post(completions, content=b"{}", headers={"Authorization": "Bearer no"})
+        assert no_key.status_code == 401 and "error" in no_key.json()
