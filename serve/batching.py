@@ -201,18 +201,21 @@ class DynamicBatcher:
         """Seconds until a request of ``rows`` at ``rank`` queued now would be answered."""
         if not self.service.known:
             return 0.0  # nothing measured yet: admit, and learn from the first batches
-        ahead = sum(item.rows for r, _, item in self._heap if r <= rank)
-        width = self._max_rows or 1
-        calls = math.ceil((ahead + rows) / width)
-        per_call = self.service.estimate(min(width, ahead + rows) if self._max_rows else rows)
+        queued = [item.rows for r, _, item in self._heap if r <= rank]
+        ahead = sum(queued)
+        if self._max_rows:  # batched: calls of up to max_rows rows
+            calls = math.ceil((ahead + rows) / self._max_rows)
+            durations = [self.service.estimate(min(self._max_rows, ahead + rows))] * calls
+        else:  # unbatched: each request is one call of its own rows, whatever their number
+            durations = [self.service.estimate(n) for n in (*queued, rows)]
         now = time.monotonic()
         free_at = sorted(max(r.busy_until - now, 0.0) for r in self.replicas)
         # Calls go to replicas as they free up: the k-th call starts at the k-th free slot.
         slots = list(free_at)
         finish = 0.0
-        for _ in range(calls):
+        for duration in durations:
             start = heapq.heappop(slots) if slots else 0.0
-            finish = start + per_call
+            finish = start + duration
             heapq.heappush(slots, finish)
         if self._max_rows and ahead + rows < self._max_rows:
             finish += self.config.max_queue_delay_ms / 1000.0

@@ -200,6 +200,31 @@ def test_deadlines_refuse_early_and_expire_in_queue(model: Gated) -> None:
     asyncio.run(main())
 
 
+def test_unbatched_requests_are_estimated_one_call_each(model: Gated) -> None:
+    """Without batching (max_batch 0) a request of 256 rows is one call, not 256: the estimate
+    counted rows as calls and refused requests a 30 s deadline would easily meet (seen in the
+    drain test: 4 of 8 refused with 'deadline' after the first call was measured)."""
+
+    async def main() -> None:
+        batcher = _batcher(model, BatchingConfig(max_batch=0))
+        for rows in (16, 256, 16, 256):  # a line through a few sizes
+            await batcher.infer(_x(rows, rows), rows, _ticket())
+        per_call = batcher.service.estimate(256)
+        model.gate.clear()
+        queued = [
+            asyncio.create_task(batcher.infer(_x(i, 256), 256, _ticket("high", timeout=30)))
+            for i in range(3)
+        ]
+        await asyncio.sleep(0.05)
+        # One running, two queued, this one: about 4 calls, whatever the rows of each.
+        assert batcher.estimate(CLASSES["high"].rank, 256) <= 5 * per_call
+        model.gate.set()
+        await asyncio.gather(*queued)
+        await batcher.close()
+
+    asyncio.run(main())
+
+
 def test_a_batch_leaves_out_requests_it_would_answer_late(model: Gated) -> None:
     """A request whose deadline a one-row call would meet but the batch it joins would not
     gets 504 at dispatch; the rest of the batch is answered."""
