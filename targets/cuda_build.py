@@ -169,11 +169,14 @@ def _build(
     example, dims = example_inputs(graph_inputs, bounds, sample_dims, torch_device)
     program, shape_note = export(module, example, list(module.arg_names), dims, graph_inputs)
     specs = input_specs(program, graph_inputs, dims)
-    raised = _smallest_sizes_check(program, module, example, graph_inputs, specs, precision)
+    exported = program.module()  # unlifted once: both checks below run it eagerly
+    raised = _smallest_sizes_check(exported, module, example, specs, precision)
     if raised:
         note = f"the export differs from the model at {raised}: those sizes are refused"
         shape_note = f"{shape_note}; {note}" if shape_note else note
-    padding = _batch_padding(program, module, example, specs, dims, graph_inputs, precision)
+    padding = _batch_padding(
+        program, exported, module, example, specs, dims, graph_inputs, precision
+    )
     if source == "torch":
         narrowed = [
             f"{s['name']} axis {axis}"
@@ -496,20 +499,13 @@ def _bound(value: Any, unbounded: int) -> int:
 
 def _program_ranges(program: Any, inputs: list[ir.Value]) -> dict[str, tuple[int, int]]:
     """The range of each ONNX dimension symbol as the exported program bounds it."""
-    user = set(program.graph_signature.user_inputs)
-    placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in user]
     found: dict[str, tuple[int, int]] = {}
-    for value, node in zip(inputs, placeholders, strict=False):
-        fake = node.meta.get("val")
-        for axis, (dim, size) in enumerate(
-            zip(value.shape or [], getattr(fake, "shape", ()), strict=False)
-        ):
-            expr = getattr(getattr(size, "node", None), "expr", None)
-            bound = program.range_constraints.get(expr) if expr is not None else None
-            if isinstance(dim, int) or bound is None:
+    for value, spec in zip(inputs, input_specs(program, inputs, {}), strict=True):
+        for axis_key, (low, high) in spec["ranges"].items():
+            dim = (value.shape or [])[int(axis_key)]
+            if isinstance(dim, int):
                 continue
-            low, high = _bound(bound.lower, 0), _bound(bound.upper, 2**31 - 1)
-            symbol = _symbol(value, axis, dim)
+            symbol = _symbol(value, int(axis_key), dim)
             old = found.get(symbol, (low, high))
             found[symbol] = (max(low, old[0]), min(high, old[1]))
     return found
@@ -555,12 +551,7 @@ def input_specs(
 
 
 def _smallest_sizes_check(
-    program: Any,
-    module: Any,
-    example: list[Any],
-    inputs: list[ir.Value],
-    specs: list[dict[str, Any]],
-    precision: str,
+    exported: Any, module: Any, example: list[Any], specs: list[dict[str, Any]], precision: str
 ) -> str:
     """Run the exported program at the smallest size of each dynamic dimension, against the
     module.
@@ -585,7 +576,7 @@ def _smallest_sizes_check(
         smallest = list(example)
         for index, _spec, axis, low, _size in entries:
             smallest[index] = smallest[index].narrow(axis, 0, low)
-        if _agree(program, module, smallest, precision):
+        if _agree(exported, module, smallest, precision):
             continue
         for _index, spec, axis, _low, size in entries:
             spec["ranges"][str(axis)][0] = size
@@ -595,6 +586,7 @@ def _smallest_sizes_check(
 
 def _batch_padding(
     program: Any,
+    exported: Any,
     module: Any,
     example: list[Any],
     specs: list[dict[str, Any]],
@@ -641,18 +633,18 @@ def _batch_padding(
     try:
         with torch.inference_mode():
             want = torch.utils._pytree.tree_leaves(module(*rows))
-            got = torch.utils._pytree.tree_leaves(program.module()(*padded))
+            got = torch.utils._pytree.tree_leaves(exported(*padded))
     except Exception:
         return None
     cut = [g.narrow(0, 0, small) for g in got]
-    if not _same(cut, want, precision):
+    if _difference(cut, want, precision):
         return None
     return {"from": int(small), "to": int(least)}
 
 
-def _agree(program: Any, module: Any, feeds: list[Any], precision: str) -> bool:
-    """The program computes what the module computes on these inputs (or the module itself
-    cannot take them: not a valid combination of sizes, nothing to say)."""
+def _agree(exported: Any, module: Any, feeds: list[Any], precision: str) -> bool:
+    """The exported program computes what the module computes on these inputs (or the module
+    itself cannot take them: not a valid combination of sizes, nothing to say)."""
     import torch
 
     try:
@@ -662,25 +654,32 @@ def _agree(program: Any, module: Any, feeds: list[Any], precision: str) -> bool:
         return True
     try:
         with torch.inference_mode():
-            got = torch.utils._pytree.tree_leaves(program.module()(*feeds))
+            got = torch.utils._pytree.tree_leaves(exported(*feeds))
     except Exception:  # the model runs there and the program does not
         return False
-    return _same(got, want, precision)
+    return not _difference(got, want, precision)
 
 
-def _same(got: list[Any], want: list[Any], precision: str) -> bool:
+def _difference(got: Any, want: Any, precision: str) -> str:
+    """How ``got`` differs from ``want`` (output by output: shape, exact for integers, relative
+    error norm within ``SELF_CHECK`` for floats); '' when it does not."""
     import torch
 
-    return len(got) == len(want) and all(
-        a.shape == b.shape
-        and (
-            torch.equal(a, b)
-            if not a.is_floating_point()
-            else float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12))
-            <= SELF_CHECK[precision]
-        )
-        for a, b in zip(got, want, strict=True)
-    )
+    got, want = list(got), list(want)
+    if len(got) != len(want):
+        return f"{len(got)} outputs, the program gives {len(want)}"
+    for index, (a, b) in enumerate(zip(got, want, strict=True)):
+        if a.shape != b.shape:
+            return f"output {index}: shape {tuple(a.shape)}, the program gives {tuple(b.shape)}"
+        if not a.is_floating_point():
+            if not torch.equal(a, b):
+                return f"output {index} differs from the program's"
+            continue
+        ref = b.double()
+        err = float((a.double() - ref).norm() / ref.norm().clamp_min(1e-12))
+        if not err <= SELF_CHECK[precision]:
+            return f"output {index} differs from the program's by {err:.2e} (relative norm)"
+    return ""
 
 
 def _self_check(runner: Any, module: Any, example: list[Any], precision: str) -> None:
@@ -690,21 +689,9 @@ def _self_check(runner: Any, module: Any, example: list[Any], precision: str) ->
     with torch.inference_mode():
         want = module(*example)
         got = runner(*example)
-    for index, (a, b) in enumerate(zip(got, want, strict=True)):
-        if a.shape != b.shape:
-            raise RouteError(
-                f"output {index}: shape {tuple(a.shape)}, the program gives {tuple(b.shape)}"
-            )
-        if not a.is_floating_point():
-            if not torch.equal(a, b):
-                raise RouteError(f"output {index} differs from the program's")
-            continue
-        ref = b.double()
-        err = float((a.double() - ref).norm() / ref.norm().clamp_min(1e-12))
-        if not err <= SELF_CHECK[precision]:
-            raise RouteError(
-                f"output {index} differs from the program's by {err:.2e} (relative norm)"
-            )
+    difference = _difference(got, want, precision)
+    if difference:
+        raise RouteError(difference)
 
 
 def graphs_work(runner: Any, example: list[Any], torch_device: str) -> bool:
