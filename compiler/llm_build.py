@@ -262,8 +262,10 @@ def gate_weights(run: LMRun, float_build: Built) -> Built:
 
     Gate: perplexity on standard-library docstrings within ``max_perplexity_increase`` of the
     float build's, and greedy replies to the chat prompts keeping the float build's answers:
-    mean ROUGE-L recall at least ``min_agreement`` (``llm_quality.answer_overlap``); the
-    identical prefix of each reply is recorded too.
+    mean ROUGE-L recall at least ``min_agreement`` (``llm_quality.answer_overlap``), and no
+    reply looping where the float one does not (``LOOP_DROP``); the identical prefix of each
+    reply is recorded too. A compressed candidate that fails with the CPU plugin's activation
+    groups is reloaded with ``DYNAMIC_QUANTIZATION_FALLBACK`` before the next attempt.
     """
     options, say = run.options, run.say
     mode = options.weights or "int8"

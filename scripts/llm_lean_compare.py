@@ -40,18 +40,34 @@ MODEL = Path.home() / ".cache" / "ai-vmm" / "realmodels" / "SmolLM2-135M-Instruc
 ROOT = CACHE / source_digest(MODEL)[:16]
 
 
-def engines(ids: list[int]) -> None:
+def _genai_run(pipe: Any, ids: list[int]) -> tuple[float, float]:
+    """TTFT ms and decode tok/s of one GenAI ``generate`` of 128 greedy tokens."""
     import openvino as ov
     import openvino_genai as genai
 
     array = np.array([ids], dtype=np.int64)
+    config = genai.GenerationConfig()
+    config.max_new_tokens = config.min_new_tokens = 128
+    inputs = genai.TokenizedInputs(ov.Tensor(array), ov.Tensor(np.ones_like(array)))
+    metrics = pipe.generate(inputs, config).perf_metrics
+    return metrics.get_ttft().mean, 1000 / metrics.get_tpot().mean
 
-    def genai_run(pipe: Any) -> tuple[float, float]:
-        config = genai.GenerationConfig()
-        config.max_new_tokens = config.min_new_tokens = 128
-        inputs = genai.TokenizedInputs(ov.Tensor(array), ov.Tensor(np.ones_like(array)))
-        metrics = pipe.generate(inputs, config).perf_metrics
-        return metrics.get_ttft().mean, 1000 / metrics.get_tpot().mean
+
+def _ours_run(lm: Any, ids: list[int]) -> tuple[float, float]:
+    """TTFT ms and decode tok/s of one ai-vmm ``generate`` of 128 greedy tokens."""
+    result = lm.generate(ids, max_new_tokens=128, min_new_tokens=128)
+    return result.ttft_s * 1000, result.tokens_per_s
+
+
+def _print_rows(first: str, runs: dict[str, list[tuple[float, float]]]) -> None:
+    for name, values in runs.items():
+        ttft = statistics.median(v[0] for v in values)
+        speeds = ", ".join(f"{v[1]:.1f}" for v in values)
+        print(f"| {first} | {name} | {ttft:.0f} | {speeds} |")
+
+
+def engines(ids: list[int]) -> None:
+    import openvino_genai as genai
 
     print("| precision | engine | TTFT ms | decode tok/s (3 rounds) |\n|---|---|---|---|")
     for precision in ["f32", *(["bf16"] if "BF16" in capabilities("CPU") else [])]:
@@ -68,20 +84,12 @@ def engines(ids: list[int]) -> None:
             ),
         }
         lm = ai_vmm.load(ROOT / f"openvino-CPU-{'fp32' if precision == 'f32' else 'bf16'}.vmm")
-
-        def ours(lm: Any = lm) -> tuple[float, float]:
-            result = lm.generate(ids, max_new_tokens=128, min_new_tokens=128)
-            return result.ttft_s * 1000, result.tokens_per_s
-
         runs: dict[str, list[tuple[float, float]]] = {k: [] for k in [*pipes, "ai-vmm"]}
         for _ in range(3):
             for name, pipe in pipes.items():
-                runs[name].append(genai_run(pipe))
-            runs["ai-vmm"].append(ours())
-        for name, values in runs.items():
-            ttft = statistics.median(v[0] for v in values)
-            speeds = ", ".join(f"{v[1]:.1f}" for v in values)
-            print(f"| {precision} | {name} | {ttft:.0f} | {speeds} |")
+                runs[name].append(_genai_run(pipe, ids))
+            runs["ai-vmm"].append(_ours_run(lm, ids))
+        _print_rows(precision, runs)
         lm.close()
 
 
@@ -89,10 +97,8 @@ def compressed(ids: list[int]) -> None:
     """INT8 and INT4 weights, f32 activations and KV cache: GenAI's stateful (SDPA) pipeline
     on its NNCF exports against ours (the bench's artifacts, as their quality gate left them),
     3 interleaved rounds."""
-    import openvino as ov
     import openvino_genai as genai
 
-    array = np.array([ids], dtype=np.int64)
     props = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
     print("| weights | engine | TTFT ms | decode tok/s (3 rounds) |\n|---|---|---|---|")
     for weights in ("int8", "int4"):
@@ -102,19 +108,9 @@ def compressed(ids: list[int]) -> None:
         lm = ai_vmm.load(ROOT / f"openvino-CPU-{weights}.vmm")
         runs: dict[str, list[tuple[float, float]]] = {"GenAI, SDPA (stateful)": [], "ai-vmm": []}
         for _ in range(3):
-            config = genai.GenerationConfig()
-            config.max_new_tokens = config.min_new_tokens = 128
-            inputs = genai.TokenizedInputs(ov.Tensor(array), ov.Tensor(np.ones_like(array)))
-            metrics = pipe.generate(inputs, config).perf_metrics
-            runs["GenAI, SDPA (stateful)"].append(
-                (metrics.get_ttft().mean, 1000 / metrics.get_tpot().mean)
-            )
-            result = lm.generate(ids, max_new_tokens=128, min_new_tokens=128)
-            runs["ai-vmm"].append((result.ttft_s * 1000, result.tokens_per_s))
-        for name, values in runs.items():
-            ttft = statistics.median(v[0] for v in values)
-            speeds = ", ".join(f"{v[1]:.1f}" for v in values)
-            print(f"| {weights} | {name} | {ttft:.0f} | {speeds} |")
+            runs["GenAI, SDPA (stateful)"].append(_genai_run(pipe, ids))
+            runs["ai-vmm"].append(_ours_run(lm, ids))
+        _print_rows(weights, runs)
         lm.close()
         del pipe
 
@@ -180,8 +176,7 @@ def dq(ids: list[int]) -> None:
                 config["dynamic_quantization_group_size"] = group
             (copy / "manifest.json").write_text(json.dumps(manifest))
             with ai_vmm.load(copy) as lm:
-                compiled = lm._session.compiled_model
-                used = int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
+                used = int(lm.backend_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") or 0)
                 answer = lm.generate(question, max_new_tokens=24).text.split("\n")[0][:60]
                 speed = lm.generate(ids, max_new_tokens=64, min_new_tokens=64).tokens_per_s
             label = f"{used} (plugin default)" if group is None else (used or "off")
@@ -189,7 +184,7 @@ def dq(ids: list[int]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parts = argv or ["engines", "profile", "dq"]
+    parts = argv or ["engines", "compressed", "profile", "dq"]
     if not (ROOT / "genai" / "fp32").is_dir():
         print(f"run `vmmc bench {MODEL} --generate --baselines genai` first", file=sys.stderr)
         return 2
