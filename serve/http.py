@@ -206,21 +206,20 @@ def _early_refusal(
     server: ServerState, scope: Scope, model: str, version: str | None
 ) -> Rejected | None:
     try:
-        tenant = server.gate.authenticate(
-            _header(scope, b"authorization"), _header(scope, b"api-key")
-        )
+        tenant = _key_holder(server, scope)
         server.gate.authorize(tenant, model)
         served = server.manager.find(model, version)
         if served.batcher is None or served.state != READY:
             return None
-        timeout = _header(scope, TIMEOUT_HEADER.encode())
-        requested = None if timeout is None else float(timeout) / 1000.0
-        class_name = server.config.server.default_class if tenant is None else tenant.priority_class
-        ticket = _from_arrival(
-            make_ticket(class_name, server.config.classes[class_name], requested),
-            scope["vmm"].arrival if isinstance(scope.get("vmm"), RequestContext) else None,
+        ctx = scope.get("vmm")
+        ticket = _ticket(
+            server,
+            tenant,
+            _header(scope, TIMEOUT_HEADER.encode()),
+            None,
+            ctx.arrival if isinstance(ctx, RequestContext) else None,
         )
-    except (Rejected, ValueError, KeyError):
+    except Rejected:
         return None  # the route answers these, with the whole request to go on
     try:
         server.gate.check_quota(tenant)
@@ -238,9 +237,7 @@ def _early_quota_refusal(server: ServerState, scope: Scope) -> Rejected | None:
     """The OpenAI routes name their model in the body: from the headers, only the tenant's
     own quota (requests/s, concurrency) can be decided; the route does everything else."""
     try:
-        tenant = server.gate.authenticate(
-            _header(scope, b"authorization"), _header(scope, b"api-key")
-        )
+        tenant = _key_holder(server, scope)
     except Rejected:
         return None  # the route answers, OpenAI-shaped
     try:
@@ -265,13 +262,10 @@ async def _send_refusal(send: Send, refusal: Rejected, openai: bool = False) -> 
     await send({"type": "http.response.body", "body": body})
 
 
-def _from_arrival(ticket: Ticket, arrival: float | None) -> Ticket:
-    """``ticket`` with its deadline counted from ``arrival`` rather than from now."""
-    if arrival is None:
-        return ticket
-    return Ticket(
-        ticket.priority_class, ticket.rank, arrival, arrival + (ticket.deadline - ticket.arrival)
-    )
+def _key_holder(server: ServerState, scope: Scope) -> Tenant | None:
+    """The tenant whose key the request carries (``Rejected`` 401 without a valid one): for the
+    routes and ``EarlyRefusal`` alike."""
+    return server.gate.authenticate(_header(scope, b"authorization"), _header(scope, b"api-key"))
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -296,10 +290,7 @@ def error_response(request: Request, error: Rejected) -> Response:
 
 def authenticate(request: Request) -> Tenant | None:
     """The calling tenant (401 without a valid key); records it for the access log."""
-    server = state(request)
-    tenant = server.gate.authenticate(
-        request.headers.get("authorization"), request.headers.get("api-key")
-    )
+    tenant = _key_holder(state(request), request.scope)
     context(request).tenant = tenant_name(tenant)
     return tenant
 
@@ -325,10 +316,26 @@ def authorize(request: Request, tenant: Tenant | None, model: str) -> None:
 
 def ticket_for(request: Request, tenant: Tenant | None, extra_timeout_s: float | None) -> Ticket:
     """The request's class, rank and deadline (its own timeout can only shorten the class's)."""
-    server = state(request)
+    return _ticket(
+        state(request),
+        tenant,
+        request.headers.get(TIMEOUT_HEADER),
+        extra_timeout_s,
+        context(request).arrival,
+    )
+
+
+def _ticket(
+    server: ServerState,
+    tenant: Tenant | None,
+    header: str | None,
+    extra_timeout_s: float | None,
+    arrival: float | None,
+) -> Ticket:
+    """``ticket_for`` from its parts: the one way both the route and ``EarlyRefusal`` make a
+    ticket, so that the two agree on the class and the deadline."""
     class_name = server.config.server.default_class if tenant is None else tenant.priority_class
     requested = extra_timeout_s
-    header = request.headers.get(TIMEOUT_HEADER)
     if header is not None:
         try:
             header_s = float(header) / 1000.0
@@ -336,8 +343,12 @@ def ticket_for(request: Request, tenant: Tenant | None, extra_timeout_s: float |
             raise Rejected(400, "bad_deadline", f"{TIMEOUT_HEADER} must be milliseconds") from None
         requested = header_s if requested is None else min(requested, header_s)
     ticket = make_ticket(class_name, server.config.classes[class_name], requested)
+    if arrival is None:
+        return ticket
     # The deadline counts from arrival, not from when the body was read.
-    return _from_arrival(ticket, context(request).arrival)
+    return Ticket(
+        ticket.priority_class, ticket.rank, arrival, arrival + (ticket.deadline - ticket.arrival)
+    )
 
 
 async def read_body(request: Request) -> bytes:

@@ -112,3 +112,22 @@ def test_quota_refusals_come_from_the_headers(
         assert "0.5 requests/s" in over.json()["error"]["message"]
         no_key = httpx.post(completions, content=b"{}", headers={"Authorization": "Bearer no"})
         assert no_key.status_code == 401 and "error" in no_key.json()
+
+
+def test_deadline_refusals_come_from_the_headers(
+    tmp_path: Path, cnn_artifact: Path, live: type
+) -> None:
+    """A deadline that even one row would miss is refused before the body is read, from the
+    ticket the route would make (the same function: timeout header, counted from arrival); a
+    timeout header that is not a number is left to the route's 400."""
+    repo = make_repo(tmp_path / "repo", {"cnn": cnn_artifact})
+    body = {"inputs": [{"name": "pixel_values", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                        "data": [0.0] * 3072}]}  # fmt: skip
+    with live(create_app(repo)) as server:
+        url = f"{server.url}/v2/models/cnn/infer"
+        assert httpx.post(url, json=body).status_code == 200  # one call measured
+        late = httpx.post(url, content=b"{not json", headers={"X-Request-Timeout-Ms": "0.001"})
+        assert late.status_code == 503 and "deadline" in late.json()["error"]
+        assert late.headers["Retry-After"]
+        bad = httpx.post(url, content=b"{not json", headers={"X-Request-Timeout-Ms": "soon"})
+        assert bad.status_code == 400 and "milliseconds" in bad.json()["error"]
