@@ -12,8 +12,11 @@ PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 # The image has torch, onnx, onnx-ir, onnxruntime, networkx, typer, rich, scipy, scikit-learn,
 # transformers, accelerate...; it lacks these (checked 2026-12-04).
+# The versions installed here (what the tests ran with), not the newest on the index.
+here() { python3 -c "import importlib.metadata as m; print('$1==' + m.version('$1'))"; }
 for wheel in "openvino==$(python3 -c 'import openvino; print(openvino.__version__.split("-")[0])')" \
-    openvino-telemetry nncf pydot jsonschema jsonschema-specifications referencing rpds-py gguf; do
+    "$(here nncf)" "$(here gguf)" "$(here jsonschema)" \
+    openvino-telemetry pydot jsonschema-specifications referencing rpds-py; do
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp "${PLATFORMS[@]}" -d .whl "$wheel"
 done
