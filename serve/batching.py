@@ -7,9 +7,8 @@ one of these holds: the batch is full, it has reached a preferred size, the olde
 waited ``max_queue_delay_ms``, waiting longer would make the head request miss its deadline, or
 other requests wait that it cannot take. A batch holds one rank because on a CPU a row costs
 nearly what a call does: a high-priority request carried with low-priority rows took several
-times longer than alone. Free
-replicas pulling from one queue is the work stealing that issue 17 builds on: a replica never
-idles while another has a queue.
+times longer than alone. Free replicas pulling from one queue is the work stealing that issue
+17 builds on: a replica never idles while another has a queue.
 
 Admission happens before a request is queued: ``admit`` estimates, from the rows queued ahead
 of it (same or higher priority) and the measured service time, when it would finish, and
