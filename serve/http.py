@@ -225,7 +225,6 @@ def _early_refusal(
         server.gate.check_quota(tenant)
         served.batcher.precheck(ticket)
     except Rejected as refusal:
-        ctx = scope.get("vmm")
         if isinstance(ctx, RequestContext):
             ctx.tenant, ctx.model, ctx.protocol = tenant_name(tenant), model, "kserve"
             ctx.reason = refusal.code
