@@ -300,6 +300,17 @@ def _validate(options: LMOptions) -> None:
         )
 
 
+def _names_a_file(text: str) -> bool:
+    """Whether one line of text is the path of an existing file (a long line of calibration
+    prose is not: the file system refuses the name, which ``Path.is_file`` raises before 3.14)."""
+    if "\n" in text:
+        return False
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def calibration_texts(source: Any) -> tuple[str, ...]:
     """An LM's calibration text: ``None`` (none given), a string or a list of strings, or the
     path of a ``.txt`` file (the whole file) or a ``.jsonl`` file (each line a string or an
@@ -311,8 +322,7 @@ def calibration_texts(source: Any) -> tuple[str, ...]:
     if source is None:
         return ()
     if isinstance(source, Path) or (
-        isinstance(source, str)
-        and (source.endswith((".txt", ".jsonl")) or ("\n" not in source and Path(source).is_file()))
+        isinstance(source, str) and (source.endswith((".txt", ".jsonl")) or _names_a_file(source))
     ):
         path = Path(source)
         try:

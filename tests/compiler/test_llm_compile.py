@@ -208,6 +208,8 @@ def test_calibration_text_sources(tmp_path: Path) -> None:
         calibration_texts({"input_ids": [1, 2]})
     with pytest.raises(CompileError, match="empty"):
         calibration_texts(["  "])
+    prose = "A long line of calibration prose without a newline. " * 20  # > NAME_MAX
+    assert calibration_texts(prose) == (prose,)
 
 
 def test_distinct_share_sees_a_looping_reply() -> None:
