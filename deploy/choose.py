@@ -241,7 +241,7 @@ def choose(
             for v in meeting
             if preference_rank(v.hardware, constraints.preferred_hardware, host_cpu) == best_rank
         ]
-        chosen, rule = _best(group, constraints)
+        chosen, rule = best_of(group, constraints)
         _mark(variants, chosen)
         return chosen, rule, True
     message = best_achievable(measured, constraints)
@@ -260,7 +260,9 @@ def choose(
     return closest, f"closest to the constraints (strict=False): {message}", False
 
 
-def _best(group: list[Variant], constraints: Constraints) -> tuple[Variant, str]:
+def best_of(group: Sequence[Variant], constraints: Constraints) -> tuple[Variant, str]:
+    """The best of ``group`` by the objective (within ``TIE``: higher precision, fewer threads,
+    smaller batch), and the rule that says so."""
     values = {id(v): objective_value(v, constraints) for v in group}
     best = min(values.values())
     if math.isfinite(best):

@@ -29,11 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ai_vmm.deploy.choose import Variant, objective_value
+from ai_vmm.deploy.choose import Variant, best_of
 from ai_vmm.deploy.constraints import Constraints
 from ai_vmm.deploy.samples import Samples
-from ai_vmm.deploy.store import derive_variant, safe_name
+from ai_vmm.deploy.search import thread_variant
+from ai_vmm.deploy.store import safe_name
 from ai_vmm.runtime.errors import ConstraintError
+from ai_vmm.runtime.replicas import cpu_replica_threads
 
 Say = Callable[[str], None]
 MARGIN = 0.03
@@ -81,7 +83,7 @@ def plan_replicas(
         if chosen in mine:
             best[device] = chosen
         elif meeting:
-            best[device] = min(meeting, key=lambda v: (objective_value(v, constraints), v.key))
+            best[device] = best_of(meeting, constraints)[0]
         elif isinstance(request, tuple):
             # Named by the user: its closest candidate, said so.
             best[device] = max(mine, key=_throughput)
@@ -112,10 +114,7 @@ def plan_replicas(
                 notes.append(f"replica {device} left out: replicas = {request}")
             devices = devices[:request]
     on_cpu = [d for d in devices if best[d].build.spec.device.kind == "cpu"]
-    # Each accelerator replica has a host thread feeding it (launches, copies): a core of its
-    # own (bench_parallel: CPU replicas at every core starved a GPU's feeding thread).
-    fed = len(devices) - len(on_cpu)
-    share = max(1, (cores - fed) // len(on_cpu)) if on_cpu and (len(on_cpu) > 1 or fed) else None
+    share = cpu_replica_threads(cores, len(on_cpu), len(devices) - len(on_cpu))
     plans = []
     for device in devices:
         variant = best[device]
@@ -125,8 +124,7 @@ def plan_replicas(
         threads = share if device in on_cpu and build_path.is_dir() else None
         set_path = alone
         if threads is not None and threads != variant.threads:
-            name = f"{build_path.stem}-t{threads}.vmm"
-            set_path = derive_variant(build_path, variants_dir / name, {"threads": threads})
+            set_path = thread_variant(build_path, variants_dir, threads)
         plans.append(ReplicaPlan(device, variant, set_path, alone, threads))
     return plans, notes
 

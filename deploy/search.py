@@ -254,8 +254,7 @@ def _variants(
         for count in threads:
             path = build.path
             if count is not None:
-                name = f"{build.path.stem}-t{count}.vmm"
-                path = derive_variant(build.path, variants_dir / name, {"threads": count})
+                path = thread_variant(build.path, variants_dir, count)
             for batch in batches:
                 # Batches (a throughput setting) are tried with every core only: a batch of 64
                 # on one core of a big model takes seconds a call to measure, and rarely wins.
@@ -263,6 +262,13 @@ def _variants(
                     continue
                 variants.append(Variant(build, count, batch, path))
     return variants
+
+
+def thread_variant(build_path: Path, variants_dir: Path, threads: int) -> Path:
+    """The CPU build at ``build_path`` run with ``threads`` threads
+    (``variants_dir/<build>-t<N>.vmm``, derived once and reused)."""
+    name = f"{build_path.stem}-t{threads}.vmm"
+    return derive_variant(build_path, variants_dir / name, {"threads": threads})
 
 
 def _measure(
