@@ -18,8 +18,8 @@ GPU and one for the CPU beside it; CPU, iGPU and NPU artifacts on a laptop; or a
 - **Never below the best device, measured.** Devices that share a resource (two CPU targets
   on the same cores) can be slower together than the best of them alone; stealing cannot see
   that. ``prune`` measures the set against its fastest replica alone and keeps only that one
-  when the set does not beat it (bench_parallel: two CPU targets' ResNet replicas did 0.94x
-  the better one alone on a 2-core Xeon).
+  when the set does not beat it (docs/parallel.md, from ``scripts/bench_parallel.py
+  --sections replicas``: two CPU targets' ResNet replicas on a 2-core Xeon).
 - **Order where asked.** ``map(feeds, ordered=True)`` yields results in submission order;
   ``submit`` returns a ``concurrent.futures.Future`` per request.
 - **Failures.** A request whose replica fails with anything but an ``InputError`` (a device
@@ -185,7 +185,8 @@ class ReplicaSet:
 
     @property
     def members(self) -> list[tuple[str, Any]]:
-        """The replicas in the rotation: ``(name, model)`` pairs, in order."""
+        """The replicas in the rotation: ``(name, model)`` pairs, in order (serve's backend
+        makes a worker of each)."""
         with self._lock:
             return [(r.name, r.model) for r in self._replicas if r.enabled]
 
@@ -574,6 +575,19 @@ class ReplicaSet:
             )
             self._wake.notify_all()
         job.future.set_result(outputs)
+
+
+def cpu_replica_threads(
+    cores: int, cpu_replicas: int, accelerators: int, spare: int = 0
+) -> int | None:
+    """Threads of each CPU replica in a set on one CPU: the cores split between the CPU
+    replicas after a core for each accelerator replica's feeding thread (launches, copies;
+    bench_parallel: CPU replicas at every core starved a GPU's feeding thread) and ``spare``
+    more for the caller's own threads. ``None`` where a lone CPU replica has nothing beside it
+    (it keeps its own threads)."""
+    if cpu_replicas == 0 or (cpu_replicas == 1 and accelerators == 0):
+        return None
+    return max(1, (cores - accelerators - spare) // cpu_replicas)
 
 
 def _label(model: Any) -> str:

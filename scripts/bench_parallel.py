@@ -310,17 +310,21 @@ def section_replicas(args: argparse.Namespace, work: Path, inventory: Any) -> li
 
 
 def _pair_cpu_threads(setting: str, devices: list[str]) -> int | None:
-    """Threads of each CPU replica in the set. ``auto``: beside an accelerator, all cores but
-    two (for the threads that feed it); CPU targets only, the cores split between them (two
-    replicas on one CPU otherwise each claim every core). A number; or ``none`` (as built)."""
+    """Threads of each CPU replica in the set. ``auto``: deploy's rule
+    (``cpu_replica_threads``: the cores split between the CPU replicas, less one per
+    accelerator for the thread that feeds it) and, beside an accelerator, one more for the load
+    generator. A number; or ``none`` (as built)."""
     if setting == "none":
         return None
     if setting != "auto":
         return int(setting)
-    cores = os.cpu_count() or 1
-    if all(d.endswith(":CPU") for d in devices):
-        return max(1, cores // len(devices))
-    return max(1, cores - 2)
+    from ai_vmm.runtime.replicas import cpu_replica_threads
+
+    on_cpu = sum(d.endswith(":CPU") for d in devices)
+    accelerators = len(devices) - on_cpu
+    # deploy's rule (a core per accelerator's feeding thread), and one more here for the
+    # load generator beside an accelerator.
+    return cpu_replica_threads(os.cpu_count() or 1, on_cpu, accelerators, int(accelerators > 0))
 
 
 def main(argv: list[str] | None = None) -> int:
