@@ -67,9 +67,10 @@ the set is kept only where it measures at least 3 % faster than its best replica
 otherwise that replica runs alone with its own candidate. So `"auto"` never runs below the
 best single device as measured. `explain()` ends with the decision: one row per replica (kept
 or pruned, its candidate, its threads in the set, its requests/s alone), the set's requests/s
-together, and the rule applied. The tiny CNN on the 2-core Xeon: "the set added no capacity:
-8474.4 requests/s together against 11086.7 with onnxruntime:CPU alone (needs 1.03x);
-onnxruntime:CPU runs alone with its own candidate". `explanation["replicas"]` holds the same
+together, and the rule applied, such as "the set added no capacity: T requests/s together
+against A with onnxruntime:CPU alone (needs 1.03x); onnxruntime:CPU runs alone with its own
+candidate" (the tests' tiny CNN on a 2-core CPU; `vmmc deploy MODEL -c replicas=auto -o DIR`
+prints the figures of a run). `explanation["replicas"]` holds the same
 as JSON; samples synthesised because none were given are marked `(synthetic)`.
 
 The kept replicas' artifacts are stored with the decision (`deployments/<key>/replicas/`): a

@@ -130,7 +130,9 @@ def test_replicas_on_the_simulated_laptop_profile(mlp_artifact: Path, tmp_path: 
     auto = Constraints(replicas="auto")
     plans, notes = plan_replicas(variants, chosen, auto, 16, tmp_path)
     # The chosen device first, then by measured throughput; the NPU fails a constraint.
-    others = sorted((k for k in rates if k not in ("openvino:CPU", "openvino:NPU")), key=rates.get)
+    others = sorted(
+        (k for k in rates if k not in ("openvino:CPU", "openvino:NPU")), key=rates.__getitem__
+    )
     assert [p.device for p in plans] == ["openvino:CPU", *reversed(others)]
     assert notes == ["replica openvino:NPU left out: no candidate on it meets the constraints"]
     # The two CPU targets split the 16 cores but one, left to the thread that feeds the iGPU;
@@ -169,7 +171,10 @@ def test_a_set_on_shared_hardware_is_never_kept_below_its_best_device(
     mlp_artifact: Path, tmp_path: Path
 ) -> None:
     """Two devices that run one request at a time between them (a shared resource): the
-    set cannot beat the faster one alone, so (with the margin) only it is kept."""
+    decision agrees with its figures, so a kept set measured at least ``MARGIN`` above the
+    faster device alone. (Which way it goes is not asserted: the set's two worker threads
+    overlap their own overhead with each other's calls, which can be worth more than the
+    margin on a loaded machine.)"""
     variants, _ = _laptop_variants(mlp_artifact)
     chosen = variants[0]
     plans, _ = plan_replicas(
