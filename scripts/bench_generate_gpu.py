@@ -11,8 +11,9 @@ Engines:
 * transformers with a static cache and ``torch.compile(mode="reduce-overhead")`` (its
   documented fast path: CUDA graphs through Inductor).
 
-Decode tokens/s = batch x (new tokens - 1) / (time of the whole generate - time of a
-one-token generate), medians of ``--rounds`` interleaved rounds. Writes the table between
+Decode tokens/s: for transformers, batch x (new tokens - 1) / (time of the whole generate -
+time of a one-token generate); for ai-vmm, batch / the median time per output token that
+``generate`` reports; medians of ``--rounds`` rounds. Writes the table between
 ``<!-- gpu-generate:start -->`` and ``<!-- gpu-generate:end -->`` in docs/generate.md.
 
     python scripts/bench_generate_gpu.py                 # on the GPU machine
@@ -241,6 +242,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     }
                     rows.append(row)
                     print(json.dumps(row), flush=True)
+                    if args.json is not None:  # each row kept at once: a part may time out
+                        args.json.write_text(json.dumps(merge(args.json, [row]), indent=2) + "\n")
             del engines
             gc.collect()
             if torch.cuda.is_available():
@@ -259,8 +262,10 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, command: str)
         pass
     lines = [
         f"{gpu}; greedy, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, EOS "
-        f"blocked; decode tokens/s summed over the batch, median of {args.rounds} interleaved "
-        f"rounds [min-max]; {time.strftime('%Y-%m-%d %H:%M')}.",
+        f"blocked; decode tokens/s summed over the batch, median of {args.rounds} "
+        f"rounds [min-max] (engines named together in one run alternate round by round; "
+        f"`scripts/gpu_all.sh` runs each engine in a process of its own); "
+        f"{time.strftime('%Y-%m-%d %H:%M')}.",
         "",
         f"Command: `{command}`",
         "",
@@ -311,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         args.new_tokens, args.prompt_tokens, args.rounds = 8, 16, 1
     faulthandler.enable()
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    rows = merge(args.json, run(args))
+    before = json.loads(args.json.read_text()) if args.json and args.json.is_file() else []
+    rows = _merge_rows(before, run(args))
     command = "python scripts/bench_generate_gpu.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
@@ -327,12 +333,15 @@ def merge(path: Path | None, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows already in ``path`` (if any), with this run's rows replacing their namesakes."""
     if path is None or not path.is_file():
         return new
+    return _merge_rows(json.loads(path.read_text()), new)
 
+
+def _merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def key(row: dict[str, Any]) -> tuple[Any, ...]:
         return (row["model"], row["dtype"], row["batch"], row["engine"])
 
     fresh = {key(r) for r in new}
-    return [r for r in json.loads(path.read_text()) if key(r) not in fresh] + new
+    return [r for r in old if key(r) not in fresh] + new
 
 
 if __name__ == "__main__":

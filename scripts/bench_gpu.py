@@ -239,7 +239,7 @@ def _summary(values: list[float]) -> dict[str, Any]:
 
 
 def bench_model(
-    name: str, batches: list[int], rounds: int, work: Path, variants: bool
+    name: str, batches: list[int], rounds: int, work: Path, variants: list[str]
 ) -> dict[str, Any]:
     import numpy as np
     import torch
@@ -258,14 +258,16 @@ def bench_model(
         "cuda", entry, "0", {**config, "device_outputs": ["output"]}, ("output",)
     )
     ours_host = create_executor("cuda", entry, "0", config, ("output",))
-    plain = None
-    if variants:
-        entry2, config2, _, seconds2 = build_ours(
-            module, inputs, dynamic, work, {"cuda_freezing": True, "cuda_channels_last": True}
-        )
-        result["compile_s"]["ours + freezing/channels-last"] = round(seconds2, 1)
-        result["variant_config"] = {k: v for k, v in config2.items() if k != "inputs"}
-        plain = create_executor(
+    built: dict[str, Any] = {}
+    for variant in variants:
+        label = f"ours + {variant}"
+        entry2, config2, _, seconds2 = build_ours(module, inputs, dynamic, work, VARIANTS[variant])
+        result["compile_s"][label] = round(seconds2, 1)
+        result.setdefault("variant_config", {})[variant] = {
+            k: v for k, v in config2.items() if k != "inputs"
+        }
+        log(f"[{name}] {label} built in {seconds2:.1f} s: {config2.get('inductor')}")
+        built[label] = create_executor(
             "cuda", entry2, "0", {**config2, "device_outputs": ["output"]}, ("output",)
         )
     half = copy.deepcopy(module).half().cuda().eval()
@@ -320,8 +322,8 @@ def bench_model(
                 "ours (GPU tensors)": lambda g=gpu32: ours.run(g),
                 "ours (runtime, NumPy in/out)": lambda h=host: ours_host.run(h),
             }
-            if plain is not None:
-                contenders["ours + freezing/channels-last"] = lambda g=gpu32: plain.run(g)
+            for label, executor in built.items():
+                contenders[label] = lambda g=gpu32, e=executor: e.run(g)
             for label in ("torch.compile default", "torch.compile reduce-overhead"):
                 started = time.perf_counter()
                 for _ in range(3):
@@ -338,6 +340,11 @@ def bench_model(
                 want = module.cuda().float()(**gpu32).float()
             got = torch.from_numpy(np.asarray(ours_host.run(host)["output"])).cuda()
             result["errors"][str(batch)] = round(float((got - want).norm() / want.norm()), 6)
+            for label, executor in built.items():
+                out = executor.run(gpu32)["output"].float()
+                result.setdefault("variant_errors", {}).setdefault(label, {})[str(batch)] = round(
+                    float((out - want).norm() / want.norm()), 6
+                )
             module.cpu()
         result["batches"][str(batch)] = {
             label: {mode: _summary(v) for mode, v in modes.items()}
@@ -347,6 +354,26 @@ def bench_model(
         log(f"[{name}] batch {batch}: {json.dumps(brief)}")
         log(f"[{name}] batch {batch}: ours rel. error {result['errors'][str(batch)]}")
     return result
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "cl": {"cuda_channels_last": True},
+    "freezing": {"cuda_freezing": True},
+    "cl+freezing": {"cuda_channels_last": True, "cuda_freezing": True},
+}
+
+
+def parse_variants(text: str) -> dict[str, list[str]]:
+    """``"resnet50:cl,cl+freezing bert:freezing"`` -> {model: [variant, ...]}."""
+    out: dict[str, list[str]] = {}
+    for item in text.split():
+        model, _, names = item.partition(":")
+        chosen = [n for n in names.split(",") if n] or ["cl+freezing"]
+        unknown = [n for n in chosen if n not in VARIANTS]
+        if unknown:
+            raise SystemExit(f"unknown variant(s) {unknown}; known: {sorted(VARIANTS)}")
+        out[model] = chosen
+    return out
 
 
 def _cast(feeds: dict[str, Any], dtype: Any) -> dict[str, Any]:
@@ -418,11 +445,11 @@ def section_speed(args: argparse.Namespace, results: dict[str, Any], work: Path)
     import torch
 
     speed = results.setdefault("speed", {})
+    variants = parse_variants(args.variants)
     batches = [int(b) for b in args.batches.split(",")]
     for name in args.models.split(","):
         try:
-            variants = name in args.variants.split(",")
-            speed[name] = bench_model(name, batches, args.rounds, work, variants)
+            speed[name] = bench_model(name, batches, args.rounds, work, variants.get(name, []))
         except Exception as exc:
             log(f"[{name}] failed: {type(exc).__name__}: {exc}")
             speed[name] = {"model": name, "failed": f"{type(exc).__name__}: {exc}"[:800]}
@@ -441,7 +468,8 @@ def main() -> int:
     parser.add_argument(
         "--variants",
         default="",
-        help="models (comma-separated) also built with Inductor freezing + forced channels-last",
+        help="extra builds of ours with Inductor settings, e.g. 'resnet50:cl,cl+freezing "
+        "bert:freezing' (cl: forced channels-last; freezing: weights as constants)",
     )
     parser.add_argument("--old-executor", type=Path, help="for the crash section")
     parser.add_argument("--json", type=Path, default=REPO / "docs" / "gpu.json")

@@ -25,6 +25,9 @@ ORDER = (
     "ours (GPU tensors)",
     "ours (runtime, NumPy in/out)",
     "ours + freezing/channels-last",
+    "ours + cl",
+    "ours + freezing",
+    "ours + cl+freezing",
 )
 TORCH_COMPILE = ("torch.compile default", "torch.compile reduce-overhead")
 
@@ -155,6 +158,12 @@ def _model(name: str, model: dict[str, Any]) -> list[str]:
         out.append(
             "Ours against the fp32 module (relative error norm of the output): "
             + ", ".join(f"batch {b}: {e:.1e}" for b, e in errors.items())
+            + "."
+        )
+    for label, per_batch in (model.get("variant_errors") or {}).items():
+        out.append(
+            f"{label} against the fp32 module: "
+            + ", ".join(f"batch {b}: {e:.1e}" for b, e in per_batch.items())
             + "."
         )
     compile_s = model.get("compile_s") or {}
