@@ -12,12 +12,13 @@ ONNX graph keeps, or when the package does not reproduce the program it was buil
 route that failed once is not retried at another precision (``extra["cuda_source"]`` forces a
 route: ``"torch"``, ``"onnx"``; default ``"auto"``).
 
-Inductor settings for GPU packages, opt-in through ``TargetOptions.extra`` until they are
-measured on a GPU (each lands in ``config["inductor"]``): ``cuda_freezing`` (weights become
-constants: convolution/batch-norm folding, weight layouts chosen once at build time),
-``cuda_channels_last`` (``force_layout_optimization`` for models with 2-D convolutions; Inductor
-switches channels-last off by itself whenever the batch is dynamic) and ``cuda_wrapper_opt``
-(``"O0"``: the wrapper's host code only runs for warm-up and capture once CUDA graphs replay).
+Inductor settings for GPU packages through ``TargetOptions.extra`` (each lands in
+``config["inductor"]``): ``cuda_channels_last`` (``"auto"`` by default: channels-last where
+Inductor would choose it for a static batch, ``cuda_layout.py``; ``True`` forces it for any
+2-D convolution, ``False`` turns it off), opt-in ``cuda_freezing`` (weights become constants:
+convolution/batch-norm folding; no gain measured over channels-last alone) and
+``cuda_wrapper_opt`` (``"O0"``: the wrapper's host code only runs for warm-up and capture once
+CUDA graphs replay).
 A build that fails with them is retried with Inductor's defaults (``config["inductor_note"]``).
 
 Reuse: a package built in this process is kept (up to ``CACHE_SIZE``) under a key of the model's
@@ -49,6 +50,7 @@ import onnx_ir as ir
 from ai_vmm.runtime.devices import Device
 from ai_vmm.runtime.errors import CompileError
 from ai_vmm.targets.base import Payload, TargetOptions
+from ai_vmm.targets.cuda_layout import channels_last_pays, conv2d_nodes
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEFAULT_MAX_DIM = 4096
@@ -308,30 +310,15 @@ def inductor_settings(
     config = torch._inductor.config
     if options.extra.get("cuda_freezing", False) and hasattr(config, "freezing"):
         settings["freezing"] = True
-    if (
-        options.extra.get("cuda_channels_last", False)
-        and hasattr(config, "force_layout_optimization")
-        and _has_conv2d(program)
-    ):
-        settings["force_layout_optimization"] = True
+    layout = options.extra.get("cuda_channels_last", "auto")
+    if hasattr(config, "force_layout_optimization") and layout is not False:
+        convs = conv2d_nodes(program)
+        if convs and (layout is True or channels_last_pays(program, convs)):
+            settings["force_layout_optimization"] = True
     level = options.extra.get("cuda_wrapper_opt")
     if level and hasattr(config.aot_inductor, "compile_wrapper_opt_level"):
         settings["aot_inductor.compile_wrapper_opt_level"] = str(level)
     return settings
-
-
-def _has_conv2d(program: Any) -> bool:
-    import torch
-
-    for node in program.graph.nodes:
-        if node.op == "call_function" and node.target in (
-            torch.ops.aten.convolution.default,
-            torch.ops.aten.conv2d.default,
-        ):
-            weight = node.args[1].meta.get("val") if len(node.args) > 1 else None
-            if weight is not None and weight.dim() == 4:
-                return True
-    return False
 
 
 def example_inputs(

@@ -333,3 +333,42 @@ def test_estimate_before_building(zoo_model: Callable[[str], Path]) -> None:
     seconds = target.estimate(model, h100, {"batch": 64}, figures=figures)
     assert seconds == pytest.approx(many["ms"] / 1000.0)
     assert fp16["ms"] < many["ms"]
+
+
+def _batch_dynamic_program(module: Any, example: Any) -> Any:
+    batch = torch.export.Dim("batch", min=1, max=64)
+    return torch.export.export(
+        module.eval(), (example,), dynamic_shapes=({0: batch},), strict=False
+    )
+
+
+def test_channels_last_follows_inductors_static_heuristic_for_a_dynamic_batch() -> None:
+    nn = torch.nn
+    cnn = nn.Sequential(
+        nn.Conv2d(3, 128, 3, padding=1), nn.ReLU(), nn.Conv2d(128, 128, 3, padding=1)
+    )
+    grouped = nn.Sequential(
+        nn.Conv2d(3, 128, 3, padding=1), nn.Conv2d(128, 128, 3, padding=1, groups=2)
+    )
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 8))
+    x = torch.randn(2, 3, 16, 16)
+    gpu = "cuda:0"  # only the device string is read: no GPU needed to decide
+    settings = {
+        name: cuda_build.inductor_settings(
+            torch, _batch_dynamic_program(module, x), gpu, TargetOptions()
+        )
+        for name, module in (("cnn", cnn), ("grouped", grouped), ("mlp", mlp))
+    }
+    assert settings["cnn"].get("force_layout_optimization") is True
+    # A grouped convolution with more than one input channel per group: slower channels-last.
+    assert "force_layout_optimization" not in settings["grouped"]
+    assert "force_layout_optimization" not in settings["mlp"]
+    # The user's word wins either way (only where there are 2-D convolutions at all).
+    forced = TargetOptions(extra={"cuda_channels_last": True})
+    program = _batch_dynamic_program(grouped, x)
+    assert cuda_build.inductor_settings(torch, program, gpu, forced)["force_layout_optimization"]
+    off = TargetOptions(extra={"cuda_channels_last": False})
+    program = _batch_dynamic_program(cnn, x)
+    assert "force_layout_optimization" not in cuda_build.inductor_settings(torch, program, gpu, off)
+    # A CPU (test) package gets Inductor's defaults.
+    assert cuda_build.inductor_settings(torch, program, "cpu", forced) == {}
