@@ -9,7 +9,8 @@
 # scripts/bench_parallel.py --sections replicas), generate (issue 15:
 # scripts/bench_generate_gpu.py), crash (issue 18: scripts/gpu_crash_check.py), fresh-load
 # (issue 18: does a cuda artifact load in a fresh process: scripts/gpu_fresh_load.py), gpu-tests
-# (pytest -m gpu), probe (scripts/gpu_probe.py's fresh-process steps), speed (issue 18:
+# (pytest -m gpu), capture-bisect (the threaded CUDA-graph test
+# per part of other code's work, each in a fresh process), probe (scripts/gpu_probe.py's fresh-process steps), speed (issue 18:
 # scripts/bench_gpu.py env+speed, ResNet-50 / BERT / ViT at batch 1 and 32), auto (issue 18:
 # scripts/gpu_auto_buckets.py); default: deploy parallel generate. Budgets (seconds) are the PART_SECONDS_*
 # variables below. A part that times out keeps what it wrote so far. Carried wheels in .whl/
@@ -81,6 +82,15 @@ for part in "${PARTS[@]}"; do
     auto)
         run_part auto "${PART_SECONDS_auto:-240}" python3 scripts/gpu_auto_buckets.py \
             --json "$RESULTS/auto.json" ;;
+    capture-bisect)
+        # The threaded CUDA-graph test with each part of other code's work beside it, each in a
+        # fresh process, one package built once (docs/gpu.md, 2026-12-04 night).
+        mkdir -p /tmp/cfpkg-bisect
+        for work in none matmul empty clear clear,empty,matmul; do
+            AI_VMM_TEST_CONVFORMER_PACKAGE=/tmp/cfpkg-bisect AI_VMM_TEST_OTHER_WORK=$work \
+                run_part "capture-$work" "${PART_SECONDS_capture:-150}" python3 -m pytest -q \
+                -p no:cacheprovider -m gpu tests/runtime/test_cuda_executor.py -k many_shapes
+        done ;;
     gpu-tests)
         run_part gpu-tests "$PART_SECONDS_gpu_tests" python3 -m pytest -q -p no:cacheprovider \
             -m gpu tests/runtime/test_cuda_executor.py tests/targets/test_cuda.py ;;

@@ -99,7 +99,7 @@ def convformer_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
         # The same package, built moments ago by scripts/gpu_crash_check.py (GPU time is short).
         spec = json.loads((Path(built) / "package.json").read_text())
         return Path(built) / spec["entry"], {**spec["config"], "_io": spec["io"]}, module
-    root = tmp_path_factory.mktemp("convformer")
+    root = Path(built) if built else tmp_path_factory.mktemp("convformer")
     proto, _, _ = export_torch(
         module,
         "torch.module",
@@ -111,6 +111,9 @@ def convformer_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     options = TargetOptions(extra={"input_bounds": {}, "sample_dims": {}})
     payload = CudaTarget().codegen(model, device, options, root)
     names = ([v.name for v in model.graph.inputs], [v.name for v in model.graph.outputs])
+    if built:  # kept for the next process (scripts/gpu_all.sh capture-bisect)
+        spec = {"entry": payload.entry, "config": payload.config, "io": names}
+        (root / "package.json").write_text(json.dumps(spec))
     return root / payload.entry, {**payload.config, "_io": names}, module
 
 
@@ -152,16 +155,26 @@ def test_gpu_graphs_at_many_shapes_threads_and_reloads_match_eager(
 
         return call
 
+    # Which parts of other code's work run beside ours (all by default). On the H200
+    # (2026-12-04 night) this phase failed every capture and then hit an illegal memory access;
+    # AI_VMM_TEST_OTHER_WORK=none / clear / empty / matmul (comma-separated) tells which part.
+    other = os.environ.get("AI_VMM_TEST_OTHER_WORK", "clear,empty,matmul").split(",")
+
     def someone_elses_cublas_work(rng: np.random.Generator) -> str | None:
         # What torch.compile's CUDA-graph trees do between their captures, and other memory
         # traffic that would reuse a freed workspace.
-        torch._C._cuda_clearCublasWorkspaces()
-        torch.cuda.empty_cache()
-        a = torch.randn(512, 512, device="cuda")
-        (a @ a).sum().item()
+        if "clear" in other:
+            torch._C._cuda_clearCublasWorkspaces()
+        if "empty" in other:
+            torch.cuda.empty_cache()
+        if "matmul" in other:
+            a = torch.randn(512, 512, device="cuda")
+            (a @ a).sum().item()
         return None
 
-    calls = [call_on(first), call_on(second), someone_elses_cublas_work]
+    calls = [call_on(first), call_on(second)]
+    if "none" not in other:
+        calls.append(someone_elses_cublas_work)
     assert _hammer(calls, threads=4, rounds=15) == []
     # More shapes than an executor keeps graphs for: the oldest go, the rest still replay.
     for batch in (*range(1, 13), 1, 3):
