@@ -120,8 +120,9 @@ class Objectives:
         return max(6 * self.batch_ms, 100.0)
 
 
-def server_config(obj: Objectives | None) -> str:
+def server_config(obj: Objectives | None, late_margin: float | None = None) -> str:
     gold = obj.gold_objective_ms if obj else 10_000
+    margin = "" if late_margin is None else f"late_margin = {late_margin}\n"
     tenants = "\n".join(
         f'[[tenants]]\nname = "{name}"\nkey_sha256 = "{hash_key(key)}"\nclass = "{cls}"\n'
         for name, key, cls in (
@@ -138,18 +139,18 @@ access_log = false
 rank = 1
 max_queue = 256
 timeout_ms = 10000
-
+{margin}
 [classes.gold]
 rank = 0
 max_queue = 64
 timeout_ms = {gold:.0f}
 objective_p99_ms = {gold:.0f}
-
+{margin}
 [classes.free]
 rank = 2
 max_queue = 32
 timeout_ms = 2000
-
+{margin}
 [models.minilm]
 batching = {{ max_batch = 8, max_queue_delay_ms = 2, preferred_sizes = [8] }}
 
@@ -217,7 +218,7 @@ class Results:
     llm: dict[str, Any] | None = None
 
 
-def run_all(work: Path, seconds: float) -> Results:
+def run_all(work: Path, seconds: float, late_margin: float | None = None) -> Results:
     """Every scenario above on a fresh repository under ``work``."""
     artifact = compile_encoder(work)
     cases = make_cases(artifact)
@@ -234,7 +235,7 @@ def run_all(work: Path, seconds: float) -> Results:
         capacity = measure_capacity(url, "minilm", bench, concurrency=32, seconds=seconds)
         objectives = Objectives(batch_time_ms(url))
     # Phase 2: the same server with deadlines and objectives derived from phase 1.
-    (repo / "serve.toml").write_text(server_config(objectives))
+    (repo / "serve.toml").write_text(server_config(objectives, late_margin))
     with server(repo) as url:
         measure_capacity(url, "minilm", bench, concurrency=32, seconds=0.5)  # warm-up
         # Measured again on this server: other work on the machine moves the figure, and a
@@ -446,10 +447,16 @@ def main(argv: list[str] | None = None) -> int:
         default=REAL / "SmolLM2-135M-Instruct.Q4_1.gguf",
         help="A causal LM for the continuous-batching figures ('none' to skip).",
     )
+    parser.add_argument(
+        "--late-margin",
+        type=float,
+        default=None,
+        help="Every class's late_margin (default: the server's, 0.25; 0 turns it off).",
+    )
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-serve-"))
     work.mkdir(parents=True, exist_ok=True)
-    results = run_all(work, args.seconds)
+    results = run_all(work, args.seconds, args.late_margin)
     if str(args.llm) != "none":
         results.llm = run_llm(work, args.llm)
     given = list(argv or sys.argv[1:])

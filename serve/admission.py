@@ -138,6 +138,46 @@ class ServiceTimes:
         return self._fit
 
 
+class LatenessMargin:
+    """How much later than admission planned recent answers of one priority rank came.
+
+    Admission adds it to its estimate, so that a server whose calls or event loop run late
+    refuses a little earlier instead of answering late. Two limits keep it from refusing a
+    whole class: observations expire after ``window_s`` (a class that is refused teaches
+    nothing, so its margin falls back to zero by itself), and the margin never exceeds a
+    fraction (``cap``, the class's ``late_margin``) of the request's own timeout. (A margin
+    without either, tried on 2026-12-04, grew on a congested loop until nearly every request
+    of a class was refused, and stayed there.)
+    """
+
+    def __init__(self, window_s: float = 2.0, quantile: float = 0.95, least: int = 8) -> None:
+        self._window_s = window_s
+        self._quantile = quantile
+        self._least = least
+        self._seen: dict[int, deque[tuple[float, float]]] = {}
+
+    def observe(self, rank: int, late_s: float, now: float | None = None) -> None:
+        """An answer of ``rank`` came ``late_s`` after admission's estimate (< 0: early)."""
+        now = time.monotonic() if now is None else now
+        seen = self._seen.setdefault(rank, deque(maxlen=512))
+        seen.append((now, late_s))
+
+    def margin(self, ticket: Ticket, cap: float = 0.25, now: float | None = None) -> float:
+        """Seconds to add to the estimate of a request with ``ticket``: at most ``cap`` of its
+        timeout (the class's ``late_margin``)."""
+        seen = self._seen.get(ticket.rank)
+        if not seen or cap <= 0:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        while seen and seen[0][0] < now - self._window_s:
+            seen.popleft()
+        if len(seen) < self._least:
+            return 0.0
+        lates = sorted(late for _, late in seen)
+        late = lates[min(int(self._quantile * len(lates)), len(lates) - 1)]
+        return min(max(late, 0.0), cap * (ticket.deadline - ticket.arrival))
+
+
 def refuse_late(estimate_s: float, ticket: Ticket, what: str) -> None:
     """Refuse now (503 + Retry-After) when ``estimate_s`` from now ends past the deadline."""
     budget = ticket.budget_s
@@ -151,4 +191,4 @@ def refuse_late(estimate_s: float, ticket: Ticket, what: str) -> None:
         )
 
 
-__all__ = ["Rejected", "ServiceTimes", "Ticket", "make_ticket", "refuse_late"]
+__all__ = ["LatenessMargin", "Rejected", "ServiceTimes", "Ticket", "make_ticket", "refuse_late"]

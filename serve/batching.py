@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ai_vmm.serve.admission import Rejected, ServiceTimes, Ticket, refuse_late
+from ai_vmm.serve.admission import LatenessMargin, Rejected, ServiceTimes, Ticket, refuse_late
 from ai_vmm.serve.backend import TensorModel
 from ai_vmm.serve.config import BatchingConfig, PriorityClass
 
@@ -50,6 +50,8 @@ class WorkItem:
     batch_size: int = 0
     finished_at: float = 0.0
     """When the model call that answered it ended (``time.monotonic()``)."""
+    planned_end: float = 0.0
+    """When admission expected it answered (``time.monotonic()``)."""
 
 
 @dataclass
@@ -95,6 +97,7 @@ class DynamicBatcher:
         self.config = batching
         self.classes = classes
         self.service = ServiceTimes()
+        self.lateness = LatenessMargin()
         self._on_batch = on_batch
         model = replicas[0].model
         self._batch_axis = all(t.batch_axis for t in (*model.inputs, *model.outputs))
@@ -162,15 +165,23 @@ class DynamicBatcher:
                 f"{self._max_rows} per call",
             )
         await self._wait_for_room(ticket)
-        refuse_late(self.estimate(ticket.rank, rows), ticket, f"model '{self.name}'")
+        estimate = self.estimate(ticket.rank, rows)
+        margin = self.lateness.margin(ticket, self.classes[ticket.priority_class].late_margin)
+        refuse_late(estimate + margin, ticket, f"model '{self.name}'")
         loop = asyncio.get_running_loop()
         item = WorkItem(inputs, rows, _signature(inputs), ticket, loop.create_future())
+        if self.service.known:  # before any call, 0.0 is no plan to be late against
+            item.planned_end = item.queued_at + estimate
         heapq.heappush(self._heap, (ticket.rank, next(self._seq), item))
         self._queued_by_class[ticket.priority_class] = (
             self._queued_by_class.get(ticket.priority_class, 0) + 1
         )
         self._changed.set()
-        return await item.future, item
+        outputs = await item.future
+        # Measured when this coroutine runs again: a busy event loop counts too.
+        if item.planned_end:
+            self.lateness.observe(ticket.rank, time.monotonic() - item.planned_end)
+        return outputs, item
 
     def precheck(self, ticket: Ticket) -> None:
         """``infer``'s refusals for a request of one row, before its body is even read.
@@ -185,7 +196,8 @@ class DynamicBatcher:
         queued = self._queued_by_class.get(ticket.priority_class, 0)
         if queued >= policy.max_queue and policy.overflow == "reject":
             raise self._queue_full(ticket, policy.max_queue)
-        refuse_late(self.estimate(ticket.rank, 1), ticket, f"model '{self.name}'")
+        estimate = self.estimate(ticket.rank, 1) + self.lateness.margin(ticket, policy.late_margin)
+        refuse_late(estimate, ticket, f"model '{self.name}'")
 
     def _queue_full(self, ticket: Ticket, limit: int) -> Rejected:
         return Rejected(

@@ -19,6 +19,7 @@ Example ``serve.toml``::
     max_queue = 64
     timeout_ms = 250             # default deadline; a request may only shorten it
     overflow = "reject"          # or "delay": wait for room in the queue until the deadline
+    late_margin = 0.25           # refuse earlier by how late recent answers came (<= 25 %)
 
     [[tenants]]
     name = "web"
@@ -247,6 +248,9 @@ class PriorityClass(_Strict):
     """Queue full: refuse at once (503 + Retry-After) or wait for room until the deadline."""
     objective_p99_ms: float | None = Field(default=None, gt=0)
     """The latency objective this class is sold with (reported, and checked by the load test)."""
+    late_margin: float = Field(default=0.25, ge=0, le=1)
+    """Admission adds how late this class's recent answers came (the last 2 s) to its
+    estimate, at most this fraction of the request's timeout; 0 turns it off."""
 
 
 class Tenant(_Strict):

@@ -261,3 +261,31 @@ def test_rows_above_max_batch_are_refused(model: Gated) -> None:
         await batcher.close()
 
     asyncio.run(main())
+
+
+def test_late_answers_make_admission_refuse_earlier_for_a_while(model: Gated) -> None:
+    async def main() -> None:
+        batcher = _batcher(model, BatchingConfig(max_batch=1))
+        for seed in range(3):
+            await batcher.infer(_x(seed), 1, _ticket())
+        # Every answer admitted with a plan (all but the first, before any call was measured)
+        # is compared with it.
+        assert len(batcher.lateness._seen[CLASSES["high"].rank]) == 2  # type: ignore[attr-defined]
+        for _ in range(300):
+            batcher.service.observe(1, 0.09)  # a call takes 90 ms: fits a 100 ms deadline
+        await asyncio.sleep(0)
+        batcher.precheck(_ticket("high", timeout=0.1))
+        # Answers of this class came 40 ms after their plan: admission adds the margin,
+        # capped at a quarter of the request's timeout (25 ms), and 90 + 25 > 100.
+        batcher.lateness = type(batcher.lateness)(window_s=0.3)
+        for _ in range(10):
+            batcher.lateness.observe(CLASSES["high"].rank, 0.04)
+        with pytest.raises(Rejected) as refused:
+            batcher.precheck(_ticket("high", timeout=0.1))
+        assert refused.value.status == 503 and refused.value.code == "deadline"
+        batcher.precheck(_ticket("low", timeout=0.1))  # another class: nothing learned
+        await asyncio.sleep(0.35)  # nothing late since: the margin is gone
+        batcher.precheck(_ticket("high", timeout=0.1))
+        await batcher.close()
+
+    asyncio.run(main())
