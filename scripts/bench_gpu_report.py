@@ -148,10 +148,14 @@ def _model(name: str, model: dict[str, Any]) -> list[str]:
         best = min(entry[t]["pipelined"]["median_ms"] for t in TORCH_COMPILE if t in entry)
         ours_lat = entry["ours (GPU tensors)"]["latency"]["median_ms"]
         best_lat = min(entry[t]["latency"]["median_ms"] for t in TORCH_COMPILE if t in entry)
-        verdicts.append(
+        verdict = (
             f"batch {batch}: best torch.compile / ours = {best / ours:.2f} pipelined, "
             f"{best_lat / ours_lat:.2f} latency"
         )
+        for label in (k for k in entry if k.startswith("ours + ")):
+            pipe, lat = entry[label]["pipelined"]["median_ms"], entry[label]["latency"]["median_ms"]
+            verdict += f" (/ {label}: {best / pipe:.2f}, {best_lat / lat:.2f})"
+        verdicts.append(verdict)
     out += ["", "; ".join(verdicts) + "."]
     errors = model.get("errors") or {}
     if errors:
