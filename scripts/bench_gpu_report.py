@@ -181,6 +181,9 @@ def _model(name: str, model: dict[str, Any]) -> list[str]:
             + (f"; {config['inductor_note']}" if config.get("inductor_note") else "")
             + "."
         )
+        stages = config.get("build_stages_s") or {}
+        if stages:
+            out.append("Its build (s): " + ", ".join(f"{k} {v}" for k, v in stages.items()) + ".")
     return out
 
 

@@ -164,12 +164,22 @@ def _build(
 
     from ai_vmm.targets.cuda_convert import torch_dtype
 
+    stages: dict[str, float] = {}
+    mark = time.perf_counter()
+
+    def stage(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        stages[name] = round(stages.get(name, 0.0) + now - mark, 1)
+        mark = now
+
     graph_inputs = list(model.graph.inputs)
     module = module.to(torch_device)
     bounds = options.extra.get("input_bounds") or {}
     sample_dims = options.extra.get("sample_dims") or {}
     example, dims = example_inputs(graph_inputs, bounds, sample_dims, torch_device)
     program, shape_note = export(module, example, list(module.arg_names), dims, graph_inputs)
+    stage("export")
     specs = input_specs(program, graph_inputs, dims)
     exported = program.module()  # unlifted once: both checks below run it eagerly
     raised = _smallest_sizes_check(exported, module, example, specs, precision)
@@ -179,6 +189,7 @@ def _build(
     padding = _batch_padding(
         program, exported, module, example, specs, dims, graph_inputs, precision
     )
+    stage("size checks")
     if source == "torch":
         narrowed = [
             f"{s['name']} axis {axis}"
@@ -223,6 +234,7 @@ def _build(
             with _quiet():
                 torch._inductor.aoti_compile_and_package(program, package_path=str(entry))
         config["inductor"] = settings
+    stage("package" if not eager else "save")
     if torch_device.startswith("cuda"):
         props = torch.cuda.get_device_properties(torch.device(torch_device))
         config["compute_capability"] = f"{props.major}.{props.minor}"
@@ -231,10 +243,14 @@ def _build(
         from ai_vmm.runtime.executors.cuda_load import load_package
 
         runner = load_package(torch, entry, torch.device(torch_device))
+        stage("load")
         if source == "torch":
             _self_check(runner, module, example, precision)
+            stage("self-check")
         if torch_device.startswith("cuda"):
             config["cuda_graphs"] = graphs_work(runner, example, torch_device)
+            stage("graph check")
+    config["build_stages_s"] = stages
     files = tuple(sorted(p.name for p in out_dir.iterdir()))
     return Payload(entry=entry.name, files=files, config=config)
 
