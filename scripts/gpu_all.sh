@@ -9,7 +9,7 @@
 # scripts/bench_parallel.py --sections replicas), generate (issue 15:
 # scripts/bench_generate_gpu.py), crash (issue 18: scripts/gpu_crash_check.py), fresh-load
 # (issue 18: does a cuda artifact load in a fresh process: scripts/gpu_fresh_load.py), gpu-tests
-# (pytest -m gpu), capture-bisect (the threaded CUDA-graph test
+# (pytest -m gpu, each test in its own process; GPU_TESTS_K filters), capture-bisect (the threaded CUDA-graph test
 # per part of other code's work, each in a fresh process), probe (scripts/gpu_probe.py's fresh-process steps), speed (issue 18:
 # scripts/bench_gpu.py env+speed, ResNet-50 / BERT / ViT at batch 1 and 32), auto (issue 18:
 # scripts/gpu_auto_buckets.py); default: deploy parallel generate. Budgets (seconds) are the PART_SECONDS_*
@@ -31,7 +31,6 @@ PART_SECONDS_deploy=${PART_SECONDS_deploy:-170}
 PART_SECONDS_parallel=${PART_SECONDS_parallel:-190}
 PART_SECONDS_generate=${PART_SECONDS_generate:-170}
 PART_SECONDS_crash=${PART_SECONDS_crash:-170}
-PART_SECONDS_gpu_tests=${PART_SECONDS_gpu_tests:-150}
 
 run_part() {
     local name=$1 budget=$2
@@ -92,8 +91,20 @@ for part in "${PARTS[@]}"; do
                 -p no:cacheprovider -m gpu tests/runtime/test_cuda_executor.py -k many_shapes
         done ;;
     gpu-tests)
-        run_part gpu-tests "$PART_SECONDS_gpu_tests" python3 -m pytest -q -p no:cacheprovider \
-            -m gpu tests/runtime/test_cuda_executor.py tests/targets/test_cuda.py ;;
+        # Each test in a process of its own: a CUDA abort in one (the threaded-capture test,
+        # 2026-12-04 night) took every later test's result with it. The convformer package is
+        # built once and shared (AI_VMM_TEST_CONVFORMER_PACKAGE).
+        mkdir -p /tmp/cfpkg-tests
+        python3 -m pytest -q -p no:cacheprovider --collect-only -m gpu -k "${GPU_TESTS_K:-}" \
+            tests/runtime/test_cuda_executor.py tests/targets/test_cuda.py 2>/dev/null |
+            grep '::' >"$RESULTS/gpu-tests.txt"
+        n=0
+        while read -r test; do
+            n=$((n + 1))
+            AI_VMM_TEST_CONVFORMER_PACKAGE=/tmp/cfpkg-tests run_part "gpu-test-$n" \
+                "${PART_SECONDS_gpu_test:-150}" python3 -m pytest -q -p no:cacheprovider -rA \
+                "$test"
+        done <"$RESULTS/gpu-tests.txt" ;;
     *) echo "unknown part $part" ;;
     esac
 done
