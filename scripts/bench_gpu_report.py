@@ -28,6 +28,7 @@ ORDER = (
     "ours + cl",
     "ours + freezing",
     "ours + cl+freezing",
+    "ours + cl+cudnn",
 )
 TORCH_COMPILE = ("torch.compile default", "torch.compile reduce-overhead")
 

@@ -77,7 +77,7 @@ for part in "${PARTS[@]}"; do
         cp docs/gpu.json "$RESULTS/gpu.json" 2>/dev/null
         run_part speed "${PART_SECONDS_speed:-540}" python3 scripts/bench_gpu.py \
             --sections env,speed --models "${SPEED_MODELS:-resnet50,bert,vit}" \
-            --variants "${SPEED_VARIANTS:-resnet50:cl,cl+freezing}" --rounds 3 --json "$RESULTS/gpu.json" ;;
+            --variants "${SPEED_VARIANTS:-resnet50:cl+cudnn bert:freezing}" --rounds 3 --json "$RESULTS/gpu.json" ;;
     auto)
         run_part auto "${PART_SECONDS_auto:-240}" python3 scripts/gpu_auto_buckets.py \
             --json "$RESULTS/auto.json" ;;
