@@ -8,8 +8,9 @@ Engines:
 * ai-vmm: ``ai_vmm.compile(..., target="cuda:0", precision=...)``: static KV cache, decode
   steps replayed as CUDA graphs (``runtime/executors/cuda_lm.py``);
 * transformers eager (dynamic cache);
-* transformers with a static cache and ``torch.compile(mode="reduce-overhead")`` (its
-  documented fast path: CUDA graphs through Inductor).
+* transformers with a static cache, which its ``generate`` compiles with
+  ``torch.compile(mode="reduce-overhead")`` (its documented fast path: CUDA graphs through
+  Inductor for the decode step; the prefill runs eagerly).
 
 Decode tokens/s: for transformers, batch x (new tokens - 1) / (time of the whole generate -
 time of a one-token generate); for ai-vmm, batch / the median time per output token that
@@ -133,8 +134,17 @@ def hf_engine(
         "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     )
     if compiled:
-        mode = "reduce-overhead" if device.startswith("cuda") else "default"
-        model.forward = torch.compile(model.forward, mode=mode, fullgraph=True)
+        # transformers' own fast path: with a static cache, ``generate`` compiles the decode
+        # step itself (``CompileConfig``, mode "reduce-overhead" on a GPU) and runs the prefill
+        # eagerly. Wrapping ``model.forward`` in ``torch.compile`` as well (what this script did
+        # first) compiled twice, prefill included, and died with a segmentation fault in
+        # PyTorch's CUDA-graph trees on the H200 (2026-12-04, twice).
+        config = transformers.CompileConfig(
+            mode="reduce-overhead" if device.startswith("cuda") else "default"
+        )
+        if not device.startswith("cuda"):
+            config._compile_all_devices = True  # the CPU smoke run compiles too
+        model.generation_config.compile_config = config
 
     def timed(prompts: list[list[int]], new_tokens: int) -> float:
         ids = torch.tensor(prompts, device=device)
