@@ -143,12 +143,16 @@ class GenAIEngine(Engine):
         self, folder: Path, precision: str, notes: str, properties: dict[str, str]
     ) -> None:
         """``properties``: OpenVINO CPU properties (``INFERENCE_PRECISION_HINT``,
-        ``KV_CACHE_PRECISION``); none: the plugin's defaults (bf16 on a CPU with AMX)."""
+        ``KV_CACHE_PRECISION``); none: the plugin's defaults (bf16 on a CPU with AMX).
+        ``ATTENTION_BACKEND="SDPA"`` runs GenAI's stateful pipeline instead of its default
+        PagedAttention one (which alone takes a scheduler configuration)."""
         import openvino_genai as genai
 
-        scheduler = genai.SchedulerConfig()
-        scheduler.enable_prefix_caching = False  # a repeated prompt would skip its prefill
-        props: dict[str, Any] = {"scheduler_config": scheduler, **properties}
+        props: dict[str, Any] = dict(properties)
+        if props.get("ATTENTION_BACKEND") != "SDPA":
+            scheduler = genai.SchedulerConfig()
+            scheduler.enable_prefix_caching = False  # a repeated prompt would skip its prefill
+            props["scheduler_config"] = scheduler
         self.pipe = genai.LLMPipeline(str(folder), "CPU", **props)
         self._genai = genai
         self.name = "OpenVINO GenAI"

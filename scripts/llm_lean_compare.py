@@ -11,10 +11,10 @@ each printed as a Markdown table:
   pipeline on its NNCF exports against our gated artifacts; TTFT and decode tokens/s.
 * ``profile``: OpenVINO ``PERF_COUNT`` by op type for 32 decode steps at a 400-token context,
   our decoder against GenAI's export, both compiled stateful with the same properties.
-* ``wall``: decode tokens/s by the wall clock, the same way for both engines (a 129-token
-  ``generate`` less a 1-token one, over 128), GenAI's stateful pipeline against ours, each
-  warmed up with a full-length ``generate`` first, 5 interleaved rounds; fp32, bf16 (where the
-  CPU computes in it), INT8 and INT4 weights. Each engine's own TPOT report is not used.
+* ``wall``: GenAI's stateful pipeline against ours, two engines in the process, measured by
+  ``vmmc bench --generate``'s own loop (``run_bench``: a full-length warm-up, decode tokens/s
+  by the wall clock, the whole ``generate`` less its TTFT, the same for both; 5 interleaved
+  rounds); fp32, bf16 (where the CPU computes in it), INT8 and INT4 weights.
 * ``dq``: our INT8 artifact reloaded with the CPU plugin's activation groups (its default, 64,
   128, off): the answer to "What is the capital of France?" and decode tokens/s.
 
@@ -188,8 +188,9 @@ def dq(ids: list[int]) -> None:
 
 
 def wall(ids: list[int]) -> None:
-    import openvino as ov
-    import openvino_genai as genai
+    """``vmmc bench --generate``'s own measuring loop (``run_bench``: full-length warm-up,
+    decode by the wall clock, interleaved rounds) on two engines at a time."""
+    from ai_vmm.bench_generate import GenAIEngine, VmmEngine, run_bench
 
     cases = {  # ours, GenAI's export, the precision both compute and keep the cache in
         "fp32": ("openvino-CPU-fp32.vmm", "fp32", "f32"),
@@ -199,49 +200,30 @@ def wall(ids: list[int]) -> None:
     }
     if "BF16" not in capabilities("CPU"):
         del cases["bf16"]
-    array = np.array([ids], dtype=np.int64)
-    print("| weights / compute | GenAI, SDPA (stateful) | ai-vmm | ai-vmm / GenAI |")
-    print("|---|---|---|---|")
+    print("| weights / compute | GenAI, SDPA (stateful) | ai-vmm | ai-vmm / GenAI | TTFT ms |")
+    print("|---|---|---|---|---|")
     for name, (ours, export, precision) in cases.items():
-        pipe = genai.LLMPipeline(
-            str(ROOT / "genai" / export),
-            "CPU",
-            ATTENTION_BACKEND="SDPA",
-            INFERENCE_PRECISION_HINT=precision,
-            KV_CACHE_PRECISION=precision,
-        )
-        lm = ai_vmm.load(ROOT / ours)
-
-        def theirs(n: int, pipe: Any = pipe) -> float:
-            config = genai.GenerationConfig()
-            config.max_new_tokens = config.min_new_tokens = n
-            inputs = genai.TokenizedInputs(ov.Tensor(array), ov.Tensor(np.ones_like(array)))
-            started = time.perf_counter()
-            pipe.generate(inputs, config)
-            return time.perf_counter() - started
-
-        def ours_(n: int, lm: Any = lm) -> float:
-            started = time.perf_counter()
-            lm.generate(ids, max_new_tokens=n, min_new_tokens=n)
-            return time.perf_counter() - started
-
-        engines = {"genai": theirs, "ours": ours_}
-        for run in engines.values():
-            run(129)  # every context length once: the kernels they need are made here
-        speeds: dict[str, list[float]] = {k: [] for k in engines}
-        for _ in range(5):
-            for key, run in engines.items():
-                one = run(1)
-                speeds[key].append(128 / (run(129) - one))
-        g, o = (statistics.median(speeds[k]) for k in ("genai", "ours"))
-        spread = {k: f"{min(v):.1f}-{max(v):.1f}" for k, v in speeds.items()}
+        props = {
+            "ATTENTION_BACKEND": "SDPA",
+            "INFERENCE_PRECISION_HINT": precision,
+            "KV_CACHE_PRECISION": precision,
+        }
+        engines: list[Any] = [
+            lambda e=export, p=props, n=name: GenAIEngine(ROOT / "genai" / e, n, "SDPA", p),
+            lambda o=ours, n=name: VmmEngine(ROOT / o, "ai-vmm", n, ""),
+        ]
+        theirs, mine = run_bench(engines, {"long": ids}, 128, 5, lambda _: None)
+        length = len(ids)
+        g, o = theirs.decode_tok_s[length], mine.decode_tok_s[length]
+        spread = {
+            row.engine: "{:.1f}-{:.1f}".format(*row.decode_spread[length]) for row in (theirs, mine)
+        }
         print(
-            f"| {name} / {precision} | {g:.1f} ({spread['genai']}) | {o:.1f} ({spread['ours']}) "
-            f"| {o / g:.3f} |",
+            f"| {name} / {precision} | {g:.1f} ({spread[theirs.engine]}) | {o:.1f} "
+            f"({spread[mine.engine]}) | {o / g:.3f} | {theirs.ttft_ms[length]:.0f} / "
+            f"{mine.ttft_ms[length]:.0f} |",
             flush=True,
         )
-        lm.close()
-        del pipe
 
 
 def main(argv: list[str]) -> int:
