@@ -341,13 +341,8 @@ def _ticket(
         except ValueError:
             raise Rejected(400, "bad_deadline", f"{TIMEOUT_HEADER} must be milliseconds") from None
         requested = header_s if requested is None else min(requested, header_s)
-    ticket = make_ticket(class_name, server.config.classes[class_name], requested)
-    if arrival is None:
-        return ticket
     # The deadline counts from arrival, not from when the body was read.
-    return Ticket(
-        ticket.priority_class, ticket.rank, arrival, arrival + (ticket.deadline - ticket.arrival)
-    )
+    return make_ticket(class_name, server.config.classes[class_name], requested, arrival)
 
 
 async def read_body(request: Request) -> bytes:

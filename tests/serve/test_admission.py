@@ -36,3 +36,16 @@ def test_the_margin_is_capped_by_the_timeout_and_expires() -> None:
     assert margin.margin(_ticket(timeout=10.0), cap=0.0, now=100.5) == 0.0  # late_margin = 0
     # A class that is refused teaches nothing more: the margin falls back to zero by itself.
     assert margin.margin(_ticket(timeout=10.0), now=102.5) == 0.0
+
+
+def test_the_quantile_is_reused_for_a_moment_then_recomputed() -> None:
+    margin = LatenessMargin(window_s=2.0)
+    for _ in range(10):
+        margin.observe(0, 0.010, now=100.0)
+    assert margin.margin(_ticket(timeout=1.0), now=100.0) == pytest.approx(0.010)
+    for _ in range(30):
+        margin.observe(0, 0.040, now=100.01)
+    # Asked again within REFRESH_S: the value computed a moment ago (no sort per request).
+    assert margin.margin(_ticket(timeout=1.0), now=100.02) == pytest.approx(0.010)
+    later = 100.0 + LatenessMargin.REFRESH_S + 0.01
+    assert margin.margin(_ticket(timeout=1.0), now=later) == pytest.approx(0.040)
