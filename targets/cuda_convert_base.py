@@ -1,0 +1,205 @@
+"""What the ONNX -> torch op functions share: values, node context and the op registry.
+
+:mod:`ai_vmm.targets.cuda_convert` builds the module; the op functions live in
+:mod:`~ai_vmm.targets.cuda_ops_tensor` (elementwise, shape and tensor ops),
+:mod:`~ai_vmm.targets.cuda_ops_nn` (convolution, pooling, normalization, attention, resize) and
+:mod:`~ai_vmm.targets.cuda_ops_rnn` (LSTM, GRU). Each registers itself in :data:`OPS` with
+:func:`onnx_op`. See :mod:`~ai_vmm.targets.cuda_convert` for why int64 shape tensors are carried
+as :class:`ShapeValue`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import onnx_ir as ir
+import torch
+
+__all__ = [
+    "DTYPES",
+    "INT_TYPES",
+    "OPS",
+    "SHAPE_AWARE",
+    "SMALL_CONSTANT",
+    "ConversionError",
+    "Node",
+    "Op",
+    "ShapeValue",
+    "as_tensor",
+    "attr_value",
+    "axis_index",
+    "ints",
+    "is_shape",
+    "onnx_op",
+    "scalar_of",
+    "shape_elementwise",
+    "torch_dtype",
+    "torch_pads",
+]
+
+
+class ConversionError(Exception):
+    """An ONNX node that this converter cannot express in torch (the message says why)."""
+
+
+@dataclass
+class ShapeValue:
+    """A 0-D or 1-D int64 ONNX tensor held as Python ints / ``SymInt``\\ s (see module doc)."""
+
+    values: list[Any]
+    scalar: bool = False
+
+
+DTYPES: dict[ir.DataType, torch.dtype] = {
+    ir.DataType.FLOAT: torch.float32,
+    ir.DataType.DOUBLE: torch.float64,
+    ir.DataType.FLOAT16: torch.float16,
+    ir.DataType.BFLOAT16: torch.bfloat16,
+    ir.DataType.INT64: torch.int64,
+    ir.DataType.INT32: torch.int32,
+    ir.DataType.INT16: torch.int16,
+    ir.DataType.INT8: torch.int8,
+    ir.DataType.UINT8: torch.uint8,
+    ir.DataType.BOOL: torch.bool,
+}
+INT_TYPES = {torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8}
+SMALL_CONSTANT = 64
+"""Integer constants with at most this many elements (0-D/1-D) are kept as ShapeValues."""
+
+
+def torch_dtype(
+    dtype: ir.DataType | int | None, compute: torch.dtype = torch.float32
+) -> torch.dtype:
+    """The torch dtype of an ONNX element type (float32 becomes ``compute``)."""
+    if dtype is None:
+        raise ConversionError("a tensor without an element type")
+    dt = ir.DataType(dtype)
+    if dt == ir.DataType.FLOAT:
+        return compute
+    if dt not in DTYPES:
+        raise ConversionError(f"element type {dt.name} has no torch equivalent here")
+    return DTYPES[dt]
+
+
+# --------------------------------------------------------------------------------------------
+# Node context: attributes as Python values
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    """One ONNX node, reduced to what the op functions read."""
+
+    op_type: str
+    attrs: dict[str, Any]
+    inputs: list[str]
+    outputs: list[str]
+    opset: int
+    compute: torch.dtype
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.attrs.get(name, default)
+
+
+def attr_value(attr: ir.Attr) -> Any:
+    kind = attr.type
+    if kind in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+        raise ConversionError("subgraph attributes (If/Loop/Scan) are not converted")
+    if kind == ir.AttributeType.TENSOR:
+        return attr.value.numpy()
+    if kind == ir.AttributeType.STRING:
+        value = attr.value
+        return value.decode() if isinstance(value, bytes) else value
+    if kind in (ir.AttributeType.INTS, ir.AttributeType.FLOATS, ir.AttributeType.STRINGS):
+        return list(attr.value)
+    return attr.value
+
+
+# --------------------------------------------------------------------------------------------
+# Values: tensors or ShapeValues
+# --------------------------------------------------------------------------------------------
+
+
+def is_shape(value: Any) -> bool:
+    return isinstance(value, ShapeValue)
+
+
+def as_tensor(value: Any, device: torch.device) -> Any:
+    """A torch tensor for ``value`` (a ShapeValue becomes an int64 tensor on ``device``)."""
+    if not isinstance(value, ShapeValue):
+        return value
+    items = value.values
+    if all(isinstance(v, int) for v in items):
+        out = torch.tensor(items, dtype=torch.int64, device=device)
+    else:
+        out = torch.stack([torch.scalar_tensor(v, dtype=torch.int64, device=device) for v in items])
+    return out.reshape(()) if value.scalar else out
+
+
+def ints(value: Any, what: str) -> list[Any]:
+    """Sizes / axes / indices given as a ShapeValue (a data tensor cannot be read in export)."""
+    if value is None:
+        return []
+    if isinstance(value, ShapeValue):
+        return list(value.values)
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise ConversionError(
+        f"{what} is computed from tensor data, not from shapes or constants; "
+        "torch.export cannot read it (data-dependent shape)"
+    )
+
+
+def scalar_of(value: Any, what: str) -> Any:
+    items = ints(value, what)
+    if len(items) != 1:
+        raise ConversionError(f"{what} must hold one value, got {len(items)}")
+    return items[0]
+
+
+def shape_elementwise(fn: Callable[..., Any], args: Sequence[ShapeValue]) -> ShapeValue:
+    length = max(len(a.values) for a in args)
+    cols = []
+    for a in args:
+        if len(a.values) not in (1, length):
+            raise ConversionError("shape arithmetic on lists of different lengths")
+        cols.append(a.values * length if len(a.values) == 1 else a.values)
+    return ShapeValue(
+        [fn(*row) for row in zip(*cols, strict=True)], scalar=all(a.scalar for a in args)
+    )
+
+
+def axis_index(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+# --------------------------------------------------------------------------------------------
+# Op functions: (node, device, *inputs) -> output or tuple of outputs
+# --------------------------------------------------------------------------------------------
+
+Op = Callable[..., Any]
+OPS: dict[str, Op] = {}
+SHAPE_AWARE: set[str] = set()
+"""Ops whose function receives ShapeValues as they are (others get tensors)."""
+
+
+def onnx_op(*names: str, shape_aware: bool = False) -> Callable[[Op], Op]:
+    def register(fn: Op) -> Op:
+        for name in names:
+            OPS[name] = fn
+            if shape_aware:
+                SHAPE_AWARE.add(name)
+        return fn
+
+    return register
+
+
+def torch_pads(begin: Sequence[Any], end: Sequence[Any]) -> list[Any]:
+    """ONNX per-axis (begin..., end...) pads of the spatial axes -> ``F.pad``'s order (last
+    axis first, (begin, end) pairs)."""
+    flat: list[Any] = []
+    for i in reversed(range(len(begin))):
+        flat.extend((begin[i], end[i]))
+    return flat
