@@ -31,6 +31,7 @@ import torch
 # The op modules register their functions in OPS when imported.
 from ai_vmm.targets import cuda_ops_nn, cuda_ops_rnn, cuda_ops_tensor  # noqa: F401
 from ai_vmm.targets.cuda_convert_base import (
+    CONST_INPUTS,
     DTYPES,
     OPS,
     SHAPE_AWARE,
@@ -40,8 +41,10 @@ from ai_vmm.targets.cuda_convert_base import (
     ShapeValue,
     as_tensor,
     attr_value,
+    constant_array,
     torch_dtype,
 )
+from ai_vmm.targets.cuda_ops_resize import resize_support
 
 __all__ = [
     "OPS",
@@ -59,7 +62,7 @@ __all__ = [
 # Capability
 # --------------------------------------------------------------------------------------------
 
-_MIN_OPSET = {"Softmax": 13, "LogSoftmax": 13, "Split": 13, "Squeeze": 1, "Unsqueeze": 1}
+_MIN_OPSET = {"Split": 13, "Squeeze": 1, "Unsqueeze": 1}
 
 
 def node_support(node: ir.Node, opset: int) -> str | None:
@@ -87,7 +90,18 @@ def node_support(node: ir.Node, opset: int) -> str | None:
         return "MaxPool with an Indices output"
     if node.op_type == "Dropout" and len(node.outputs) > 1:
         return "Dropout with a mask output"
-    return _feature_support(node)
+    return _feature_support(node, opset)
+
+
+def _consts(node: ir.Node) -> dict[int, np.ndarray]:
+    """The inputs ``CONST_INPUTS`` names for this op, read now (see ``Node.consts``)."""
+    out: dict[int, np.ndarray] = {}
+    for position in CONST_INPUTS.get(node.op_type, ()):
+        if position < len(node.inputs):
+            array = constant_array(node.inputs[position])
+            if array is not None:
+                out[position] = array
+    return out
 
 
 def _const_bool(value: ir.Value | None) -> bool | None:
@@ -97,7 +111,7 @@ def _const_bool(value: ir.Value | None) -> bool | None:
     return bool(np.asarray(value.const_value.numpy()).reshape(-1)[0])
 
 
-def _feature_support(node: ir.Node) -> str | None:
+def _feature_support(node: ir.Node, opset: int) -> str | None:
     """Features of mapped ops that the op functions do not express (checked per node)."""
     op = node.op_type
 
@@ -124,8 +138,8 @@ def _feature_support(node: ir.Node) -> str | None:
             return "Attention with softcap or qk_matmul_output_mode"
         if attr("left_window_size", -1) != -1 or attr("right_window_size", -1) != -1:
             return "Attention with a sliding window"
-    if op in ("MaxPool", "AveragePool") and attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        return f"{op} with auto_pad SAME"
+    if op in ("Resize", "Upsample"):
+        return resize_support(node, opset)
     if op == "ConvTranspose" and (
         attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or attr("output_shape")
     ):
@@ -201,6 +215,7 @@ class OnnxGraphModule(torch.nn.Module):
                     outputs=[v.name or "" for v in node.outputs],
                     opset=opset,
                     compute=compute,
+                    consts=_consts(node),
                 )
             )
 

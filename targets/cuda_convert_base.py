@@ -11,13 +11,15 @@ as :class:`ShapeValue`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 import torch
 
 __all__ = [
+    "CONST_INPUTS",
     "DTYPES",
     "INT_TYPES",
     "OPS",
@@ -30,6 +32,7 @@ __all__ = [
     "as_tensor",
     "attr_value",
     "axis_index",
+    "constant_array",
     "ints",
     "is_shape",
     "onnx_op",
@@ -98,9 +101,29 @@ class Node:
     outputs: list[str]
     opset: int
     compute: torch.dtype
+    consts: dict[int, np.ndarray] = field(default_factory=dict)
+    """Inputs (by position) that must be known when the module is built (e.g. Resize's
+    scales: sizes are computed from them), read from initializers and Constant nodes."""
 
     def attr(self, name: str, default: Any = None) -> Any:
         return self.attrs.get(name, default)
+
+
+CONST_INPUTS: dict[str, tuple[int, ...]] = {}
+"""op_type -> positions of float inputs the op function reads as ``Node.consts``."""
+
+
+def constant_array(value: ir.Value | None) -> np.ndarray | None:
+    """The data of an initializer or a Constant node's output; ``None`` when computed."""
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return np.asarray(value.const_value.numpy())
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant" and "value" in producer.attributes:
+        tensor = producer.attributes["value"].value
+        return np.asarray(tensor.numpy())
+    return None
 
 
 def attr_value(attr: ir.Attr) -> Any:

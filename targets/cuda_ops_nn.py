@@ -23,8 +23,12 @@ from ai_vmm.targets.cuda_convert_base import (
 __all__: list[str] = []
 
 
-def _conv_padding(node: Node, x: Any, kernel: list[int]) -> tuple[Any, list[int]]:
-    """Apply ONNX padding (``pads``/``auto_pad``); return the input and symmetric padding."""
+def _onnx_pads(node: Node, x: Any, kernel: list[int]) -> tuple[list[Any], list[Any]]:
+    """The (begin, end) pads of the spatial axes from ``pads`` or ``auto_pad``.
+
+    SAME pads depend on the input size only when a stride is above 1 (with stride 1 they are
+    ``(kernel - 1) * dilation`` in all), so stride-1 SAME layers keep symbolic sizes symbolic.
+    """
     spatial = len(kernel)
     strides = node.attr("strides") or [1] * spatial
     dilations = node.attr("dilations") or [1] * spatial
@@ -32,21 +36,30 @@ def _conv_padding(node: Node, x: Any, kernel: list[int]) -> tuple[Any, list[int]
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         pads_begin, pads_end = [], []
         for i in range(spatial):
-            size = x.shape[2 + i]
-            out = -(-size // strides[i])
-            total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - size)
+            span = (kernel[i] - 1) * dilations[i] + 1
+            if strides[i] == 1:
+                total = span - 1
+            else:
+                size = x.shape[2 + i]
+                out = -(-size // strides[i])
+                total = max(0, (out - 1) * strides[i] + span - size)
             small, large = total // 2, total - total // 2
             begin, end = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
             pads_begin.append(begin)
             pads_end.append(end)
-    elif auto_pad == "VALID":
-        pads_begin = pads_end = [0] * spatial
-    else:
-        pads = node.attr("pads") or [0] * (2 * spatial)
-        pads_begin, pads_end = list(pads[:spatial]), list(pads[spatial:])
+        return pads_begin, pads_end
+    if auto_pad == "VALID":
+        return [0] * spatial, [0] * spatial
+    pads = node.attr("pads") or [0] * (2 * spatial)
+    return list(pads[:spatial]), list(pads[spatial:])
+
+
+def _conv_padding(node: Node, x: Any, kernel: list[int]) -> tuple[Any, list[int]]:
+    """Apply ONNX padding (``pads``/``auto_pad``); return the input and symmetric padding."""
+    pads_begin, pads_end = _onnx_pads(node, x, kernel)
     if pads_begin == pads_end:
         return x, pads_begin
-    return F.pad(x, torch_pads(pads_begin, pads_end)), [0] * spatial
+    return F.pad(x, torch_pads(pads_begin, pads_end)), [0] * len(kernel)
 
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -97,14 +110,10 @@ _AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 def _max_pool(node: Node, device: torch.device, x: Any) -> Any:
     kernel = list(node.attr("kernel_shape"))
     spatial = len(kernel)
-    pads = node.attr("pads") or [0] * (2 * spatial)
-    if node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        raise ConversionError("MaxPool with auto_pad SAME")
-    padding = list(pads[:spatial])
-    if padding != list(pads[spatial:]) or any(
-        2 * p > k for p, k in zip(padding, kernel, strict=True)
-    ):
-        x = F.pad(x, torch_pads(pads[:spatial], pads[spatial:]), value=float("-inf"))
+    begin, end = _onnx_pads(node, x, kernel)
+    padding = list(begin)
+    if padding != list(end) or any(2 * p > k for p, k in zip(padding, kernel, strict=True)):
+        x = F.pad(x, torch_pads(begin, end), value=float("-inf"))
         padding = [0] * spatial
     return _MAX_POOL[spatial](
         x,
@@ -120,15 +129,12 @@ def _max_pool(node: Node, device: torch.device, x: Any) -> Any:
 def _avg_pool(node: Node, device: torch.device, x: Any) -> Any:
     kernel = list(node.attr("kernel_shape"))
     spatial = len(kernel)
-    pads = node.attr("pads") or [0] * (2 * spatial)
-    if node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        raise ConversionError("AveragePool with auto_pad SAME")
     if any(d != 1 for d in node.attr("dilations") or []):
         raise ConversionError("AveragePool with dilations")
-    padding = list(pads[:spatial])
-    if padding != list(pads[spatial:]) or any(
-        2 * p > k for p, k in zip(padding, kernel, strict=True)
-    ):
+    begin, end = _onnx_pads(node, x, kernel)
+    pads = [*begin, *end]
+    padding = list(begin)
+    if padding != list(end) or any(2 * p > k for p, k in zip(padding, kernel, strict=True)):
         # torch pools take symmetric padding of at most half the kernel: pad explicitly.
         if node.attr("ceil_mode", 0):
             raise ConversionError("AveragePool with ceil_mode and asymmetric or large pads")
@@ -204,9 +210,14 @@ def _rms_norm(node: Node, device: torch.device, x: Any, scale: Any) -> Any:
 
 @onnx_op("Softmax", "LogSoftmax")
 def _softmax(node: Node, device: torch.device, x: Any) -> Any:
-    axis = node.attr("axis", -1)
     fn = F.softmax if node.op_type == "Softmax" else F.log_softmax
-    return fn(x, dim=axis)
+    if node.opset >= 13:
+        return fn(x, dim=node.attr("axis", -1))
+    # Before opset 13 the input is read as 2-D: [prod(shape[:axis]), prod(shape[axis:])].
+    axis = axis_index(node.attr("axis", 1), x.dim())
+    if axis == x.dim() - 1:
+        return fn(x, dim=-1)
+    return fn(x.flatten(axis), dim=-1).reshape(x.shape)
 
 
 _REDUCE = {

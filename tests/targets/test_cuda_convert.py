@@ -18,43 +18,16 @@ from onnx import numpy_helper
 
 torch = pytest.importorskip("torch")
 
+from onnx_op_cases import F32, I64, assert_matches  # noqa: E402
+from onnx_op_cases import const as _const  # noqa: E402
+from onnx_op_cases import model as _model  # noqa: E402
+from onnx_op_cases import vi as _vi  # noqa: E402
+
 from ai_vmm.passes.analyze import analyze  # noqa: E402
 from ai_vmm.passes.canonicalize import canonicalize  # noqa: E402
 from ai_vmm.passes.recipes import apply_recipe, choose_recipe  # noqa: E402
 from ai_vmm.targets.cuda import CudaTarget  # noqa: E402
 from ai_vmm.targets.cuda_convert import ConversionError, node_support, to_torch  # noqa: E402
-
-F32 = onnx.TensorProto.FLOAT
-I64 = onnx.TensorProto.INT64
-
-
-def _run_both(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> tuple[list[Any], list[Any]]:
-    session = ort.InferenceSession(proto.SerializeToString())
-    expected = session.run(None, feeds)
-    module = to_torch(ir.serde.deserialize_model(proto)).eval()
-    with torch.no_grad():
-        got = module(*[torch.from_numpy(feeds[n]) for n in module.input_names])
-    return expected, [g.numpy() for g in got]
-
-
-def _model(
-    nodes: list[onnx.NodeProto],
-    inputs: list[onnx.ValueInfoProto],
-    outputs: list[onnx.ValueInfoProto],
-    inits: list[onnx.TensorProto] = (),  # type: ignore[assignment]
-    opset: int = 23,
-) -> onnx.ModelProto:
-    graph = oh.make_graph(nodes, "g", inputs, outputs, list(inits))
-    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
-
-
-def _vi(name: str, shape: list[Any], dtype: int = F32) -> onnx.ValueInfoProto:
-    return oh.make_tensor_value_info(name, dtype, shape)
-
-
-def _const(name: str, values: Any, dtype: Any = np.int64) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.asarray(values, dtype=dtype), name)
-
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((2, 4, 6, 6)).astype(np.float32)
@@ -372,11 +345,7 @@ CASES: list[tuple[str, Any, Any, Any, Any, dict[str, np.ndarray]]] = [
 def test_op_matches_onnxruntime(
     nodes: Any, inputs: Any, outputs: Any, inits: Any, feeds: dict[str, np.ndarray]
 ) -> None:
-    expected, got = _run_both(_model(nodes, inputs, outputs, inits), feeds)
-    assert len(got) == len(expected)
-    for want, have in zip(expected, got, strict=True):
-        assert have.shape == want.shape
-        np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-5)
+    assert_matches(_model(nodes, inputs, outputs, inits), feeds)
 
 
 def test_unsupported_nodes_say_why() -> None:
@@ -412,7 +381,7 @@ def test_op_features_not_converted_are_rejected_with_a_reason() -> None:
             oh.make_node("Dropout", ["x", "r", "t"], ["dr"]),
             oh.make_node("Attention", ["q", "q", "q"], ["at", "", "", "qk"]),
             oh.make_node("Identity", ["s"], ["si"]),
-            oh.make_node("MaxPool", ["x"], ["mp"], kernel_shape=[2, 2], auto_pad="SAME_UPPER"),
+            oh.make_node("Resize", ["x", "", "sc"], ["mp"], mode="linear", antialias=1),
             oh.make_node("AveragePool", ["x"], ["ap"], kernel_shape=[2, 2], dilations=[2, 2]),
         ],
         [
@@ -422,6 +391,7 @@ def test_op_features_not_converted_are_rejected_with_a_reason() -> None:
             _vi("t", [], onnx.TensorProto.BOOL),
             _vi("q", [1, 2, 3, 8]),
             seq,
+            _vi("sc", [4]),
         ],
         [
             _vi("bn", None),
@@ -440,7 +410,7 @@ def test_op_features_not_converted_are_rejected_with_a_reason() -> None:
         "training_mode input",
         "qk_matmul_output",
         "SequenceType",
-        "auto_pad SAME",
+        "antialias",
         "dilations",
     ]
     for reason, want in zip(reasons, expected, strict=True):
