@@ -45,6 +45,7 @@ from ai_vmm.targets.cuda_convert_base import (
     torch_dtype,
 )
 from ai_vmm.targets.cuda_ops_resize import resize_support
+from ai_vmm.targets.cuda_ops_rnn import rnn_support
 
 __all__ = [
     "OPS",
@@ -140,6 +141,8 @@ def _feature_support(node: ir.Node, opset: int) -> str | None:
             return "Attention with a sliding window"
     if op in ("Resize", "Upsample"):
         return resize_support(node, opset)
+    if op in ("LSTM", "GRU", "RNN"):
+        return rnn_support(node)
     if op == "ConvTranspose" and (
         attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or attr("output_shape")
     ):
