@@ -193,9 +193,12 @@ class OnnxGraphModule(torch.nn.Module):
             if tensor is None:
                 raise ConversionError(f"initializer {name} has no data")
             array = tensor.numpy()
-            if array.dtype == np.int64 and array.ndim <= 1 and array.size <= SMALL_CONSTANT:
+            integer = array.dtype in (np.int64, np.int32)
+            if integer and array.ndim <= 1 and array.size <= SMALL_CONSTANT:
                 self._constants[name] = ShapeValue(
-                    [int(v) for v in array.reshape(-1)], scalar=array.ndim == 0
+                    [int(v) for v in array.reshape(-1)],
+                    scalar=array.ndim == 0,
+                    dtype=torch.int64 if array.dtype == np.int64 else torch.int32,
                 )
                 continue
             data = torch.from_numpy(np.array(array, copy=True))
@@ -221,6 +224,71 @@ class OnnxGraphModule(torch.nn.Module):
                     consts=_consts(node),
                 )
             )
+        self._fold_integer_constants(list(graph), taken)
+
+    def _fold_integer_constants(self, graph_nodes: list[ir.Node], taken: set[str]) -> None:
+        """Run now the nodes whose inputs are all constants and whose outputs are integers.
+
+        Exporters leave such shape arithmetic in graphs (``F.pad``'s pads go through
+        Concat/Reshape/Slice/Transpose of constants); run at trace time it would be tensor data,
+        which ``torch.export`` cannot read where a size is needed. Results become constants.
+        """
+        known: dict[str, Any] = dict(self._constants)
+        for name, attr in self._buffers_by_value.items():
+            buffer = getattr(self, attr)
+            if not buffer.is_floating_point():
+                known[name] = buffer
+        kept: list[Node] = []
+        for node, ir_node in zip(self._nodes, graph_nodes, strict=True):
+            integer = all(v.dtype in _FOLDABLE for v in ir_node.outputs if v.name)
+            if integer and all(not name or name in known for name in node.inputs):
+                try:
+                    with torch.no_grad():
+                        self._run_node(node, known, torch.device("cpu"))
+                    continue
+                except ConversionError:
+                    pass
+            kept.append(node)
+        self._nodes = kept
+        needed = {name for node in kept for name in node.inputs} | set(self.output_names)
+        for name in sorted(needed):
+            if name not in known or name in self._constants or name in self._buffers_by_value:
+                continue
+            value = known[name]
+            small = (
+                isinstance(value, torch.Tensor)
+                and value.dtype in (torch.int64, torch.int32)
+                and value.dim() <= 1
+                and value.numel() <= SMALL_CONSTANT
+            )
+            if isinstance(value, ShapeValue) or small:
+                if small:
+                    items = [int(v) for v in value.reshape(-1)]
+                    value = ShapeValue(items, value.dim() == 0, value.dtype)
+                self._constants[name] = value
+            else:
+                attr = _python_name(name, taken)
+                self.register_buffer(attr, value.clone())
+                self._buffers_by_value[name] = attr
+
+    def _run_node(self, node: Node, env: dict[str, Any], device: torch.device) -> None:
+        """Run one node on ``env`` (values by name) and store its outputs there."""
+        fn = OPS[node.op_type]
+        inputs = [env[name] if name else None for name in node.inputs]
+        # Trailing absent optional inputs are dropped; interior ones stay None.
+        while inputs and inputs[-1] is None:
+            inputs.pop()
+        if node.op_type not in SHAPE_AWARE:
+            inputs = [as_tensor(v, device) if v is not None else None for v in inputs]
+        elif node.op_type not in _FLOAT_SHAPE_READERS:
+            inputs = [as_tensor(v, device) if _float_shape(v) else v for v in inputs]
+        result = fn(node, device, *inputs)
+        if isinstance(result, tuple):
+            for name, value in zip(node.outputs, result, strict=False):
+                if name:
+                    env[name] = value
+        else:
+            env[node.outputs[0]] = result
 
     def run_graph(self, args: Sequence[Any]) -> tuple[Any, ...]:
         """Run the graph on the inputs in graph order (``forward`` calls this)."""
@@ -236,25 +304,20 @@ class OnnxGraphModule(torch.nn.Module):
                 value.to(self.compute) if is_float and value.dtype != self.compute else value
             )
         for node in self._nodes:
-            fn = OPS[node.op_type]
-            inputs = [env[name] if name else None for name in node.inputs]
-            # Trailing absent optional inputs are dropped; interior ones stay None.
-            while inputs and inputs[-1] is None:
-                inputs.pop()
-            if node.op_type not in SHAPE_AWARE:
-                inputs = [as_tensor(v, device) if v is not None else None for v in inputs]
-            result = fn(node, device, *inputs)
-            if isinstance(result, tuple):
-                for name, value in zip(node.outputs, result, strict=False):
-                    if name:
-                        env[name] = value
-            else:
-                env[node.outputs[0]] = result
+            self._run_node(node, env, device)
         outputs = []
         for name, is_float in zip(self.output_names, self.output_float, strict=True):
             value = as_tensor(env[name], device)
             outputs.append(value.to(torch.float32) if is_float else value)
         return tuple(outputs)
+
+
+_FOLDABLE = frozenset({ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL})
+_FLOAT_SHAPE_READERS = frozenset({"Range", "Cast", "CastLike"})
+
+
+def _float_shape(value: Any) -> bool:
+    return isinstance(value, ShapeValue) and value.dtype.is_floating_point
 
 
 def named_forward(cls: type, names: Sequence[str]) -> type:

@@ -49,10 +49,16 @@ class ConversionError(Exception):
 
 @dataclass
 class ShapeValue:
-    """A 0-D or 1-D int64 ONNX tensor held as Python ints / ``SymInt``\\ s (see module doc)."""
+    """A 0-D or 1-D integer ONNX tensor held as Python ints / ``SymInt``\\ s (see module doc).
+
+    ``dtype`` float32 marks a size cast to float (YOLO heads build their anchor grids with
+    ``Range(0.0, Cast(Shape(x)[3]), 1.0)``): only ``Range`` and ``Cast`` read such a value; the
+    conversion hands every other op a tensor of it.
+    """
 
     values: list[Any]
     scalar: bool = False
+    dtype: torch.dtype = torch.int64
 
 
 DTYPES: dict[ir.DataType, torch.dtype] = {
@@ -146,18 +152,19 @@ def attr_value(attr: ir.Attr) -> Any:
 
 
 def is_shape(value: Any) -> bool:
-    return isinstance(value, ShapeValue)
+    """An integer ShapeValue (the float ones only reach ``Range`` and ``Cast``)."""
+    return isinstance(value, ShapeValue) and not value.dtype.is_floating_point
 
 
 def as_tensor(value: Any, device: torch.device) -> Any:
-    """A torch tensor for ``value`` (a ShapeValue becomes an int64 tensor on ``device``)."""
+    """A torch tensor for ``value`` (a ShapeValue becomes a tensor of its dtype on ``device``)."""
     if not isinstance(value, ShapeValue):
         return value
-    items = value.values
+    items, dtype = value.values, value.dtype
     if all(isinstance(v, int) for v in items):
-        out = torch.tensor(items, dtype=torch.int64, device=device)
+        out = torch.tensor(items, dtype=dtype, device=device)
     else:
-        out = torch.stack([torch.scalar_tensor(v, dtype=torch.int64, device=device) for v in items])
+        out = torch.stack([torch.scalar_tensor(v, dtype=dtype, device=device) for v in items])
     return out.reshape(()) if value.scalar else out
 
 
@@ -190,7 +197,9 @@ def shape_elementwise(fn: Callable[..., Any], args: Sequence[ShapeValue]) -> Sha
             raise ConversionError("shape arithmetic on lists of different lengths")
         cols.append(a.values * length if len(a.values) == 1 else a.values)
     return ShapeValue(
-        [fn(*row) for row in zip(*cols, strict=True)], scalar=all(a.scalar for a in args)
+        [fn(*row) for row in zip(*cols, strict=True)],
+        scalar=all(a.scalar for a in args),
+        dtype=args[0].dtype,
     )
 
 

@@ -7,10 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import onnx_ir as ir
 import torch
 import torch.nn.functional as F
 
 from ai_vmm.targets.cuda_convert_base import (
+    CONST_INPUTS,
     INT_TYPES,
     OPS,
     SHAPE_AWARE,
@@ -182,8 +184,9 @@ def _constant(node: Node, device: torch.device) -> Any:
 
 
 def _constant_value(array: np.ndarray, compute: torch.dtype, device: torch.device) -> Any:
-    if array.dtype == np.int64 and array.ndim <= 1 and array.size <= SMALL_CONSTANT:
-        return ShapeValue([int(v) for v in array.reshape(-1)], scalar=array.ndim == 0)
+    if array.dtype in (np.int64, np.int32) and array.ndim <= 1 and array.size <= SMALL_CONSTANT:
+        dtype = torch.int64 if array.dtype == np.int64 else torch.int32
+        return ShapeValue([int(v) for v in array.reshape(-1)], array.ndim == 0, dtype)
     tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device)
     return tensor.to(compute) if tensor.dtype == torch.float32 else tensor
 
@@ -206,10 +209,12 @@ def _cast(node: Node, device: torch.device, x: Any, like: Any = None) -> Any:
         dtype = as_tensor(like, device).dtype
     else:
         dtype = torch_dtype(node.attr("to"), node.compute)
-    if is_shape(x) and dtype in INT_TYPES:
-        return x
-    if is_shape(x) and dtype == torch.bool:
+    if isinstance(x, ShapeValue) and dtype in INT_TYPES:
+        return ShapeValue(x.values, x.scalar, dtype)  # sizes are whole numbers in any int type
+    if isinstance(x, ShapeValue) and dtype == torch.bool:
         return ShapeValue([int(v != 0) for v in x.values], x.scalar)
+    if isinstance(x, ShapeValue) and dtype.is_floating_point:
+        return ShapeValue(x.values, x.scalar, dtype)
     return as_tensor(x, device).to(dtype)
 
 
@@ -219,7 +224,7 @@ def _gather(node: Node, device: torch.device, data: Any, indices: Any) -> Any:
     if is_shape(data) and is_shape(indices):
         n = len(data.values)
         picked = [data.values[i + n if i < 0 else i] for i in indices.values]
-        return ShapeValue(picked, scalar=indices.scalar)
+        return ShapeValue(picked, scalar=indices.scalar, dtype=data.dtype)
     data, indices = as_tensor(data, device), as_tensor(indices, device)
     axis = axis_index(axis, data.dim())
     return data[(slice(None),) * axis + (indices,)]
@@ -247,7 +252,7 @@ def _unsqueeze(node: Node, device: torch.device, x: Any, axes: Any = None) -> An
     axes_list = ints(axes, "Unsqueeze axes") if axes is not None else list(node.attr("axes"))
     if is_shape(x):
         if x.scalar and axes_list in ([0], [-1]):
-            return ShapeValue(list(x.values))
+            return ShapeValue(list(x.values), dtype=x.dtype)
         x = as_tensor(x, device)
     rank = x.dim() + len(axes_list)
     for axis in sorted(axis_index(a, rank) for a in axes_list):
@@ -260,7 +265,7 @@ def _squeeze(node: Node, device: torch.device, x: Any, axes: Any = None) -> Any:
     axes_list = ints(axes, "Squeeze axes") if axes is not None else list(node.attr("axes", []))
     if is_shape(x):
         if not x.scalar and len(x.values) == 1:
-            return ShapeValue(list(x.values), scalar=True)
+            return ShapeValue(list(x.values), scalar=True, dtype=x.dtype)
         x = as_tensor(x, device)
     if not axes_list:
         return x.squeeze()
@@ -273,7 +278,7 @@ def _squeeze(node: Node, device: torch.device, x: Any, axes: Any = None) -> Any:
 @onnx_op("Concat", shape_aware=True)
 def _concat(node: Node, device: torch.device, *xs: Any) -> Any:
     if all(is_shape(x) for x in xs):
-        return ShapeValue([v for x in xs for v in x.values])
+        return ShapeValue([v for x in xs for v in x.values], dtype=xs[0].dtype)
     ts = [as_tensor(x, device) for x in xs]
     return torch.cat(ts, dim=node.attr("axis"))
 
@@ -299,13 +304,21 @@ def _slice(
             n = len(x.values)
             start = max(0, min(n, s[0] + n if s[0] < 0 else s[0]))
             end = max(0, min(n, e[0] + n if e[0] < 0 else e[0]))
-            return ShapeValue(x.values[start:end])
+            return ShapeValue(x.values[start:end], dtype=x.dtype)
     index: list[Any] = [slice(None)] * x.dim()
+    big = 1 << 62
     for start, end, axis, step in zip(s, e, a, st, strict=True):
-        if not isinstance(step, int) or step <= 0:
-            raise ConversionError("Slice with a negative or dynamic step")
-        big = 1 << 62
-        index[axis_index(axis, x.dim())] = slice(
+        if not isinstance(step, int) or step == 0:
+            raise ConversionError("Slice with a dynamic or zero step")
+        dim = axis_index(axis, x.dim())
+        if step < 0:
+            if not (isinstance(start, int) and isinstance(end, int)):
+                raise ConversionError("Slice with a negative step and computed bounds")
+            x = x.flip(dim)  # then a forward slice of the flipped axis
+            begin, stop = _reversed_bounds(start, end, x.shape[dim], big)
+            index[dim] = slice(begin, stop, None if step == -1 else -step)
+            continue
+        index[dim] = slice(
             None if start == 0 else start,
             None if isinstance(end, int) and end >= big else end,
             None if step == 1 else step,
@@ -313,12 +326,32 @@ def _slice(
     return x[tuple(index)]
 
 
+def _reversed_bounds(start: int, end: int, size: Any, big: int) -> tuple[Any, Any]:
+    """A negative-step slice's ONNX bounds -> forward bounds on the flipped axis.
+
+    Index i is size - 1 - i there; a negative bound counts from the end (-1 - bound), so the
+    usual reversal (``start=-1, end=-INT_MAX``) needs no size and stays symbolic.
+    """
+    if start >= big:
+        begin: Any = 0
+    else:
+        begin = -1 - start if start < 0 else size - 1 - start
+    if end <= -big:
+        stop: Any = None
+    else:
+        stop = -1 - end if end < 0 else size - 1 - end
+    if isinstance(size, int):
+        begin = min(max(begin, 0), size)
+        stop = None if stop is None else min(max(stop, 0), size)
+    return begin, stop
+
+
 @onnx_op("Reshape", shape_aware=True)
 def _reshape(node: Node, device: torch.device, x: Any, shape: Any) -> Any:
     sizes = ints(shape, "Reshape shape")
     if is_shape(x):
         if sizes in ([-1], [len(x.values)]) or (sizes == [] and len(x.values) == 1):
-            return ShapeValue(list(x.values), scalar=sizes == [])
+            return ShapeValue(list(x.values), scalar=sizes == [], dtype=x.dtype)
         x = as_tensor(x, device)
     if not node.attr("allowzero", 0):
         sizes = [x.shape[i] if (isinstance(v, int) and v == 0) else v for i, v in enumerate(sizes)]
@@ -373,20 +406,30 @@ def _constant_of_shape(node: Node, device: torch.device, shape: Any) -> Any:
     return torch.full(sizes, fill.item(), dtype=dtype, device=device)
 
 
+CONST_INPUTS["Range"] = (0, 1, 2)
+
+
 @onnx_op("Range", shape_aware=True)
 def _range(node: Node, device: torch.device, start: Any, limit: Any, delta: Any) -> Any:
-    if all(is_shape(v) for v in (start, limit, delta)):
-        bounds = (
-            scalar_of(start, "Range start"),
-            scalar_of(limit, "Range limit"),
-            scalar_of(delta, "Range delta"),
-        )
-        if all(type(v) is int for v in bounds):
-            values = range(*bounds)
-            if len(values) <= SMALL_CONSTANT:  # e.g. axes: kept as sizes, not data
-                return ShapeValue(list(values))
-        return torch.arange(*bounds, dtype=torch.int64, device=device)
-    raise ConversionError("Range over computed (non-shape) values")
+    bounds, dtypes = [], []
+    for position, (value, what) in enumerate(
+        ((start, "Range start"), (limit, "Range limit"), (delta, "Range delta"))
+    ):
+        if position in node.consts:  # a constant, float ones included
+            array = node.consts[position]
+            bounds.append(array.reshape(-1)[0].item())
+            dtypes.append(torch_dtype(ir.DataType.from_numpy(array.dtype), node.compute))
+        elif isinstance(value, ShapeValue):  # sizes, possibly cast to float
+            bounds.append(scalar_of(value, what))
+            dtypes.append(node.compute if value.dtype == torch.float32 else value.dtype)
+        else:
+            raise ConversionError("Range over computed (non-shape) values")
+    dtype = dtypes[0]
+    if dtype == torch.int64 and all(type(v) is int for v in bounds):
+        values = range(*bounds)
+        if len(values) <= SMALL_CONSTANT:  # e.g. axes: kept as sizes, not data
+            return ShapeValue(list(values))
+    return torch.arange(*bounds, dtype=dtype, device=device)
 
 
 @onnx_op("CumSum", shape_aware=True)
@@ -473,3 +516,42 @@ def _gemm(node: Node, device: torch.device, a: Any, b: Any, c: Any = None) -> An
     if c is not None:
         out = out + (c * beta if beta != 1.0 else c)
     return out
+
+
+def _per_axis(param: Any, x: Any, axis: int) -> Any:
+    """A scale or zero point: a scalar, or 1-D along ``axis`` (per channel)."""
+    if param.dim() == 0 or param.numel() == 1:
+        return param.reshape(())
+    shape = [1] * x.dim()
+    shape[axis_index(axis, x.dim())] = -1
+    return param.reshape(shape)
+
+
+_QUANT_RANGE = {torch.uint8: (0, 255), torch.int8: (-128, 127), torch.int16: (-32768, 32767)}
+
+
+@onnx_op("QuantizeLinear")
+def _quantize(node: Node, device: torch.device, x: Any, scale: Any, zero: Any = None) -> Any:
+    if node.attr("block_size", 0):
+        raise ConversionError("QuantizeLinear with block_size (blocked quantization)")
+    dtype = zero.dtype if zero is not None else torch.uint8
+    if dtype not in _QUANT_RANGE:
+        raise ConversionError(f"QuantizeLinear to {dtype}")
+    axis = node.attr("axis", 1)
+    # float32 whatever the compute dtype: x / scale rounds to the integer grid.
+    q = torch.round(x.float() / _per_axis(scale, x, axis).float())
+    if zero is not None:
+        q = q + _per_axis(zero, x, axis).float()
+    low, high = _QUANT_RANGE[dtype]
+    return q.clamp(low, high).to(dtype)
+
+
+@onnx_op("DequantizeLinear")
+def _dequantize(node: Node, device: torch.device, x: Any, scale: Any, zero: Any = None) -> Any:
+    if node.attr("block_size", 0):
+        raise ConversionError("DequantizeLinear with block_size (blocked quantization)")
+    axis = node.attr("axis", 1)
+    values = x.float()
+    if zero is not None:
+        values = values - _per_axis(zero, x, axis).float()
+    return (values * _per_axis(scale, x, axis).float()).to(scale.dtype)
