@@ -143,6 +143,8 @@ def _feature_support(node: ir.Node, opset: int) -> str | None:
         return resize_support(node, opset)
     if op in ("LSTM", "GRU", "RNN"):
         return rnn_support(node)
+    if op in ("QuantizeLinear", "DequantizeLinear") and attr("block_size", 0):
+        return f"{op} with block_size (blocked quantization)"
     if op == "ConvTranspose" and (
         attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or attr("output_shape")
     ):

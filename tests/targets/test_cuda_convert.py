@@ -428,6 +428,9 @@ ZOO = [
     "t5",
     "dlrm",
     "mlp",
+    "lstm",
+    "gru",
+    "ocr_crnn",
 ]
 
 

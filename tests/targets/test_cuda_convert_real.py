@@ -89,3 +89,40 @@ def test_real_models_that_do_not_convert_say_why(rm: ModuleType, name: str) -> N
     reasons = {node_support(node, opset) for node in model.graph} - {None}
     assert reasons, f"{name} now converts: move it to CONVERTS"
     assert all(DOES_NOT[name] in reason for reason in reasons if reason), reasons
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("name", CONVERTS)
+def test_real_model_exports_with_its_dynamic_axes(rm: ModuleType, name: str) -> None:
+    """The cuda target's ``torch.export`` step (on the CPU) on each converted real model: the
+    program runs at the model's real input sizes and agrees with the module (about 2 minutes
+    for the 13)."""
+    from ai_vmm.driver import normalize_dims
+    from ai_vmm.targets import cuda_build
+
+    model = ir.load(rm.model_path(name))
+    normalize_dims(model)  # PP-OCR's classifier writes its batch as -1
+    canonicalize(model, frozenset())
+    module = to_torch(model).eval()
+    inputs = list(model.graph.inputs)
+    samples = rm.samples(name)
+    sample_dims: dict[str, int] = {}
+    bounds: dict[str, list[object]] = {}
+    for value in inputs:
+        sizes = [np.asarray(s[value.name]).shape for s in samples]
+        axes: list[object] = []
+        for axis, dim in enumerate(value.shape or []):
+            if isinstance(dim, int):
+                axes.append(None)
+                continue
+            sample_dims[cuda_build._symbol(value, axis, dim)] = sizes[0][axis]
+            largest = max(size[axis] for size in sizes)
+            axes.append([1, max(cuda_build.DEFAULT_MAX_DIM, largest)])
+        bounds[value.name or ""] = axes
+    example, dims = cuda_build.example_inputs(inputs, bounds, sample_dims, "cpu")
+    program, _ = cuda_build.export(module, example, module.arg_names, dims, inputs)
+    for feed in samples[:2]:
+        args = [torch.from_numpy(np.asarray(feed[n])) for n in module.input_names]
+        with torch.no_grad():
+            for have, want in zip(program.module()(*args), module(*args), strict=True):
+                np.testing.assert_allclose(have.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
