@@ -12,7 +12,8 @@
 # (pytest -m gpu, each test in its own process; GPU_TESTS_K filters), capture-bisect (the threaded CUDA-graph test
 # per part of other code's work, each in a fresh process), probe (scripts/gpu_probe.py's fresh-process steps), speed (issue 18:
 # scripts/bench_gpu.py env+speed, ResNet-50 / BERT / ViT at batch 1 and 32), auto (issue 18:
-# scripts/gpu_auto_buckets.py); default: deploy parallel generate. Budgets (seconds) are the PART_SECONDS_*
+# scripts/gpu_auto_buckets.py), real (issue 18: real models through the cuda target,
+# scripts/gpu_real_models.py; carry .realmodels/ alone); default: deploy parallel generate. Budgets (seconds) are the PART_SECONDS_*
 # variables below. A part that times out keeps what it wrote so far. Carried wheels in .whl/
 # (`bash scripts/gpu_wheels.sh` on the developer's machine makes them and .whl/setup.sh) are
 # installed first when present.
@@ -26,6 +27,9 @@ mkdir -p "$OUT" "$RESULTS"
 export PYTHONUNBUFFERED=1 AI_VMM_CACHE_DIR=${AI_VMM_CACHE_DIR:-/tmp/ai-vmm-cache}
 if [ -f .whl/setup.sh ]; then
     bash .whl/setup.sh >"$RESULTS/setup.log" 2>&1 && export PYTHONPATH=/tmp/site
+else  # no wheels carried (the real part): the project alone, which the cuda target needs
+    python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
+        --target /tmp/site . >"$RESULTS/setup.log" 2>&1 && export PYTHONPATH=/tmp/site
 fi
 PART_SECONDS_deploy=${PART_SECONDS_deploy:-170}
 PART_SECONDS_parallel=${PART_SECONDS_parallel:-190}
@@ -105,6 +109,12 @@ for part in "${PARTS[@]}"; do
                 "${PART_SECONDS_gpu_test:-150}" python3 -m pytest -q -p no:cacheprovider -rA \
                 "$test"
         done <"$RESULTS/gpu-tests.txt" ;;
+    real)
+        # Issue 18, "every model that exports": real models compiled for cuda:0, checked and
+        # timed (carry .realmodels/ from scripts/gpu_realmodels_carry.sh instead of .whl/).
+        run_part real "${PART_SECONDS_real:-480}" python3 scripts/gpu_real_models.py \
+            --cache .realmodels --json "$RESULTS/real.json" ${REAL_MODELS:-ppocr_v4_det \
+            nudenet_320n silero_vad_sequence smart_turn_v3 magika ppocr_v4_rec ppocr_cls} ;;
     *) echo "unknown part $part" ;;
     esac
 done

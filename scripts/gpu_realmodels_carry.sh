@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Copies real models and the data their inputs are made from into .realmodels/ (git-ignored)
+# for a device call's carry (64 MiB at most, without the .whl wheels: the cuda target needs
+# none of them). Run in the repository root after the real-model cache is filled
+# (python models/realmodels.py fetch). Then, on the device:
+#   bash scripts/gpu_all.sh OUT real      (carry: [".realmodels"])
+set -euo pipefail
+CACHE=${AI_VMM_REALMODELS:-$HOME/.cache/ai-vmm/realmodels}
+grep -qx '/.realmodels/' .git/info/exclude 2>/dev/null || echo '/.realmodels/' >> .git/info/exclude
+rm -rf .realmodels && mkdir -p .realmodels
+# ~46 MB: a DB text detector (Resize), a recogniser (opset-12 Softmax), a YOLOv8 detector
+# (anchors from a float Range), Silero VAD (LSTM, reflect Pad), Magika (jax2tf int32 shapes),
+# Smart Turn (QDQ), openWakeWord's embedding (convolutions), PP-OCR's classifier.
+for file in ppocr_v4_det.onnx ppocr_v4_rec.onnx nudenet_320n.onnx silero_vad_16k_sequence.onnx \
+    magika_standard_v3_3.onnx smart_turn_v3_2.onnx oww_embedding.onnx oww_melspectrogram.onnx \
+    ppocr_mobile_v2_cls.onnx data_page.png data_coffee.png data_chelsea.png data_astronaut.png \
+    pyannote_sample.wav magika_standard_v3_3.config.json; do
+    cp "$CACHE/$file" .realmodels/
+done
+du -sh .realmodels
