@@ -42,6 +42,7 @@ from ai_vmm.targets.cuda_convert_base import (
     as_tensor,
     attr_value,
     constant_array,
+    to_compute,
     torch_dtype,
 )
 from ai_vmm.targets.cuda_ops_resize import resize_support
@@ -92,6 +93,22 @@ def node_support(node: ir.Node, opset: int) -> str | None:
     if node.op_type == "Dropout" and len(node.outputs) > 1:
         return "Dropout with a mask output"
     return _feature_support(node, opset)
+
+
+FLOAT32_KEPT = {"BatchNormalization": (1, 2, 3, 4)}
+"""op_type -> input positions whose float32 initializers keep float32 under a float16/bfloat16
+compute dtype (their values can be out of its range; the op computes in float32)."""
+
+
+def _float32_kept(graph: ir.Graph) -> set[str]:
+    return {
+        value.name
+        for node in graph
+        for position in FLOAT32_KEPT.get(node.op_type, ())
+        if position < len(node.inputs)
+        and (value := node.inputs[position]) is not None
+        and value.name
+    }
 
 
 def _consts(node: ir.Node) -> dict[int, np.ndarray]:
@@ -188,6 +205,7 @@ class OnnxGraphModule(torch.nn.Module):
         self._constants: dict[str, ShapeValue] = {}
         self._buffers_by_value: dict[str, str] = {}
         taken: set[str] = set()
+        keep_float32 = _float32_kept(graph)
         for name, value in graph.initializers.items():
             if name in self.input_names:
                 continue  # an initializer that is also an input: the input wins
@@ -204,8 +222,8 @@ class OnnxGraphModule(torch.nn.Module):
                 )
                 continue
             data = torch.from_numpy(np.array(array, copy=True))
-            if data.dtype == torch.float32:
-                data = data.to(compute)
+            if data.dtype == torch.float32 and name not in keep_float32:
+                data = to_compute(data, compute)
             attr = _python_name(name, taken)
             self.register_buffer(attr, data)
             self._buffers_by_value[name] = attr

@@ -38,6 +38,7 @@ __all__ = [
     "onnx_op",
     "scalar_of",
     "shape_elementwise",
+    "to_compute",
     "torch_dtype",
     "torch_pads",
 ]
@@ -76,6 +77,19 @@ DTYPES: dict[ir.DataType, torch.dtype] = {
 INT_TYPES = {torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8}
 SMALL_CONSTANT = 64
 """Integer constants with at most this many elements (0-D/1-D) are kept as ShapeValues."""
+
+
+def to_compute(tensor: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
+    """A float32 constant in the compute dtype, clamped to its finite range first.
+
+    Exporters write masks as ``(1 - mask) * float32.min``: -3.4e38 is -inf in float16, and
+    0 * -inf is NaN (MiniLM's attention then NaNs everything). ONNX Runtime's float16 converter
+    clamps the same way.
+    """
+    if compute == torch.float16 and tensor.dtype == torch.float32:
+        info = torch.finfo(compute)
+        tensor = tensor.clamp(info.min, info.max)
+    return tensor.to(compute)
 
 
 def torch_dtype(

@@ -168,7 +168,14 @@ def _global_pool(node: Node, device: torch.device, x: Any) -> Any:
 def _batch_norm(
     node: Node, device: torch.device, x: Any, scale: Any, bias: Any, mean: Any, var: Any
 ) -> Any:
-    return F.batch_norm(x, mean, var, scale, bias, False, 0.0, node.attr("epsilon", 1e-5))
+    eps = node.attr("epsilon", 1e-5)
+    if x.dtype != mean.dtype:
+        # Parameters kept float32 (the module's FLOAT32_KEPT): a running variance of 1e8
+        # (PP-OCRv4's detector) is inf in float16. Computed in float32, cast back; Inductor
+        # fuses the casts into the normalization.
+        m32, v32, w32, b32 = (p.float() for p in (mean, var, scale, bias))
+        return F.batch_norm(x.float(), m32, v32, w32, b32, False, 0.0, eps).to(x.dtype)
+    return F.batch_norm(x, mean, var, scale, bias, False, 0.0, eps)
 
 
 @onnx_op("InstanceNormalization")

@@ -28,6 +28,7 @@ from ai_vmm.targets.cuda_convert_base import (
     onnx_op,
     scalar_of,
     shape_elementwise,
+    to_compute,
     torch_dtype,
 )
 
@@ -188,7 +189,7 @@ def _constant_value(array: np.ndarray, compute: torch.dtype, device: torch.devic
         dtype = torch.int64 if array.dtype == np.int64 else torch.int32
         return ShapeValue([int(v) for v in array.reshape(-1)], array.ndim == 0, dtype)
     tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device)
-    return tensor.to(compute) if tensor.dtype == torch.float32 else tensor
+    return to_compute(tensor, compute) if tensor.dtype == torch.float32 else tensor
 
 
 @onnx_op("Shape", shape_aware=True)

@@ -482,3 +482,31 @@ def test_export_keeps_dynamic_axes(zoo_model: Callable[[str], Path]) -> None:
         np.testing.assert_allclose(
             program.module()(ids)[0].numpy(), module(ids)[0].numpy(), rtol=1e-5, atol=1e-6
         )
+
+
+def test_float32_min_mask_constant_stays_finite_in_float16() -> None:
+    """HF encoders build masks as ``(1 - mask) * float32.min``: -3.4e38 is -inf in float16 and
+    0 * -inf is NaN (MiniLM came out all NaN). Constants are clamped to float16's range."""
+    nodes = [
+        oh.make_node("Cast", ["mask"], ["m"], to=F32),
+        oh.make_node("Sub", ["one", "m"], ["inv"]),
+        oh.make_node("Mul", ["inv", "lowest"], ["bias"]),
+        oh.make_node("Add", ["scores", "bias"], ["biased"]),
+        oh.make_node("Softmax", ["biased"], ["y"], axis=-1),
+    ]
+    inits = [
+        _const("one", 1.0, np.float32),
+        _const("lowest", np.finfo(np.float32).min, np.float32),
+    ]
+    proto = _model(
+        nodes, [_vi("scores", ["N", 5]), _vi("mask", ["N", 5], I64)], [_vi("y", None)], inits
+    )
+    scores = RNG.standard_normal((2, 5)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=np.int64)
+    module = to_torch(ir.serde.deserialize_model(proto), compute=torch.float16).eval()
+    with torch.no_grad():
+        got = module(torch.from_numpy(scores), torch.from_numpy(mask))[0].numpy()
+    want = ort.InferenceSession(proto.SerializeToString()).run(
+        None, {"scores": scores, "mask": mask}
+    )
+    np.testing.assert_allclose(got, want[0], rtol=0, atol=2e-3)
