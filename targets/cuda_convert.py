@@ -22,6 +22,7 @@ from __future__ import annotations
 import keyword
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,8 @@ def node_support(node: ir.Node, opset: int) -> str | None:
     domain = node.domain or ""
     if domain not in ("", "ai.onnx"):
         return f"domain '{domain}' ops are not converted to torch ({node.op_type})"
+    if node.op_type == "If" and domain in ("", "ai.onnx"):
+        return _if_support(node, opset)
     for attr in node.attributes.values():
         if attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
             return f"{node.op_type} has a subgraph (control flow is not converted)"
@@ -109,6 +112,51 @@ def _float32_kept(graph: ir.Graph) -> set[str]:
         and (value := node.inputs[position]) is not None
         and value.name
     }
+
+
+_SHAPE_ARITHMETIC = frozenset(
+    {
+        *("Gather", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And"),
+        *("Or", "Xor", "Cast", "Squeeze", "Unsqueeze", "Slice", "Concat", "Add", "Sub", "Mul"),
+        *("Div", "Mod", "Reshape", "Identity", "Min", "Max", "Abs", "Neg", "ReduceProd"),
+    }
+)
+
+
+def _shape_derived(value: ir.Value | None, seen: dict[int, bool]) -> bool:
+    """Whether ``value`` is computed from shapes and constants only (never from data)."""
+    if value is None or value.const_value is not None:
+        return True
+    if id(value) in seen:
+        return seen[id(value)]
+    producer = value.producer()
+    if producer is None:
+        result = False  # a graph input: data
+    elif producer.op_type in ("Shape", "Size", "Constant"):
+        result = True
+    else:
+        result = producer.op_type in _SHAPE_ARITHMETIC and all(
+            _shape_derived(v, seen) for v in producer.inputs
+        )
+    seen[id(value)] = result
+    return result
+
+
+def _if_support(node: ir.Node, opset: int) -> str | None:
+    """An ``If`` converts when its condition comes from shapes (exporters' "squeeze this axis
+    if it is 1"): the branch is chosen while tracing. A data condition would need
+    ``torch.cond`` (not converted)."""
+    if not _shape_derived(node.inputs[0], {}):
+        return "If on a condition computed from tensor data (control flow is not converted)"
+    for key in ("then_branch", "else_branch"):
+        attr = node.attributes.get(key)
+        if attr is None:
+            return f"If without {key}"
+        for inner in attr.value:
+            reason = node_support(inner, opset)
+            if reason is not None:
+                return f"If {key}: {reason}"
+    return None
 
 
 def _consts(node: ir.Node) -> dict[int, np.ndarray]:
@@ -204,7 +252,14 @@ class OnnxGraphModule(torch.nn.Module):
         self.output_float = [v.dtype == ir.DataType.FLOAT for v in graph.outputs]
         self._constants: dict[str, ShapeValue] = {}
         self._buffers_by_value: dict[str, str] = {}
-        taken: set[str] = set()
+        self._taken: set[str] = set()
+        self._opset = opset
+        self._nodes: list[Node] = self._convert_graph(graph)
+        self._fold_integer_constants(list(graph))
+
+    def _convert_graph(self, graph: ir.Graph) -> list[Node]:
+        """Register ``graph``'s initializers and convert its nodes (subgraphs of ``If`` too:
+        their names share the main graph's scope, as ONNX requires)."""
         keep_float32 = _float32_kept(graph)
         for name, value in graph.initializers.items():
             if name in self.input_names:
@@ -223,30 +278,39 @@ class OnnxGraphModule(torch.nn.Module):
                 continue
             data = torch.from_numpy(np.array(array, copy=True))
             if data.dtype == torch.float32 and name not in keep_float32:
-                data = to_compute(data, compute)
-            attr = _python_name(name, taken)
+                data = to_compute(data, self.compute)
+            attr = _python_name(name, self._taken)
             self.register_buffer(attr, data)
             self._buffers_by_value[name] = attr
-        self._nodes: list[Node] = []
+        nodes = []
         for node in graph:
-            reason = node_support(node, opset)
+            reason = node_support(node, self._opset)
             if reason is not None:
                 raise ConversionError(f"node {node.name}: {reason}")
-            attrs = {k: attr_value(a) for k, a in node.attributes.items()}
-            self._nodes.append(
+            if node.op_type == "If":
+                attrs: dict[str, Any] = {
+                    key: Branch(
+                        self._convert_graph(node.attributes[key].value),
+                        [v.name or "" for v in node.attributes[key].value.outputs],
+                    )
+                    for key in ("then_branch", "else_branch")
+                }
+            else:
+                attrs = {k: attr_value(a) for k, a in node.attributes.items()}
+            nodes.append(
                 Node(
                     op_type=node.op_type,
                     attrs=attrs,
                     inputs=[v.name or "" if v is not None else "" for v in node.inputs],
                     outputs=[v.name or "" for v in node.outputs],
-                    opset=opset,
-                    compute=compute,
+                    opset=self._opset,
+                    compute=self.compute,
                     consts=_consts(node),
                 )
             )
-        self._fold_integer_constants(list(graph), taken)
+        return nodes
 
-    def _fold_integer_constants(self, graph_nodes: list[ir.Node], taken: set[str]) -> None:
+    def _fold_integer_constants(self, graph_nodes: list[ir.Node]) -> None:
         """Run now the nodes whose inputs are all constants and whose outputs are integers.
 
         Exporters leave such shape arithmetic in graphs (``F.pad``'s pads go through
@@ -261,7 +325,9 @@ class OnnxGraphModule(torch.nn.Module):
         kept: list[Node] = []
         for node, ir_node in zip(self._nodes, graph_nodes, strict=True):
             integer = all(v.dtype in _FOLDABLE for v in ir_node.outputs if v.name)
-            if integer and all(not name or name in known for name in node.inputs):
+            # An If's branches read outer values this check does not see: never folded.
+            plain = node.op_type != "If"
+            if plain and integer and all(not name or name in known for name in node.inputs):
                 try:
                     with torch.no_grad():
                         self._run_node(node, known, torch.device("cpu"))
@@ -270,7 +336,7 @@ class OnnxGraphModule(torch.nn.Module):
                     pass
             kept.append(node)
         self._nodes = kept
-        needed = {name for node in kept for name in node.inputs} | set(self.output_names)
+        needed = _inputs_read(kept) | set(self.output_names)
         for name in sorted(needed):
             if name not in known or name in self._constants or name in self._buffers_by_value:
                 continue
@@ -287,12 +353,19 @@ class OnnxGraphModule(torch.nn.Module):
                     value = ShapeValue(items, value.dim() == 0, value.dtype)
                 self._constants[name] = value
             else:
-                attr = _python_name(name, taken)
+                attr = _python_name(name, self._taken)
                 self.register_buffer(attr, value.clone())
                 self._buffers_by_value[name] = attr
 
     def _run_node(self, node: Node, env: dict[str, Any], device: torch.device) -> None:
         """Run one node on ``env`` (values by name) and store its outputs there."""
+        if node.op_type == "If":
+            branch = node.attrs["then_branch" if _condition(env[node.inputs[0]]) else "else_branch"]
+            for inner in branch.nodes:
+                self._run_node(inner, env, device)
+            for name, value in zip(node.outputs, branch.outputs, strict=True):
+                env[name] = env[value]
+            return
         fn = OPS[node.op_type]
         inputs = [env[name] if name else None for name in node.inputs]
         # Trailing absent optional inputs are dropped; interior ones stay None.
@@ -331,6 +404,39 @@ class OnnxGraphModule(torch.nn.Module):
             outputs.append(value.to(torch.float32) if is_float else value)
         return tuple(outputs)
 
+
+@dataclass
+class Branch:
+    """A converted ``If`` branch: its nodes and the names of its outputs."""
+
+    nodes: list[Node]
+    outputs: list[str]
+
+
+def _inputs_read(nodes: list[Node]) -> set[str]:
+    """Every value name ``nodes`` read, inside ``If`` branches too."""
+    names: set[str] = set()
+    for node in nodes:
+        names.update(n for n in node.inputs if n)
+        for branch in node.attrs.values():
+            if isinstance(branch, Branch):
+                names |= _inputs_read(branch.nodes) | set(branch.outputs)
+    return names
+
+
+def _condition(value: Any) -> bool:
+    """An ``If`` condition computed from shapes, as a Python bool (a guard when symbolic)."""
+    if not isinstance(value, ShapeValue) or len(value.values) != 1:
+        raise ConversionError("If on a condition computed from tensor data (not converted)")
+    return bool(value.values[0])
+
+
+def _if_placeholder(node: Node, device: torch.device, *inputs: Any) -> Any:
+    raise AssertionError("If runs in OnnxGraphModule._run_node")
+
+
+OPS["If"] = _if_placeholder
+SHAPE_AWARE.add("If")
 
 _FOLDABLE = frozenset({ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL})
 _FLOAT_SHAPE_READERS = frozenset({"Range", "Cast", "CastLike"})

@@ -364,7 +364,7 @@ def test_unsupported_nodes_say_why() -> None:
     assert (
         reasons[0] is not None and "DepthToSpace is not in our ONNX->torch op mapping" in reasons[0]
     )
-    assert reasons[1] is not None and "subgraph" in reasons[1]
+    assert reasons[1] is not None and "control flow is not converted" in reasons[1]
     assert reasons[2] is not None and "domain 'my.ops'" in reasons[2]
     with pytest.raises(ConversionError, match="DepthToSpace"):
         to_torch(model)
@@ -510,3 +510,37 @@ def test_float32_min_mask_constant_stays_finite_in_float16() -> None:
         None, {"scores": scores, "mask": mask}
     )
     np.testing.assert_allclose(got, want[0], rtol=0, atol=2e-3)
+
+
+def _squeeze_if(condition_from_data: bool) -> onnx.ModelProto:
+    """torch.onnx's "squeeze axis 1 if it is 1" (Silero VAD has five): If on Equal(Shape)."""
+    then = oh.make_graph(
+        [oh.make_node("Squeeze", ["x", "one"], ["t"])], "then", [], [_vi("t", None)]
+    )
+    other = oh.make_graph([oh.make_node("Identity", ["x"], ["e"])], "else", [], [_vi("e", None)])
+    if condition_from_data:
+        condition = [
+            oh.make_node("ReduceMax", ["x"], ["mx"], keepdims=0),
+            oh.make_node("Greater", ["mx", "zero_f"], ["cond"]),
+        ]
+    else:
+        condition = [
+            oh.make_node("Shape", ["x"], ["s"]),
+            oh.make_node("Gather", ["s", "one_s"], ["d"]),
+            oh.make_node("Equal", ["d", "one_s"], ["cond"]),
+        ]
+    nodes = [*condition, oh.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)]
+    inits = [_const("one", [1]), _const("one_s", 1), _const("zero_f", 0.0, np.float32)]
+    return _model(nodes, [_vi("x", ["N", "C", 4])], [_vi("y", None)], inits)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_if_on_a_shape_condition_picks_its_branch_while_tracing(channels: int) -> None:
+    proto = _squeeze_if(condition_from_data=False)
+    assert_matches(proto, {"x": RNG.standard_normal((2, channels, 4)).astype(np.float32)})
+
+
+def test_if_on_data_is_rejected_with_a_reason() -> None:
+    model = ir.serde.deserialize_model(_squeeze_if(condition_from_data=True))
+    reasons = [node_support(node, 23) for node in model.graph]
+    assert reasons[-1] is not None and "computed from tensor data" in reasons[-1]
