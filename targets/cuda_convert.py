@@ -30,7 +30,9 @@ import onnx_ir as ir
 import torch
 
 # The op modules register their functions in OPS when imported.
-from ai_vmm.targets import cuda_ops_nn, cuda_ops_rnn, cuda_ops_tensor  # noqa: F401
+import ai_vmm.targets.cuda_ops_nn
+import ai_vmm.targets.cuda_ops_rnn
+import ai_vmm.targets.cuda_ops_tensor  # noqa: F401
 from ai_vmm.targets.cuda_convert_base import (
     CONST_INPUTS,
     DTYPES,
