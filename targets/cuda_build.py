@@ -319,11 +319,18 @@ def _program_module(
 def inductor_settings(
     torch: Any, program: Any, torch_device: str, options: TargetOptions
 ) -> dict[str, Any]:
-    """Inductor configs for a GPU package (module doc); none for a CPU (test) package."""
-    if not torch_device.startswith("cuda"):
-        return {}
+    """Inductor configs for a GPU package (module doc); for a CPU (test) package only the
+    loop workaround."""
     settings: dict[str, Any] = {}
     config = torch._inductor.config
+    if _has_loops(program) and hasattr(config, "inplace_buffers"):
+        # PyTorch 2.11-2.13: a scan (our LSTM/GRU/RNN) whose stacked outputs feed a fused
+        # kernel gets that kernel's output computed in place into the loop's output buffer,
+        # and the C++ wrapper declares the buffer twice ("conflicting declaration 'buf6'"): the
+        # package does not compile. Without in-place buffers it does.
+        settings["inplace_buffers"] = False
+    if not torch_device.startswith("cuda"):
+        return settings
     if options.extra.get("cuda_freezing", False) and hasattr(config, "freezing"):
         settings["freezing"] = True
     layout = options.extra.get("cuda_channels_last", "auto")
@@ -335,6 +342,18 @@ def inductor_settings(
     if level and hasattr(config.aot_inductor, "compile_wrapper_opt_level"):
         settings["aot_inductor.compile_wrapper_opt_level"] = str(level)
     return settings
+
+
+def _has_loops(program: Any) -> bool:
+    """Whether the exported program runs a ``scan``/``while_loop`` (higher-order ops)."""
+    graph = getattr(getattr(program, "graph_module", None), "graph", None)
+    if graph is None:
+        return False
+    names = ("scan", "while_loop")
+    return any(
+        node.op == "call_function" and getattr(node.target, "__name__", "") in names
+        for node in graph.nodes
+    )
 
 
 def example_inputs(

@@ -372,3 +372,45 @@ def test_channels_last_follows_inductors_static_heuristic_for_a_dynamic_batch() 
     assert "force_layout_optimization" not in cuda_build.inductor_settings(torch, program, gpu, off)
     # A CPU (test) package gets Inductor's defaults.
     assert cuda_build.inductor_settings(torch, program, "cpu", forced) == {}
+
+
+def test_a_recurrent_graph_compiles_and_keeps_its_length_dynamic(tmp_path: Path) -> None:
+    """LSTM -> Squeeze -> Relu (Silero VAD's shape): the converter's scan feeds a fused
+    kernel. PyTorch 2.11-2.13 Inductor then computed that kernel in place into the loop's
+    buffer and declared it twice in the C++ wrapper; ``inductor_settings`` turns in-place
+    buffers off for programs with loops. The package runs at lengths other than the example's."""
+    import onnx.helper as oh
+    import onnxruntime as ort
+    from onnx_op_cases import const, vi
+    from onnx_op_cases import model as onnx_model
+
+    hidden, features = 16, 8
+    rng = np.random.default_rng(2)
+    nodes = [
+        oh.make_node("Transpose", ["x"], ["xt"], perm=[2, 0, 1]),
+        oh.make_node("LSTM", ["xt", "W", "R", "B"], ["y", "hn"], hidden_size=hidden),
+        oh.make_node("Squeeze", ["y", "one"], ["ys"]),
+        oh.make_node("Relu", ["ys"], ["out"]),
+    ]
+    inits = [
+        const("W", rng.standard_normal((1, 4 * hidden, features)), np.float32),
+        const("R", rng.standard_normal((1, 4 * hidden, hidden)), np.float32),
+        const("B", rng.standard_normal((1, 8 * hidden)), np.float32),
+        const("one", [1]),
+    ]
+    proto = onnx_model(
+        nodes, [vi("x", [1, features, "S"])], [vi("out", None), vi("hn", None)], inits, opset=16
+    )
+    model = ir.serde.deserialize_model(proto)
+    options = TargetOptions(extra={"input_bounds": {}, "sample_dims": {"S": 7}})
+    payload = cuda_build.build_package(model, CPU, options, _dir(tmp_path / "p"), "fp32")
+    assert payload.config["inductor"].get("inplace_buffers") is False, payload.config
+    executor = create_executor(
+        "cuda", tmp_path / "p" / payload.entry, "cpu", payload.config, ("out", "hn")
+    )
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for length in (5, 23):
+        x = rng.standard_normal((1, features, length)).astype(np.float32)
+        got = executor.run({"x": x})
+        for name, want in zip(("out", "hn"), session.run(None, {"x": x}), strict=True):
+            np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5)
