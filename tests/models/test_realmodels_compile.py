@@ -20,7 +20,7 @@ import pytest
 
 import ai_vmm
 from ai_vmm.bench_real import check_artifact
-from tests_support import load_module
+from tests_support import fetched_realmodels, load_module
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = [
@@ -35,12 +35,7 @@ CLASSES = [
 
 @pytest.fixture(scope="module")
 def rm() -> ModuleType:
-    module = load_module(REPO / "models" / "realmodels.py", "ai_vmm_models_realmodels")
-    try:
-        module.fetch()
-    except module.IndexUnreachable as exc:
-        pytest.skip(f"package index unreachable: {exc}")
-    return module
+    return fetched_realmodels()
 
 
 def _compile_and_check(rm: ModuleType, name: str, out: Path, **kwargs: object) -> None:

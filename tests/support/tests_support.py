@@ -64,3 +64,17 @@ def load_module(path: Path, name: str) -> ModuleType:
     from ai_vmm.bench_suite import load_module as load
 
     return load(path, name)
+
+
+def fetched_realmodels() -> ModuleType:
+    """``models/realmodels.py`` with its cache filled (the test is skipped, saying why, when the
+    package index cannot be reached)."""
+    import pytest
+
+    repo = Path(__file__).resolve().parents[2]
+    module = load_module(repo / "models" / "realmodels.py", "ai_vmm_models_realmodels")
+    try:
+        module.fetch()
+    except module.IndexUnreachable as exc:
+        pytest.skip(f"package index unreachable: {exc}")
+    return module

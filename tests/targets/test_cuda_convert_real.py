@@ -20,9 +20,8 @@ torch = pytest.importorskip("torch")
 
 from ai_vmm.passes.canonicalize import canonicalize  # noqa: E402
 from ai_vmm.targets.cuda_convert import node_support, to_torch  # noqa: E402
-from tests_support import load_module  # noqa: E402
+from tests_support import fetched_realmodels  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 CONVERTS = [
     "ppocr_v4_det",  # DB detector: nearest Resize x2 (asymmetric, floor)
     "ppocr_v4_rec",  # opset 12 Softmax (2-D semantics)
@@ -44,12 +43,7 @@ DOES_NOT = {"chars2vec": "Loop has a subgraph"}
 
 @pytest.fixture(scope="module")
 def rm() -> ModuleType:
-    module = load_module(REPO / "models" / "realmodels.py", "ai_vmm_models_realmodels")
-    try:
-        module.fetch()
-    except module.IndexUnreachable as exc:
-        pytest.skip(f"package index unreachable: {exc}")
-    return module
+    return fetched_realmodels()
 
 
 def _canonical(path: Path) -> ir.Model:
