@@ -5,7 +5,8 @@ AOTInductor build takes 20-80 s, an estimate a fraction of a second. The model, 
 
     kernels  = heavy nodes (conv, matmul, attention) + nodes that need their own pass over
                memory (normalizations, softmax, pooling, reductions, data movement);
-               element-wise nodes are assumed fused into their neighbours (Inductor does)
+               element-wise nodes are assumed fused into their neighbours (Inductor does);
+               an LSTM/GRU/RNN is a loop: 2 kernels per time step and direction
     heavy    = max(FLOPs / (peak * MATMUL_EFFICIENCY), bytes / (bandwidth * MEMORY_EFFICIENCY))
     memory   = bytes / (bandwidth * MEMORY_EFFICIENCY)
     each kernel takes at least KERNEL_FLOOR_US (launch gap in a CUDA graph, tail effects)
@@ -92,12 +93,16 @@ def estimate(
         bytes_total = 0.0
         gpu_s = 0.0
         for node in concrete.model.graph:
+            steps = _recurrent_kernels(node)
             if node.op_type in HEAVY:
                 _, flops = node_flops(node, sizes)
                 moved = _bytes(node, width)
                 seconds = max(
                     flops / (peak * MATMUL_EFFICIENCY), moved / (bandwidth * MEMORY_EFFICIENCY)
                 )
+                if steps:  # a loop over time: each step's kernels take their floor at least
+                    seconds = max(seconds, steps * KERNEL_FLOOR_US * 1e-6)
+                    kernels += steps - 1
             elif node.op_type in OWN_PASS:
                 flops = 0
                 moved = _bytes(node, width)
@@ -129,6 +134,25 @@ def estimate(
             }
         )
     return out
+
+
+RECURRENT_STEP_KERNELS = 2
+"""Kernels per time step and direction of a converted LSTM/GRU/RNN (a ``scan``): the recurrent
+matmul and the fused gates; the input projection of all steps is one matmul before the loop."""
+
+
+def _recurrent_kernels(node: ir.Node) -> int:
+    """Kernels an LSTM/GRU/RNN node launches (0 for other nodes, or an unknown length)."""
+    if node.op_type not in ("LSTM", "GRU", "RNN") or not node.inputs or node.inputs[0] is None:
+        return 0
+    shape = node.inputs[0].shape
+    layout = node.attributes["layout"].as_int() if "layout" in node.attributes else 0
+    length = shape[1 if layout else 0] if shape is not None and len(shape) == 3 else None
+    if not isinstance(length, int):
+        return 0
+    direction = node.attributes.get("direction")
+    directions = 2 if direction is not None and direction.as_string() == "bidirectional" else 1
+    return 1 + length * directions * RECURRENT_STEP_KERNELS
 
 
 def _bytes(node: ir.Node, width: int) -> float:

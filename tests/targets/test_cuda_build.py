@@ -23,7 +23,7 @@ from ai_vmm.frontends.torch import export_torch  # noqa: E402
 from ai_vmm.runtime.devices import Device  # noqa: E402
 from ai_vmm.runtime.errors import CompileError, InputError  # noqa: E402
 from ai_vmm.runtime.executors import create_executor  # noqa: E402
-from ai_vmm.targets import cuda_build  # noqa: E402
+from ai_vmm.targets import cuda_build, cuda_estimate  # noqa: E402
 from ai_vmm.targets.base import TargetOptions  # noqa: E402
 from ai_vmm.targets.cuda import CudaTarget, spec_figures  # noqa: E402
 
@@ -333,6 +333,23 @@ def test_estimate_before_building(zoo_model: Callable[[str], Path]) -> None:
     seconds = target.estimate(model, h100, {"batch": 64}, figures=figures)
     assert seconds == pytest.approx(many["ms"] / 1000.0)
     assert fp16["ms"] < many["ms"]
+
+
+def test_estimate_prices_a_recurrent_layer_per_time_step(
+    zoo_model: Callable[[str], Path],
+) -> None:
+    """A converted LSTM is a loop over time (a scan): its kernels grow with the length, and a
+    long sequence costs at least a kernel floor per step, however few its FLOPs."""
+    figures = spec_figures("NVIDIA H100 80GB HBM3")
+    assert figures is not None
+    h100 = Device("cuda", "0", "gpu", "NVIDIA H100 80GB HBM3", {})
+    model = ir.load(zoo_model("lstm"))  # 2 layers, hidden 32, over [N, T, 16]
+    short, long = CudaTarget().estimate_shapes(
+        model, h100, [{"batch": 1, "seq": 10}, {"batch": 1, "seq": 1000}], figures=figures
+    )
+    # 2 layers x (1 projection + 2 kernels per step): the long one has 2 x 2 x 990 more.
+    assert long["kernels"] - short["kernels"] == 2 * 2 * 990
+    assert long["gpu_ms"] >= 2 * 2 * 1000 * cuda_estimate.KERNEL_FLOOR_US / 1000
 
 
 def _batch_dynamic_program(module: Any, example: Any) -> Any:
