@@ -97,7 +97,7 @@ def node_support(node: ir.Node, opset: int) -> str | None:
         return "MaxPool with an Indices output"
     if node.op_type == "Dropout" and len(node.outputs) > 1:
         return "Dropout with a mask output"
-    return _feature_support(node, opset)
+    return _shape_input_support(node) or _feature_support(node, opset)
 
 
 FLOAT32_KEPT = {"BatchNormalization": (1, 2, 3, 4)}
@@ -116,39 +116,63 @@ def _float32_kept(graph: ir.Graph) -> set[str]:
     }
 
 
-_SHAPE_ARITHMETIC = frozenset(
-    {
-        *("Gather", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And"),
-        *("Or", "Xor", "Cast", "Squeeze", "Unsqueeze", "Slice", "Concat", "Add", "Sub", "Mul"),
-        *("Div", "Mod", "Reshape", "Identity", "Min", "Max", "Abs", "Neg", "ReduceProd"),
-    }
-)
+def _shape_derived(value: ir.Value | None) -> bool:
+    """Whether ``value`` is computed from shapes and constants only, never from the data of a
+    graph input (every path back ends at a ``Shape``/``Size``, a constant or an initializer)."""
+    stack: list[ir.Value | None] = [value]
+    visited: set[int] = set()
+    while stack:
+        current = stack.pop()
+        if current is None or current.const_value is not None or id(current) in visited:
+            continue
+        visited.add(id(current))
+        producer = current.producer()
+        if producer is None:  # a graph input: data
+            return False
+        if producer.op_type not in ("Shape", "Size", "Constant"):
+            stack.extend(producer.inputs)
+    return True
 
 
-def _shape_derived(value: ir.Value | None, seen: dict[int, bool]) -> bool:
-    """Whether ``value`` is computed from shapes and constants only (never from data)."""
-    if value is None or value.const_value is not None:
-        return True
-    if id(value) in seen:
-        return seen[id(value)]
-    producer = value.producer()
-    if producer is None:
-        result = False  # a graph input: data
-    elif producer.op_type in ("Shape", "Size", "Constant"):
-        result = True
-    else:
-        result = producer.op_type in _SHAPE_ARITHMETIC and all(
-            _shape_derived(v, seen) for v in producer.inputs
-        )
-    seen[id(value)] = result
-    return result
+_SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,),
+    "Expand": (1,),
+    "Tile": (1,),
+    "ConstantOfShape": (0,),
+    "Range": (0, 1, 2),
+    "Slice": (1, 2, 3, 4),
+    "Resize": (3,),
+    "TopK": (1,),
+    "Pad": (1, 3),
+    "Squeeze": (1,),
+    "Unsqueeze": (1,),
+    "Split": (1,),
+    "CumSum": (1,),
+    "Trilu": (1,),
+    **dict.fromkeys(
+        ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2"), (1,)
+    ),
+    **dict.fromkeys(("ReduceSumSquare", "ReduceLogSumExp"), (1,)),
+}
+"""op_type -> positions of inputs that are sizes, axes or counts: ``torch.export`` needs them
+as numbers while tracing, so they must come from shapes and constants, not from data."""
+
+
+def _shape_input_support(node: ir.Node) -> str | None:
+    for position in _SHAPE_INPUTS.get(node.op_type, ()):
+        if position < len(node.inputs) and not _shape_derived(node.inputs[position]):
+            return (
+                f"{node.op_type} input {position} is computed from tensor data "
+                "(a size torch.export cannot read while tracing)"
+            )
+    return None
 
 
 def _if_support(node: ir.Node, opset: int) -> str | None:
     """An ``If`` converts when its condition comes from shapes (exporters' "squeeze this axis
     if it is 1"): the branch is chosen while tracing. A data condition would need
     ``torch.cond`` (not converted)."""
-    if not _shape_derived(node.inputs[0], {}):
+    if not _shape_derived(node.inputs[0]):
         return "If on a condition computed from tensor data (control flow is not converted)"
     for key in ("then_branch", "else_branch"):
         attr = node.attributes.get(key)

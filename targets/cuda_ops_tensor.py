@@ -71,6 +71,16 @@ for _name, _fn in _UNARY.items():
     OPS[_name] = _unary(_fn)
 
 
+@onnx_op("Neg", "Abs", shape_aware=True)
+def _neg_abs(node: Node, device: torch.device, x: Any) -> Any:
+    """Also on sizes: ``Neg`` of an axis count feeds ``ConstantOfShape`` in expanded
+    LayerNormalization; as a tensor it would be data there."""
+    fn = (lambda v: -v) if node.op_type == "Neg" else abs
+    if is_shape(x):
+        return ShapeValue([fn(v) for v in x.values], x.scalar, x.dtype)
+    return torch.neg(x) if node.op_type == "Neg" else torch.abs(x)
+
+
 _SHAPE_BINARY: dict[str, Callable[[Any, Any], Any]] = {
     "Add": lambda a, b: a + b,
     "Sub": lambda a, b: a - b,

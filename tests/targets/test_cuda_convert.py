@@ -544,3 +544,29 @@ def test_if_on_data_is_rejected_with_a_reason() -> None:
     model = ir.serde.deserialize_model(_squeeze_if(condition_from_data=True))
     reasons = [node_support(node, 23) for node in model.graph]
     assert reasons[-1] is not None and "computed from tensor data" in reasons[-1]
+
+
+def test_sizes_computed_from_data_are_rejected_up_front() -> None:
+    """A Reshape whose shape is a graph input (tensor data) cannot export: node_support says so
+    before a build is tried; the same Reshape fed by Shape/Neg arithmetic converts."""
+    nodes = [
+        oh.make_node("Reshape", ["x", "s"], ["data_shaped"]),
+        oh.make_node("Shape", ["x"], ["sx"]),
+        oh.make_node("Neg", ["minus_one"], ["one"]),
+        oh.make_node("Concat", ["sx", "one"], ["sx1"], axis=0),
+        oh.make_node("Reshape", ["x", "sx1"], ["shape_shaped"]),
+    ]
+    proto = _model(
+        nodes,
+        [_vi("x", ["N", 4]), _vi("s", [2], I64)],
+        [_vi("data_shaped", None), _vi("shape_shaped", None)],
+        [_const("minus_one", [-1])],
+    )
+    model = ir.serde.deserialize_model(proto)
+    reasons = [node_support(node, 23) for node in model.graph]
+    assert reasons[0] is not None and "computed from tensor data" in reasons[0]
+    assert reasons[1:] == [None, None, None, None]
+    shaped = _model(
+        nodes[1:], [_vi("x", ["N", 4])], [_vi("shape_shaped", None)], [_const("minus_one", [-1])]
+    )
+    assert_matches(shaped, {"x": RNG.standard_normal((3, 4)).astype(np.float32)})
