@@ -30,6 +30,7 @@ import onnx_ir as ir
 import torch
 
 # The op modules register their functions in OPS when imported.
+import ai_vmm.targets.cuda_ops_index
 import ai_vmm.targets.cuda_ops_nn
 import ai_vmm.targets.cuda_ops_rnn
 import ai_vmm.targets.cuda_ops_tensor  # noqa: F401
@@ -149,10 +150,12 @@ _SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
     "Split": (1,),
     "CumSum": (1,),
     "Trilu": (1,),
+    "CumProd": (1,),
+    "OneHot": (1,),
     **dict.fromkeys(
         ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2"), (1,)
     ),
-    **dict.fromkeys(("ReduceSumSquare", "ReduceLogSumExp"), (1,)),
+    **dict.fromkeys(("ReduceSumSquare", "ReduceLogSumExp", "ReduceL1", "ReduceLogSum"), (1,)),
 }
 """op_type -> positions of inputs that are sizes, axes or counts: ``torch.export`` needs them
 as numbers while tracing, so they must come from shapes and constants, not from data."""

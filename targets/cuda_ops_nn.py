@@ -236,6 +236,8 @@ _REDUCE = {
     "ReduceL2": None,
     "ReduceSumSquare": None,
     "ReduceLogSumExp": None,
+    "ReduceL1": None,
+    "ReduceLogSum": None,
 }
 
 
@@ -261,6 +263,10 @@ def _reduce(node: Node, device: torch.device, x: Any, axes: Any = None) -> Any:
         return torch.sum(x * x, dim=dim, keepdim=keep)
     if name == "ReduceLogSumExp":
         return torch.logsumexp(x, dim=dim, keepdim=keep)
+    if name == "ReduceL1":
+        return torch.sum(torch.abs(x), dim=dim, keepdim=keep)
+    if name == "ReduceLogSum":
+        return torch.log(torch.sum(x, dim=dim, keepdim=keep))
     fn = _REDUCE[name]
     assert fn is not None
     return fn(x, dim=dim, keepdim=keep)
@@ -342,6 +348,74 @@ def _hard_swish(node: Node, device: torch.device, x: Any) -> Any:
 @onnx_op("Softplus")
 def _softplus(node: Node, device: torch.device, x: Any) -> Any:
     return F.softplus(x)
+
+
+@onnx_op("Swish")
+def _swish(node: Node, device: torch.device, x: Any) -> Any:
+    return x * torch.sigmoid(node.attr("alpha", 1.0) * x)
+
+
+@onnx_op("Celu")
+def _celu(node: Node, device: torch.device, x: Any) -> Any:
+    return F.celu(x, node.attr("alpha", 1.0))
+
+
+@onnx_op("ThresholdedRelu")
+def _thresholded_relu(node: Node, device: torch.device, x: Any) -> Any:
+    return torch.where(x > node.attr("alpha", 1.0), x, torch.zeros_like(x))
+
+
+@onnx_op("Shrink")
+def _shrink(node: Node, device: torch.device, x: Any) -> Any:
+    bias, lambd = node.attr("bias", 0.0), node.attr("lambd", 0.5)
+    zero = torch.zeros_like(x)
+    return torch.where(x < -lambd, x + bias, torch.where(x > lambd, x - bias, zero))
+
+
+@onnx_op("GroupNormalization")
+def _group_norm(node: Node, device: torch.device, x: Any, scale: Any, bias: Any) -> Any:
+    groups = int(node.attr("num_groups"))
+    channels = x.shape[1]
+    if scale.numel() == groups and groups != channels:  # opset 18: one scale per group
+        scale = scale.repeat_interleave(channels // groups)
+        bias = bias.repeat_interleave(channels // groups)
+    eps = node.attr("epsilon", 1e-5)
+    if x.dtype != torch.float32 and node.attr("stash_type", 1) == 1:
+        out = F.group_norm(x.float(), groups, scale.float(), bias.float(), eps)
+        return out.to(x.dtype)
+    return F.group_norm(x, groups, scale, bias, eps)
+
+
+@onnx_op("LpNormalization")
+def _lp_norm(node: Node, device: torch.device, x: Any) -> Any:
+    dim = axis_index(node.attr("axis", -1), x.dim())
+    norm = torch.linalg.vector_norm(x, ord=node.attr("p", 2), dim=dim, keepdim=True)
+    return torch.where(norm == 0, torch.zeros_like(x), x / norm)  # the reference's zero
+
+
+@onnx_op("LRN")
+def _lrn(node: Node, device: torch.device, x: Any) -> Any:
+    """ONNX's window is [c - floor((size-1)/2), c + ceil((size-1)/2)]; ``F.local_response_norm``
+    centres even sizes the other way, so the sum over channels is written out."""
+    size = int(node.attr("size"))
+    alpha, beta, bias = node.attr("alpha", 1e-4), node.attr("beta", 0.75), node.attr("bias", 1.0)
+    squares = (x * x).reshape(x.shape[0], 1, x.shape[1], -1)
+    before, after = (size - 1) // 2, size // 2
+    window = F.avg_pool2d(F.pad(squares, (0, 0, before, after)), (size, 1), stride=1) * size
+    return x / (bias + alpha / size * window.reshape(x.shape)) ** beta
+
+
+@onnx_op("GridSample")
+def _grid_sample(node: Node, device: torch.device, x: Any, grid: Any) -> Any:
+    mode = {"linear": "bilinear", "cubic": "bicubic"}.get(node.attr("mode", "bilinear"))
+    mode = mode or node.attr("mode", "bilinear")
+    return F.grid_sample(
+        x,
+        grid.to(x.dtype),
+        mode=mode,
+        padding_mode=node.attr("padding_mode", "zeros"),
+        align_corners=bool(node.attr("align_corners", 0)),
+    )
 
 
 @onnx_op("PRelu")
