@@ -9,8 +9,9 @@ each printed as a Markdown table:
   128 greedy tokens, 3 interleaved rounds; fp32, and bf16 where the CPU computes in it.
 * ``compressed``: INT8 and INT4 weights with f32 activations and KV cache, GenAI's stateful
   pipeline on its NNCF exports against our gated artifacts; TTFT and decode tokens/s.
-* ``profile``: OpenVINO ``PERF_COUNT`` by op type for 32 decode steps at a 400-token context,
-  our decoder against GenAI's export, both compiled stateful with the same properties.
+* ``profile`` (``profile-int8``): OpenVINO ``PERF_COUNT`` by op type for 32 decode steps at a
+  400-token context, our decoder against GenAI's export (fp32 or INT8 weights), both compiled
+  stateful with the same properties.
 * ``wall``: GenAI's stateful pipeline against ours, two engines in the process, measured by
   ``vmmc bench --generate``'s own loop (``run_bench``: a full-length warm-up, decode tokens/s
   by the wall clock, the whole ``generate`` less its TTFT, the same for both; 5 interleaved
@@ -119,7 +120,7 @@ def compressed(ids: list[int]) -> None:
         del pipe
 
 
-def profile(ids: list[int]) -> None:
+def profile(ids: list[int], weights: str = "fp32") -> None:
     import openvino as ov
 
     core = ov.Core()
@@ -156,8 +157,8 @@ def profile(ids: list[int]) -> None:
                 totals[info.node_type] += info.real_time.total_seconds() * 1000 / 32
         return totals, (time.perf_counter() - started) / 32 * 1000
 
-    ours, ours_ms = run(next((ROOT / "openvino-CPU-fp32.vmm" / "decoder").glob("*.xml")))
-    theirs, theirs_ms = run(ROOT / "genai" / "fp32" / "openvino_model.xml")
+    ours, ours_ms = run(next((ROOT / f"openvino-CPU-{weights}.vmm" / "decoder").glob("*.xml")))
+    theirs, theirs_ms = run(ROOT / "genai" / weights / "openvino_model.xml")
     print(f"Wall ms a decode step with PERF_COUNT: ours {ours_ms:.1f}, GenAI's {theirs_ms:.1f}\n")
     print("| op type | ours, profile ms a step | GenAI's export |\n|---|---|---|")
     for kind in sorted(set(ours) | set(theirs), key=lambda k: -(ours[k] + theirs[k])):
@@ -236,6 +237,7 @@ def main(argv: list[str]) -> int:
     for part in parts:
         print(f"\n### {part}\n")
         parts_ = {"engines": engines, "compressed": compressed, "profile": profile, "wall": wall}
+        parts_["profile-int8"] = lambda ids: profile(ids, "int8")
         {**parts_, "dq": dq}[part](ids)
     return 0
 
