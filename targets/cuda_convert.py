@@ -10,7 +10,10 @@ Shapes stay symbolic. ``torch.export`` traces ``forward`` with fake tensors whos
 ``SymInt``\\ s, so the int64 tensors an ONNX graph computes from ``Shape`` (and its small integer
 constants) are carried as :class:`ShapeValue`, a list of Python ints / ``SymInt``\\ s, instead of
 tensors: ``Reshape``/``Expand``/``Slice``/``Range`` get sizes, not data, and the export stays
-dynamic. They become tensors only where a data op consumes them.
+dynamic. They become tensors only where a data op consumes them. :func:`node_support` refuses a
+size, axes or count input computed from a graph input's data (the export could not read it),
+and integer nodes whose inputs are all constants run once when the module is built. An ``If``
+on a shape condition runs the branch chosen while tracing.
 
 Precision: ``compute_dtype`` replaces float32 everywhere inside the graph (weights, constants,
 ``Cast(to=FLOAT)``); float32 inputs are cast on entry and float outputs cast back to float32 on

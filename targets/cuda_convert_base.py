@@ -1,12 +1,13 @@
 """What the ONNX -> torch op functions share: values, node context and the op registry.
 
 :mod:`ai_vmm.targets.cuda_convert` builds the module; the op functions live in
-:mod:`~ai_vmm.targets.cuda_ops_tensor` (elementwise, shape and tensor ops),
-:mod:`~ai_vmm.targets.cuda_ops_nn` (convolution, pooling, normalization, attention, resize) and
-:mod:`~ai_vmm.targets.cuda_ops_rnn` (LSTM, GRU) and :mod:`~ai_vmm.targets.cuda_ops_index`
-(OneHot, scatters, bitwise ops). Each registers itself in :data:`OPS` with
-:func:`onnx_op`. See :mod:`~ai_vmm.targets.cuda_convert` for why int64 shape tensors are carried
-as :class:`ShapeValue`.
+:mod:`~ai_vmm.targets.cuda_ops_tensor` (elementwise, shape and tensor ops, Q/DQ),
+:mod:`~ai_vmm.targets.cuda_ops_nn` (convolution, pooling, normalization, attention),
+:mod:`~ai_vmm.targets.cuda_ops_resize` (Resize, Upsample), :mod:`~ai_vmm.targets.cuda_ops_rnn`
+(LSTM, GRU, RNN) and :mod:`~ai_vmm.targets.cuda_ops_index` (OneHot, scatters, bitwise ops).
+Each registers its functions in :data:`OPS` with :func:`onnx_op`. See
+:mod:`~ai_vmm.targets.cuda_convert` for why int64 shape tensors are carried as
+:class:`ShapeValue`.
 """
 
 from __future__ import annotations
