@@ -1,5 +1,6 @@
-"""ONNX -> torch op functions: indexing and integer ops (OneHot, ScatterElements, ScatterND,
-EyeLike, CumProd, bitwise ops), registered in ``OPS``."""
+"""ONNX -> torch op functions: indexing, data movement and integer ops (OneHot,
+ScatterElements, ScatterND, DepthToSpace, SpaceToDepth, EyeLike, CumProd, bitwise ops),
+registered in ``OPS``."""
 
 from __future__ import annotations
 
@@ -128,3 +129,26 @@ def _scatter_nd(node: Node, device: torch.device, data: Any, indices: Any, updat
     else:
         out = flat.scatter_reduce(0, target, rows, _REDUCTIONS[reduction], include_self=True)
     return out.reshape(data.shape)
+
+
+@onnx_op("DepthToSpace")
+def _depth_to_space(node: Node, device: torch.device, x: Any) -> Any:
+    b = int(node.attr("blocksize"))
+    n, c, h, w = x.shape
+    if node.attr("mode", "DCR") == "CRD":
+        out = x.reshape(n, c // (b * b), b, b, h, w).permute(0, 1, 4, 2, 5, 3)
+    else:
+        out = x.reshape(n, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2)
+    return out.reshape(n, c // (b * b), h * b, w * b)
+
+
+@onnx_op("SpaceToDepth")
+def _space_to_depth(node: Node, device: torch.device, x: Any) -> Any:
+    b = int(node.attr("blocksize"))
+    n, c, h, w = x.shape
+    blocks = x.reshape(n, c, h // b, b, w // b, b)
+    if node.attr("mode", "DCR") == "CRD":  # opset 25's mode, the inverse of DepthToSpace CRD
+        out = blocks.permute(0, 1, 3, 5, 2, 4)
+    else:
+        out = blocks.permute(0, 3, 5, 1, 2, 4)
+    return out.reshape(n, c * b * b, h // b, w // b)

@@ -22,7 +22,7 @@ OPS = (
     "resize|upsample|lstm|gru|rnn_seq|softmax|logsoftmax|maxpool|averagepool|quantizelinear"
     "|dequantizelinear|slice|range|swish|celu|thresholdedrelu|shrink|group_normalization"
     "|l2normalization|lpnormalization|lrn|gridsample|reduce_l1|reduce_log_sum|bitwise|isinf"
-    "|cumprod|eyelike|onehot|scatter|layer_normalization|neg|abs|if|simple_rnn"
+    "|cumprod|eyelike|onehot|scatter|layer_normalization|neg|abs|if|simple_rnn|depthtospace|spacetodepth"
 )
 PATTERN = rf"^test_({OPS})"
 
