@@ -67,9 +67,13 @@ def capabilities(
             proxy = next(
                 (d for d in devices if d.target == device.target and d.key in present), None
             )
+            anywhere = target.capability_anywhere(model) if proxy is None else None
             if proxy is not None:
                 support = target.capability(model, proxy)
                 notes[device.key] = f"capability of {proxy.key} used as a proxy (not present)"
+            elif anywhere is not None:
+                support = anywhere
+                notes[device.key] = "not present: the target's capability needs no device"
             else:
                 support = {n.name or "": NodeSupport(True) for n in model.graph}
                 notes[device.key] = "not present: every node assumed supported"

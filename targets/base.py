@@ -157,6 +157,11 @@ class Target:
         """For each node (by name) of the main graph: can it run on ``device``, and if not why."""
         raise NotImplementedError
 
+    def capability_anywhere(self, model: ir.Model) -> dict[str, NodeSupport] | None:
+        """The same answer for a device that is not here (a plan for ``--hardware``), when it
+        does not depend on the device (an op mapping); ``None`` when only a device can say."""
+        return None
+
     def prepare(self, model: ir.Model, options: TargetOptions) -> ir.Model:
         """Target-specific lowering; returns the model to hand to ``codegen``."""
         return model

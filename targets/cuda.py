@@ -124,6 +124,10 @@ class CudaTarget(Target):
     # -- capability -----------------------------------------------------------------------
 
     def capability(self, model: ir.Model, device: Device) -> dict[str, NodeSupport]:
+        return self.capability_anywhere(model)
+
+    def capability_anywhere(self, model: ir.Model) -> dict[str, NodeSupport]:
+        """What the ONNX -> torch conversion takes: the same on every NVIDIA GPU."""
         from ai_vmm.targets.cuda_convert import node_support
 
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))

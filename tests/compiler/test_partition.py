@@ -229,3 +229,23 @@ def test_gpu_partition_outputs_read_only_by_gpu_partitions_stay_on_the_device(
     assert isinstance(handed["t2"], torch.Tensor) and isinstance(handed["t1"], np.ndarray)
     got = build.run({"x": x})["y"]
     np.testing.assert_allclose(got, -np.maximum(x, 0) + np.abs(np.maximum(x, 0)), atol=1e-6)
+
+
+def test_a_planned_gpu_that_is_not_here_keeps_its_op_mapping(tmp_path: Path) -> None:
+    """``--hardware xeon-nvidia`` plans for a GPU this machine lacks. The cuda target's
+    capability is its ONNX -> torch mapping, the same on any GPU, so the plan uses it instead
+    of assuming every node runs there: the contrib-domain Gelu goes to OpenVINO."""
+    from hetero_model import make_depth_to_space_model
+
+    path = tmp_path / "hetero.onnx"
+    onnx.save(make_depth_to_space_model(), path)
+    result = ai_vmm.compile(
+        path,
+        "cuda:0,openvino:CPU",
+        tmp_path / "h.vmm",
+        hardware="xeon-nvidia",
+        input_shapes=["x[2,3,32,32]"],
+    )
+    placed = {n["node"]: n["device"] for n in result.report["plan"]["nodes"]}
+    assert placed.pop("gelu") == "openvino:CPU"
+    assert set(placed.values()) == {"cuda:0"}, placed
