@@ -196,8 +196,10 @@ def _resize(node: Node, device: torch.device, x: Any, *rest: Any) -> Any:
         raise ConversionError(f"{node.op_type} without scales or sizes")
     out = x
     for dim, size, scale in zip(axes, out_sizes, scales, strict=True):
+        # An axis kept at its size by a size (the batch and channels of Concat(Shape(x)[:2],
+        # ...)) maps every position to itself in every mode; from a scale only at 1.0.
         same = statically_known_true(size == x.shape[dim])
-        if isinstance(scale, float) and scale == 1.0 and same:
+        if same and (sizes_value is not None or scale == 1.0):
             continue
         out = _resize_axis(node, out, dim, size, scale)
     return out
