@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common
@@ -20,6 +21,21 @@ from onnxscript.optimizer._constant_folding import FoldConstantsPass
 # Large constants stay initializers rather than being folded into bigger ones (memory, file size).
 _FOLD_INPUT_LIMIT = 1 << 20
 _FOLD_OUTPUT_LIMIT = 1 << 22
+_SMALL_FILL = 1024
+"""Largest ``ConstantOfShape`` (elements) folded too (see :func:`_fold_small_fills`)."""
+
+
+def _fold_small_fills(node: ir.Node) -> bool | None:
+    """onnxscript never folds ``ConstantOfShape`` (so that a fill does not grow the file), and
+    everything computed from one stays unfolded with it: ``F.pad``'s exported pads are
+    Concat/Reshape/Slice/Transpose of a ConstantOfShape of 2 zeros (Silero VAD). A small fill is
+    folded; ``None`` leaves every other node to onnxscript's own rules."""
+    if node.op_type != "ConstantOfShape" or not node.inputs or node.inputs[0] is None:
+        return None
+    shape = node.inputs[0].const_value
+    if shape is None:
+        return None
+    return int(np.prod(shape.numpy())) <= _SMALL_FILL or None
 
 
 class ScopedIdentityEliminationPass(common.IdentityEliminationPass):
@@ -124,6 +140,7 @@ def _steps() -> list[tuple[str, Callable[[], ir.passes.PassBase]]]:
                 shape_inference=False,
                 input_size_limit=_FOLD_INPUT_LIMIT,
                 output_size_limit=_FOLD_OUTPUT_LIMIT,
+                should_fold=_fold_small_fills,
             ),
         ),
         # Folding leaves dead producers behind.

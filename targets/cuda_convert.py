@@ -11,9 +11,9 @@ Shapes stay symbolic. ``torch.export`` traces ``forward`` with fake tensors whos
 constants) are carried as :class:`ShapeValue`, a list of Python ints / ``SymInt``\\ s, instead of
 tensors: ``Reshape``/``Expand``/``Slice``/``Range`` get sizes, not data, and the export stays
 dynamic. They become tensors only where a data op consumes them. :func:`node_support` refuses a
-size, axes or count input computed from a graph input's data (the export could not read it),
-and integer nodes whose inputs are all constants run once when the module is built. An ``If``
-on a shape condition runs the branch chosen while tracing.
+size, axes or count input computed from a graph input's data (the export could not read it);
+shape arithmetic on constants alone is folded before, by the canonicalize pass. An ``If`` on a
+shape condition runs the branch chosen while tracing.
 
 Precision: ``compute_dtype`` replaces float32 everywhere inside the graph (weights, constants,
 ``Cast(to=FLOAT)``); float32 inputs are cast on entry and float outputs cast back to float32 on
@@ -287,7 +287,6 @@ class OnnxGraphModule(torch.nn.Module):
         self._taken: set[str] = set()
         self._opset = opset
         self._nodes: list[Node] = self._convert_graph(graph)
-        self._fold_integer_constants(list(graph))
 
     def _convert_graph(self, graph: ir.Graph) -> list[Node]:
         """Register ``graph``'s initializers and convert its nodes (subgraphs of ``If`` too:
@@ -341,53 +340,6 @@ class OnnxGraphModule(torch.nn.Module):
                 )
             )
         return nodes
-
-    def _fold_integer_constants(self, graph_nodes: list[ir.Node]) -> None:
-        """Run now the nodes whose inputs are all constants and whose outputs are integers.
-
-        Exporters leave such shape arithmetic in graphs (``F.pad``'s pads go through
-        Concat/Reshape/Slice/Transpose of constants); run at trace time it would be tensor data,
-        which ``torch.export`` cannot read where a size is needed. Results become constants.
-        """
-        known: dict[str, Any] = dict(self._constants)
-        for name, attr in self._buffers_by_value.items():
-            buffer = getattr(self, attr)
-            if not buffer.is_floating_point():
-                known[name] = buffer
-        kept: list[Node] = []
-        for node, ir_node in zip(self._nodes, graph_nodes, strict=True):
-            integer = all(v.dtype in _FOLDABLE for v in ir_node.outputs if v.name)
-            # An If's branches read outer values this check does not see: never folded.
-            plain = node.op_type != "If"
-            if plain and integer and all(not name or name in known for name in node.inputs):
-                try:
-                    with torch.no_grad():
-                        self._run_node(node, known, torch.device("cpu"))
-                    continue
-                except ConversionError:
-                    pass
-            kept.append(node)
-        self._nodes = kept
-        needed = _inputs_read(kept) | set(self.output_names)
-        for name in sorted(needed):
-            if name not in known or name in self._constants or name in self._buffers_by_value:
-                continue
-            value = known[name]
-            small = (
-                isinstance(value, torch.Tensor)
-                and value.dtype in (torch.int64, torch.int32)
-                and value.dim() <= 1
-                and value.numel() <= SMALL_CONSTANT
-            )
-            if isinstance(value, ShapeValue) or small:
-                if small:
-                    items = [int(v) for v in value.reshape(-1)]
-                    value = ShapeValue(items, value.dim() == 0, value.dtype)
-                self._constants[name] = value
-            else:
-                attr = _python_name(name, self._taken)
-                self.register_buffer(attr, value.clone())
-                self._buffers_by_value[name] = attr
 
     def _run_node(self, node: Node, env: dict[str, Any], device: torch.device) -> None:
         """Run one node on ``env`` (values by name) and store its outputs there."""
@@ -445,17 +397,6 @@ class Branch:
     outputs: list[str]
 
 
-def _inputs_read(nodes: list[Node]) -> set[str]:
-    """Every value name ``nodes`` read, inside ``If`` branches too."""
-    names: set[str] = set()
-    for node in nodes:
-        names.update(n for n in node.inputs if n)
-        for branch in node.attrs.values():
-            if isinstance(branch, Branch):
-                names |= _inputs_read(branch.nodes) | set(branch.outputs)
-    return names
-
-
 def _condition(value: Any) -> bool:
     """An ``If`` condition computed from shapes, as a Python bool (a guard when symbolic)."""
     if not isinstance(value, ShapeValue) or len(value.values) != 1:
@@ -470,7 +411,6 @@ def _if_placeholder(node: Node, device: torch.device, *inputs: Any) -> Any:
 OPS["If"] = _if_placeholder
 SHAPE_AWARE.add("If")
 
-_FOLDABLE = frozenset({ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL})
 _FLOAT_SHAPE_READERS = frozenset({"Range", "Cast", "CastLike"})
 
 
