@@ -1,0 +1,140 @@
+"""The cuda target's path for the real models, run on the CPU (docs/gpu.md's AOTInductor table and
+its float16 findings). Nothing here needs a GPU.
+
+* ``aoti``: each model canonicalized, converted (``targets/cuda_convert.to_torch``), exported
+  the way the target exports it (``cuda_build.export``, dynamic axes) and compiled by
+  AOTInductor's CPU backend with the target's Inductor settings; the package against the eager
+  module on the model's real inputs (made contiguous, as the cuda executor does).
+* ``fp16``: the converted module in float16 against float32, eagerly, on the first real input:
+  the largest difference and whether every output stayed finite.
+
+Usage: ``python scripts/cuda_cpu_real.py aoti|fp16 [MODEL ...]`` (default: every real model the
+converter takes). A model whose build fails prints its one-line error; ``--timeout`` bounds
+each AOTInductor build (a child process per model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _module(rm: Any, name: str, compute: Any = None) -> tuple[Any, Any]:
+    import onnx_ir as ir
+    import torch
+
+    from ai_vmm.driver import normalize_dims
+    from ai_vmm.passes.canonicalize import canonicalize
+    from ai_vmm.targets.cuda_convert import to_torch
+
+    model = ir.load(rm.model_path(name))
+    normalize_dims(model)
+    canonicalize(model, frozenset())
+    return model, to_torch(model, compute or torch.float32).eval()
+
+
+def _args(module: Any, feed: dict[str, Any]) -> list[Any]:
+    import torch
+
+    return [torch.from_numpy(np.ascontiguousarray(feed[n])) for n in module.input_names]
+
+
+def aoti(rm: Any, name: str) -> dict[str, Any]:
+    import torch
+    from torch._inductor import aoti_compile_and_package, aoti_load_package
+
+    from ai_vmm.targets import cuda_build
+    from ai_vmm.targets.base import TargetOptions
+
+    model, module = _module(rm, name)
+    inputs = list(model.graph.inputs)
+    samples = rm.samples(name)
+    sample_dims: dict[str, int] = {}
+    for value in inputs:
+        for axis, dim in enumerate(value.shape or []):
+            if not isinstance(dim, int):
+                size = np.asarray(samples[0][value.name]).shape[axis]
+                sample_dims[cuda_build._symbol(value, axis, dim)] = size
+    example, dims = cuda_build.example_inputs(inputs, {}, sample_dims, "cpu")
+    program, _ = cuda_build.export(module, example, module.arg_names, dims, inputs)
+    settings = cuda_build.inductor_settings(torch, program, "cpu", TargetOptions())
+    started = time.perf_counter()
+    path = f"/tmp/cuda_cpu_real_{name}.pt2"
+    package = aoti_load_package(
+        aoti_compile_and_package(program, package_path=path, inductor_configs=settings)
+    )
+    row: dict[str, Any] = {"build_s": round(time.perf_counter() - started, 1), "samples": []}
+    for feed in samples[:3]:
+        args = _args(module, feed)
+        with torch.no_grad():
+            want = module(*args)
+        errors = [
+            float((g - w).abs().max()) if g.is_floating_point() else int((g != w).sum())
+            for g, w in zip(package(*args), want, strict=True)
+        ]
+        row["samples"].append({"shapes": [list(a.shape) for a in args], "max_abs": errors})
+    return row
+
+
+def fp16(rm: Any, name: str) -> dict[str, Any]:
+    import torch
+
+    _, full = _module(rm, name)
+    _, half = _module(rm, name, torch.float16)
+    args = _args(full, rm.samples(name)[0])
+    with torch.no_grad():
+        pairs = list(zip(half(*args), full(*args), strict=True))
+    floats = [(h.double(), f.double()) for h, f in pairs if f.is_floating_point()]
+    return {
+        "finite": all(bool(torch.isfinite(h).all()) for h, _ in floats),
+        "max_abs": max((float((h - f).abs().max()) for h, f in floats), default=0.0),
+        "output_scale": max((float(f.abs().max()) for _, f in floats), default=0.0),
+    }
+
+
+def _child(part: str, name: str, queue: Any) -> None:
+    from ai_vmm.bench_real import load_realmodels
+
+    rm = load_realmodels(REPO / "models" / "realmodels.py")
+    try:
+        queue.put({"model": name, **{"aoti": aoti, "fp16": fp16}[part](rm, name)})
+    except Exception as exc:  # the failure is the finding
+        queue.put({"model": name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=["aoti", "fp16"])
+    parser.add_argument("models", nargs="*")
+    parser.add_argument("--timeout", type=float, default=900.0, help="s per model")
+    args = parser.parse_args(argv)
+    from ai_vmm.bench_real import load_realmodels
+
+    rm = load_realmodels(REPO / "models" / "realmodels.py")
+    names = args.models or [n for n in rm.MODELS if n != "chars2vec"]
+    context = multiprocessing.get_context("spawn")
+    for name in names:
+        queue = context.Queue()
+        child = context.Process(target=_child, args=(args.part, name, queue))
+        child.start()
+        child.join(args.timeout)
+        if child.is_alive():
+            child.kill()
+            print(json.dumps({"model": name, "error": f"no result in {args.timeout:.0f} s"}))
+            continue
+        print(json.dumps(queue.get() if not queue.empty() else {"model": name, "error": "died"}))
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
