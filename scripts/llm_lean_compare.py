@@ -16,6 +16,7 @@ each printed as a Markdown table:
   ``vmmc bench --generate``'s own loop (``run_bench``: a full-length warm-up, decode tokens/s
   by the wall clock, the whole ``generate`` less its TTFT, the same for both; 5 interleaved
   rounds); fp32, bf16 (where the CPU computes in it), INT8 and INT4 weights.
+* ``pyprofile``: cProfile of a 128-token INT8 ``generate``, the time outside ``infer()``.
 * ``dq``: our INT8 artifact reloaded with the CPU plugin's activation groups (its default, 64,
   128, off): the answer to "What is the capital of France?" and decode tokens/s.
 
@@ -166,6 +167,30 @@ def profile(ids: list[int], weights: str = "fp32") -> None:
             print(f"| {kind} | {ours[kind]:.2f} | {theirs[kind]:.2f} |")
 
 
+def pyprofile(ids: list[int]) -> None:
+    """cProfile of one 128-token INT8 generate: the time outside OpenVINO's ``infer``."""
+    import cProfile
+    import pstats
+
+    with ai_vmm.load(ROOT / "openvino-CPU-int8.vmm") as lm:
+        lm.generate(ids, max_new_tokens=128, min_new_tokens=128)  # warm-up
+        profiler = cProfile.Profile()
+        profiler.enable()
+        lm.generate(ids, max_new_tokens=128, min_new_tokens=128)
+        profiler.disable()
+    stats = pstats.Stats(profiler)
+    total = stats.total_tt  # type: ignore[attr-defined]
+    infer = sum(
+        tt
+        for (_, _, fn), (_, _, tt, _, _) in stats.stats.items()  # type: ignore[attr-defined]
+        if fn == "<built-in method openvino._pyopenvino.infer>"
+    )
+    print(
+        f"generate {total * 1000:.0f} ms, in infer {infer * 1000:.0f} ms, outside "
+        f"{(total - infer) * 1000:.0f} ms ({(total - infer) / 128 * 1000:.2f} ms a step)"
+    )
+
+
 def dq(ids: list[int]) -> None:
     source = ROOT / "openvino-CPU-int8.vmm"
     question = [{"role": "user", "content": "What is the capital of France?"}]
@@ -238,6 +263,7 @@ def main(argv: list[str]) -> int:
         print(f"\n### {part}\n")
         parts_ = {"engines": engines, "compressed": compressed, "profile": profile, "wall": wall}
         parts_["profile-int8"] = lambda ids: profile(ids, "int8")
+        parts_["pyprofile"] = pyprofile
         {**parts_, "dq": dq}[part](ids)
     return 0
 
