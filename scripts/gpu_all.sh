@@ -56,7 +56,7 @@ for part in "${PARTS[@]}"; do
     parallel)
         cp docs/parallel.json "$RESULTS/parallel.json" 2>/dev/null
         run_part parallel "$PART_SECONDS_parallel" python3 scripts/bench_parallel.py \
-            --sections replicas --rounds 3 --seconds 1 \
+            --sections replicas --rounds 3 --seconds 1 ${PARALLEL_ARGS:-} \
             --json "$RESULTS/parallel.json" --out "$RESULTS/parallel.md" ;;
     generate)
         # One process per engine: one process running all three died with a segmentation
@@ -89,9 +89,9 @@ for part in "${PARTS[@]}"; do
         # The threaded CUDA-graph test with each part of other code's work beside it, each in a
         # fresh process, one package built once (docs/gpu.md, 2026-12-04 night).
         mkdir -p /tmp/cfpkg-bisect
-        for work in none matmul empty clear clear,empty,matmul; do
+        for work in ${CAPTURE_WORK:-none matmul empty clear clear,empty,matmul}; do
             AI_VMM_TEST_CONVFORMER_PACKAGE=/tmp/cfpkg-bisect AI_VMM_TEST_OTHER_WORK=$work \
-                run_part "capture-$work" "${PART_SECONDS_capture:-150}" python3 -m pytest -q \
+                run_part "capture-$work" "${PART_SECONDS_capture:-150}" python3 -m pytest -q -rA \
                 -p no:cacheprovider -m gpu tests/runtime/test_cuda_executor.py -k many_shapes
         done ;;
     gpu-tests)

@@ -63,7 +63,7 @@ def bench(rm: Any, name: str, cache: Path, work: Path, rounds: int, box_s: float
     try:
         result = ai_vmm.compile(source, "cuda:0", work / f"{name}.vmm", samples=samples)
     except Exception as exc:  # a compile that fails is the finding
-        row["error"] = f"compile: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        row["error"] = f"compile: {type(exc).__name__}: {' '.join(str(exc).split())[:1500]}"
         return row
     row["compile_s"] = round(time.perf_counter() - start, 1)
     checked = check_artifact(result.path, source, samples)

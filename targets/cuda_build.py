@@ -210,8 +210,10 @@ def _build(
     }
     if shape_note:
         config["shape_note"] = shape_note
-    if padding:
+    if isinstance(padding, dict):
         config["pad_batch"] = padding
+    elif padding:
+        config["shape_note"] = f"{padding}; {shape_note}" if shape_note else padding
     if eager:
         entry = out_dir / "program.pt2"
         with _quiet():
@@ -615,7 +617,7 @@ def _batch_padding(
     dims: dict[str, tuple[int, int]],
     inputs: list[ir.Value],
     precision: str,
-) -> dict[str, int] | None:
+) -> dict[str, int] | str:
     """Where the package's batch range starts above the one asked for, whether a smaller batch
     can run padded up to the package's least batch (rows repeated, outputs cut back).
 
@@ -623,13 +625,13 @@ def _batch_padding(
     and the executor refused batch 1. Padding is right only where rows do not mix: the axis
     must be the leading axis of every input and output, and the program at the padded size
     must give the model's own result at the small one (checked here on the example's rows).
-    Returns ``{"from": small, "to": least}`` or ``None``.
+    Returns ``{"from": small, "to": least}``, or why not (recorded in the payload's note).
     """
     import torch
 
     lows = {spec.get("symbols", {}).get("0"): spec["ranges"].get("0", [0, 0])[0] for spec in specs}
     if len(lows) != 1 or None in lows:
-        return None
+        return "no padding: the inputs' leading axes are not one batch axis"
     ((expr, least),) = lows.items()
     wanted = {
         dims[_symbol(v, 0, v.shape[0])][0]
@@ -637,31 +639,44 @@ def _batch_padding(
         if v.shape and len(v.shape) and not isinstance(v.shape[0], int)
     }
     if len(wanted) != 1:
-        return None
+        return "no padding: no single batch size was asked for"
     small = wanted.pop()
     if not 1 <= small < least:
-        return None
+        return ""
     outputs = next(n for n in program.graph.nodes if n.op == "output").args[0]
     for node in outputs:
         shape = getattr(getattr(node, "meta", {}).get("val"), "shape", ())
         if not shape or str(getattr(getattr(shape[0], "node", None), "expr", "")) != expr:
-            return None
-    if any(t.shape[0] < least for t in example):
-        return None
+            return f"no padding: an output's leading axis is not the batch ({expr})"
+    if any(t.shape[0] < small for t in example):
+        return "no padding: the example has fewer rows than the batch asked for"
     # Checked with other rows than the executor's padding (it repeats the last row): a copy of
-    # a row hides mixing that averages rows.
+    # a row hides mixing that averages rows. Where the example (the user's samples: often one
+    # image) has too few rows, the extra ones are its rows mirrored along the last axis.
     rows = [t.narrow(0, 0, small) for t in example]
-    padded = [t.narrow(0, 0, least) for t in example]
+    padded = [_rows_up_to(t, least, torch) for t in example]
     try:
         with torch.inference_mode():
             want = torch.utils._pytree.tree_leaves(module(*rows))
             got = torch.utils._pytree.tree_leaves(exported(*padded))
-    except Exception:
-        return None
+    except Exception as exc:
+        return f"no padding: the check at batch {least} failed: {_one_line(exc)[:200]}"
     cut = [g.narrow(0, 0, small) for g in got]
-    if _difference(cut, want, precision):
-        return None
+    differs = _difference(cut, want, precision)
+    if differs:
+        return f"no padding: rows mix (batch {least} cut to {small} differs: {differs})"
     return {"from": int(small), "to": int(least)}
+
+
+def _rows_up_to(tensor: Any, rows: int, torch: Any) -> Any:
+    """``tensor``'s first ``rows`` rows, completed with its own rows mirrored along the last
+    axis (other values of the same kind and range) where it has fewer."""
+    if tensor.shape[0] >= rows:
+        return tensor.narrow(0, 0, rows)
+    extra = tensor.flip(-1) if tensor.dim() > 1 else tensor
+    while tensor.shape[0] + extra.shape[0] < rows:
+        extra = torch.cat([extra, extra])
+    return torch.cat([tensor, extra.narrow(0, 0, rows - tensor.shape[0])])
 
 
 def _agree(exported: Any, module: Any, feeds: list[Any], precision: str) -> bool:

@@ -21,6 +21,10 @@ recently used dropped). How a graph stays valid for as long as it can be replaye
 - Static inputs are allocated by us outside the graph's pool, contiguous, and every value
   is copied into them on our stream; outputs leave graph memory (to the host, or as a clone on
   the GPU) before the lock is released, so the next replay cannot overwrite what a caller holds.
+- A capture that fails (other code in the process can invalidate it) is not fatal: the call
+  runs without a graph on a freshly loaded package (the old model container is unusable after
+  a run that failed inside a capture), and after ``_CAPTURE_TRIES`` failures that shape runs
+  without a graph for good (``capture_errors`` says why).
 - Dynamic axes are checked against the range the package was compiled for: AOTInductor does
   not check them, and a kernel run outside its range (e.g. 32-bit indexing chosen for a bound)
   reads or writes out of bounds.
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +51,9 @@ _MAX_GRAPHS = 8
 """Captured graphs kept per executor (one per distinct input-shape signature)."""
 _WARMUP_RUNS = 2
 """Plain runs on the executor's stream before a capture (lazy module loads, cuDNN choices)."""
+
+_CAPTURE_TRIES = 2
+"""Failed captures at one shape before that shape runs without a graph for good."""
 
 _CAPTURE_LOCK = threading.Lock()
 """One CUDA-graph capture at a time in this process (PyTorch's documented restriction)."""
@@ -90,7 +98,11 @@ class CudaExecutor:
         self._cudnn_benchmark = bool(config.get("cudnn_benchmark", False))
         pad = config.get("pad_batch")
         self._pad = (int(pad["from"]), int(pad["to"])) if pad else None
-        self._runner = _load_runner(torch, entry, str(config.get("runner", "aoti")), self._device)
+        self._entry, self._runner_kind = entry, str(config.get("runner", "aoti"))
+        self._runner = _load_runner(torch, entry, self._runner_kind, self._device)
+        self._capture_failures: dict[tuple[tuple[int, ...], ...], int] = {}
+        self.capture_errors: list[str] = []
+        """Why captures failed in this executor (each one fell back to a plain run)."""
         self._stream = private_stream(torch, self._device) if self._cuda else None
         self._graphs: OrderedDict[tuple[tuple[int, ...], ...], CapturedGraph] = OrderedDict()
         self._lock = threading.Lock()
@@ -114,11 +126,7 @@ class CudaExecutor:
             if self._use_graphs:
                 results = self._replay(inputs)
             else:
-                tensors = [self._to_device(name, inputs[name]) for name in self._names]
-                try:
-                    results = list(self._runner(*tensors))
-                except Exception as exc:
-                    raise InputError(f"the CUDA package failed to run: {_one_line(exc)}") from exc
+                results = self._plain([self._to_device(n, inputs[n]) for n in self._names])
             out = self._deliver(results, caller)
         if rows is not None:
             out = {name: value[:rows] for name, value in out.items()}
@@ -201,6 +209,42 @@ class CudaExecutor:
             return host
         return _pinned_copy(torch, host).to(self._device, non_blocking=True)
 
+    def _plain(self, tensors: list[Any]) -> list[Any]:
+        try:
+            return list(self._runner(*tensors))
+        except Exception as exc:
+            raise InputError(f"the CUDA package failed to run: {_one_line(exc)}") from exc
+
+    def _recover_from_capture(self, key: tuple[tuple[int, ...], ...], exc: Exception) -> None:
+        """A capture failed: this call (and, after ``_CAPTURE_TRIES`` failures, every call at
+        this shape) runs without a graph, on a freshly loaded package.
+
+        Other code in the process can invalidate a capture (on the H200, another thread
+        clearing cuBLAS workspaces and emptying the allocator's cache while ours captured). The
+        package's model container is not reusable after a run that failed inside a capture:
+        every later call failed too, and then an illegal memory access aborted the process
+        (docs/gpu.md, 2026-12-04 night). So the container is replaced.
+        """
+        torch = self._torch
+        self._capture_failures[key] = self._capture_failures.get(key, 0) + 1
+        self.capture_errors.append(_one_line(exc))
+        warnings.warn(
+            f"CUDA graph capture failed at input shapes {list(key)} (try "
+            f"{self._capture_failures[key]} of {_CAPTURE_TRIES}); running without a graph: "
+            f"{_one_line(exc)[:200]}",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        try:
+            if self._cuda:
+                torch.cuda.synchronize(self._device)
+        except Exception as sync_error:
+            raise DeviceError(
+                f"the GPU is in an error state after a failed CUDA graph capture: "
+                f"{_one_line(sync_error)}"
+            ) from sync_error
+        self._runner = _load_runner(torch, self._entry, self._runner_kind, self._device)
+
     def _replay(self, inputs: dict[str, Any]) -> list[Any]:
         torch = self._torch
         # Element types are the package's after _prepare: the shapes are the signature.
@@ -213,6 +257,8 @@ class CudaExecutor:
                 assert self._stream is not None
                 self._stream.synchronize()
                 self._graphs.popitem(last=False)
+            if self._capture_failures.get(key, 0) >= _CAPTURE_TRIES:
+                return self._plain(tensors)
             try:
                 graph = capture(
                     self._runner,
@@ -222,7 +268,8 @@ class CudaExecutor:
                     cudnn_benchmark=self._cudnn_benchmark,
                 )
             except Exception as exc:
-                raise InputError(f"CUDA graph capture failed: {_one_line(exc)}") from exc
+                self._recover_from_capture(key, exc)
+                return self._plain(tensors)
             self._graphs[key] = graph
         else:
             self._graphs.move_to_end(key)
@@ -307,7 +354,7 @@ class _ShapeCheck:
                     f"input '{name}': axis {axis} is {shape[axis]}, outside the range "
                     f"{low}..{high} the GPU package was compiled for (recompile with "
                     f"--input giving the sizes you need)"
-                    + (f"; the export said: {self.note[:300]}" if self.note else "")
+                    + (f"; the export said: {self.note[:600]}" if self.note else "")
                 )
         for axis, symbol in self.symbols.items():
             seen = sizes.setdefault(symbol, (shape[axis], name))
