@@ -49,6 +49,7 @@ from ai_vmm.targets.cuda_convert_base import (
     as_tensor,
     attr_value,
     constant_array,
+    ints,
     to_compute,
     torch_dtype,
 )
@@ -81,6 +82,8 @@ def node_support(node: ir.Node, opset: int) -> str | None:
         return f"domain '{domain}' ops are not converted to torch ({node.op_type})"
     if node.op_type == "If" and domain in ("", "ai.onnx"):
         return _if_support(node, opset)
+    if node.op_type == "Loop" and domain in ("", "ai.onnx"):
+        return _loop_support(node, opset)
     for attr in node.attributes.values():
         if attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
             return f"{node.op_type} has a subgraph (control flow is not converted)"
@@ -188,6 +191,28 @@ def _if_support(node: ir.Node, opset: int) -> str | None:
             reason = node_support(inner, opset)
             if reason is not None:
                 return f"If {key}: {reason}"
+    return None
+
+
+def _loop_support(node: ir.Node, opset: int) -> str | None:
+    """A ``Loop`` converts when it is counted: a trip count and a start condition computed
+    from shapes (what TF's ``while`` over a sequence exports to). It runs as a scan over the
+    trip count; the body's condition is checked at run time (``_run_loop``)."""
+    trip = node.inputs[0] if node.inputs else None
+    if trip is None or not trip.name:
+        return "Loop without a trip count (a while loop on a data condition is not converted)"
+    if not _shape_derived(trip):
+        return "Loop whose trip count is computed from tensor data (not converted)"
+    start = node.inputs[1] if len(node.inputs) > 1 else None
+    if start is not None and start.name and not _shape_derived(start):
+        return "Loop whose start condition is computed from tensor data (not converted)"
+    body = node.attributes.get("body")
+    if body is None:
+        return "Loop without a body"
+    for inner in body.value:
+        reason = node_support(inner, opset)
+        if reason is not None:
+            return f"Loop body: {reason}"
     return None
 
 
@@ -326,6 +351,12 @@ class OnnxGraphModule(torch.nn.Module):
                     )
                     for key in ("then_branch", "else_branch")
                 }
+            elif node.op_type == "Loop":
+                body = node.attributes["body"].value
+                attrs = {
+                    "body": Branch(self._convert_graph(body), [v.name or "" for v in body.outputs]),
+                    "body_inputs": [v.name or "" for v in body.inputs],
+                }
             else:
                 attrs = {k: attr_value(a) for k, a in node.attributes.items()}
             nodes.append(
@@ -350,6 +381,9 @@ class OnnxGraphModule(torch.nn.Module):
             for name, value in zip(node.outputs, branch.outputs, strict=True):
                 env[name] = env[value]
             return
+        if node.op_type == "Loop":
+            self._run_loop(node, env, device)
+            return
         fn = OPS[node.op_type]
         inputs = [env[name] if name else None for name in node.inputs]
         # Trailing absent optional inputs are dropped; interior ones stay None.
@@ -366,6 +400,63 @@ class OnnxGraphModule(torch.nn.Module):
                     env[name] = value
         else:
             env[node.outputs[0]] = result
+
+    def _run_loop(self, node: Node, env: dict[str, Any], device: torch.device) -> None:
+        """A counted ``Loop`` as ``scan`` over its trip count (symbolic in export, like the
+        RNNs'): the carried values are the scan's carry, the body's scan outputs its stacked
+        outputs. ONNX stops a loop when the body's condition turns false; a scan cannot stop, so
+        the condition of every step but the last must be true, which is asserted on the device
+        (an error at run time, never a silently longer result)."""
+        from torch._higher_order_ops.scan import scan
+
+        body: Branch = node.attrs["body"]
+        names: list[str] = node.attrs["body_inputs"]
+        trip = env[node.inputs[0]]
+        start = env[node.inputs[1]] if len(node.inputs) > 1 and node.inputs[1] else None
+        if isinstance(start, ShapeValue) and not _condition(start):
+            raise ConversionError("Loop whose start condition is false (not converted)")
+        steps = ints(trip, "Loop trip count")[0]
+        initial = [env[name] for name in node.inputs[2:]]
+        count = len(initial)
+        # Values the body hands back unchanged (TF passes its weights through every step) are
+        # closed over, not carried: a scan may not return its inputs (aliasing).
+        same = [out == name for out, name in zip(body.outputs[1:], names[2:], strict=False)]
+        moving = [k for k in range(count) if not same[k]]
+        fixed = {names[2 + k]: initial[k] for k in range(count) if same[k]}
+        carried = tuple(as_tensor(initial[k], device).contiguous() for k in moving)
+
+        def step(carry: tuple[Any, ...], index: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+            local = {**env, **fixed}
+            local[names[0]] = index
+            local[names[1]] = torch.ones((), dtype=torch.bool, device=device)
+            local.update(zip([names[2 + k] for k in moving], carry, strict=True))
+            for inner in body.nodes:
+                self._run_node(inner, local, device)
+            out = [as_tensor(local[name], device) for name in body.outputs]
+            new = tuple(
+                out[1 + k].to(c.dtype).reshape(c.shape).clone()
+                for k, c in zip(moving, carry, strict=True)
+            )
+            scans = tuple(o.clone() for o in out[1 + count :])
+            return new, (out[0].reshape(()).to(torch.bool), *scans)
+
+        indices = torch.arange(steps, dtype=torch.int64, device=device)
+        final_moving, stacked = scan(step, carried, indices)
+        final = list(initial)
+        for k, value in zip(moving, final_moving, strict=True):
+            final[k] = value
+        conditions, scans = stacked[0], stacked[1:]
+        # Every step's condition but the last (no slice: a length of steps - 1 would make
+        # export guard the trip count above 2).
+        ran = (conditions | (indices == steps - 1)).all()
+        if isinstance(start, torch.Tensor):  # shapes through a float cast: known at run time
+            ran = ran & start.reshape(()).to(torch.bool)
+        torch._assert_async(
+            ran, "Loop: its condition ended the loop before its trip count (not converted)"
+        )
+        for name, value in zip(node.outputs, [*final, *scans], strict=False):
+            if name:
+                env[name] = value
 
     def run_graph(self, args: Sequence[Any]) -> tuple[Any, ...]:
         """Run the graph on the inputs in graph order (``forward`` calls this)."""
@@ -405,11 +496,12 @@ def _condition(value: Any) -> bool:
 
 
 def _if_placeholder(node: Node, device: torch.device, *inputs: Any) -> Any:
-    raise AssertionError("If runs in OnnxGraphModule._run_node")
+    raise AssertionError(f"{node.op_type} runs in OnnxGraphModule._run_node")
 
 
 OPS["If"] = _if_placeholder
-SHAPE_AWARE.add("If")
+OPS["Loop"] = _if_placeholder
+SHAPE_AWARE.update(("If", "Loop"))
 
 _FLOAT_SHAPE_READERS = frozenset({"Range", "Cast", "CastLike"})
 

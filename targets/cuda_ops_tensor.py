@@ -238,6 +238,11 @@ def _gather(node: Node, device: torch.device, data: Any, indices: Any) -> Any:
         return ShapeValue(picked, scalar=indices.scalar, dtype=data.dtype)
     data, indices = as_tensor(data, device), as_tensor(indices, device)
     axis = axis_index(axis, data.dim())
+    if indices.dim() == 0:
+        # A 0-d index tensor would be read as a Python int (data-dependent in export; inside a
+        # Loop's scan, the step counter is one): select through index_select instead.
+        index = torch.where(indices < 0, indices + data.shape[axis], indices).reshape(1)
+        return data.index_select(axis, index.to(torch.int64)).squeeze(axis)
     return data[(slice(None),) * axis + (indices,)]
 
 
