@@ -82,7 +82,7 @@ def test_real_model_converts_and_matches_onnxruntime(rm: ModuleType, name: str) 
 def test_real_model_exports_with_its_dynamic_axes(rm: ModuleType, name: str) -> None:
     """The cuda target's ``torch.export`` step (on the CPU) on each converted real model: the
     program runs at the model's real input sizes and agrees with the module (about 2 minutes
-    for the 14)."""
+    for the 15)."""
     from ai_vmm.driver import normalize_dims
     from ai_vmm.targets import cuda_build
 
