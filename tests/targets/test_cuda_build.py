@@ -431,3 +431,15 @@ def test_a_recurrent_graph_compiles_and_keeps_its_length_dynamic(tmp_path: Path)
         got = executor.run({"x": x})
         for name, want in zip(("out", "hn"), session.run(None, {"x": x}), strict=True):
             np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5)
+
+
+def test_rows_for_the_padding_check_are_completed_with_other_rows() -> None:
+    """The rows-do-not-mix check needs rows that differ from the ones it pads with; a one-row
+    example is completed with its own row mirrored (same values, other positions)."""
+    one = torch.arange(6.0).reshape(1, 2, 3)
+    three = cuda_build._rows_up_to(one, 3, torch)
+    assert three.shape == (3, 2, 3)
+    torch.testing.assert_close(three[0], one[0])
+    torch.testing.assert_close(three[1], one[0].flip(-1))
+    assert not torch.equal(three[1], three[0])
+    assert cuda_build._rows_up_to(three, 2, torch).shape == (2, 2, 3)
