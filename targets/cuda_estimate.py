@@ -6,7 +6,8 @@ AOTInductor build takes 20-80 s, an estimate a fraction of a second. The model, 
     kernels  = heavy nodes (conv, matmul, attention) + nodes that need their own pass over
                memory (normalizations, softmax, pooling, reductions, data movement);
                element-wise nodes are assumed fused into their neighbours (Inductor does);
-               an LSTM/GRU/RNN is a loop: 2 kernels per time step and direction
+               an LSTM/GRU/RNN is a loop: 2 kernels per time step and direction; a
+               counted Loop launches its body's kernels every step
     heavy    = max(FLOPs / (peak * MATMUL_EFFICIENCY), bytes / (bandwidth * MEMORY_EFFICIENCY))
     memory   = bytes / (bandwidth * MEMORY_EFFICIENCY)
     each kernel takes at least KERNEL_FLOOR_US (launch gap in a CUDA graph, tail effects)
@@ -107,6 +108,12 @@ def estimate(
                 flops = 0
                 moved = _bytes(node, width)
                 seconds = moved / (bandwidth * MEMORY_EFFICIENCY)
+            elif node.op_type == "Loop" and (loop := _loop_kernels(node)):
+                # A counted loop (a scan): its body's kernels every step, each at its floor
+                # (such bodies are one time step of a small recurrent cell).
+                flops, moved = 0, 0.0
+                seconds = loop * KERNEL_FLOOR_US * 1e-6
+                kernels += loop - 1
             else:
                 continue
             kernels += 1
@@ -153,6 +160,27 @@ def _recurrent_kernels(node: ir.Node) -> int:
     direction = node.attributes.get("direction")
     directions = 2 if direction is not None and direction.as_string() == "bidirectional" else 1
     return 1 + length * directions * RECURRENT_STEP_KERNELS
+
+
+def _loop_kernels(node: ir.Node) -> int:
+    """Kernels a counted ``Loop`` launches: its body's heavy and own-pass nodes (at least one)
+    per step; 0 when the step count is not known at these shapes (a constant trip count, or
+    the stacked outputs' leading size)."""
+    trip = node.inputs[0] if node.inputs else None
+    steps: int | None = None
+    if trip is not None and trip.const_value is not None:
+        steps = int(trip.const_value.numpy().reshape(-1)[0])
+    else:
+        carried = max(len(node.inputs) - 2, 0)
+        for value in node.outputs[carried:]:
+            if value.shape is not None and len(value.shape) and isinstance(value.shape[0], int):
+                steps = value.shape[0]
+                break
+    body = node.attributes.get("body")
+    if not steps or body is None:
+        return 0
+    per_step = sum(1 for inner in body.value if inner.op_type in HEAVY or inner.op_type in OWN_PASS)
+    return steps * max(per_step, 1)
 
 
 def _bytes(node: ir.Node, width: int) -> float:

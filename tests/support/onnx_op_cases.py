@@ -13,6 +13,7 @@ from onnx import numpy_helper
 
 F32 = onnx.TensorProto.FLOAT
 I64 = onnx.TensorProto.INT64
+BOOL = onnx.TensorProto.BOOL
 
 
 def model(
@@ -58,3 +59,59 @@ def assert_matches(
     for want, have in zip(expected, got, strict=True):
         assert have.shape == want.shape
         np.testing.assert_allclose(have, want, rtol=rtol, atol=atol)
+
+
+def running_sum_loop(stop_at: int | None = None, trip_from_data: bool = False) -> onnx.ModelProto:
+    """For t in range(T): state = tanh(state @ w + x[t]); emits state each step. T is x's
+    first axis (Shape -> Gather), as Keras' LSTM loop reads it; the weight passes through the
+    body unchanged (TF style). ``stop_at``: the body's condition turns false after that step."""
+    condition = (
+        [oh.make_node("Less", ["i", "stop"], ["cond_out"])]
+        if stop_at is not None
+        else [oh.make_node("Identity", ["cond_in"], ["cond_out"])]
+    )
+    body = oh.make_graph(
+        [
+            *condition,
+            oh.make_node("Gather", ["x", "i"], ["xt"], axis=0),
+            oh.make_node("MatMul", ["state", "w_in"], ["mixed"]),
+            oh.make_node("Add", ["mixed", "xt"], ["pre"]),
+            oh.make_node("Tanh", ["pre"], ["state_out"]),
+            oh.make_node("Identity", ["state_out"], ["emitted"]),
+        ],
+        "body",
+        [
+            vi("i", [], I64),
+            vi("cond_in", [], onnx.TensorProto.BOOL),
+            vi("state", None),
+            vi("w_in", None),
+        ],
+        [
+            vi("cond_out", [], onnx.TensorProto.BOOL),
+            vi("state_out", None),
+            vi("w_in", None),
+            vi("emitted", None),
+        ],
+        [const("stop", stop_at if stop_at is not None else 0)],
+    )
+    if trip_from_data:
+        trip = [oh.make_node("ReduceMax", ["steps"], ["trip"], keepdims=0)]
+        inputs = [vi("x", ["T", "N", 4]), vi("state0", ["N", 4]), vi("steps", [1], I64)]
+    else:
+        trip = [
+            oh.make_node("Shape", ["x"], ["shape"]),
+            oh.make_node("Gather", ["shape", "zero"], ["trip"], axis=0),
+        ]
+        inputs = [vi("x", ["T", "N", 4]), vi("state0", ["N", 4])]
+    nodes = [
+        *trip,
+        oh.make_node(
+            "Loop", ["trip", "true", "state0", "w"], ["final", "w_out", "states"], body=body
+        ),
+    ]
+    inits = [
+        const("zero", 0),
+        const("true", True, np.bool_),
+        const("w", np.random.default_rng(5).standard_normal((4, 4)) * 0.5, np.float32),
+    ]
+    return model(nodes, inputs, [vi("final", None), vi("states", None)], inits)

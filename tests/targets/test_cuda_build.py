@@ -19,6 +19,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from onnx_op_cases import running_sum_loop  # noqa: E402
+
 from ai_vmm.frontends.torch import export_torch  # noqa: E402
 from ai_vmm.runtime.devices import Device  # noqa: E402
 from ai_vmm.runtime.errors import CompileError, InputError  # noqa: E402
@@ -350,6 +352,20 @@ def test_estimate_prices_a_recurrent_layer_per_time_step(
     # 2 layers x (1 projection + 2 kernels per step): the long one has 2 x 2 x 990 more.
     assert long["kernels"] - short["kernels"] == 2 * 2 * 990
     assert long["gpu_ms"] >= 2 * 2 * 1000 * cuda_estimate.KERNEL_FLOOR_US / 1000
+
+
+def test_estimate_prices_a_counted_loop_per_step() -> None:
+    """A counted Loop (a scan) launches its body's kernels every step: here a Gather and a
+    MatMul per step of x's first axis."""
+    figures = spec_figures("NVIDIA H100 80GB HBM3")
+    assert figures is not None
+    h100 = Device("cuda", "0", "gpu", "NVIDIA H100 80GB HBM3", {})
+    model = ir.serde.deserialize_model(running_sum_loop())
+    short, long = CudaTarget().estimate_shapes(
+        model, h100, [{"T": 10, "N": 2}, {"T": 1000, "N": 2}], figures=figures
+    )
+    assert long["kernels"] - short["kernels"] == 2 * 990
+    assert long["gpu_ms"] >= 2 * 1000 * cuda_estimate.KERNEL_FLOOR_US / 1000
 
 
 def _batch_dynamic_program(module: Any, example: Any) -> Any:

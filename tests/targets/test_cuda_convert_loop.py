@@ -6,76 +6,27 @@ instead of returning a longer result; loops on data are refused up front."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
-import onnx.helper as oh
 import onnx_ir as ir
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from onnx_op_cases import I64, assert_matches, const, model, vi  # noqa: E402
+from onnx_op_cases import assert_matches, running_sum_loop  # noqa: E402
 
 from ai_vmm.targets.cuda_convert import node_support, to_torch  # noqa: E402
 
 RNG = np.random.default_rng(5)
-BOOL = onnx.TensorProto.BOOL
-
-
-def _running_sum(stop_at: int | None = None, trip_from_data: bool = False) -> onnx.ModelProto:
-    """For t in range(T): state = tanh(state @ w + x[t]); emits state each step. T is x's
-    first axis (Shape -> Gather), as Keras' LSTM loop reads it; the weight passes through the
-    body unchanged (TF style). ``stop_at``: the body's condition turns false after that step."""
-    condition = (
-        [oh.make_node("Less", ["i", "stop"], ["cond_out"])]
-        if stop_at is not None
-        else [oh.make_node("Identity", ["cond_in"], ["cond_out"])]
-    )
-    body = oh.make_graph(
-        [
-            *condition,
-            oh.make_node("Gather", ["x", "i"], ["xt"], axis=0),
-            oh.make_node("MatMul", ["state", "w_in"], ["mixed"]),
-            oh.make_node("Add", ["mixed", "xt"], ["pre"]),
-            oh.make_node("Tanh", ["pre"], ["state_out"]),
-            oh.make_node("Identity", ["state_out"], ["emitted"]),
-        ],
-        "body",
-        [vi("i", [], I64), vi("cond_in", [], BOOL), vi("state", None), vi("w_in", None)],
-        [vi("cond_out", [], BOOL), vi("state_out", None), vi("w_in", None), vi("emitted", None)],
-        [const("stop", stop_at if stop_at is not None else 0)],
-    )
-    if trip_from_data:
-        trip = [oh.make_node("ReduceMax", ["steps"], ["trip"], keepdims=0)]
-        inputs = [vi("x", ["T", "N", 4]), vi("state0", ["N", 4]), vi("steps", [1], I64)]
-    else:
-        trip = [
-            oh.make_node("Shape", ["x"], ["shape"]),
-            oh.make_node("Gather", ["shape", "zero"], ["trip"], axis=0),
-        ]
-        inputs = [vi("x", ["T", "N", 4]), vi("state0", ["N", 4])]
-    nodes = [
-        *trip,
-        oh.make_node(
-            "Loop", ["trip", "true", "state0", "w"], ["final", "w_out", "states"], body=body
-        ),
-    ]
-    inits = [
-        const("zero", 0),
-        const("true", True, np.bool_),
-        const("w", RNG.standard_normal((4, 4)) * 0.5, np.float32),
-    ]
-    return model(nodes, inputs, [vi("final", None), vi("states", None)], inits)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 7])
 def test_counted_loop_matches_onnxruntime(steps: int) -> None:
     x = RNG.standard_normal((steps, 3, 4)).astype(np.float32)
     state = RNG.standard_normal((3, 4)).astype(np.float32)
-    assert_matches(_running_sum(), {"x": x, "state0": state})
+    assert_matches(running_sum_loop(), {"x": x, "state0": state})
 
 
 def test_counted_loop_exports_with_a_symbolic_trip_count() -> None:
-    module = to_torch(ir.serde.deserialize_model(_running_sum())).eval()
+    module = to_torch(ir.serde.deserialize_model(running_sum_loop())).eval()
     steps = torch.export.Dim("T", min=1, max=64)
     program = torch.export.export(
         module,
@@ -94,7 +45,7 @@ def test_counted_loop_exports_with_a_symbolic_trip_count() -> None:
 def test_a_loop_that_would_stop_early_fails_instead_of_running_on() -> None:
     """ONNX stops after step 1 here (its outputs have 2 steps); a scan cannot stop, so the run
     must fail rather than return 5."""
-    module = to_torch(ir.serde.deserialize_model(_running_sum(stop_at=1))).eval()
+    module = to_torch(ir.serde.deserialize_model(running_sum_loop(stop_at=1))).eval()
     with pytest.raises(RuntimeError, match="before its trip count"):
         module(torch.randn(5, 3, 4), torch.randn(3, 4))
     module(
@@ -103,14 +54,14 @@ def test_a_loop_that_would_stop_early_fails_instead_of_running_on() -> None:
 
 
 def test_a_loop_counted_by_data_is_refused_with_a_reason() -> None:
-    graph = ir.serde.deserialize_model(_running_sum(trip_from_data=True)).graph
+    graph = ir.serde.deserialize_model(running_sum_loop(trip_from_data=True)).graph
     reason = node_support(graph.node(len(graph) - 1), 17)
     assert reason is not None and "trip count is computed from tensor data" in reason
-    assert node_support(ir.serde.deserialize_model(_running_sum()).graph.node(2), 17) is None
+    assert node_support(ir.serde.deserialize_model(running_sum_loop()).graph.node(2), 17) is None
 
 
 def test_a_body_op_that_does_not_convert_is_named() -> None:
-    proto = _running_sum()
+    proto = running_sum_loop()
     body = proto.graph.node[-1].attribute[0].g
     body.node[-2].op_type = "Hardmax"  # Tanh -> an op outside the mapping
     loop = ir.serde.deserialize_model(proto).graph.node(2)
