@@ -646,7 +646,7 @@ def _batch_padding(
     outputs = next(n for n in program.graph.nodes if n.op == "output").args[0]
     for node in outputs:
         shape = getattr(getattr(node, "meta", {}).get("val"), "shape", ())
-        if not shape or str(getattr(getattr(shape[0], "node", None), "expr", "")) != expr:
+        if not shape or not _is_size(getattr(getattr(shape[0], "node", None), "expr", None), expr):
             return f"no padding: an output's leading axis is not the batch ({expr})"
     if any(t.shape[0] < small for t in example):
         return "no padding: the example has fewer rows than the batch asked for"
@@ -666,6 +666,24 @@ def _batch_padding(
     if differs:
         return f"no padding: rows mix (batch {least} cut to {small} differs: {differs})"
     return {"from": int(small), "to": int(least)}
+
+
+def _is_size(size: Any, symbol: str) -> bool:
+    """Whether the symbolic ``size`` is the size ``symbol`` itself: the same expression, or one
+    of that symbol alone that gives it back at every size tried (``floor(1.0 * s)`` from a
+    resize by 1.0 is ``s``, though torch.export writes it otherwise)."""
+    if size is None:
+        return False
+    if str(size) == symbol:
+        return True
+    free: set[Any] = set(getattr(size, "free_symbols", ()) or ())
+    if len(free) != 1 or str(next(iter(free))) != symbol:
+        return False
+    (name,) = free
+    try:
+        return all(int(size.xreplace({name: value})) == value for value in (1, 2, 3, 17, 640, 4097))
+    except (TypeError, ValueError):
+        return False
 
 
 def _rows_up_to(tensor: Any, rows: int, torch: Any) -> Any:

@@ -209,6 +209,11 @@ def _scaled_size(size_in: Any, scale: float) -> Any:
     """floor(in * scale) as ONNX Runtime computes it (float32 product)."""
     if isinstance(size_in, int):
         return int(np.float32(size_in) * np.float32(scale))
+    if float(scale).is_integer() and scale >= 1:
+        # Exact for any size below 2**24 (float32's integers), and a plain product keeps the
+        # symbolic size recognisable: floor(1.0 * batch) was not `batch` to torch.export, so
+        # a batch resized by 1.0 no longer looked like the input's batch.
+        return size_in * int(scale)
     return math.floor(size_in * scale)
 
 

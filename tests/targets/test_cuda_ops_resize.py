@@ -122,6 +122,28 @@ def test_sizes_from_shapes_export_with_symbolic_sizes() -> None:
     )
 
 
+def test_whole_scales_keep_symbolic_sizes_plain() -> None:
+    """Scales [1, 1, 2, 2] on a dynamic batch and image: the export's output sizes are the
+    batch itself and 2 * H, 2 * W (floor(1.0 * batch) was not the batch to torch.export, and
+    the cuda target's batch padding then refused NudeNet on the H200)."""
+    attrs = {"mode": "nearest"}
+    module = to_torch(ir.serde.deserialize_model(_resize(attrs, scales=[1, 1, 2, 2]))).eval()
+    dims = {
+        0: torch.export.Dim("n", min=1, max=8),
+        2: torch.export.Dim("h", min=2, max=64),
+        3: torch.export.Dim("w", min=2, max=64),
+    }
+    program = torch.export.export(
+        module, (torch.zeros(2, 3, 4, 6),), dynamic_shapes=(dims,), strict=False
+    )
+    (given,) = (n for n in program.graph.nodes if n.op == "placeholder" and n.name == "x")
+    output = next(n for n in program.graph.nodes if n.op == "output").args[0][0]
+    n_in, h_in = given.meta["val"].shape[0], given.meta["val"].shape[2]
+    n_out, h_out = output.meta["val"].shape[0], output.meta["val"].shape[2]
+    assert str(n_out) == str(n_in)
+    assert str(h_out) == str(2 * h_in)
+
+
 @pytest.mark.parametrize("opset", [10, 11])
 def test_older_opsets_and_upsample(opset: int) -> None:
     """Resize-10 (X, scales) maps asymmetric and floors; Upsample-9 is the same op."""
