@@ -110,15 +110,18 @@ generation = { max_batch = 4, max_tokens_limit = 64 }
         app = ray_application(repo, num_replicas=2, models_per_replica=1)
         serve.run(app, name="ai_vmm", route_prefix="/")
         url = f"http://127.0.0.1:{http_port}"
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
+        # Ready means every replica ready: Ray routes each probe to one of them, so ten ready
+        # answers in a row (a replica still loading its models answers 503; one ready answer
+        # was not enough, 2026-12-05: the test's own readiness check then met the other).
+        deadline, in_a_row = time.monotonic() + 600, 0
+        while time.monotonic() < deadline and in_a_row < 10:
             try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
-                    break
+                ready = httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
             except httpx.TransportError:
-                pass
-            time.sleep(1)
-        else:
+                ready = False
+            in_a_row = in_a_row + 1 if ready else 0
+            time.sleep(0.1 if ready else 1)
+        if in_a_row < 10:
             raise RuntimeError("the Ray-served app never became ready")
         yield url
 
