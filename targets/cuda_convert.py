@@ -40,6 +40,7 @@ import ai_vmm.targets.cuda_ops_tensor  # noqa: F401
 from ai_vmm.targets.cuda_convert_base import (
     CONST_INPUTS,
     DTYPES,
+    INPUT_SIZES,
     OPS,
     SHAPE_AWARE,
     SMALL_CONSTANT,
@@ -48,6 +49,7 @@ from ai_vmm.targets.cuda_convert_base import (
     ShapeValue,
     as_tensor,
     attr_value,
+    bind_sizes,
     constant_array,
     ints,
     to_compute,
@@ -425,6 +427,8 @@ class OnnxGraphModule(torch.nn.Module):
         fixed = {names[2 + k]: initial[k] for k in range(count) if same[k]}
         carried = tuple(as_tensor(initial[k], device).contiguous() for k in moving)
 
+        symbols = INPUT_SIZES.get()
+
         def step(carry: tuple[Any, ...], index: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
             local = {**env, **fixed}
             local[names[0]] = index
@@ -437,7 +441,7 @@ class OnnxGraphModule(torch.nn.Module):
                 out[1 + k].to(c.dtype).reshape(c.shape).clone()
                 for k, c in zip(moving, carry, strict=True)
             )
-            scans = tuple(o.clone() for o in out[1 + count :])
+            scans = tuple(bind_sizes(o.clone(), (), symbols) for o in out[1 + count :])
             return new, (out[0].reshape(()).to(torch.bool), *scans)
 
         indices = torch.arange(steps, dtype=torch.int64, device=device)
@@ -471,8 +475,13 @@ class OnnxGraphModule(torch.nn.Module):
             env[name] = (
                 value.to(self.compute) if is_float and value.dtype != self.compute else value
             )
-        for node in self._nodes:
-            self._run_node(node, env, device)
+        sizes = tuple(size for value in args for size in value.shape)
+        token = INPUT_SIZES.set(tuple(s for s in sizes if isinstance(s, torch.SymInt)))
+        try:
+            for node in self._nodes:
+                self._run_node(node, env, device)
+        finally:
+            INPUT_SIZES.reset(token)
         outputs = []
         for name, is_float in zip(self.output_names, self.output_float, strict=True):
             value = as_tensor(env[name], device)

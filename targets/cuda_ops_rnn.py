@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch._higher_order_ops.scan import scan
 
-from ai_vmm.targets.cuda_convert_base import ConversionError, Node, onnx_op
+from ai_vmm.targets.cuda_convert_base import (
+    INPUT_SIZES,
+    ConversionError,
+    Node,
+    bind_sizes,
+    onnx_op,
+)
 
 __all__ = ["rnn_support"]
 
@@ -213,7 +219,8 @@ def _recurrent(
             init = (h_init,)
         # The carry must keep the init's layout: states sliced from a transposed input are not.
         init = tuple(t.contiguous() for t in init)
-        final, y = scan(step, init, xw, reverse=reverse)
+        bound = _sized(step, tuple(init[0].shape), INPUT_SIZES.get())
+        final, y = scan(bound, init, xw, reverse=reverse)
         ys.append(y)
         last_h.append(final[0])
         if op == "LSTM":
@@ -226,3 +233,15 @@ def _recurrent(
         return y_all, y_h
     y_c = torch.stack(last_c, dim=0)
     return y_all, y_h, (y_c.transpose(0, 1) if batch_first else y_c)
+
+
+def _sized(
+    step: Callable[[Any, Any], Any], sizes: tuple[Any, ...], symbols: tuple[Any, ...]
+) -> Callable[[Any, Any], Any]:
+    """``step`` with its per-step output tied to the outer symbolic sizes (``bind_sizes``)."""
+
+    def wrapped(carry: Any, xt: Any) -> Any:
+        new, y = step(carry, xt)
+        return new, bind_sizes(y, sizes, symbols)
+
+    return wrapped
