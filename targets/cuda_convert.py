@@ -425,12 +425,14 @@ class OnnxGraphModule(torch.nn.Module):
         same = [out == name for out, name in zip(body.outputs[1:], names[2:], strict=False)]
         moving = [k for k in range(count) if not same[k]]
         fixed = {names[2 + k]: initial[k] for k in range(count) if same[k]}
-        carried = tuple(as_tensor(initial[k], device).contiguous() for k in moving)
+        # Cloned: TF passes one zeros tensor as both LSTM states, and scan refuses aliased carries.
+        carried = tuple(as_tensor(initial[k], device).clone() for k in moving)
 
         symbols = INPUT_SIZES.get()
+        hoisted = _hoisted_constants(body.nodes, env, device)
 
         def step(carry: tuple[Any, ...], index: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-            local = {**env, **fixed}
+            local = {**env, **hoisted, **fixed}
             local[names[0]] = index
             local[names[1]] = torch.ones((), dtype=torch.bool, device=device)
             local.update(zip([names[2 + k] for k in moving], carry, strict=True))
@@ -487,6 +489,28 @@ class OnnxGraphModule(torch.nn.Module):
             value = as_tensor(env[name], device)
             outputs.append(value.to(torch.float32) if is_float else value)
         return tuple(outputs)
+
+
+def _hoisted_constants(
+    nodes: list[Node], env: dict[str, Any], device: torch.device
+) -> dict[str, Any]:
+    """Outer small constants a loop body uses as data (an ``Add`` of a counter and 1), as
+    tensors made before the loop: a tensor constant created inside a scan body fails
+    Inductor's lowering of the scan (``Attempting to use FunctionalTensor on its own``,
+    chars2vec on AOTInductor, PyTorch 2.13). Inputs read as sizes stay ``ShapeValue``."""
+    as_sizes = {
+        name
+        for node in nodes
+        for position, name in enumerate(node.inputs)
+        if position in _SHAPE_INPUTS.get(node.op_type, ())
+        or position in CONST_INPUTS.get(node.op_type, ())
+    }
+    return {
+        name: as_tensor(env[name], device)
+        for node in nodes
+        for name in node.inputs
+        if name and name not in as_sizes and isinstance(env.get(name), ShapeValue)
+    }
 
 
 @dataclass
