@@ -423,10 +423,6 @@ def _wanted(
     return out
 
 
-_LOOP_OPS = frozenset({"LSTM", "GRU", "RNN", "Loop"})
-"""ONNX ops the converter runs as a ``scan``."""
-
-
 def export(
     module: Any,
     example: list[Any],
@@ -447,11 +443,12 @@ def export(
     import torch
     from torch.export import Dim
 
-    if any(n.op_type in _LOOP_OPS for n in getattr(module, "_nodes", ())):
+    if getattr(module, "runs_loops", False):
         # A scan body is compiled by dynamo, which caches it by code object across modules: a
         # body traced before at a fixed batch (an eager run of another model) left a guard
-        # `3 != B` in this export (tests, 2026-12-05). A fresh dynamo state per loop export.
-        torch._dynamo.reset()
+        # `3 != B` in this export (tests, 2026-12-05). A fresh compiler state per loop export
+        # (other torch.compile'd code in the process recompiles on its next call).
+        torch.compiler.reset()
 
     def named(bounds: dict[str, tuple[int, int]]) -> dict[str, Any]:
         return {s: Dim(_dim_name(s), min=lo, max=hi) for s, (lo, hi) in bounds.items() if lo != hi}

@@ -40,7 +40,6 @@ import ai_vmm.targets.cuda_ops_tensor  # noqa: F401
 from ai_vmm.targets.cuda_convert_base import (
     CONST_INPUTS,
     DTYPES,
-    INPUT_SIZES,
     OPS,
     SHAPE_AWARE,
     SMALL_CONSTANT,
@@ -49,7 +48,6 @@ from ai_vmm.targets.cuda_convert_base import (
     ShapeValue,
     as_tensor,
     attr_value,
-    bind_sizes,
     constant_array,
     ints,
     to_compute,
@@ -315,6 +313,19 @@ class OnnxGraphModule(torch.nn.Module):
         self._opset = opset
         self._nodes: list[Node] = self._convert_graph(graph)
 
+    @property
+    def runs_loops(self) -> bool:
+        """Whether the module runs a ``scan`` (an RNN or a counted ``Loop``, in branches too)."""
+
+        def loops(nodes: list[Node]) -> bool:
+            return any(
+                node.op_type in _LOOP_OPS
+                or any(loops(b.nodes) for b in node.attrs.values() if isinstance(b, Branch))
+                for node in nodes
+            )
+
+        return loops(self._nodes)
+
     def _convert_graph(self, graph: ir.Graph) -> list[Node]:
         """Register ``graph``'s initializers and convert its nodes (subgraphs of ``If`` too:
         their names share the main graph's scope, as ONNX requires)."""
@@ -428,7 +439,6 @@ class OnnxGraphModule(torch.nn.Module):
         # Cloned: TF passes one zeros tensor as both LSTM states, and scan refuses aliased carries.
         carried = tuple(as_tensor(initial[k], device).clone() for k in moving)
 
-        symbols = INPUT_SIZES.get()
         hoisted = _hoisted_constants(body.nodes, env, device)
 
         def step(carry: tuple[Any, ...], index: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
@@ -443,7 +453,7 @@ class OnnxGraphModule(torch.nn.Module):
                 out[1 + k].to(c.dtype).reshape(c.shape).clone()
                 for k, c in zip(moving, carry, strict=True)
             )
-            scans = tuple(bind_sizes(o.clone(), (), symbols) for o in out[1 + count :])
+            scans = tuple(o.clone() for o in out[1 + count :])
             return new, (out[0].reshape(()).to(torch.bool), *scans)
 
         indices = torch.arange(steps, dtype=torch.int64, device=device)
@@ -477,13 +487,8 @@ class OnnxGraphModule(torch.nn.Module):
             env[name] = (
                 value.to(self.compute) if is_float and value.dtype != self.compute else value
             )
-        sizes = tuple(size for value in args for size in value.shape)
-        token = INPUT_SIZES.set(tuple(s for s in sizes if isinstance(s, torch.SymInt)))
-        try:
-            for node in self._nodes:
-                self._run_node(node, env, device)
-        finally:
-            INPUT_SIZES.reset(token)
+        for node in self._nodes:
+            self._run_node(node, env, device)
         outputs = []
         for name, is_float in zip(self.output_names, self.output_float, strict=True):
             value = as_tensor(env[name], device)
@@ -536,6 +541,8 @@ OPS["If"] = _if_placeholder
 OPS["Loop"] = _if_placeholder
 SHAPE_AWARE.update(("If", "Loop"))
 
+_LOOP_OPS = frozenset({"LSTM", "GRU", "RNN", "Loop"})
+"""ONNX ops the converter runs as a ``scan``."""
 _FLOAT_SHAPE_READERS = frozenset({"Range", "Cast", "CastLike"})
 
 

@@ -12,7 +12,6 @@ Each registers its functions in :data:`OPS` with :func:`onnx_op`. See
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,35 +81,17 @@ SMALL_CONSTANT = 64
 """Integer constants with at most this many elements (0-D/1-D) are kept as ShapeValues."""
 
 
-INPUT_SIZES: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar(
-    "INPUT_SIZES", default=()
-)
-"""The graph inputs' symbolic sizes while a graph runs (set by ``OnnxGraphModule.run_graph``):
-what a loop body must name so that Inductor can size the loop's outputs (``bind_sizes``)."""
-
-
-def bind_sizes(
-    y: torch.Tensor, sizes: Sequence[Any] = (), symbols: Sequence[Any] = ()
-) -> torch.Tensor:
-    """``y`` (a step's output inside a ``scan``), tied to the graph's symbolic sizes.
+def bind_sizes(y: torch.Tensor, sizes: Sequence[Any]) -> torch.Tensor:
+    """``y`` (a step's output inside a ``scan``) reshaped to ``sizes``, its own shape written in
+    the symbols of the graph outside the loop.
 
     Inductor lowers a scan to a while loop whose stacked outputs it preallocates, computing
     their sizes from the scan's symbolic-int operands only (PyTorch 2.13,
-    ``post_grad.decompose_scan_to_while_loop``): a size that depends on a symbol that is not
-    one of them (a dynamic batch; a sequence length computed from an image width) fails the
-    build with ``KeyError: s..``. A step that uses those symbols gets them as operands: the
-    output is reshaped to ``sizes`` (its own shape in the outer symbols) and every input size
-    in ``symbols`` (``INPUT_SIZES.get()``, read outside the step: the tracer of a scan body
-    cannot read a context variable) enters as a zero-valued term.
+    ``post_grad.decompose_scan_to_while_loop``): a size built from a symbol that is not one of
+    them (a dynamic batch) fails the build with ``KeyError: s..``. Sizes used in the step's
+    code are lifted as such operands.
     """
-    if sizes:
-        y = y.reshape(tuple(sizes))
-    for size in symbols:
-        if isinstance(size, torch.SymInt) and y.is_floating_point():
-            # float32, then cast: a size above 65504 is inf in float16, and inf * 0 is NaN.
-            term = torch.full((), size, dtype=torch.float32, device=y.device)  # type: ignore[call-overload]
-            y = y + (term * 0).to(y.dtype)
-    return y
+    return y.reshape(tuple(sizes))
 
 
 def to_compute(tensor: torch.Tensor, compute: torch.dtype) -> torch.Tensor:

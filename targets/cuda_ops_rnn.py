@@ -21,13 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch._higher_order_ops.scan import scan
 
-from ai_vmm.targets.cuda_convert_base import (
-    INPUT_SIZES,
-    ConversionError,
-    Node,
-    bind_sizes,
-    onnx_op,
-)
+from ai_vmm.targets.cuda_convert_base import ConversionError, Node, bind_sizes, onnx_op
 
 __all__ = ["rnn_support"]
 
@@ -219,8 +213,7 @@ def _recurrent(
             init = (h_init,)
         # The carry must keep the init's layout: states sliced from a transposed input are not.
         init = tuple(t.contiguous() for t in init)
-        bound = _sized(step, tuple(init[0].shape), INPUT_SIZES.get())
-        final, y = scan(bound, init, xw, reverse=reverse)
+        final, y = scan(_sized(step, tuple(init[0].shape)), init, xw, reverse=reverse)
         ys.append(y)
         last_h.append(final[0])
         if op == "LSTM":
@@ -235,13 +228,11 @@ def _recurrent(
     return y_all, y_h, (y_c.transpose(0, 1) if batch_first else y_c)
 
 
-def _sized(
-    step: Callable[[Any, Any], Any], sizes: tuple[Any, ...], symbols: tuple[Any, ...]
-) -> Callable[[Any, Any], Any]:
-    """``step`` with its per-step output tied to the outer symbolic sizes (``bind_sizes``)."""
+def _sized(step: Callable[[Any, Any], Any], sizes: tuple[Any, ...]) -> Callable[[Any, Any], Any]:
+    """``step`` with its per-step output in the outer symbolic sizes (``bind_sizes``)."""
 
     def wrapped(carry: Any, xt: Any) -> Any:
         new, y = step(carry, xt)
-        return new, bind_sizes(y, sizes, symbols)
+        return new, bind_sizes(y, sizes)
 
     return wrapped

@@ -252,13 +252,13 @@ class CudaExecutor:
         graph = self._graphs.get(key)
         if graph is None:
             tensors = [self._to_device(name, inputs[name]) for name in self._names]
+            if self._capture_failures.get(key, 0) >= _CAPTURE_TRIES:
+                return self._plain(tensors)  # before evicting a graph for one never made
             if len(self._graphs) >= _MAX_GRAPHS:
                 # Replays on our stream may still run: let them finish before the pool goes.
                 assert self._stream is not None
                 self._stream.synchronize()
                 self._graphs.popitem(last=False)
-            if self._capture_failures.get(key, 0) >= _CAPTURE_TRIES:
-                return self._plain(tensors)
             try:
                 graph = capture(
                     self._runner,

@@ -61,10 +61,14 @@ def assert_matches(
         np.testing.assert_allclose(have, want, rtol=rtol, atol=atol)
 
 
-def running_sum_loop(stop_at: int | None = None, trip_from_data: bool = False) -> onnx.ModelProto:
+def running_sum_loop(
+    stop_at: int | None = None, trip_from_data: bool = False, batch: int | str = "N"
+) -> onnx.ModelProto:
     """For t in range(T): state = tanh(state @ w + x[t]); emits state each step. T is x's
     first axis (Shape -> Gather), as Keras' LSTM loop reads it; the weight passes through the
-    body unchanged (TF style). ``stop_at``: the body's condition turns false after that step."""
+    body unchanged (TF style), and the step reads x at (i + 1) - 1 with an outer constant 1 (TF
+    counts that way). ``stop_at``: the body's condition turns false after that step.
+    ``batch``: the size (or symbol) of N."""
     condition = (
         [oh.make_node("Less", ["i", "stop"], ["cond_out"])]
         if stop_at is not None
@@ -73,7 +77,9 @@ def running_sum_loop(stop_at: int | None = None, trip_from_data: bool = False) -
     body = oh.make_graph(
         [
             *condition,
-            oh.make_node("Gather", ["x", "i"], ["xt"], axis=0),
+            oh.make_node("Add", ["i", "one"], ["i_next"]),
+            oh.make_node("Sub", ["i_next", "one"], ["i_back"]),
+            oh.make_node("Gather", ["x", "i_back"], ["xt"], axis=0),
             oh.make_node("MatMul", ["state", "w_in"], ["mixed"]),
             oh.make_node("Add", ["mixed", "xt"], ["pre"]),
             oh.make_node("Tanh", ["pre"], ["state_out"]),
@@ -96,13 +102,13 @@ def running_sum_loop(stop_at: int | None = None, trip_from_data: bool = False) -
     )
     if trip_from_data:
         trip = [oh.make_node("ReduceMax", ["steps"], ["trip"], keepdims=0)]
-        inputs = [vi("x", ["T", "N", 4]), vi("state0", ["N", 4]), vi("steps", [1], I64)]
+        inputs = [vi("x", ["T", batch, 4]), vi("state0", [batch, 4]), vi("steps", [1], I64)]
     else:
         trip = [
             oh.make_node("Shape", ["x"], ["shape"]),
             oh.make_node("Gather", ["shape", "zero"], ["trip"], axis=0),
         ]
-        inputs = [vi("x", ["T", "N", 4]), vi("state0", ["N", 4])]
+        inputs = [vi("x", ["T", batch, 4]), vi("state0", [batch, 4])]
     nodes = [
         *trip,
         oh.make_node(
@@ -111,6 +117,7 @@ def running_sum_loop(stop_at: int | None = None, trip_from_data: bool = False) -
     ]
     inits = [
         const("zero", 0),
+        const("one", 1),
         const("true", True, np.bool_),
         const("w", np.random.default_rng(5).standard_normal((4, 4)) * 0.5, np.float32),
     ]

@@ -451,6 +451,31 @@ def test_a_recurrent_graph_compiles_and_keeps_its_length_dynamic(tmp_path: Path)
             np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5)
 
 
+def test_a_counted_loop_compiles_and_keeps_its_trip_count_dynamic(tmp_path: Path) -> None:
+    """A counted Loop (the converter's scan) as an AOTInductor package, run at trip counts other
+    than the example's against ONNX Runtime. Its body adds an outer constant to the counter:
+    made inside the body, that constant broke Inductor's scan lowering ("FunctionalTensor on
+    its own"), so the converter makes such constants before the loop. The batch is fixed: with
+    a dynamic one the build still fails inside Inductor (docs/gpu.md)."""
+    proto = running_sum_loop(batch=3)
+    model = ir.serde.deserialize_model(proto)
+    options = TargetOptions(extra={"input_bounds": {}, "sample_dims": {"T": 5}})
+    payload = cuda_build.build_package(model, CPU, options, _dir(tmp_path / "p"), "fp32")
+    executor = create_executor(
+        "cuda", tmp_path / "p" / payload.entry, "cpu", payload.config, ("final", "states")
+    )
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(4)
+    for length in (1, 9):
+        feeds = {
+            "x": rng.standard_normal((length, 3, 4)).astype(np.float32),
+            "state0": rng.standard_normal((3, 4)).astype(np.float32),
+        }
+        got = executor.run(feeds)
+        for name, want in zip(("final", "states"), session.run(None, feeds), strict=True):
+            np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5)
+
+
 def test_rows_for_the_padding_check_are_completed_with_other_rows() -> None:
     """The rows-do-not-mix check needs rows that differ from the ones it pads with; a one-row
     example is completed with its own row mirrored (same values, other positions)."""
