@@ -32,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -259,12 +260,18 @@ def main(argv: list[str]) -> int:
         return 2
     with ai_vmm.load(ROOT / "openvino-CPU-fp32.vmm") as lm:
         ids = prompts(lm.tokenizer)["long"]
+    runs: dict[str, Callable[[list[int]], None]] = {
+        "engines": engines,
+        "compressed": compressed,
+        "profile": profile,
+        "profile-int8": lambda ids: profile(ids, "int8"),
+        "wall": wall,
+        "pyprofile": pyprofile,
+        "dq": dq,
+    }
     for part in parts:
         print(f"\n### {part}\n")
-        parts_ = {"engines": engines, "compressed": compressed, "profile": profile, "wall": wall}
-        parts_["profile-int8"] = lambda ids: profile(ids, "int8")
-        parts_["pyprofile"] = pyprofile
-        {**parts_, "dq": dq}[part](ids)
+        runs[part](ids)
     return 0
 
 

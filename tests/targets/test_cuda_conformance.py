@@ -22,7 +22,8 @@ OPS = (
     "resize|upsample|lstm|gru|rnn_seq|softmax|logsoftmax|maxpool|averagepool|quantizelinear"
     "|dequantizelinear|slice|range|swish|celu|thresholdedrelu|shrink|group_normalization"
     "|l2normalization|lpnormalization|lrn|gridsample|reduce_l1|reduce_log_sum|bitwise|isinf"
-    "|cumprod|eyelike|onehot|scatter|layer_normalization|neg|abs|if|simple_rnn|depthtospace|spacetodepth"
+    "|cumprod|eyelike|onehot|scatter|layer_normalization|neg|abs|if|loop|simple_rnn|depthtospace"
+    "|spacetodepth"
 )
 PATTERN = rf"^test_({OPS})"
 
