@@ -182,7 +182,13 @@ def observe_missing_shapes(model: ir.Model, sample: dict[str, np.ndarray] | None
 
 
 def sample_dims(model: ir.Model, sample: dict[str, np.ndarray] | None) -> dict[str, int]:
-    """Sizes of symbolic dimensions in the representative inputs."""
+    """Sizes of symbolic dimensions in the representative inputs.
+
+    A named dimension is keyed by its name, an anonymous one (``?``, -1) by ``INPUT_AXIS``, the
+    name the cuda target gives it (``targets/cuda_build._symbol``): without it, that target
+    exported PP-OCR's classifier (``[-1, 3, ?, ?]``) at 2x2 pixels, where its pooling has no
+    output (H200, 2026-12-05).
+    """
     dims: dict[str, int] = {}
     if not sample:
         return dims
@@ -190,10 +196,19 @@ def sample_dims(model: ir.Model, sample: dict[str, np.ndarray] | None) -> dict[s
         array = sample.get(value.name or "")
         if array is None or value.shape is None:
             continue
-        for dim, size in zip(value.shape, array.shape, strict=False):
-            if isinstance(dim, ir.SymbolicDim) and dim.value:
-                dims[dim.value] = int(size)
+        for axis, (dim, size) in enumerate(zip(value.shape, array.shape, strict=False)):
+            if isinstance(dim, ir.SymbolicDim):
+                dims[dim.value or f"{value.name}_{axis}"] = int(size)
     return dims
+
+
+def sample_sizes(model: ir.Model, samples: list[dict[str, np.ndarray]]) -> dict[str, list[int]]:
+    """Every size each symbolic dimension takes across the samples, ascending."""
+    sizes: dict[str, set[int]] = {}
+    for sample in samples:
+        for symbol, size in sample_dims(model, sample).items():
+            sizes.setdefault(symbol, set()).add(size)
+    return {symbol: sorted(values) for symbol, values in sizes.items()}
 
 
 def build_partitioned(

@@ -28,7 +28,7 @@ from ai_vmm.candidates import Candidate
 from ai_vmm.frontends import LoadedModel
 from ai_vmm.inputs import Tolerance, compare
 from ai_vmm.options import CompileOptions
-from ai_vmm.partition import sample_dims
+from ai_vmm.partition import sample_dims, sample_sizes
 from ai_vmm.passes.analyze import analyze
 from ai_vmm.passes.canonicalize import canonicalize
 from ai_vmm.passes.concrete_shapes import dims_from_shapes
@@ -98,7 +98,11 @@ def run(
     label = profile.primary_label if profile is not None else None
     say(f"architecture: {label or 'unclassified'}; recipe: {recipe}")
 
-    extra: dict[str, Any] = {"input_bounds": bounds, "sample_dims": dims}
+    extra: dict[str, Any] = {
+        "input_bounds": bounds,
+        "sample_dims": dims,
+        "sample_sizes": sample_sizes(model, inputs.verify),
+    }
     if loaded.torch_program is not None:
         # The cuda target compiles the frontend's own torch program when it gets the whole model.
         extra["torch_program"] = loaded.torch_program

@@ -131,7 +131,17 @@ def padding(rm: Any, name: str) -> dict[str, Any]:
         for axis, dim in enumerate(v.shape or [])
         if not isinstance(dim, int)
     }
-    options = TargetOptions(extra={"input_bounds": {}, "sample_dims": sample_dims})
+    sizes: dict[str, list[int]] = {}
+    for other in rm.samples(name):
+        for v in model.graph.inputs:
+            for axis, dim in enumerate(v.shape or []):
+                if not isinstance(dim, int):
+                    symbol = cuda_build._symbol(v, axis, dim)
+                    size = int(np.asarray(other[v.name]).shape[axis])
+                    sizes[symbol] = sorted({*sizes.get(symbol, []), size})
+    options = TargetOptions(
+        extra={"input_bounds": {}, "sample_dims": sample_dims, "sample_sizes": sizes}
+    )
     # The eager payload's file is not needed (and a program with float sizes does not save).
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -140,7 +150,12 @@ def padding(rm: Any, name: str) -> dict[str, Any]:
     ):
         payload = cuda_build._build(module, "onnx", model, options, Path(tmp), "fp32", True, "cpu")
     config = payload.config
-    return {"pad_batch": config.get("pad_batch"), "note": str(config.get("shape_note", ""))[:300]}
+    return {
+        "pad_batch": config.get("pad_batch"),
+        "ranges": [spec["ranges"] for spec in config["inputs"]],
+        "sample_sizes": sizes,
+        "note": str(config.get("shape_note", ""))[:300],
+    }
 
 
 def _child(part: str, name: str, queue: Any) -> None:

@@ -27,9 +27,12 @@ mkdir -p "$OUT" "$RESULTS"
 export PYTHONUNBUFFERED=1 AI_VMM_CACHE_DIR=${AI_VMM_CACHE_DIR:-/tmp/ai-vmm-cache}
 if [ -f .whl/setup.sh ]; then
     bash .whl/setup.sh >"$RESULTS/setup.log" 2>&1 && export PYTHONPATH=/tmp/site
-else  # no wheels carried (the real part): the project alone, which the cuda target needs
+else  # no wheels carried (the real part): the project and the few wheels the real part
+    # carries (.realmodels/wheels: jsonschema and its dependencies), which the cuda target needs
+    { [ ! -d .realmodels/wheels ] || python3 -m pip install -q --no-index --no-deps --no-compile \
+        --target /tmp/site .realmodels/wheels/*.whl; } >"$RESULTS/setup.log" 2>&1
     python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
-        --target /tmp/site . >"$RESULTS/setup.log" 2>&1 && export PYTHONPATH=/tmp/site
+        --target /tmp/site . >>"$RESULTS/setup.log" 2>&1 && export PYTHONPATH=/tmp/site
 fi
 PART_SECONDS_deploy=${PART_SECONDS_deploy:-170}
 PART_SECONDS_parallel=${PART_SECONDS_parallel:-190}

@@ -182,7 +182,14 @@ def _build(
     stage("export")
     specs = input_specs(program, graph_inputs, dims)
     exported = program.module()  # unlifted once: both checks below run it eagerly
-    raised = _smallest_sizes_check(exported, module, example, specs, precision)
+    known = options.extra.get("sample_sizes") or {}
+    candidates = {
+        (index, axis): [int(n) for n in known.get(_symbol(value, axis, dim), ())]
+        for index, value in enumerate(graph_inputs)
+        for axis, dim in enumerate(value.shape or [])
+        if not isinstance(dim, int)
+    }
+    raised = _smallest_sizes_check(exported, module, example, specs, precision, candidates)
     if raised:
         note = f"the export differs from the model at {raised}: those sizes are refused"
         shape_note = f"{shape_note}; {note}" if shape_note else note
@@ -582,7 +589,12 @@ def input_specs(
 
 
 def _smallest_sizes_check(
-    exported: Any, module: Any, example: list[Any], specs: list[dict[str, Any]], precision: str
+    exported: Any,
+    module: Any,
+    example: list[Any],
+    specs: list[dict[str, Any]],
+    precision: str,
+    candidates: dict[tuple[int, int], list[int]] | None = None,
 ) -> str:
     """Run the exported program at the smallest size of each dynamic dimension, against the
     module.
@@ -590,8 +602,11 @@ def _smallest_sizes_check(
     Export traces at sizes >= 2 and may take size 1 obliviously: a branch on ``batch == 1``
     is then traced the other way with nothing to say so (torch 2.13 exports such a branch with
     the range 1..N). Where the two disagree, that dimension's lower bound goes up to the
-    example's size (the executor refuses the rest) and the returned text names the axes; ''
-    when they agree everywhere.
+    smallest size the user's samples take below the example's (``candidates``, per input
+    index and axis) at which the two agree, else to the example's size (the executor refuses
+    the rest); the returned text names the axes; '' when they agree everywhere. (A PP-OCR
+    detector's export guards its width on ``(W - 1) // 32``: refused below the first
+    sample's 1472, it then failed its own second sample at 1088 (H200, 2026-12-05).)
     """
 
     by_symbol: dict[str, list[tuple[int, dict[str, Any], int, int, int]]] = {}
@@ -609,10 +624,27 @@ def _smallest_sizes_check(
             smallest[index] = smallest[index].narrow(axis, 0, low)
         if _agree(exported, module, smallest, precision):
             continue
-        for _index, spec, axis, _low, size in entries:
-            spec["ranges"][str(axis)][0] = size
-            raised.append(f"{spec['name']} axis {axis} below {size}")
+        index, _spec, axis, low, size = entries[0]
+        tried = [n for n in (candidates or {}).get((index, axis), []) if low < n < size]
+        for least in [*tried, size]:
+            if least == size or _agree(
+                exported, module, _narrowed(example, entries, least), precision
+            ):
+                break
+        for _index, spec, axis, _low, _size in entries:
+            spec["ranges"][str(axis)][0] = least
+            raised.append(f"{spec['name']} axis {axis} below {least}")
     return ", ".join(raised[:4])
+
+
+def _narrowed(
+    example: list[Any], entries: list[tuple[int, dict[str, Any], int, int, int]], size: int
+) -> list[Any]:
+    """``example`` with every (input, axis) of ``entries`` cut to ``size``."""
+    out = list(example)
+    for index, _spec, axis, _low, _size in entries:
+        out[index] = out[index].narrow(axis, 0, size)
+    return out
 
 
 def _batch_padding(

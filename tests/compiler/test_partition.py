@@ -249,3 +249,15 @@ def test_a_planned_gpu_that_is_not_here_keeps_its_op_mapping(tmp_path: Path) -> 
     placed = {n["node"]: n["device"] for n in result.report["plan"]["nodes"]}
     assert placed.pop("gelu") == "openvino:CPU"
     assert set(placed.values()) == {"cuda:0"}, placed
+
+
+def test_sample_dims_name_anonymous_axes_the_way_the_cuda_target_does() -> None:
+    import onnx_ir as ir
+
+    from ai_vmm.partition import sample_dims, sample_sizes
+
+    x = ir.Value(name="x", shape=ir.Shape([ir.SymbolicDim(None), 3, ir.SymbolicDim("W")]))
+    model = ir.Model(ir.Graph([x], [], nodes=[]), ir_version=8)
+    samples = [{"x": np.zeros((6, 3, 192), np.float32)}, {"x": np.zeros((1, 3, 96), np.float32)}]
+    assert sample_dims(model, samples[0]) == {"x_0": 6, "W": 192}
+    assert sample_sizes(model, samples) == {"x_0": [1, 6], "W": [96, 192]}

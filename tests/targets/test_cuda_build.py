@@ -242,6 +242,28 @@ def test_sizes_where_the_export_differs_from_the_model_are_refused(tmp_path: Pat
         executor.run({"x": x[:1], "ids": ids[:1]})
 
 
+def test_a_raised_lower_bound_stops_at_the_least_sample_size_that_agrees(
+    tmp_path: Path,
+) -> None:
+    """The export (traced at the first sample's batch 8) differs from the model at batch 1
+    only: the range starts at the other sample's batch 3, not at 8 (a PP-OCR detector's second
+    sample failed its own compile that way on the H200)."""
+    model = ir.load(_two_inputs(tmp_path / "two.onnx"))
+    options = TargetOptions(
+        extra={
+            "input_bounds": {},
+            "sample_dims": {"batch": 8},
+            "sample_sizes": {"batch": [3, 8]},
+        }
+    )
+    payload = cuda_build._build(
+        Branchy(), "onnx", model, options, _dir(tmp_path / "p"), "fp32", True, "cpu"
+    )
+    specs = {s["name"]: s for s in payload.config["inputs"]}
+    assert specs["x"]["ranges"]["0"] == [3, 4096]
+    assert "differs from the model at x axis 0 below 3" in payload.config["shape_note"]
+
+
 class Mixing(torch.nn.Module):
     """Rows that mix (each row minus the batch mean): padding the batch would change them."""
 
