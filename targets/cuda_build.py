@@ -251,6 +251,11 @@ def _build(
     if not eager:
         from ai_vmm.runtime.executors.cuda_load import load_package
 
+        if getattr(module, "runs_loops", False):
+            from ai_vmm.targets.cuda_child_run import run_in_child
+
+            run_in_child(entry, example, torch_device)
+            stage("child run")
         runner = load_package(torch, entry, torch.device(torch_device))
         stage("load")
         if source == "torch":

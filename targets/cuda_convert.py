@@ -48,6 +48,7 @@ from ai_vmm.targets.cuda_convert_base import (
     ShapeValue,
     as_tensor,
     attr_value,
+    bind_sizes,
     constant_array,
     ints,
     to_compute,
@@ -440,6 +441,7 @@ class OnnxGraphModule(torch.nn.Module):
         carried = tuple(as_tensor(initial[k], device).clone() for k in moving)
 
         hoisted = _hoisted_constants(body.nodes, env, device)
+        sizes: list[tuple[Any, ...]] | None = None
 
         def step(carry: tuple[Any, ...], index: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
             local = {**env, **hoisted, **fixed}
@@ -453,10 +455,20 @@ class OnnxGraphModule(torch.nn.Module):
                 out[1 + k].to(c.dtype).reshape(c.shape).clone()
                 for k, c in zip(moving, carry, strict=True)
             )
-            scans = tuple(o.clone() for o in out[1 + count :])
+            scans = tuple(
+                (o if sizes is None else bind_sizes(o, shape)).clone()
+                for o, shape in zip(out[1 + count :], sizes or out[1 + count :], strict=True)
+            )
             return new, (out[0].reshape(()).to(torch.bool), *scans)
 
         indices = torch.arange(steps, dtype=torch.int64, device=device)
+        if isinstance(steps, torch.SymInt):
+            # Traced with symbolic sizes: one step run outside the scan (dead code, dropped
+            # from the export) gives the stacked outputs' per-step sizes in the outer graph's
+            # symbols, and the body reshapes to them (``bind_sizes``). Without it chars2vec's
+            # per-step [batch, 300] failed AOTInductor's scan lowering (``KeyError: s64``).
+            probe = step(carried, torch.zeros((), dtype=torch.int64, device=device))[1][1:]
+            sizes = [tuple(p.shape) for p in probe]
         final_moving, stacked = scan(step, carried, indices)
         final = list(initial)
         for k, value in zip(moving, final_moving, strict=True):

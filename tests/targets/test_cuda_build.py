@@ -473,25 +473,36 @@ def test_a_recurrent_graph_compiles_and_keeps_its_length_dynamic(tmp_path: Path)
             np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5)
 
 
-def test_a_counted_loop_compiles_and_keeps_its_trip_count_dynamic(tmp_path: Path) -> None:
-    """A counted Loop (the converter's scan) as an AOTInductor package, run at trip counts other
-    than the example's against ONNX Runtime. Its body adds an outer constant to the counter:
-    made inside the body, that constant broke Inductor's scan lowering ("FunctionalTensor on
-    its own"), so the converter makes such constants before the loop. The batch is fixed: with
-    a dynamic one the build still fails inside Inductor (docs/gpu.md)."""
-    proto = running_sum_loop(batch=3)
+@pytest.mark.parametrize("batch", [3, "N"])
+def test_a_counted_loop_compiles_and_keeps_its_trip_count_dynamic(
+    tmp_path: Path, batch: int | str
+) -> None:
+    """A counted Loop (the converter's scan) as an AOTInductor package, run at trip counts (and,
+    with a dynamic batch, batches) other than the example's against ONNX Runtime. Its body
+    adds an outer constant to the counter: made inside the body, that constant broke
+    Inductor's scan lowering ("FunctionalTensor on its own"), so the converter makes such
+    constants before the loop. With a dynamic batch the stacked outputs' per-step size names
+    the batch, which Inductor's lowering could not resolve (``KeyError``) until the body was
+    made to reshape to the outer graph's sizes."""
+    proto = running_sum_loop(batch=batch)
     model = ir.serde.deserialize_model(proto)
-    options = TargetOptions(extra={"input_bounds": {}, "sample_dims": {"T": 5}})
+    options = TargetOptions(extra={"input_bounds": {}, "sample_dims": {"T": 5, "N": 3}})
     payload = cuda_build.build_package(model, CPU, options, _dir(tmp_path / "p"), "fp32")
+    assert "child run" in payload.config["build_stages_s"]  # a program with a loop
     executor = create_executor(
         "cuda", tmp_path / "p" / payload.entry, "cpu", payload.config, ("final", "states")
     )
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(4)
-    for length in (1, 9):
+    for length, rows in (
+        (1, 3),
+        (9, 3),
+        (4, 1 if batch == "N" else 3),
+        (6, 2 if batch == "N" else 3),
+    ):
         feeds = {
-            "x": rng.standard_normal((length, 3, 4)).astype(np.float32),
-            "state0": rng.standard_normal((3, 4)).astype(np.float32),
+            "x": rng.standard_normal((length, rows, 4)).astype(np.float32),
+            "state0": rng.standard_normal((rows, 4)).astype(np.float32),
         }
         got = executor.run(feeds)
         for name, want in zip(("final", "states"), session.run(None, feeds), strict=True):
