@@ -213,7 +213,11 @@ def _recurrent(
             init = (h_init,)
         # The carry must keep the init's layout: states sliced from a transposed input are not.
         init = tuple(t.contiguous() for t in init)
-        final, y = scan(_sized(step, tuple(init[0].shape)), init, xw, reverse=reverse)
+        length = xw.shape[0]
+        if isinstance(length, torch.SymInt) and not length.node.expr.is_Symbol:
+            final, y = _scan_into_buffer(step, init, xw, reverse)
+        else:
+            final, y = scan(_sized(step, tuple(init[0].shape)), init, xw, reverse=reverse)
         ys.append(y)
         last_h.append(final[0])
         if op == "LSTM":
@@ -226,6 +230,33 @@ def _recurrent(
         return y_all, y_h
     y_c = torch.stack(last_c, dim=0)
     return y_all, y_h, (y_c.transpose(0, 1) if batch_first else y_c)
+
+
+def _scan_into_buffer(
+    step: Callable[[Any, Any], Any], init: tuple[Any, ...], xw: Any, reverse: bool
+) -> tuple[tuple[Any, ...], Any]:
+    """The scan with the per-step outputs written into a carried buffer instead of stacked.
+
+    For a length that is an expression of an input size (ddddocr: ``(W - 1) // 8 + 1`` from
+    the image width): Inductor sizes a scan's stacked outputs from the scan's symbolic-int
+    operands, and resolves an expression only from bare symbols among them, which the width
+    is not (``KeyError: s90``, PyTorch 2.13). A carried buffer is allocated outside the loop,
+    where the expression is known, so nothing is stacked. Each step writes its row into a new
+    buffer (``index_copy``), which Inductor may copy whole: O(length^2) bytes moved, small for
+    the lengths such models have.
+    """
+    length = xw.shape[0]
+    buffer = xw.new_zeros((length, *init[0].shape))
+    steps = torch.arange(length, device=xw.device)
+
+    def wrapped(carry: Any, inputs: Any) -> Any:
+        *state, out = carry
+        xt, t = inputs
+        new, y = step(tuple(state), xt)
+        return (*new, out.index_copy(0, t.reshape(1), y.unsqueeze(0))), ()
+
+    final, _ = scan(wrapped, (*init, buffer), (xw, steps), reverse=reverse)
+    return tuple(final[:-1]), final[-1]
 
 
 def _sized(step: Callable[[Any, Any], Any], sizes: tuple[Any, ...]) -> Callable[[Any, Any], Any]:
