@@ -514,7 +514,10 @@ def _hoisted_constants(
     """Outer small constants a loop body uses as data (an ``Add`` of a counter and 1), as
     tensors made before the loop: a tensor constant created inside a scan body fails
     Inductor's lowering of the scan (``Attempting to use FunctionalTensor on its own``,
-    chars2vec on AOTInductor, PyTorch 2.13). Inputs read as sizes stay ``ShapeValue``."""
+    chars2vec on AOTInductor, PyTorch 2.13). Inputs read as sizes stay ``ShapeValue``, and so
+    do symbolic ones (TF's condition reads the trip count): made into a tensor before the loop,
+    such a scalar gave a package that segfaulted on its first call (chars2vec and a 20-node
+    repro, CPU, 2026-12-05); made in the body, from the size dynamo lifts, it runs right."""
     as_sizes = {
         name
         for node in nodes
@@ -526,7 +529,10 @@ def _hoisted_constants(
         name: as_tensor(env[name], device)
         for node in nodes
         for name in node.inputs
-        if name and name not in as_sizes and isinstance(env.get(name), ShapeValue)
+        if name
+        and name not in as_sizes
+        and isinstance(env.get(name), ShapeValue)
+        and all(isinstance(v, int) for v in env[name].values)
     }
 
 

@@ -62,18 +62,28 @@ def assert_matches(
 
 
 def running_sum_loop(
-    stop_at: int | None = None, trip_from_data: bool = False, batch: int | str = "N"
+    stop_at: int | None = None,
+    trip_from_data: bool = False,
+    batch: int | str = "N",
+    tf_condition: bool = False,
 ) -> onnx.ModelProto:
     """For t in range(T): state = tanh(state @ w + x[t]); emits state each step. T is x's
     first axis (Shape -> Gather), as Keras' LSTM loop reads it; the weight passes through the
     body unchanged (TF style), and the step reads x at (i + 1) - 1 with an outer constant 1 (TF
     counts that way). ``stop_at``: the body's condition turns false after that step.
-    ``batch``: the size (or symbol) of N."""
+    ``batch``: the size (or symbol) of N. ``tf_condition``: the condition is TF's
+    ``float(i) < float(trip)``, the outer trip count read as data in the body."""
     condition = (
         [oh.make_node("Less", ["i", "stop"], ["cond_out"])]
         if stop_at is not None
         else [oh.make_node("Identity", ["cond_in"], ["cond_out"])]
     )
+    if tf_condition:
+        condition = [
+            oh.make_node("Cast", ["i"], ["i_f"], to=onnx.TensorProto.FLOAT),
+            oh.make_node("Cast", ["trip"], ["trip_f"], to=onnx.TensorProto.FLOAT),
+            oh.make_node("Less", ["i_f", "trip_f"], ["cond_out"]),
+        ]
     body = oh.make_graph(
         [
             *condition,

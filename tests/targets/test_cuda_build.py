@@ -500,9 +500,9 @@ def test_a_recurrent_graph_compiles_and_keeps_its_length_dynamic(
             np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("batch", [3, "N"])
+@pytest.mark.parametrize(("batch", "tf_condition"), [(3, False), ("N", False), ("N", True)])
 def test_a_counted_loop_compiles_and_keeps_its_trip_count_dynamic(
-    tmp_path: Path, batch: int | str
+    tmp_path: Path, batch: int | str, tf_condition: bool
 ) -> None:
     """A counted Loop (the converter's scan) as an AOTInductor package, run at trip counts (and,
     with a dynamic batch, batches) other than the example's against ONNX Runtime. Its body
@@ -510,8 +510,11 @@ def test_a_counted_loop_compiles_and_keeps_its_trip_count_dynamic(
     Inductor's scan lowering ("FunctionalTensor on its own"), so the converter makes such
     constants before the loop. With a dynamic batch the stacked outputs' per-step size names
     the batch, which Inductor's lowering could not resolve (``KeyError``) until the body was
-    made to reshape to the outer graph's sizes."""
-    proto = running_sum_loop(batch=batch)
+    made to reshape to the outer graph's sizes. ``tf_condition``: the body reads the outer
+    trip count as data (TF's ``while``, chars2vec); made into a tensor before the loop, that
+    symbolic scalar gave a package that segfaulted on its first call, so it is made in the body
+    from the lifted size instead (the child-process first call would refuse a crash)."""
+    proto = running_sum_loop(batch=batch, tf_condition=tf_condition)
     model = ir.serde.deserialize_model(proto)
     options = TargetOptions(extra={"input_bounds": {}, "sample_dims": {"T": 5, "N": 3}})
     payload = cuda_build.build_package(model, CPU, options, _dir(tmp_path / "p"), "fp32")
