@@ -608,10 +608,11 @@ def _smallest_sizes_check(
     is then traced the other way with nothing to say so (torch 2.13 exports such a branch with
     the range 1..N). Where the two disagree, that dimension's lower bound goes up to the
     smallest size the user's samples take below the example's (``candidates``, per input
-    index and axis) at which the two agree, else to the example's size (the executor refuses
-    the rest); the returned text names the axes; '' when they agree everywhere. (A PP-OCR
-    detector's export guards its width on ``(W - 1) // 32``: refused below the first
-    sample's 1472, it then failed its own second sample at 1088 (H200, 2026-12-05).)
+    index and axis) at which the two agree, else to the example's size, then down by halves
+    while the module runs and the two agree (the executor refuses the rest); the returned text
+    names the axes; '' when they agree everywhere. (A PP-OCR detector's hinted export, refused
+    below its first sample's width of 1472, failed its own second sample, 1088 wide: H200,
+    2026-12-05. Now its width starts at 544, its height at 736.)
     """
 
     by_symbol: dict[str, list[tuple[int, dict[str, Any], int, int, int]]] = {}
@@ -636,6 +637,14 @@ def _smallest_sizes_check(
                 exported, module, _narrowed(example, entries, least), precision
             ):
                 break
+        # Below that, halve while the model runs there and the two agree: the sizes that fail
+        # are usually few and small (the size-1 branch), and a range that starts at the first
+        # sample's size refuses every smaller input a user sends.
+        trial = least // 2
+        while trial > low and _agree(
+            exported, module, _narrowed(example, entries, trial), precision, vacuous=False
+        ):
+            least, trial = trial, trial // 2
         for _index, spec, axis, _low, _size in entries:
             spec["ranges"][str(axis)][0] = least
             raised.append(f"{spec['name']} axis {axis} below {least}")
@@ -741,16 +750,19 @@ def _rows_up_to(tensor: Any, rows: int, torch: Any) -> Any:
     return torch.cat([tensor, extra.narrow(0, 0, rows - tensor.shape[0])])
 
 
-def _agree(exported: Any, module: Any, feeds: list[Any], precision: str) -> bool:
-    """The exported program computes what the module computes on these inputs (or the module
-    itself cannot take them: not a valid combination of sizes, nothing to say)."""
+def _agree(
+    exported: Any, module: Any, feeds: list[Any], precision: str, *, vacuous: bool = True
+) -> bool:
+    """The exported program computes what the module computes on these inputs (or, with
+    ``vacuous``, the module itself cannot take them: not a valid combination of sizes,
+    nothing to say)."""
     import torch
 
     try:
         with torch.inference_mode():
             want = torch.utils._pytree.tree_leaves(module(*feeds))
     except Exception:
-        return True
+        return vacuous
     try:
         with torch.inference_mode():
             got = torch.utils._pytree.tree_leaves(exported(*feeds))
