@@ -11,6 +11,7 @@ own process would take the user's compile with it, so packages of programs with 
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -49,8 +50,12 @@ def run_in_child(entry: Path, example: list[Any], torch_device: str) -> None:
         inputs = Path(tmp) / "inputs.pt"
         torch.save([t.detach().cpu() for t in example], inputs)
         command = [sys.executable, "-c", _CHILD, str(entry), str(inputs), torch_device]
+        # The child imports what this process imports, from where it imports it.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=TIMEOUT_S, env=env
+            )
         except subprocess.TimeoutExpired:
             raise CompileError(
                 f"cuda target: the package did not finish one call in {TIMEOUT_S} s "
