@@ -28,7 +28,7 @@ from ai_vmm.runtime.artifact import PartitionSpec, sha256_file
 from ai_vmm.runtime.devices import Device
 from ai_vmm.runtime.errors import CompileError, UnsupportedModelError
 from ai_vmm.runtime.executors import Executor, create_executor
-from ai_vmm.targets.base import NodeSupport, Payload, TargetOptions, save_onnx
+from ai_vmm.targets.base import NodeSupport, Payload, TargetOptions, axis_symbol, save_onnx
 
 Say = Callable[[str], None]
 
@@ -184,10 +184,9 @@ def observe_missing_shapes(model: ir.Model, sample: dict[str, np.ndarray] | None
 def sample_dims(model: ir.Model, sample: dict[str, np.ndarray] | None) -> dict[str, int]:
     """Sizes of symbolic dimensions in the representative inputs.
 
-    A named dimension is keyed by its name, an anonymous one (``?``, -1) by ``INPUT_AXIS``, the
-    name the cuda target gives it (``targets/cuda_build._symbol``): without it, that target
-    exported PP-OCR's classifier (``[-1, 3, ?, ?]``) at 2x2 pixels, where its pooling has no
-    output (H200, 2026-12-05).
+    Keyed by ``axis_symbol``: a named dimension by its name, an anonymous one (``?``, -1) by
+    ``INPUT_AXIS``. Without the anonymous ones, the cuda target exported PP-OCR's classifier
+    (``[-1, 3, ?, ?]``) at 2x2 pixels, where its pooling has no output (H200, 2026-12-05).
     """
     dims: dict[str, int] = {}
     if not sample:
@@ -198,7 +197,7 @@ def sample_dims(model: ir.Model, sample: dict[str, np.ndarray] | None) -> dict[s
             continue
         for axis, (dim, size) in enumerate(zip(value.shape, array.shape, strict=False)):
             if isinstance(dim, ir.SymbolicDim):
-                dims[dim.value or f"{value.name}_{axis}"] = int(size)
+                dims[axis_symbol(value, axis, dim)] = int(size)
     return dims
 
 

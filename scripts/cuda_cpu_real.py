@@ -56,19 +56,14 @@ def aoti(rm: Any, name: str) -> dict[str, Any]:
     import torch
     from torch._inductor import aoti_compile_and_package, aoti_load_package
 
+    from ai_vmm.partition import sample_dims
     from ai_vmm.targets import cuda_build
     from ai_vmm.targets.base import TargetOptions
 
     model, module = _module(rm, name)
     inputs = list(model.graph.inputs)
     samples = rm.samples(name)
-    sample_dims: dict[str, int] = {}
-    for value in inputs:
-        for axis, dim in enumerate(value.shape or []):
-            if not isinstance(dim, int):
-                size = np.asarray(samples[0][value.name]).shape[axis]
-                sample_dims[cuda_build._symbol(value, axis, dim)] = size
-    example, dims = cuda_build.example_inputs(inputs, {}, sample_dims, "cpu")
+    example, dims = cuda_build.example_inputs(inputs, {}, sample_dims(model, samples[0]), "cpu")
     program, _ = cuda_build.export(module, example, module.arg_names, dims, inputs)
     settings = cuda_build.inductor_settings(torch, program, "cpu", TargetOptions())
     started = time.perf_counter()
@@ -112,6 +107,7 @@ def padding(rm: Any, name: str) -> dict[str, Any]:
     import torch
     from torch.export import Dim
 
+    from ai_vmm.partition import sample_dims, sample_sizes
     from ai_vmm.targets import cuda_build
     from ai_vmm.targets.base import TargetOptions
 
@@ -124,23 +120,14 @@ def padding(rm: Any, name: str) -> dict[str, Any]:
         return program, "exported with hints only (torch 2.11, simulated)"
 
     model, module = _module(rm, name)
-    feed = rm.samples(name)[0]
-    sample_dims = {
-        cuda_build._symbol(v, axis, dim): np.asarray(feed[v.name]).shape[axis]
-        for v in model.graph.inputs
-        for axis, dim in enumerate(v.shape or [])
-        if not isinstance(dim, int)
-    }
-    sizes: dict[str, list[int]] = {}
-    for other in rm.samples(name):
-        for v in model.graph.inputs:
-            for axis, dim in enumerate(v.shape or []):
-                if not isinstance(dim, int):
-                    symbol = cuda_build._symbol(v, axis, dim)
-                    size = int(np.asarray(other[v.name]).shape[axis])
-                    sizes[symbol] = sorted({*sizes.get(symbol, []), size})
+    samples = rm.samples(name)
+    sizes = sample_sizes(model, samples)  # what the compile pipeline hands the target
     options = TargetOptions(
-        extra={"input_bounds": {}, "sample_dims": sample_dims, "sample_sizes": sizes}
+        extra={
+            "input_bounds": {},
+            "sample_dims": sample_dims(model, samples[0]),
+            "sample_sizes": sizes,
+        }
     )
     # The eager payload's file is not needed (and a program with float sizes does not save).
     with (

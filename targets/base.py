@@ -25,6 +25,12 @@ class NodeSupport:
     reason: str = ""
 
 
+def axis_symbol(value: ir.Value, axis: int, dim: Any) -> str:
+    """The name of a dynamic axis in ``TargetOptions.extra``'s ``sample_dims`` /
+    ``sample_sizes``: the dimension's own name, or ``INPUT_AXIS`` for an anonymous one."""
+    return str(dim.value) if getattr(dim, "value", None) else f"{value.name}_{axis}"
+
+
 @dataclass(frozen=True)
 class TargetOptions:
     """Options every target understands; a target ignores what does not apply to it."""

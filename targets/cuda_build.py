@@ -49,7 +49,7 @@ import onnx_ir as ir
 
 from ai_vmm.runtime.devices import Device
 from ai_vmm.runtime.errors import CompileError
-from ai_vmm.targets.base import Payload, TargetOptions
+from ai_vmm.targets.base import Payload, TargetOptions, axis_symbol
 from ai_vmm.targets.cuda_layout import channels_last_pays, conv2d_nodes
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -184,7 +184,7 @@ def _build(
     exported = program.module()  # unlifted once: both checks below run it eagerly
     known = options.extra.get("sample_sizes") or {}
     candidates = {
-        (index, axis): [int(n) for n in known.get(_symbol(value, axis, dim), ())]
+        (index, axis): [int(n) for n in known.get(axis_symbol(value, axis, dim), ())]
         for index, value in enumerate(graph_inputs)
         for axis, dim in enumerate(value.shape or [])
         if not isinstance(dim, int)
@@ -394,7 +394,7 @@ def example_inputs(
             if isinstance(dim, int):
                 shape.append(dim)
                 continue
-            symbol = _symbol(value, axis, dim)
+            symbol = axis_symbol(value, axis, dim)
             low, high = 1, DEFAULT_MAX_DIM
             bound = limits[axis] if axis < len(limits) else None
             if isinstance(bound, list | tuple) and len(bound) == 2:
@@ -415,10 +415,6 @@ def example_inputs(
     return tensors, dims
 
 
-def _symbol(value: ir.Value, axis: int, dim: Any) -> str:
-    return str(dim.value) if getattr(dim, "value", None) else f"{value.name}_{axis}"
-
-
 def _wanted(
     inputs: list[ir.Value], dims: dict[str, tuple[int, int]]
 ) -> list[dict[int, tuple[int, int]]]:
@@ -428,7 +424,7 @@ def _wanted(
         axes = {}
         for axis, dim in enumerate(value.shape or []):
             if not isinstance(dim, int):
-                low, high = dims[_symbol(value, axis, dim)]
+                low, high = dims[axis_symbol(value, axis, dim)]
                 if low != high:
                     axes[axis] = (low, high)
         out.append(axes)
@@ -480,7 +476,7 @@ def export(
             for axis, dim in enumerate(value.shape or []):
                 if isinstance(dim, int):
                     continue
-                symbol = _symbol(value, axis, dim)
+                symbol = axis_symbol(value, axis, dim)
                 if symbol in dynamic:
                     axes[axis] = {"named": dynamic[symbol], "auto": Dim.AUTO}.get(mode) or hint(
                         symbol
@@ -548,7 +544,7 @@ def _program_ranges(program: Any, inputs: list[ir.Value]) -> dict[str, tuple[int
             dim = (value.shape or [])[int(axis_key)]
             if isinstance(dim, int):
                 continue
-            symbol = _symbol(value, int(axis_key), dim)
+            symbol = axis_symbol(value, int(axis_key), dim)
             old = found.get(symbol, (low, high))
             found[symbol] = (max(low, old[0]), min(high, old[1]))
     return found
@@ -687,7 +683,7 @@ def _batch_padding(
         return "no padding: the inputs' leading axes are not one batch axis"
     ((expr, least),) = lows.items()
     wanted = {
-        dims[_symbol(v, 0, v.shape[0])][0]
+        dims[axis_symbol(v, 0, v.shape[0])][0]
         for v in inputs
         if v.shape and len(v.shape) and not isinstance(v.shape[0], int)
     }

@@ -85,6 +85,7 @@ def test_real_model_exports_with_its_dynamic_axes(rm: ModuleType, name: str) -> 
     for the 15)."""
     from ai_vmm.driver import normalize_dims
     from ai_vmm.targets import cuda_build
+    from ai_vmm.targets.base import axis_symbol
 
     model = ir.load(rm.model_path(name))
     normalize_dims(model)  # PP-OCR's classifier writes its batch as -1
@@ -101,7 +102,7 @@ def test_real_model_exports_with_its_dynamic_axes(rm: ModuleType, name: str) -> 
             if isinstance(dim, int):
                 axes.append(None)
                 continue
-            sample_dims[cuda_build._symbol(value, axis, dim)] = sizes[0][axis]
+            sample_dims[axis_symbol(value, axis, dim)] = sizes[0][axis]
             largest = max(size[axis] for size in sizes)
             axes.append([1, max(cuda_build.DEFAULT_MAX_DIM, largest)])
         bounds[value.name or ""] = axes
