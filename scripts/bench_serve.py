@@ -424,7 +424,15 @@ def markdown(results: Results, seconds: float, command: str) -> str:
         f"- **overload**: twice the capacity, each request with `X-Request-Timeout-Ms: "
         f"{o.deadline_ms:.0f}`; *late* counts answers after their deadline as the driver "
         "measured (in brackets: by the server's own clock, `Server-Timing`, which leaves out "
-        "the network and the time before the server's event loop reads the request).",
+        "the network and the time before the server's event loop reads the request); "
+        "*expired 504*: admitted, then answered 504 by the deadline instead of late. "
+        + "; ".join(
+            f"Admitted `{r.tenant}`: {r.ok + r.expired}, answered in time by the server's "
+            f"clock {r.ok - r.server_late} "
+            f"({100 * (r.ok - r.server_late) / max(r.ok + r.expired, 1):.1f} %)"
+            for r in results.overload
+        )
+        + ".",
         f"- **priority**: tenant `gold` (class rank 0, objective {o.gold_objective_ms:.0f} ms) "
         "at a fifth of the capacity while `free` (rank 2, queue of 32, 2 s timeout) floods at "
         "twice it, each tenant sent from its own driver process.",

@@ -31,7 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from ai_vmm.serve.admission import LatenessMargin, Rejected, ServiceTimes, Ticket, refuse_late
+from ai_vmm.serve.admission import (
+    LatenessMargin,
+    Rejected,
+    ReplyTimes,
+    ServiceTimes,
+    Ticket,
+    refuse_late,
+)
 from ai_vmm.serve.backend import TensorModel
 from ai_vmm.serve.config import BatchingConfig, PriorityClass
 
@@ -98,6 +105,8 @@ class DynamicBatcher:
         self.classes = classes
         self.service = ServiceTimes()
         self.lateness = LatenessMargin()
+        self.replies = ReplyTimes()
+        """Fed by the protocol layer (``observe_reply``): answer to response."""
         self._on_batch = on_batch
         model = replicas[0].model
         self._batch_axis = all(t.batch_axis for t in (*model.inputs, *model.outputs))
@@ -167,7 +176,8 @@ class DynamicBatcher:
         await self._wait_for_room(ticket)
         estimate = self.estimate(ticket.rank, rows)
         margin = self.lateness.margin(ticket, self.classes[ticket.priority_class].late_margin)
-        refuse_late(estimate + margin, ticket, f"model '{self.name}'")
+        reserve = self.replies.reserve(ticket)
+        refuse_late(estimate + margin + reserve, ticket, f"model '{self.name}'")
         loop = asyncio.get_running_loop()
         item = WorkItem(inputs, rows, _signature(inputs), ticket, loop.create_future())
         if self.service.known:  # before any call, 0.0 is no plan to be late against
@@ -177,11 +187,43 @@ class DynamicBatcher:
             self._queued_by_class.get(ticket.priority_class, 0) + 1
         )
         self._changed.set()
-        outputs = await item.future
+        try:
+            # The answer, or a 504 at the deadline: a late answer is worthless to the client
+            # (the ticket says so), and the server never sends one.
+            outputs = await asyncio.wait_for(asyncio.shield(item.future), ticket.budget_s - reserve)
+        except TimeoutError:
+            self._expire(item)
+            raise Rejected(
+                504,
+                "deadline",
+                f"the request's deadline would pass before its answer could be sent: it "
+                f"{'ran' if item.dispatched_at else 'waited'} on model '{self.name}' too long",
+            ) from None
         # Measured when this coroutine runs again: a busy event loop counts too.
         if item.planned_end:
             self.lateness.observe(ticket.rank, time.monotonic() - item.planned_end)
         return outputs, item
+
+    def observe_reply(self, item: WorkItem) -> None:
+        """The protocol layer has the response of ``item`` ready: from the call's end to now
+        is what ``infer`` keeps in reserve before later deadlines."""
+        if item.finished_at:
+            self.replies.observe(time.monotonic() - item.finished_at)
+
+    def _expire(self, item: WorkItem) -> None:
+        """The deadline of ``item`` passed before its answer: a queued item is dropped (never
+        computed); a running one still teaches admission how late its call ended."""
+        if not item.dispatched_at:
+            item.future.cancel()  # _drop_expired takes it out of the queue
+            self._changed.set()
+            return
+        if item.planned_end:
+            rank = item.ticket.rank
+
+            def learn(_: asyncio.Future[dict[str, np.ndarray]]) -> None:
+                self.lateness.observe(rank, time.monotonic() - item.planned_end)
+
+            item.future.add_done_callback(learn)
 
     def precheck(self, ticket: Ticket) -> None:
         """``infer``'s refusals for a request of one row, before its body is even read.
@@ -196,7 +238,11 @@ class DynamicBatcher:
         queued = self._queued_by_class.get(ticket.priority_class, 0)
         if queued >= policy.max_queue and policy.overflow == "reject":
             raise self._queue_full(ticket, policy.max_queue)
-        estimate = self.estimate(ticket.rank, 1) + self.lateness.margin(ticket, policy.late_margin)
+        estimate = (
+            self.estimate(ticket.rank, 1)
+            + self.lateness.margin(ticket, policy.late_margin)
+            + self.replies.reserve(ticket)
+        )
         refuse_late(estimate, ticket, f"model '{self.name}'")
 
     def _queue_full(self, ticket: Ticket, limit: int) -> Rejected:

@@ -137,6 +137,7 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
             payload, json_length = kserve.encode_infer_response(
                 model, served.version, parsed, outputs, signature.outputs
             )
+            batcher.observe_reply(item)
     headers = {}
     if json_length is not None:
         headers["Inference-Header-Content-Length"] = str(json_length)

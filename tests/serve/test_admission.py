@@ -1,10 +1,11 @@
-"""Admission's estimates: the margin learned from late answers expires and is capped."""
+"""Admission's estimates: the margin learned from late answers expires and is capped; the
+reserve kept for replies is a quantile of recent reply times, capped."""
 
 from __future__ import annotations
 
 import pytest
 
-from ai_vmm.serve.admission import LatenessMargin, Ticket
+from ai_vmm.serve.admission import LatenessMargin, ReplyTimes, Ticket
 
 
 def _ticket(rank: int = 0, timeout: float = 0.1, now: float = 100.0) -> Ticket:
@@ -49,3 +50,18 @@ def test_the_quantile_is_reused_for_a_moment_then_recomputed() -> None:
     assert margin.margin(_ticket(timeout=1.0), now=100.02) == pytest.approx(0.010)
     later = 100.0 + LatenessMargin.REFRESH_S + 0.01
     assert margin.margin(_ticket(timeout=1.0), now=later) == pytest.approx(0.040)
+
+
+def test_the_reply_reserve_is_a_high_quantile_of_reply_times_capped_by_the_timeout() -> None:
+    replies = ReplyTimes(window=100, quantile=0.95)
+    assert replies.reserve(_ticket(), now=100.0) == 0.0  # nothing measured: no reserve
+    for i in range(100):
+        replies.observe(0.0001 * (i + 1))  # 0.1 .. 10 ms
+    assert replies.reserve(_ticket(timeout=1.0), now=100.0) == pytest.approx(0.0096)
+    # At most a tenth of the request's timeout: 5 ms of a 50 ms one.
+    assert replies.reserve(_ticket(timeout=0.05), now=100.0) == pytest.approx(0.005)
+    for _ in range(100):
+        replies.observe(0.001)  # the window moves on
+    assert replies.reserve(_ticket(timeout=1.0), now=100.0 + ReplyTimes.REFRESH_S + 0.01) == (
+        pytest.approx(0.001)
+    )

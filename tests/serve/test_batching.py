@@ -289,3 +289,41 @@ def test_late_answers_make_admission_refuse_earlier_for_a_while(model: Gated) ->
         await batcher.close()
 
     asyncio.run(main())
+
+
+def test_an_admitted_request_gets_its_answer_or_a_504_by_its_deadline(model: Gated) -> None:
+    """A call that runs past a request's deadline answers it 504 at the deadline, not late;
+    a request still queued at its deadline is never computed; the late call still teaches
+    admission's margin."""
+
+    async def main() -> None:
+        batcher = _batcher(model, BatchingConfig(max_batch=1))
+        for seed in range(3):
+            await batcher.infer(_x(seed), 1, _ticket())
+        calls = len(model.calls)
+        model.gate.clear()  # the next call takes as long as the test wants
+        start = time.monotonic()
+        running = asyncio.create_task(batcher.infer(_x(10), 1, _ticket("high", timeout=0.3)))
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(batcher.infer(_x(11), 1, _ticket("high", timeout=0.2)))
+        with pytest.raises(Rejected) as waited:
+            await queued
+        assert waited.value.status == 504 and "it waited" in waited.value.message
+        with pytest.raises(Rejected) as ran:
+            await running
+        answered = time.monotonic() - start
+        assert ran.value.status == 504 and "it ran" in ran.value.message
+        assert 0.25 <= answered < 0.6  # at its deadline (0.3 s), while the call still runs
+        rank = CLASSES["high"].rank
+        seen_before = len(batcher.lateness._seen[rank])  # type: ignore[attr-defined]
+        model.gate.set()
+        await asyncio.sleep(0.2)
+        # The running call ended late and admission learned from it; the queued one never ran.
+        seen = batcher.lateness._seen[rank]  # type: ignore[attr-defined]
+        assert len(seen) == seen_before + 1 and seen[-1][1] > 0
+        assert len(model.calls) == calls + 1
+        out, _ = await batcher.infer(_x(12), 1, _ticket())
+        assert out["logits"].shape[0] == 1
+        await batcher.close()
+
+    asyncio.run(main())
