@@ -55,7 +55,7 @@ from ai_vmm.targets.cuda_convert_base import (
     torch_dtype,
 )
 from ai_vmm.targets.cuda_ops_resize import resize_support
-from ai_vmm.targets.cuda_ops_rnn import rnn_support
+from ai_vmm.targets.cuda_ops_rnn import rnn_support, scan_into_buffers
 
 __all__ = [
     "OPS",
@@ -469,14 +469,18 @@ class OnnxGraphModule(torch.nn.Module):
             # per-step [batch, 300] failed AOTInductor's scan lowering (``KeyError: s64``).
             probe = step(carried, torch.zeros((), dtype=torch.int64, device=device))[1][1:]
             sizes = [tuple(p.shape) for p in probe]
-        final_moving, stacked = scan(step, carried, indices)
+        # Every step's condition but the last must hold (no slice: a length of steps - 1 would
+        # make export guard the trip count above 2).
+        last = indices == steps - 1
+        if isinstance(steps, torch.SymInt) and not steps.node.expr.is_Symbol:
+            final_moving, ran, scans = scan_into_buffers(step, carried, indices, last, probe)
+        else:
+            final_moving, stacked = scan(step, carried, indices)
+            conditions, scans = stacked[0], stacked[1:]
+            ran = (conditions | last).all()
         final = list(initial)
         for k, value in zip(moving, final_moving, strict=True):
             final[k] = value
-        conditions, scans = stacked[0], stacked[1:]
-        # Every step's condition but the last (no slice: a length of steps - 1 would make
-        # export guard the trip count above 2).
-        ran = (conditions | (indices == steps - 1)).all()
         if isinstance(start, torch.Tensor):  # shapes through a float cast: known at run time
             ran = ran & start.reshape(()).to(torch.bool)
         torch._assert_async(

@@ -13,7 +13,7 @@ defaults to (sigmoid, tanh) or names without parameters; ``clip``, peepholes, ``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import onnx_ir as ir
@@ -23,7 +23,7 @@ from torch._higher_order_ops.scan import scan
 
 from ai_vmm.targets.cuda_convert_base import ConversionError, Node, bind_sizes, onnx_op
 
-__all__ = ["rnn_support"]
+__all__ = ["rnn_support", "scan_into_buffers"]
 
 _ACTIVATIONS: dict[str, Callable[[Any], Any]] = {
     "sigmoid": torch.sigmoid,
@@ -257,6 +257,38 @@ def _scan_into_buffer(
 
     final, _ = scan(wrapped, (*init, buffer), (xw, steps), reverse=reverse)
     return tuple(final[:-1]), final[-1]
+
+
+def scan_into_buffers(
+    step: Callable[[Any, Any], Any],
+    carried: tuple[Any, ...],
+    indices: torch.Tensor,
+    last: torch.Tensor,
+    probe: Sequence[torch.Tensor],
+) -> tuple[tuple[Any, ...], torch.Tensor, tuple[Any, ...]]:
+    """A ``Loop`` whose trip count is an expression of input sizes (``(W - 1) // 8 + 1``),
+    with nothing stacked: Inductor sizes a scan's stacked outputs only from bare symbols among
+    its operands (``KeyError: s..``, PyTorch 2.13; ``_scan_into_buffer`` does the same for
+    RNNs). Each scan output is written into a carried buffer allocated before the loop, where
+    the expression is known, and the conditions are folded into one carried flag.
+
+    Returns: the moving carries, whether every condition but the last held, the outputs.
+    """
+    count = len(carried)
+    buffers = tuple(p.new_zeros((indices.shape[0], *p.shape)) for p in probe)
+
+    def into_buffers(carry: tuple[Any, ...], xs: tuple[Any, ...]) -> tuple[Any, ...]:
+        index, is_last = xs
+        new, (condition, *rows) = step(tuple(carry[:count]), index)
+        outs = tuple(
+            buffer.index_copy(0, index.reshape(1), row.unsqueeze(0))
+            for buffer, row in zip(carry[count + 1 :], rows, strict=True)
+        )
+        return (*new, carry[count] & (condition | is_last), *outs), ()
+
+    flag = torch.ones((), dtype=torch.bool, device=indices.device)
+    final, _ = scan(into_buffers, (*carried, flag, *buffers), (indices, last))
+    return tuple(final[:count]), final[count], tuple(final[count + 1 :])
 
 
 def _sized(step: Callable[[Any, Any], Any], sizes: tuple[Any, ...]) -> Callable[[Any, Any], Any]:

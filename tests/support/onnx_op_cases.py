@@ -66,13 +66,16 @@ def running_sum_loop(
     trip_from_data: bool = False,
     batch: int | str = "N",
     tf_condition: bool = False,
+    stride: int = 1,
 ) -> onnx.ModelProto:
     """For t in range(T): state = tanh(state @ w + x[t]); emits state each step. T is x's
     first axis (Shape -> Gather), as Keras' LSTM loop reads it; the weight passes through the
     body unchanged (TF style), and the step reads x at (i + 1) - 1 with an outer constant 1 (TF
     counts that way). ``stop_at``: the body's condition turns false after that step.
     ``batch``: the size (or symbol) of N. ``tf_condition``: the condition is TF's
-    ``float(i) < float(trip)``, the outer trip count read as data in the body."""
+    ``float(i) < float(trip)``, the outer trip count read as data in the body. ``stride``:
+    the loop reads every ``stride``-th row of x, ``(T - 1) // stride + 1`` steps (a trip count
+    that is an expression of the input's size, as a strided RNN's)."""
     condition = (
         [oh.make_node("Less", ["i", "stop"], ["cond_out"])]
         if stop_at is not None
@@ -89,7 +92,8 @@ def running_sum_loop(
             *condition,
             oh.make_node("Add", ["i", "one"], ["i_next"]),
             oh.make_node("Sub", ["i_next", "one"], ["i_back"]),
-            oh.make_node("Gather", ["x", "i_back"], ["xt"], axis=0),
+            oh.make_node("Mul", ["i_back", "stride"], ["row"]),
+            oh.make_node("Gather", ["x", "row"], ["xt"], axis=0),
             oh.make_node("MatMul", ["state", "w_in"], ["mixed"]),
             oh.make_node("Add", ["mixed", "xt"], ["pre"]),
             oh.make_node("Tanh", ["pre"], ["state_out"]),
@@ -116,8 +120,14 @@ def running_sum_loop(
     else:
         trip = [
             oh.make_node("Shape", ["x"], ["shape"]),
-            oh.make_node("Gather", ["shape", "zero"], ["trip"], axis=0),
+            oh.make_node("Gather", ["shape", "zero"], ["rows" if stride > 1 else "trip"], axis=0),
         ]
+        if stride > 1:
+            trip += [
+                oh.make_node("Sub", ["rows", "one"], ["rows_less"]),
+                oh.make_node("Div", ["rows_less", "stride"], ["strides"]),
+                oh.make_node("Add", ["strides", "one"], ["trip"]),
+            ]
         inputs = [vi("x", ["T", batch, 4]), vi("state0", [batch, 4])]
     nodes = [
         *trip,
@@ -128,6 +138,7 @@ def running_sum_loop(
     inits = [
         const("zero", 0),
         const("one", 1),
+        const("stride", stride),
         const("true", True, np.bool_),
         const("w", np.random.default_rng(5).standard_normal((4, 4)) * 0.5, np.float32),
     ]
