@@ -20,12 +20,7 @@ for file in ppocr_v4_det.onnx ppocr_v4_rec.onnx nudenet_320n.onnx silero_vad_16k
 done
 # The project's own dependencies the device image lacks and the real part needs (the manifest is
 # validated with jsonschema): the same wheels scripts/gpu_wheels.sh fetches, without OpenVINO.
-mkdir -p .realmodels/wheels
-PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
-    --platform manylinux2014_x86_64)
-for wheel in "jsonschema==$(python3 -c 'import importlib.metadata as m; print(m.version("jsonschema"))')" \
-    jsonschema-specifications referencing rpds-py; do
-    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-        --implementation cp "${PLATFORMS[@]}" -d .realmodels/wheels "$wheel"
-done
+bash scripts/gpu_download_wheels.sh .realmodels/wheels \
+    "jsonschema==$(python3 -c 'import importlib.metadata as m; print(m.version("jsonschema"))')" \
+    jsonschema-specifications referencing rpds-py
 du -sh .realmodels

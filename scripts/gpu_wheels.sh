@@ -7,19 +7,14 @@
 #   bash scripts/gpu_wheels.sh
 set -euo pipefail
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
-mkdir -p .whl
-PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
-    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 # The image has torch, onnx, onnx-ir, onnxruntime, networkx, typer, rich, scipy, scikit-learn,
 # transformers, accelerate...; it lacks these (checked 2026-12-04).
 # The versions installed here (what the tests ran with), not the newest on the index.
 here() { python3 -c "import importlib.metadata as m; print('$1==' + m.version('$1'))"; }
-for wheel in "openvino==$(python3 -c 'import openvino; print(openvino.__version__.split("-")[0])')" \
+bash scripts/gpu_download_wheels.sh .whl \
+    "openvino==$(python3 -c 'import openvino; print(openvino.__version__.split("-")[0])')" \
     "$(here nncf)" "$(here gguf)" "$(here jsonschema)" \
-    openvino-telemetry pydot jsonschema-specifications referencing rpds-py; do
-    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-        --implementation cp "${PLATFORMS[@]}" -d .whl "$wheel"
-done
+    openvino-telemetry pydot jsonschema-specifications referencing rpds-py
 cat > .whl/setup.sh <<'SETUP'
 #!/usr/bin/env bash
 # Written by scripts/gpu_wheels.sh: the carried wheels, then the project, into /tmp/site;
