@@ -2,7 +2,7 @@
 its float16 findings). Nothing here needs a GPU.
 
 * ``aoti``: each model canonicalized, converted (``targets/cuda_convert.to_torch``), exported
-  the way the target exports it (``cuda_build.export``, dynamic axes) and compiled by
+  the way the target exports it (``cuda_export.export``, dynamic axes) and compiled by
   AOTInductor's CPU backend with the target's Inductor settings; the package against the eager
   module on the model's real inputs (made contiguous, as the cuda executor does).
 * ``fp16``: the converted module in float16 against float32, eagerly, on the first real input:
@@ -57,14 +57,14 @@ def aoti(rm: Any, name: str) -> dict[str, Any]:
     from torch._inductor import aoti_compile_and_package, aoti_load_package
 
     from ai_vmm.partition import sample_dims
-    from ai_vmm.targets import cuda_build
+    from ai_vmm.targets import cuda_build, cuda_export
     from ai_vmm.targets.base import TargetOptions
 
     model, module = _module(rm, name)
     inputs = list(model.graph.inputs)
     samples = rm.samples(name)
-    example, dims = cuda_build.example_inputs(inputs, {}, sample_dims(model, samples[0]), "cpu")
-    program, _ = cuda_build.export(module, example, module.arg_names, dims, inputs)
+    example, dims = cuda_export.example_inputs(inputs, {}, sample_dims(model, samples[0]), "cpu")
+    program, _ = cuda_export.export(module, example, module.arg_names, dims, inputs)
     settings = cuda_build.inductor_settings(torch, program, "cpu", TargetOptions())
     started = time.perf_counter()
     path = f"/tmp/cuda_cpu_real_{name}.pt2"

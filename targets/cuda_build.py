@@ -21,6 +21,9 @@ convolution/batch-norm folding; no gain measured over channels-last alone) and
 CUDA graphs replay).
 A build that fails with them is retried with Inductor's defaults (``config["inductor_note"]``).
 
+The export itself is ``cuda_export``; the checks of the program and package against the module
+(smallest sizes, batch padding, the self-check, CUDA-graph capture) are ``cuda_checks``.
+
 Reuse: a package built in this process is kept (up to ``CACHE_SIZE``) under a key of the model's
 bytes, precision, device, input bounds and source; the same request again (the quantize stage's
 retries, a re-planned partition, ``auto`` comparing plans) copies it instead of compiling again.
@@ -28,20 +31,15 @@ retries, a re-planned partition, ``auto`` comparing plans) copies it instead of 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
-import io
 import json
-import logging
 import shutil
 import tempfile
 import threading
 import time
-import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,22 +48,26 @@ import onnx_ir as ir
 from ai_vmm.runtime.devices import Device
 from ai_vmm.runtime.errors import CompileError
 from ai_vmm.targets.base import Payload, TargetOptions, axis_symbol
+from ai_vmm.targets.cuda_checks import (
+    RouteError,
+    batch_padding,
+    graphs_work,
+    self_check,
+    smallest_sizes_check,
+)
+from ai_vmm.targets.cuda_export import (
+    example_inputs,
+    export,
+    input_specs,
+    one_line,
+    quiet,
+    wanted,
+)
 from ai_vmm.targets.cuda_layout import channels_last_pays, conv2d_nodes
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-DEFAULT_MAX_DIM = 4096
-"""Upper bound of a dynamic axis without an ``--input`` range (torch.export needs none, but a
-bound keeps Inductor's guards and kernel choices sane)."""
 CACHE_SIZE = 8
 """Packages kept per process for reuse (each is about the size of the model's weights)."""
-SELF_CHECK = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 4e-2}
-"""Largest relative error norm ``|pkg - eager| / |eager|`` a torch-route package may show."""
-
-_log = logging.getLogger(__name__)
-
-
-class RouteError(Exception):
-    """The torch route cannot give this model's package (the message says why)."""
 
 
 def torch_device_of(device: Device) -> str:
@@ -126,7 +128,7 @@ def build_package(
             except Exception as exc:  # export, Inductor or the self-check: any of them
                 note = (
                     f"the frontend's torch program did not give a package "
-                    f"({_one_line(exc)[:400]}): the ONNX graph was compiled instead"
+                    f"({one_line(exc)[:400]}): the ONNX graph was compiled instead"
                 )
                 _FAILED[program] = note
                 _clear(out_dir)
@@ -189,18 +191,18 @@ def _build(
         for axis, dim in enumerate(value.shape or [])
         if not isinstance(dim, int)
     }
-    raised = _smallest_sizes_check(exported, module, example, specs, precision, candidates)
+    raised = smallest_sizes_check(exported, module, example, specs, precision, candidates)
     if raised:
         note = f"the export differs from the model at {raised}: those sizes are refused"
         shape_note = f"{shape_note}; {note}" if shape_note else note
-    padding = _batch_padding(
+    padding = batch_padding(
         program, exported, module, example, specs, dims, graph_inputs, precision
     )
     stage("size checks")
     if source == "torch":
         narrowed = [
             f"{s['name']} axis {axis}"
-            for s, want in zip(specs, _wanted(graph_inputs, dims), strict=True)
+            for s, want in zip(specs, wanted(graph_inputs, dims), strict=True)
             for axis, (low, high) in want.items()
             if s["ranges"].get(str(axis)) != [low, high]
         ]
@@ -223,24 +225,24 @@ def _build(
         config["shape_note"] = f"{padding}; {shape_note}" if shape_note else padding
     if eager:
         entry = out_dir / "program.pt2"
-        with _quiet():
+        with quiet():
             torch.export.save(program, str(entry))
         config["runner"] = "eager"
     else:
         entry = out_dir / "model.pt2"
         settings = inductor_settings(torch, program, torch_device, options)
         try:
-            with _quiet():
+            with quiet():
                 torch._inductor.aoti_compile_and_package(
                     program, package_path=str(entry), inductor_configs=settings
                 )
         except Exception as exc:
             if not settings:
                 raise
-            config["inductor_note"] = f"built with Inductor's defaults: {_one_line(exc)[:300]}"
+            config["inductor_note"] = f"built with Inductor's defaults: {one_line(exc)[:300]}"
             _clear(out_dir)
             settings = {}
-            with _quiet():
+            with quiet():
                 torch._inductor.aoti_compile_and_package(program, package_path=str(entry))
         config["inductor"] = settings
     stage("package" if not eager else "save")
@@ -259,7 +261,7 @@ def _build(
         runner = load_package(torch, entry, torch.device(torch_device))
         stage("load")
         if source == "torch":
-            _self_check(runner, module, example, precision)
+            self_check(runner, module, example, precision)
             stage("self-check")
         if torch_device.startswith("cuda"):
             config["cuda_graphs"] = graphs_work(runner, example, torch_device)
@@ -370,459 +372,6 @@ def _has_loops(program: Any) -> bool:
     )
 
 
-def example_inputs(
-    inputs: list[ir.Value],
-    bounds: dict[str, list[Any]],
-    sample_dims: dict[str, int],
-    torch_device: str,
-) -> tuple[list[Any], dict[str, tuple[int, int]]]:
-    """Example tensors for ``torch.export`` and the (min, max) of every symbolic dimension.
-
-    A dynamic axis gets size >= 2 in the example (torch.export specialises sizes 0 and 1).
-    """
-    import torch
-
-    from ai_vmm.targets.cuda_convert import torch_dtype
-
-    dims: dict[str, tuple[int, int]] = {}
-    tensors = []
-    generator = torch.Generator().manual_seed(0)
-    for value in inputs:
-        shape: list[int] = []
-        limits = bounds.get(value.name or "") or []
-        for axis, dim in enumerate(value.shape or []):
-            if isinstance(dim, int):
-                shape.append(dim)
-                continue
-            symbol = axis_symbol(value, axis, dim)
-            low, high = 1, DEFAULT_MAX_DIM
-            bound = limits[axis] if axis < len(limits) else None
-            if isinstance(bound, list | tuple) and len(bound) == 2:
-                low, high = int(bound[0] or 1), int(bound[1] or DEFAULT_MAX_DIM)
-            elif isinstance(bound, int):
-                low = high = bound
-            if symbol in dims:
-                low, high = max(low, dims[symbol][0]), min(high, dims[symbol][1])
-            dims[symbol] = (low, high)
-            size = sample_dims.get(symbol, 2)
-            shape.append(min(max(size, low, 2), high))
-        dtype = torch_dtype(value.dtype)
-        if dtype.is_floating_point:
-            data = torch.randn(shape, dtype=torch.float32, generator=generator).to(dtype)
-        else:
-            data = torch.zeros(shape, dtype=dtype)
-        tensors.append(data.to(torch_device))
-    return tensors, dims
-
-
-def _wanted(
-    inputs: list[ir.Value], dims: dict[str, tuple[int, int]]
-) -> list[dict[int, tuple[int, int]]]:
-    """Per input, the (min, max) asked for each dynamic axis."""
-    out = []
-    for value in inputs:
-        axes = {}
-        for axis, dim in enumerate(value.shape or []):
-            if not isinstance(dim, int):
-                low, high = dims[axis_symbol(value, axis, dim)]
-                if low != high:
-                    axes[axis] = (low, high)
-        out.append(axes)
-    return out
-
-
-def export(
-    module: Any,
-    example: list[Any],
-    arg_names: list[str],
-    dims: dict[str, tuple[int, int]],
-    inputs: list[ir.Value],
-) -> tuple[Any, str]:
-    """``torch.export`` with named dims, keeping the lower bounds asked for.
-
-    When the named export fails, DYNAMIC hints find the ranges the model really allows (a
-    position table caps a sequence axis at 128, say), but hints also raise every lower bound
-    of 1 to 2 (export's 0/1 specialization): a package that then refuses batch 1. So the named
-    export is retried with the hints' upper bounds and the asked-for lower bounds, then the same
-    under ``backed_size_oblivious`` (size 1 not special: torch 2.11 guarded ``batch != 1`` where
-    2.13 proves it away), and only then are the hints' ranges kept; AUTO last (the model pins
-    an axis: export decides). The compile verifies the package at the sample sizes either way.
-    """
-    import torch
-    from torch.export import Dim
-
-    if getattr(module, "runs_loops", False):
-        # A scan body is compiled by dynamo, which caches it by code object across modules: a
-        # body traced before at a fixed batch (an eager run of another model) left a guard
-        # `3 != B` in this export (tests, 2026-12-05). A fresh compiler state per loop export
-        # (other torch.compile'd code in the process recompiles on its next call).
-        torch.compiler.reset()
-
-    def named(bounds: dict[str, tuple[int, int]]) -> dict[str, Any]:
-        return {s: Dim(_dim_name(s), min=lo, max=hi) for s, (lo, hi) in bounds.items() if lo != hi}
-
-    def hint(symbol: str) -> Any:
-        low, high = dims[symbol]
-        try:
-            return Dim.DYNAMIC(min=low, max=high)
-        except TypeError:  # a torch whose hints take no bounds
-            return Dim.DYNAMIC
-
-    def shapes(mode: str, bounds: dict[str, tuple[int, int]]) -> Any:
-        dynamic = named(bounds)
-        spec = []
-        for value in inputs:
-            axes: dict[int, Any] = {}
-            for axis, dim in enumerate(value.shape or []):
-                if isinstance(dim, int):
-                    continue
-                symbol = axis_symbol(value, axis, dim)
-                if symbol in dynamic:
-                    axes[axis] = {"named": dynamic[symbol], "auto": Dim.AUTO}.get(mode) or hint(
-                        symbol
-                    )
-            spec.append(axes or None)
-        return dict(zip(arg_names, spec, strict=True))
-
-    def attempt(mode: str, bounds: dict[str, tuple[int, int]], oblivious: bool = False) -> Any:
-        from torch.fx.experimental import _config as fx_config
-
-        patch: Any = (
-            fx_config.patch(backed_size_oblivious=True)  # type: ignore[attr-defined]
-            if oblivious and hasattr(fx_config, "backed_size_oblivious")
-            else contextlib.nullcontext()
-        )
-        with patch:
-            return torch.export.export(
-                module, tuple(example), dynamic_shapes=shapes(mode, bounds), strict=False
-            )
-
-    errors: list[str] = []
-    with _quiet():
-        try:
-            return attempt("named", dims), ""
-        except Exception as exc:
-            errors.append(_one_line(exc))
-        try:
-            hinted = attempt("hints", dims)
-        except Exception as exc:
-            errors.append(_one_line(exc))
-            hinted = None
-        if hinted is not None:
-            found = _program_ranges(hinted, inputs)
-            narrowed = {s: (lo, min(hi, found.get(s, (lo, hi))[1])) for s, (lo, hi) in dims.items()}
-            for oblivious in (False, True):
-                try:
-                    program = attempt("named", narrowed, oblivious)
-                except Exception as exc:
-                    errors.append(_one_line(exc))
-                    continue
-                how = "size 1 taken obliviously, " if oblivious else ""
-                return program, f"exported with {how}the ranges the model allows: {errors[0][:300]}"
-            return hinted, f"exported with hints: {errors[0][:300]}"
-        try:
-            program = attempt("auto", dims)
-        except Exception as exc:
-            errors.append(_one_line(exc))
-            raise CompileError(f"cuda target: torch.export failed: {errors[-1]}") from None
-        return program, f"some axes were pinned by the model: {errors[0][:300]}"
-
-
-def _bound(value: Any, unbounded: int) -> int:
-    """A range end as an int (torch's ``int_oo`` says ``is_finite`` yet has no int value)."""
-    try:
-        return int(value)
-    except (TypeError, ValueError, OverflowError, AttributeError):
-        return unbounded
-
-
-def _program_ranges(program: Any, inputs: list[ir.Value]) -> dict[str, tuple[int, int]]:
-    """The range of each ONNX dimension symbol as the exported program bounds it."""
-    found: dict[str, tuple[int, int]] = {}
-    for value, spec in zip(inputs, input_specs(program, inputs, {}), strict=True):
-        for axis_key, (low, high) in spec["ranges"].items():
-            dim = (value.shape or [])[int(axis_key)]
-            if isinstance(dim, int):
-                continue
-            symbol = axis_symbol(value, int(axis_key), dim)
-            old = found.get(symbol, (low, high))
-            found[symbol] = (max(low, old[0]), min(high, old[1]))
-    return found
-
-
-def _dim_name(symbol: str) -> str:
-    import re
-
-    name = re.sub(r"\W", "_", symbol)
-    return name if name and not name[0].isdigit() else f"d_{name}"
-
-
-def input_specs(
-    program: Any, inputs: list[ir.Value], dims: dict[str, tuple[int, int]]
-) -> list[dict[str, Any]]:
-    """Each input as the package takes it: fixed sizes (``None`` where dynamic), the range
-    of each dynamic axis (the executor enforces it: AOTInductor does not) and its symbol
-    (axes sharing one must be equal)."""
-    user = set(program.graph_signature.user_inputs)
-    placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in user]
-    ranges = program.range_constraints
-    specs = []
-    for index, value in enumerate(inputs):
-        spec: dict[str, Any] = {"name": value.name or "", "shape": [], "ranges": {}}
-        symbols: dict[str, str] = {}
-        fake = placeholders[index].meta.get("val") if index < len(placeholders) else None
-        shape = list(getattr(fake, "shape", ())) or [None] * len(value.shape or [])
-        for axis, size in enumerate(shape):
-            if isinstance(size, int):
-                spec["shape"].append(int(size))
-                continue
-            spec["shape"].append(None)
-            expr = getattr(getattr(size, "node", None), "expr", None)
-            bound = ranges.get(expr) if expr is not None else None
-            if bound is not None:
-                low, high = _bound(bound.lower, 0), _bound(bound.upper, 2**31 - 1)
-                spec["ranges"][str(axis)] = [low, high]
-                symbols[str(axis)] = str(expr)
-        if symbols:
-            spec["symbols"] = symbols
-        specs.append(spec)
-    return specs
-
-
-def _smallest_sizes_check(
-    exported: Any,
-    module: Any,
-    example: list[Any],
-    specs: list[dict[str, Any]],
-    precision: str,
-    candidates: dict[tuple[int, int], list[int]] | None = None,
-) -> str:
-    """Run the exported program at the smallest size of each dynamic dimension, against the
-    module.
-
-    Export traces at sizes >= 2 and may take size 1 obliviously: a branch on ``batch == 1``
-    is then traced the other way with nothing to say so (torch 2.13 exports such a branch with
-    the range 1..N). Where the two disagree, that dimension's lower bound goes up to the
-    smallest size the user's samples take below the example's (``candidates``, per input
-    index and axis) at which the two agree, else to the example's size, then down by halves
-    while the module runs and the two agree (the executor refuses the rest); the returned text
-    names the axes; '' when they agree everywhere. (A PP-OCR detector's hinted export, refused
-    below its first sample's width of 1472, failed its own second sample, 1088 wide: H200,
-    2026-12-05. Now its width starts at 544, its height at 736.)
-    """
-
-    by_symbol: dict[str, list[tuple[int, dict[str, Any], int, int, int]]] = {}
-    for index, (tensor, spec) in enumerate(zip(example, specs, strict=True)):
-        for axis_key, (low, _high) in spec["ranges"].items():
-            axis = int(axis_key)
-            if 1 <= low < tensor.shape[axis]:
-                symbol = spec.get("symbols", {}).get(axis_key, f"{index}:{axis}")
-                entry = (index, spec, axis, int(low), int(tensor.shape[axis]))
-                by_symbol.setdefault(symbol, []).append(entry)
-    raised: list[str] = []
-    for entries in by_symbol.values():
-        smallest = list(example)
-        for index, _spec, axis, low, _size in entries:
-            smallest[index] = smallest[index].narrow(axis, 0, low)
-        if _agree(exported, module, smallest, precision):
-            continue
-        index, _spec, axis, low, size = entries[0]
-        tried = [n for n in (candidates or {}).get((index, axis), []) if low < n < size]
-        for least in [*tried, size]:
-            if least == size or _agree(
-                exported, module, _narrowed(example, entries, least), precision
-            ):
-                break
-        # Below that, halve while the model runs there and the two agree: the sizes that fail
-        # are usually few and small (the size-1 branch), and a range that starts at the first
-        # sample's size refuses every smaller input a user sends.
-        trial = least // 2
-        while trial > low and _agree(
-            exported, module, _narrowed(example, entries, trial), precision, vacuous=False
-        ):
-            least, trial = trial, trial // 2
-        for _index, spec, axis, _low, _size in entries:
-            spec["ranges"][str(axis)][0] = least
-            raised.append(f"{spec['name']} axis {axis} below {least}")
-    return ", ".join(raised[:4])
-
-
-def _narrowed(
-    example: list[Any], entries: list[tuple[int, dict[str, Any], int, int, int]], size: int
-) -> list[Any]:
-    """``example`` with every (input, axis) of ``entries`` cut to ``size``."""
-    out = list(example)
-    for index, _spec, axis, _low, _size in entries:
-        out[index] = out[index].narrow(axis, 0, size)
-    return out
-
-
-def _batch_padding(
-    program: Any,
-    exported: Any,
-    module: Any,
-    example: list[Any],
-    specs: list[dict[str, Any]],
-    dims: dict[str, tuple[int, int]],
-    inputs: list[ir.Value],
-    precision: str,
-) -> dict[str, int] | str:
-    """Where the package's batch range starts above the one asked for, whether a smaller batch
-    can run padded up to the package's least batch (rows repeated, outputs cut back).
-
-    Torch 2.11 exported the zoo Llama with batch 2..N whatever we asked (H200, 2026-12-04),
-    and the executor refused batch 1. Padding is right only where rows do not mix: the axis
-    must be the leading axis of every input and output, and the program at the padded size
-    must give the model's own result at the small one (checked here on the example's rows).
-    Returns ``{"from": small, "to": least}``, or why not (recorded in the payload's note).
-    """
-    import torch
-
-    lows = {spec.get("symbols", {}).get("0"): spec["ranges"].get("0", [0, 0])[0] for spec in specs}
-    if len(lows) != 1 or None in lows:
-        return "no padding: the inputs' leading axes are not one batch axis"
-    ((expr, least),) = lows.items()
-    wanted = {
-        dims[axis_symbol(v, 0, v.shape[0])][0]
-        for v in inputs
-        if v.shape and len(v.shape) and not isinstance(v.shape[0], int)
-    }
-    if len(wanted) != 1:
-        return "no padding: no single batch size was asked for"
-    small = wanted.pop()
-    if not 1 <= small < least:
-        return ""
-    outputs = next(n for n in program.graph.nodes if n.op == "output").args[0]
-    for node in outputs:
-        shape = getattr(getattr(node, "meta", {}).get("val"), "shape", ())
-        if not shape or not _is_size(getattr(getattr(shape[0], "node", None), "expr", None), expr):
-            return f"no padding: an output's leading axis is not the batch ({expr})"
-    if any(t.shape[0] < small for t in example):
-        return "no padding: the example has fewer rows than the batch asked for"
-    # Checked with other rows than the executor's padding (it repeats the last row): a copy of
-    # a row hides mixing that averages rows. Where the example (the user's samples: often one
-    # image) has too few rows, the extra ones are its rows mirrored along the last axis.
-    rows = [t.narrow(0, 0, small) for t in example]
-    padded = [_rows_up_to(t, least, torch) for t in example]
-    try:
-        with torch.inference_mode():
-            want = torch.utils._pytree.tree_leaves(module(*rows))
-            got = torch.utils._pytree.tree_leaves(exported(*padded))
-    except Exception as exc:
-        return f"no padding: the check at batch {least} failed: {_one_line(exc)[:200]}"
-    cut = [g.narrow(0, 0, small) for g in got]
-    differs = _difference(cut, want, precision)
-    if differs:
-        return f"no padding: rows mix (batch {least} cut to {small} differs: {differs})"
-    return {"from": int(small), "to": int(least)}
-
-
-def _is_size(size: Any, symbol: str) -> bool:
-    """Whether the symbolic ``size`` is the size ``symbol`` itself: the same expression, or one
-    of that symbol alone that gives it back at every size tried (``floor(1.0 * s)`` from a
-    resize by 1.0 is ``s``, though torch.export writes it otherwise)."""
-    if size is None:
-        return False
-    if str(size) == symbol:
-        return True
-    free: set[Any] = set(getattr(size, "free_symbols", ()) or ())
-    if len(free) != 1 or str(next(iter(free))) != symbol:
-        return False
-    (name,) = free
-    try:
-        return all(int(size.xreplace({name: value})) == value for value in (1, 2, 3, 17, 640, 4097))
-    except (TypeError, ValueError):
-        return False
-
-
-def _rows_up_to(tensor: Any, rows: int, torch: Any) -> Any:
-    """``tensor``'s first ``rows`` rows, completed with its own rows mirrored along the last
-    axis (other values of the same kind and range) where it has fewer."""
-    if tensor.shape[0] >= rows:
-        return tensor.narrow(0, 0, rows)
-    extra = tensor.flip(-1) if tensor.dim() > 1 else tensor
-    while tensor.shape[0] + extra.shape[0] < rows:
-        extra = torch.cat([extra, extra])
-    return torch.cat([tensor, extra.narrow(0, 0, rows - tensor.shape[0])])
-
-
-def _agree(
-    exported: Any, module: Any, feeds: list[Any], precision: str, *, vacuous: bool = True
-) -> bool:
-    """The exported program computes what the module computes on these inputs (or, with
-    ``vacuous``, the module itself cannot take them: not a valid combination of sizes,
-    nothing to say)."""
-    import torch
-
-    try:
-        with torch.inference_mode():
-            want = torch.utils._pytree.tree_leaves(module(*feeds))
-    except Exception:
-        return vacuous
-    try:
-        with torch.inference_mode():
-            got = torch.utils._pytree.tree_leaves(exported(*feeds))
-    except Exception:  # the model runs there and the program does not
-        return False
-    return not _difference(got, want, precision)
-
-
-def _difference(got: Any, want: Any, precision: str) -> str:
-    """How ``got`` differs from ``want`` (output by output: shape, exact for integers, relative
-    error norm within ``SELF_CHECK`` for floats); '' when it does not."""
-    import torch
-
-    got, want = list(got), list(want)
-    if len(got) != len(want):
-        return f"{len(got)} outputs, the program gives {len(want)}"
-    for index, (a, b) in enumerate(zip(got, want, strict=True)):
-        if a.shape != b.shape:
-            return f"output {index}: shape {tuple(a.shape)}, the program gives {tuple(b.shape)}"
-        if not a.is_floating_point():
-            if not torch.equal(a, b):
-                return f"output {index} differs from the program's"
-            continue
-        ref = b.double()
-        err = float((a.double() - ref).norm() / ref.norm().clamp_min(1e-12))
-        if not err <= SELF_CHECK[precision]:
-            return f"output {index} differs from the program's by {err:.2e} (relative norm)"
-    return ""
-
-
-def _self_check(runner: Any, module: Any, example: list[Any], precision: str) -> None:
-    """The package computes what the program it was built from computes (torch route)."""
-    import torch
-
-    with torch.inference_mode():
-        want = module(*example)
-        got = runner(*example)
-    difference = _difference(got, want, precision)
-    if difference:
-        raise RouteError(difference)
-
-
-def graphs_work(runner: Any, example: list[Any], torch_device: str) -> bool:
-    """Whether the package runs under CUDA-graph capture and replays the same outputs."""
-    import torch
-
-    from ai_vmm.runtime.executors.cuda import capture
-
-    try:
-        with torch.inference_mode():
-            expected = [o.clone() for o in runner(*example)]
-            graph = capture(runner, example, torch.device(torch_device))
-            graph.graph.replay()
-            torch.cuda.synchronize(torch.device(torch_device))
-            got = [o.clone() for o in graph.outputs]
-        return all(
-            torch.equal(a, b) or torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-3)
-            for a, b in zip(expected, got, strict=True)
-        )
-    except Exception as exc:
-        _log.debug("CUDA graph capture failed: %s", exc)
-        return False
-
-
 # --------------------------------------------------------------------------------------------
 # Reuse within the process
 # --------------------------------------------------------------------------------------------
@@ -918,16 +467,3 @@ def _clear(out_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Keep torch's export/compile chatter off the user's terminal."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__

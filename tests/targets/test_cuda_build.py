@@ -542,28 +542,3 @@ def test_a_counted_loop_compiles_and_keeps_its_trip_count_dynamic(
         got = executor.run(feeds)
         for name, want in zip(("final", "states"), session.run(None, feeds), strict=True):
             np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5)
-
-
-def test_rows_for_the_padding_check_are_completed_with_other_rows() -> None:
-    """The rows-do-not-mix check needs rows that differ from the ones it pads with; a one-row
-    example is completed with its own row mirrored (same values, other positions)."""
-    one = torch.arange(6.0).reshape(1, 2, 3)
-    three = cuda_build._rows_up_to(one, 3, torch)
-    assert three.shape == (3, 2, 3)
-    torch.testing.assert_close(three[0], one[0])
-    torch.testing.assert_close(three[1], one[0].flip(-1))
-    assert not torch.equal(three[1], three[0])
-    assert cuda_build._rows_up_to(three, 2, torch).shape == (2, 2, 3)
-
-
-def test_a_resized_batch_is_still_the_batch_for_padding() -> None:
-    """torch.export writes a size resized by 1.0 as floor(1.0 * s): the padding check must see
-    it as the batch (NudeNet's YOLOv8 upsamples by [1, 1, 2, 2]), a doubled one must not."""
-    import sympy
-    from torch.utils._sympy.functions import FloorToInt, ToFloat
-
-    batch = sympy.Symbol("s34", integer=True, positive=True)
-    assert cuda_build._is_size(FloorToInt(1.0 * ToFloat(FloorToInt(1.0 * ToFloat(batch)))), "s34")
-    assert cuda_build._is_size(batch, "s34")
-    assert not cuda_build._is_size(2 * batch, "s34")
-    assert not cuda_build._is_size(batch, "s1")

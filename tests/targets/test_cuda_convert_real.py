@@ -84,7 +84,7 @@ def test_real_model_exports_with_its_dynamic_axes(rm: ModuleType, name: str) -> 
     program runs at the model's real input sizes and agrees with the module (about 2 minutes
     for the 15)."""
     from ai_vmm.driver import normalize_dims
-    from ai_vmm.targets import cuda_build
+    from ai_vmm.targets import cuda_export
     from ai_vmm.targets.base import axis_symbol
 
     model = ir.load(rm.model_path(name))
@@ -104,10 +104,10 @@ def test_real_model_exports_with_its_dynamic_axes(rm: ModuleType, name: str) -> 
                 continue
             sample_dims[axis_symbol(value, axis, dim)] = sizes[0][axis]
             largest = max(size[axis] for size in sizes)
-            axes.append([1, max(cuda_build.DEFAULT_MAX_DIM, largest)])
+            axes.append([1, max(cuda_export.DEFAULT_MAX_DIM, largest)])
         bounds[value.name or ""] = axes
-    example, dims = cuda_build.example_inputs(inputs, bounds, sample_dims, "cpu")
-    program, _ = cuda_build.export(module, example, module.arg_names, dims, inputs)
+    example, dims = cuda_export.example_inputs(inputs, bounds, sample_dims, "cpu")
+    program, _ = cuda_export.export(module, example, module.arg_names, dims, inputs)
     for feed in samples[:2]:
         args = [torch.from_numpy(np.asarray(feed[n])) for n in module.input_names]
         with torch.no_grad():
