@@ -13,14 +13,12 @@ from ai_vmm.planner import (
     PlanNode,
     PlanTensor,
     _graph,
-    _search_throughput,
     brute_force,
     evaluate,
-    evaluate_throughput,
     group_nodes,
     plan,
-    stage_loads,
 )
+from ai_vmm.planner_throughput import _search_throughput, evaluate_throughput, stage_loads
 
 PROFILES = Path(__file__).resolve().parents[2] / "compiler" / "profiles"
 
