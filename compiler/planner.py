@@ -31,7 +31,7 @@ topological order (``_segment_starts``); its local moves evaluate the whole obje
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,13 +210,9 @@ def group_nodes(
     return [[order[i] for i in sorted(members[g])] for g in ordered]
 
 
-def evaluate(
-    plan_graph: PlanGraph, assignment: dict[str, str], groups: list[list[str]]
-) -> tuple[float, dict[str, float]]:
-    """The objective of an assignment: compute + transfers + per-partition overhead."""
-    by_name = {node.name: node for node in plan_graph.nodes}
-    compute = sum(by_name[n].times[assignment[n]] for n in assignment)
-    transfer = 0.0
+def copies(plan_graph: PlanGraph, assignment: dict[str, str]) -> Iterator[tuple[str, float]]:
+    """Each copy of a tensor from the device that makes it to another that reads it (the host
+    reads the outputs): the reading device and the link's seconds."""
     for tensor in plan_graph.tensors:
         source = assignment[tensor.producer] if tensor.producer else plan_graph.host
         readers = {assignment[c] for c in tensor.consumers if c in assignment}
@@ -225,7 +221,16 @@ def evaluate(
         for reader in readers - {source}:
             link = plan_graph.link(source, reader)
             if link is not None:
-                transfer += link.seconds(tensor.nbytes)
+                yield reader, link.seconds(tensor.nbytes)
+
+
+def evaluate(
+    plan_graph: PlanGraph, assignment: dict[str, str], groups: list[list[str]]
+) -> tuple[float, dict[str, float]]:
+    """The objective of an assignment: compute + transfers + per-partition overhead."""
+    by_name = {node.name: node for node in plan_graph.nodes}
+    compute = sum(by_name[n].times[assignment[n]] for n in assignment)
+    transfer = sum(seconds for _, seconds in copies(plan_graph, assignment))
     overhead = sum(plan_graph.overhead.get(assignment[g[0]], 0.0) for g in groups)
     return compute + transfer + overhead, {
         "compute": compute,

@@ -24,6 +24,7 @@ from ai_vmm.planner import (
     _graph,
     _search_space,
     _starts,
+    copies,
     evaluate,
     group_nodes,
 )
@@ -51,15 +52,8 @@ def stage_loads(
     for group in groups:
         device = assignment[group[0]]
         loads[device] += plan_graph.overhead.get(device, 0.0)
-    for tensor in plan_graph.tensors:
-        source = assignment[tensor.producer] if tensor.producer else plan_graph.host
-        readers = {assignment[c] for c in tensor.consumers if c in assignment}
-        if tensor.is_output and plan_graph.host:
-            readers.add(plan_graph.host)
-        for reader in readers - {source}:
-            link = plan_graph.link(source, reader)
-            if link is not None:
-                loads[reader] = loads.get(reader, 0.0) + link.seconds(tensor.nbytes)
+    for reader, seconds in copies(plan_graph, assignment):
+        loads[reader] = loads.get(reader, 0.0) + seconds
     return loads
 
 
