@@ -473,7 +473,18 @@ class OnnxGraphModule(torch.nn.Module):
         # make export guard the trip count above 2).
         last = indices == steps - 1
         if isinstance(steps, torch.SymInt) and not steps.node.expr.is_Symbol:
-            final_moving, ran, scans = scan_into_buffers(step, carried, indices, last, probe)
+            # Nothing stacked (``scan_into_buffers``): the conditions fold into one carried
+            # flag, the outputs go into buffers shaped by the probe step.
+            def flagged(carry: tuple[Any, ...], xs: tuple[Any, ...]) -> Any:
+                index, is_last = xs
+                new, (condition, *rows) = step(carry[:-1], index)
+                return (*new, carry[-1] & (condition | is_last)), tuple(rows)
+
+            flag = torch.ones((), dtype=torch.bool, device=device)
+            final_carry, scans = scan_into_buffers(
+                flagged, (*carried, flag), (indices, last), probe
+            )
+            final_moving, ran = final_carry[:-1], final_carry[-1]
         else:
             final_moving, stacked = scan(step, carried, indices)
             conditions, scans = stacked[0], stacked[1:]

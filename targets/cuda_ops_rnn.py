@@ -215,7 +215,8 @@ def _recurrent(
         init = tuple(t.contiguous() for t in init)
         length = xw.shape[0]
         if isinstance(length, torch.SymInt) and not length.node.expr.is_Symbol:
-            final, y = _scan_into_buffer(step, init, xw, reverse)
+            single = _rows(step)
+            final, (y,) = scan_into_buffers(single, init, (xw,), init[:1], reverse)
         else:
             final, y = scan(_sized(step, tuple(init[0].shape)), init, xw, reverse=reverse)
         ys.append(y)
@@ -232,63 +233,53 @@ def _recurrent(
     return y_all, y_h, (y_c.transpose(0, 1) if batch_first else y_c)
 
 
-def _scan_into_buffer(
-    step: Callable[[Any, Any], Any], init: tuple[Any, ...], xw: Any, reverse: bool
-) -> tuple[tuple[Any, ...], Any]:
-    """The scan with the per-step outputs written into a carried buffer instead of stacked.
-
-    For a length that is an expression of an input size (ddddocr: ``(W - 1) // 8 + 1`` from
-    the image width): Inductor sizes a scan's stacked outputs from the scan's symbolic-int
-    operands, and resolves an expression only from bare symbols among them, which the width
-    is not (``KeyError: s90``, PyTorch 2.13). A carried buffer is allocated outside the loop,
-    where the expression is known, so nothing is stacked. Each step writes its row into a new
-    buffer (``index_copy``), which Inductor may copy whole: O(length^2) bytes moved, small for
-    the lengths such models have.
-    """
-    length = xw.shape[0]
-    buffer = xw.new_zeros((length, *init[0].shape))
-    steps = torch.arange(length, device=xw.device)
-
-    def wrapped(carry: Any, inputs: Any) -> Any:
-        *state, out = carry
-        xt, t = inputs
-        new, y = step(tuple(state), xt)
-        return (*new, out.index_copy(0, t.reshape(1), y.unsqueeze(0))), ()
-
-    final, _ = scan(wrapped, (*init, buffer), (xw, steps), reverse=reverse)
-    return tuple(final[:-1]), final[-1]
-
-
 def scan_into_buffers(
     step: Callable[[Any, Any], Any],
-    carried: tuple[Any, ...],
-    indices: torch.Tensor,
-    last: torch.Tensor,
-    probe: Sequence[torch.Tensor],
-) -> tuple[tuple[Any, ...], torch.Tensor, tuple[Any, ...]]:
-    """A ``Loop`` whose trip count is an expression of input sizes (``(W - 1) // 8 + 1``),
-    with nothing stacked: Inductor sizes a scan's stacked outputs only from bare symbols among
-    its operands (``KeyError: s..``, PyTorch 2.13; ``_scan_into_buffer`` does the same for
-    RNNs). Each scan output is written into a carried buffer allocated before the loop, where
-    the expression is known, and the conditions are folded into one carried flag.
+    init: tuple[Any, ...],
+    xs: tuple[Any, ...],
+    rows_like: Sequence[Any],
+    reverse: bool = False,
+) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """``scan(step, init, xs)`` with the per-step outputs written into carried buffers instead
+    of stacked. ``step(carry, x) -> (new carry, rows)``, one row per buffer, each shaped like
+    the matching ``rows_like``.
 
-    Returns: the moving carries, whether every condition but the last held, the outputs.
+    For a length that is an expression of an input size (ddddocr's LSTM: ``(W - 1) // 8 + 1``
+    from the image width; a ``Loop`` whose trip count is one): Inductor sizes a scan's stacked
+    outputs from the scan's symbolic-int operands, and resolves an expression only from bare
+    symbols among them (``KeyError: s90``, PyTorch 2.13). The buffers are allocated outside
+    the loop, where the expression is known, so nothing is stacked. Each step writes its row
+    into a new buffer (``index_copy``), which Inductor may copy whole: O(length^2) bytes moved,
+    small for the lengths such models have.
+
+    Returns: the final carry, the buffers.
     """
-    count = len(carried)
-    buffers = tuple(p.new_zeros((indices.shape[0], *p.shape)) for p in probe)
+    length = xs[0].shape[0]
+    count = len(init)
+    buffers = tuple(r.new_zeros((length, *r.shape)) for r in rows_like)
+    steps = torch.arange(length, device=xs[0].device)
 
-    def into_buffers(carry: tuple[Any, ...], xs: tuple[Any, ...]) -> tuple[Any, ...]:
-        index, is_last = xs
-        new, (condition, *rows) = step(tuple(carry[:count]), index)
+    def wrapped(carry: tuple[Any, ...], inputs: tuple[Any, ...]) -> Any:
+        *x, t = inputs
+        new, rows = step(tuple(carry[:count]), x[0] if len(x) == 1 else tuple(x))
         outs = tuple(
-            buffer.index_copy(0, index.reshape(1), row.unsqueeze(0))
-            for buffer, row in zip(carry[count + 1 :], rows, strict=True)
+            buffer.index_copy(0, t.reshape(1), row.unsqueeze(0))
+            for buffer, row in zip(carry[count:], rows, strict=True)
         )
-        return (*new, carry[count] & (condition | is_last), *outs), ()
+        return (*new, *outs), ()
 
-    flag = torch.ones((), dtype=torch.bool, device=indices.device)
-    final, _ = scan(into_buffers, (*carried, flag, *buffers), (indices, last))
-    return tuple(final[:count]), final[count], tuple(final[count + 1 :])
+    final, _ = scan(wrapped, (*init, *buffers), (*xs, steps), reverse=reverse)
+    return tuple(final[:count]), tuple(final[count:])
+
+
+def _rows(step: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """``step`` with its one output as a tuple of rows (``scan_into_buffers``)."""
+
+    def wrapped(carry: Any, xt: Any) -> Any:
+        new, y = step(carry, xt)
+        return new, (y,)
+
+    return wrapped
 
 
 def _sized(step: Callable[[Any, Any], Any], sizes: tuple[Any, ...]) -> Callable[[Any, Any], Any]:

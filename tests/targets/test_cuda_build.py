@@ -441,7 +441,7 @@ def test_a_recurrent_graph_compiles_and_keeps_its_length_dynamic(
     ``strided``: every other time step into a bidirectional LSTM, so the length is
     ``(S + 1) // 2``, an expression of the input's size (ddddocr's length comes from the image
     width that way): stacked, its outputs failed the lowering with ``KeyError`` on ``S``; they
-    are written into a carried buffer instead (``cuda_ops_rnn._scan_into_buffer``)."""
+    are written into a carried buffer instead (``cuda_ops_rnn.scan_into_buffers``)."""
     import onnx.helper as oh
     import onnxruntime as ort
     from onnx_op_cases import const, vi
