@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ai_vmm.serve.config import PriorityClass
@@ -88,6 +89,13 @@ def make_ticket(
     return Ticket(class_name, policy.rank, now, now + timeout)
 
 
+def quantile(values: Iterable[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (not empty) as the value at rank ``q * n`` of the
+    sorted ones, the one rule of every estimate here."""
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
 class ServiceTimes:
     """Recent service times of one model, by batch size, as a pessimistic estimate.
 
@@ -137,12 +145,10 @@ class ServiceTimes:
                 cov = sum((s - mean_x) * (t - mean_y) for s, t in self._samples)
                 per_row = max(cov / var, 0.0)
                 fixed = max(mean_y - per_row * mean_x, 0.0)
-            ratios = sorted(
+            ratios = [
                 t / predicted for s, t in self._samples if (predicted := fixed + per_row * s) > 0
-            )
-            scale = (
-                ratios[min(int(self._quantile * len(ratios)), len(ratios) - 1)] if ratios else 1.0
-            )
+            ]
+            scale = quantile(ratios, self._quantile) if ratios else 1.0
             self._fit = (fixed, per_row, max(scale, 1.0))
         return self._fit
 
@@ -192,8 +198,7 @@ class LatenessMargin:
                 seen.popleft()
             late = 0.0
             if len(seen) >= self._least:
-                lates = sorted(value for _, value in seen)
-                late = max(lates[min(int(self._quantile * len(lates)), len(lates) - 1)], 0.0)
+                late = max(quantile([value for _, value in seen], self._quantile), 0.0)
             self._computed[ticket.rank] = (now, late)
         return min(late, cap * (ticket.deadline - ticket.arrival))
 
@@ -226,8 +231,7 @@ class ReplyTimes:
         now = time.monotonic() if now is None else now
         when, value = self._computed
         if not 0 <= now - when < self.REFRESH_S:
-            ordered = sorted(self._seen)
-            value = ordered[min(int(self._quantile * len(ordered)), len(ordered) - 1)]
+            value = quantile(self._seen, self._quantile)
             self._computed = (now, value)
         return min(value, cap * (ticket.deadline - ticket.arrival))
 
