@@ -120,9 +120,12 @@ class Objectives:
         return max(6 * self.batch_ms, 100.0)
 
 
-def server_config(obj: Objectives | None, late_margin: float | None = None) -> str:
+def server_config(
+    obj: Objectives | None, late_margin: float | None = None, quantile: float | None = None
+) -> str:
     gold = obj.gold_objective_ms if obj else 10_000
     margin = "" if late_margin is None else f"late_margin = {late_margin}\n"
+    admission = "" if quantile is None else f"admission_quantile = {quantile}\n"
     tenants = "\n".join(
         f'[[tenants]]\nname = "{name}"\nkey_sha256 = "{hash_key(key)}"\nclass = "{cls}"\n'
         for name, key, cls in (
@@ -134,7 +137,7 @@ def server_config(obj: Objectives | None, late_margin: float | None = None) -> s
     )
     return f"""[server]
 access_log = false
-
+{admission}
 [classes.default]
 rank = 1
 max_queue = 256
@@ -218,8 +221,13 @@ class Results:
     llm: dict[str, Any] | None = None
 
 
-def run_all(work: Path, seconds: float, late_margin: float | None = None) -> Results:
-    """Every scenario above on a fresh repository under ``work``."""
+@contextmanager
+def _deadline_server(
+    work: Path, seconds: float, late_margin: float | None, quantile: float | None
+) -> Iterator[tuple[str, float, Objectives, list[Case]]]:
+    """Phase 1 measures capacity and the service time of a full batch; phase 2 starts the
+    server with the deadlines and objectives derived from it: (url, capacity, objectives,
+    cases)."""
     artifact = compile_encoder(work)
     cases = make_cases(artifact)
     repo = work / "repo"
@@ -228,14 +236,12 @@ def run_all(work: Path, seconds: float, late_margin: float | None = None) -> Res
     if not link.exists():
         link.symlink_to(artifact, target_is_directory=True)
     bench = Stream("bench", KEYS["bench"], 0, cases)
-    # Phase 1: measure capacity and the service time of a full batch.
     (repo / "serve.toml").write_text(server_config(None))
     with server(repo) as url:
         measure_capacity(url, "minilm", bench, concurrency=32, seconds=1.0)  # warm-up
         capacity = measure_capacity(url, "minilm", bench, concurrency=32, seconds=seconds)
         objectives = Objectives(batch_time_ms(url))
-    # Phase 2: the same server with deadlines and objectives derived from phase 1.
-    (repo / "serve.toml").write_text(server_config(objectives, late_margin))
+    (repo / "serve.toml").write_text(server_config(objectives, late_margin, quantile))
     with server(repo) as url:
         measure_capacity(url, "minilm", bench, concurrency=32, seconds=0.5)  # warm-up
         # Measured again on this server: other work on the machine moves the figure, and a
@@ -243,16 +249,43 @@ def run_all(work: Path, seconds: float, late_margin: float | None = None) -> Res
         capacity = max(
             capacity, measure_capacity(url, "minilm", bench, concurrency=32, seconds=seconds)
         )
+        yield url, capacity, objectives, cases
+
+
+def run_all(
+    work: Path, seconds: float, late_margin: float | None = None, quantile: float | None = None
+) -> Results:
+    """Every scenario above on a fresh repository under ``work``."""
+    with _deadline_server(work, seconds, late_margin, quantile) as (url, capacity, obj, cases):
         stated = Stream("bench", KEYS["bench"], capacity / 2, cases)
         stated_rows = _run("stated", url, [stated], seconds)
-        over = Stream("bench", KEYS["bench"], 2 * capacity, cases, objectives.deadline_ms)
+        over = Stream("bench", KEYS["bench"], 2 * capacity, cases, obj.deadline_ms)
         overload_rows = _run("overload", url, [over], seconds)
         gold = Stream("gold", KEYS["gold"], capacity / 5, cases)
         flood = Stream("free", KEYS["free"], 2 * capacity, cases)
         priority_rows = _run("priority", url, [gold, flood], seconds)
         flat = Stream("flat", KEYS["flat"], capacity / 5, cases)
         flat_rows = _run("one class", url, [flat, flood], seconds)
-    return Results(capacity, objectives, stated_rows, overload_rows, priority_rows, flat_rows)
+    return Results(capacity, obj, stated_rows, overload_rows, priority_rows, flat_rows)
+
+
+def run_overloads(
+    work: Path, seconds: float, runs: int, late_margin: float | None, quantile: float | None
+) -> None:
+    """The overload run alone, ``runs`` times on one server, a line each (``--overload-runs``:
+    how admission's settings trade expired requests against throughput; docs/serve.md)."""
+    with _deadline_server(work, seconds, late_margin, quantile) as (url, capacity, obj, cases):
+        print(f"capacity {capacity:.0f} requests/s, deadline {obj.deadline_ms:.0f} ms")
+        for index in range(runs):
+            over = Stream("bench", KEYS["bench"], 2 * capacity, cases, obj.deadline_ms)
+            (row,) = _run("overload", url, [over], seconds)
+            print(
+                f"run {index + 1}: admitted {row.ok + row.expired}, expired {row.expired}, "
+                f"late by the server's clock {row.server_late}, by the driver's {row.late}, "
+                f"throughput {row.throughput_rps:.0f}/s ({row.throughput_rps / capacity:.2f} "
+                "of capacity)",
+                flush=True,
+            )
 
 
 def _run(name: str, url: str, streams: list[Stream], seconds: float) -> list[Summary]:
@@ -461,10 +494,27 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="Every class's late_margin (default: the server's, 0.25; 0 turns it off).",
     )
+    parser.add_argument(
+        "--admission-quantile",
+        type=float,
+        default=None,
+        help="The server's admission_quantile (default: the server's, 0.97).",
+    )
+    parser.add_argument(
+        "--overload-runs",
+        type=int,
+        default=0,
+        help="Only the overload run, this many times, a line each (docs/serve.md not written).",
+    )
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-serve-"))
     work.mkdir(parents=True, exist_ok=True)
-    results = run_all(work, args.seconds, args.late_margin)
+    if args.overload_runs:
+        run_overloads(
+            work, args.seconds, args.overload_runs, args.late_margin, args.admission_quantile
+        )
+        return 0
+    results = run_all(work, args.seconds, args.late_margin, args.admission_quantile)
     if str(args.llm) != "none":
         results.llm = run_llm(work, args.llm)
     given = list(argv or sys.argv[1:])

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ai_vmm.serve.config import PriorityClass
+from ai_vmm.serve.config import ADMISSION_QUANTILE, PriorityClass
 
 
 class Rejected(Exception):
@@ -110,7 +110,7 @@ class ServiceTimes:
     268 of 339 requests in 2 runs of 9 (with the 97th, in none of 5 runs).
     """
 
-    def __init__(self, window: int = 256, quantile: float = 0.97) -> None:
+    def __init__(self, window: int = 256, quantile: float = ADMISSION_QUANTILE) -> None:
         self._samples: deque[tuple[int, float]] = deque(maxlen=window)
         self._quantile = quantile
         self._fit: tuple[float, float, float] | None = None

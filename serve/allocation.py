@@ -208,6 +208,7 @@ class ModelManager:
             config.batching,
             dict(self.repository.config.classes),
             self._on_batch,
+            service_quantile=self.repository.config.server.admission_quantile,
         )
         if config.batching.max_batch and not batcher.batches:
             raise ValueError(

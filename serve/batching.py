@@ -40,7 +40,7 @@ from ai_vmm.serve.admission import (
     refuse_late,
 )
 from ai_vmm.serve.backend import TensorModel
-from ai_vmm.serve.config import BatchingConfig, PriorityClass
+from ai_vmm.serve.config import ADMISSION_QUANTILE, BatchingConfig, PriorityClass
 
 
 @dataclass(eq=False)
@@ -96,6 +96,7 @@ class DynamicBatcher:
         batching: BatchingConfig,
         classes: dict[str, PriorityClass],
         on_batch: Callable[[BatchStats], None] | None = None,
+        service_quantile: float = ADMISSION_QUANTILE,
     ) -> None:
         if not replicas:
             raise ValueError("a batcher needs at least one replica")
@@ -103,7 +104,7 @@ class DynamicBatcher:
         self.replicas = replicas
         self.config = batching
         self.classes = classes
-        self.service = ServiceTimes()
+        self.service = ServiceTimes(quantile=service_quantile)
         self.lateness = LatenessMargin()
         self.replies = ReplyTimes()
         """Fed by the protocol layer (``observe_reply``): answer to response."""

@@ -105,6 +105,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+ADMISSION_QUANTILE = 0.97
+"""The default of ``[server] admission_quantile`` (``serve.admission.ServiceTimes`` says why)."""
+
+
 class ServerSettings(_Strict):
     """HTTP-level limits and behaviour."""
 
@@ -117,6 +121,9 @@ class ServerSettings(_Strict):
     """``true``: ``/metrics`` needs an admin tenant's key (else it is public, like health)."""
     default_class: str = "default"
     """The priority class of requests that come with no tenant (servers without tenants)."""
+    admission_quantile: float = Field(default=ADMISSION_QUANTILE, gt=0.5, le=1.0)
+    """Admission plans each model call as slow as this quantile of recent calls (observed over
+    predicted): higher refuses more at once and lets fewer admitted requests expire."""
 
 
 class BatchingConfig(_Strict):

@@ -15,7 +15,7 @@ KEY = hash_key("sk-test")
 def test_a_full_config_validates() -> None:
     config = validate_config(
         {
-            "server": {"max_body_bytes": "2MiB", "shutdown_grace_s": 5},
+            "server": {"max_body_bytes": "2MiB", "shutdown_grace_s": 5, "admission_quantile": 0.99},
             "resources": {"budgets": {"CPU": "1.5GiB", "cuda:0": 10**9}},
             "classes": {
                 "default": {},
@@ -35,6 +35,7 @@ def test_a_full_config_validates() -> None:
         }
     )
     assert config.server.max_body_bytes == 2 * 2**20
+    assert config.server.admission_quantile == 0.99
     assert config.resources.budgets == {"CPU": int(1.5 * 2**30), "cuda:0": 10**9}
     assert config.tenants[0].priority_class == "rt" and config.tenants[0].allows("m")
     assert not config.tenants[0].allows("other")
@@ -57,6 +58,7 @@ def test_a_full_config_validates() -> None:
         ({"models": {"a/b": {}}}, "must match"),
         ({"resources": {"budgets": {"CPU": "lots"}}}, "is not a size"),
         ({"server": {"default_class": "vip"}}, "'vip' is not a class"),
+        ({"server": {"admission_quantile": 0.3}}, "server.admission_quantile"),
     ],
 )
 def test_bad_configs_say_where(data: dict, words: str) -> None:
