@@ -20,7 +20,13 @@ each printed as a Markdown table:
 * ``dq``: our INT8 artifact reloaded with the CPU plugin's activation groups (its default, 64,
   128, off): the answer to "What is the capital of France?" and decode tokens/s.
 
-Usage: ``python scripts/llm_lean_compare.py [engines compressed profile wall dq]``.
+* ``order``: fp32 decode with our decoder loaded before GenAI's pipeline, after it, and three
+  copies of ours, each order in a fresh process (the first loaded of decoders holding the same
+  weights runs slower).
+* ``difference``: INT8 decode as the difference of a 128-token and a 1-token ``generate``.
+* ``raw-int8``: raw INT8 decode steps from Python: ours, GenAI's export, ours ``INT8_ASYM``.
+
+Usage: ``python scripts/llm_lean_compare.py [engines compressed profile wall dq order ...]``.
 """
 
 from __future__ import annotations
@@ -253,6 +259,149 @@ def wall(ids: list[int]) -> None:
         )
 
 
+def _fp32_genai() -> Any:
+    from ai_vmm.bench_generate import GenAIEngine
+
+    props = {
+        "ATTENTION_BACKEND": "SDPA",
+        "INFERENCE_PRECISION_HINT": "f32",
+        "KV_CACHE_PRECISION": "f32",
+    }
+    return GenAIEngine(ROOT / "genai" / "fp32", "GenAI", "fp32", props)
+
+
+def _order_child(how: str, ids: list[int]) -> None:
+    """One load order in this (fresh) process: fp32 decode tok/s, 8 rounds whose engine order
+    alternates, by ``run_bench``'s wall-clock measure."""
+    from ai_vmm.bench_generate import VmmEngine
+
+    def ours() -> Any:
+        return VmmEngine(ROOT / "openvino-CPU-fp32.vmm", "ai-vmm", "fp32", "")
+
+    if how == "copies":
+        engines = [ours(), ours(), ours()]
+        names = ["our copy loaded 1st", "2nd", "3rd"]
+    else:
+        engines = [ours(), _fp32_genai()] if how == "ours-first" else [_fp32_genai(), ours()]
+        names = [e.name for e in engines]
+    for engine in engines:
+        engine.run(ids, 128)
+    speeds: list[list[float]] = [[] for _ in engines]
+    for round_index in range(8):
+        order = range(len(engines)) if round_index % 2 == 0 else reversed(range(len(engines)))
+        for i in order:
+            speeds[i].append(engines[i].run(ids, 128)[2])
+    cells = ", ".join(f"{n} {statistics.median(v):.1f}" for n, v in zip(names, speeds, strict=True))
+    ratio = ""
+    if how != "copies":
+        mine = 0 if how == "ours-first" else 1
+        per_round = [a / b for a, b in zip(speeds[mine], speeds[1 - mine], strict=True)]
+        ratio = f" | ours / GenAI a round {min(per_round):.3f}-{max(per_round):.3f}"
+    print(f"| {how} | {cells}{ratio} |", flush=True)
+
+
+def order(ids: list[int]) -> None:
+    """Load order: each order in a fresh process (docs/generate.md, "Load order")."""
+    import subprocess
+
+    print("| load order | fp32 decode tok/s, median of 8 rounds | |\n|---|---|---|", flush=True)
+    for how in ("ours-first", "genai-first", "copies"):
+        subprocess.run([sys.executable, __file__, f"_order-{how}"], check=True)
+
+
+def difference(ids: list[int]) -> None:
+    """INT8 decode as the difference of a 128-token and a 1-token ``generate`` (nothing taken
+    from either engine's report), 5 interleaved rounds, GenAI's stateful pipeline first."""
+    from ai_vmm.bench_generate import GenAIEngine, VmmEngine
+
+    props = {
+        "ATTENTION_BACKEND": "SDPA",
+        "INFERENCE_PRECISION_HINT": "f32",
+        "KV_CACHE_PRECISION": "f32",
+    }
+    engines = {
+        "GenAI": GenAIEngine(ROOT / "genai" / "int8", "GenAI", "int8", props),
+        "ai-vmm": VmmEngine(ROOT / "openvino-CPU-int8.vmm", "ai-vmm", "int8", ""),
+    }
+
+    def total(engine: Any, n: int) -> float:
+        started = time.perf_counter()
+        engine.run(ids, n)
+        return time.perf_counter() - started
+
+    for engine in engines.values():
+        total(engine, 128)
+    rates: dict[str, list[float]] = {k: [] for k in engines}
+    for _ in range(5):
+        for name, engine in engines.items():
+            one = total(engine, 1)
+            rates[name].append(127 / (total(engine, 128) - one))
+    g, o = (statistics.median(rates[k]) for k in ("GenAI", "ai-vmm"))
+    print(f"INT8 decode by difference: GenAI {g:.1f}, ai-vmm {o:.1f} tok/s, ratio {o / g:.3f}")
+
+
+def raw_int8(ids: list[int]) -> None:
+    """Raw decode steps from Python (no pipeline): our INT8 decoder, GenAI's INT8 export, and
+    our fp32 decoder compressed ``INT8_ASYM`` as GenAI's is; 128 steps at the 400-token
+    context, 9 interleaved rounds, the same compile properties."""
+    import nncf
+    import openvino as ov
+
+    core = ov.Core()
+    props = {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "KV_CACHE_PRECISION": "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    ours_xml = next((ROOT / "openvino-CPU-int8.vmm" / "decoder").glob("*.xml"))
+    fp32_xml = next((ROOT / "openvino-CPU-fp32.vmm" / "decoder").glob("*.xml"))
+    models = {
+        "ours": core.read_model(str(ours_xml)),
+        "GenAI's export": core.read_model(str(ROOT / "genai" / "int8" / "openvino_model.xml")),
+        "ours, INT8_ASYM": nncf.compress_weights(
+            core.read_model(str(fp32_xml)), mode=nncf.CompressWeightsMode.INT8_ASYM
+        ),
+    }
+    requests = {}
+    for name, model in models.items():
+        compiled = core.compile_model(model, "CPU", props)
+        names = {n for port in compiled.inputs for n in port.get_names()}
+        requests[name] = (compiled.create_infer_request(), names)
+
+    def steps(request: Any, names: set[str], count: int = 128) -> float:
+        request.reset_state()
+
+        def step(tokens: list[int], start: int) -> None:
+            n = len(tokens)
+            feed = {
+                "input_ids": np.array([tokens], dtype=np.int64),
+                "attention_mask": np.ones((1, start + n), dtype=np.int64),
+                "position_ids": np.arange(start, start + n, dtype=np.int64)[None],
+                "beam_idx": np.zeros(1, dtype=np.int32),
+            }
+            if "logit_index" in names:
+                feed["logit_index"] = np.array([n - 1], dtype=np.int64)
+            request.infer(feed, share_inputs=True)
+
+        step(ids, 0)
+        started = time.perf_counter()
+        for i in range(count):
+            step([ids[i]], len(ids) + i)
+        return (time.perf_counter() - started) / count * 1000
+
+    for request, names in requests.values():
+        steps(request, names, 16)
+    times: dict[str, list[float]] = {k: [] for k in requests}
+    for _ in range(9):
+        for name, (request, names) in requests.items():
+            times[name].append(steps(request, names))
+    for name, values in times.items():
+        print(
+            f"{name}: {statistics.median(values):.2f} ms a step "
+            f"({min(values):.1f}-{max(values):.1f})"
+        )
+
+
 def main(argv: list[str]) -> int:
     parts = argv or ["engines", "compressed", "profile", "wall", "dq"]
     if not (ROOT / "genai" / "fp32").is_dir():
@@ -268,7 +417,13 @@ def main(argv: list[str]) -> int:
         "wall": wall,
         "pyprofile": pyprofile,
         "dq": dq,
+        "order": order,
+        "difference": difference,
+        "raw-int8": raw_int8,
     }
+    if parts and parts[0].startswith("_order-"):  # a child of ``order``
+        _order_child(parts[0].removeprefix("_order-"), ids)
+        return 0
     for part in parts:
         print(f"\n### {part}\n")
         runs[part](ids)
