@@ -128,6 +128,21 @@ def compressed(ids: list[int]) -> None:
         del pipe
 
 
+def _raw_step(request: Any, names: set[str], tokens: list[int], start: int) -> None:
+    """One stateful decoder step of ``tokens`` after ``start`` cached ones, straight through
+    OpenVINO (ours has ``logit_index``, GenAI's export does not)."""
+    n = len(tokens)
+    feed = {
+        "input_ids": np.array([tokens], dtype=np.int64),
+        "attention_mask": np.ones((1, start + n), dtype=np.int64),
+        "position_ids": np.arange(start, start + n, dtype=np.int64)[None],
+        "beam_idx": np.zeros(1, dtype=np.int32),
+    }
+    if "logit_index" in names:
+        feed["logit_index"] = np.array([n - 1], dtype=np.int64)
+    request.infer(feed, share_inputs=True)
+
+
 def profile(ids: list[int], weights: str = "fp32") -> None:
     import openvino as ov
 
@@ -145,16 +160,7 @@ def profile(ids: list[int], weights: str = "fp32") -> None:
         names = {n for port in compiled.inputs for n in port.get_names()}
 
         def step(tokens: list[int], start: int) -> None:
-            n = len(tokens)
-            feed = {
-                "input_ids": np.array([tokens], dtype=np.int64),
-                "attention_mask": np.ones((1, start + n), dtype=np.int64),
-                "position_ids": np.arange(start, start + n, dtype=np.int64)[None],
-                "beam_idx": np.zeros(1, dtype=np.int32),
-            }
-            if "logit_index" in names:
-                feed["logit_index"] = np.array([n - 1], dtype=np.int64)
-            request.infer(feed)
+            _raw_step(request, names, tokens, start)
 
         step(ids, 0)
         totals: collections.Counter[str] = collections.Counter()
@@ -370,23 +376,10 @@ def raw_int8(ids: list[int]) -> None:
 
     def steps(request: Any, names: set[str], count: int = 128) -> float:
         request.reset_state()
-
-        def step(tokens: list[int], start: int) -> None:
-            n = len(tokens)
-            feed = {
-                "input_ids": np.array([tokens], dtype=np.int64),
-                "attention_mask": np.ones((1, start + n), dtype=np.int64),
-                "position_ids": np.arange(start, start + n, dtype=np.int64)[None],
-                "beam_idx": np.zeros(1, dtype=np.int32),
-            }
-            if "logit_index" in names:
-                feed["logit_index"] = np.array([n - 1], dtype=np.int64)
-            request.infer(feed, share_inputs=True)
-
-        step(ids, 0)
+        _raw_step(request, names, ids, 0)
         started = time.perf_counter()
         for i in range(count):
-            step([ids[i]], len(ids) + i)
+            _raw_step(request, names, [ids[i]], len(ids) + i)
         return (time.perf_counter() - started) / count * 1000
 
     for request, names in requests.values():
