@@ -262,13 +262,18 @@ def bench_model(
     for variant in variants:
         label = f"ours + {variant}"
         extra = {k: v for k, v in VARIANTS[variant].items() if not k.startswith("_")}
+        if extra.get("cuda_static_batches") == "timed":
+            extra["cuda_static_batches"] = [b for b in batches if b >= 8]
         entry2, config2, _, seconds2 = build_ours(module, inputs, dynamic, work, extra)
         config2 = {**config2, **VARIANTS[variant].get("_executor", {})}
         result["compile_s"][label] = round(seconds2, 1)
         result.setdefault("variant_config", {})[variant] = {
             k: v for k, v in config2.items() if k != "inputs"
         }
-        log(f"[{name}] {label} built in {seconds2:.1f} s: {config2.get('inductor')}")
+        log(
+            f"[{name}] {label} built in {seconds2:.1f} s: {config2.get('inductor')} "
+            f"{config2.get('static_note', '')}"
+        )
         built[label] = create_executor(
             "cuda", entry2, "0", {**config2, "device_outputs": ["output"]}, ("output",)
         )
@@ -364,6 +369,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cl+freezing": {"cuda_channels_last": True, "cuda_freezing": True},
     # cuDNN's autotuner during the executor's warm-up and capture (an executor setting).
     "cl+cudnn": {"cuda_channels_last": True, "_executor": {"cudnn_benchmark": True}},
+    # A static-batch package beside the dynamic one for every timed batch >= 8
+    # (targets/cuda_static.py; kept only where the build measures it faster).
+    "static": {"cuda_static_batches": "timed"},
+    "static+cudnn": {"cuda_static_batches": "timed", "_executor": {"cudnn_benchmark": True}},
 }
 
 

@@ -83,7 +83,7 @@ for part in "${PARTS[@]}"; do
     speed)
         cp docs/gpu.json "$RESULTS/gpu.json" 2>/dev/null
         run_part speed "${PART_SECONDS_speed:-540}" python3 scripts/bench_gpu.py \
-            --sections env,speed --models "${SPEED_MODELS:-resnet50,bert,vit}" \
+            --sections env,speed --models "${SPEED_MODELS:-resnet50,bert,vit}" --batches "${SPEED_BATCHES:-1,32}" \
             --variants "${SPEED_VARIANTS:-resnet50:cl+cudnn bert:freezing}" --rounds 3 --json "$RESULTS/gpu.json" ;;
     auto)
         run_part auto "${PART_SECONDS_auto:-240}" python3 scripts/gpu_auto_buckets.py \

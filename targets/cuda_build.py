@@ -64,6 +64,7 @@ from ai_vmm.targets.cuda_export import (
     wanted,
 )
 from ai_vmm.targets.cuda_layout import channels_last_pays, conv2d_nodes
+from ai_vmm.targets.cuda_static import batch_symbol, build_static, wanted_batches
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 CACHE_SIZE = 8
@@ -230,20 +231,9 @@ def _build(
         config["runner"] = "eager"
     else:
         entry = out_dir / "model.pt2"
-        settings = inductor_settings(torch, program, torch_device, options)
-        try:
-            with quiet():
-                torch._inductor.aoti_compile_and_package(
-                    program, package_path=str(entry), inductor_configs=settings
-                )
-        except Exception as exc:
-            if not settings:
-                raise
-            config["inductor_note"] = f"built with Inductor's defaults: {one_line(exc)[:300]}"
-            _clear(out_dir)
-            settings = {}
-            with quiet():
-                torch._inductor.aoti_compile_and_package(program, package_path=str(entry))
+        settings, inductor_note = package_program(torch, program, entry, torch_device, options)
+        if inductor_note:
+            config["inductor_note"] = inductor_note
         config["inductor"] = settings
     stage("package" if not eager else "save")
     if torch_device.startswith("cuda"):
@@ -266,9 +256,47 @@ def _build(
         if torch_device.startswith("cuda"):
             config["cuda_graphs"] = graphs_work(runner, example, torch_device)
             stage("graph check")
+        batches = wanted_batches(options, batch_symbol(graph_inputs), dims)
+        if batches and not getattr(module, "runs_loops", False):
+            del runner
+            build_static(
+                module,
+                graph_inputs,
+                example,
+                dims,
+                batches,
+                entry,
+                precision,
+                config,
+                [v.name or "" for v in model.graph.outputs],
+                lambda prog, path: package_program(torch, prog, path, torch_device, options)[0],
+                torch_device,
+            )
+            stage("static batches")
     config["build_stages_s"] = stages
     files = tuple(sorted(p.name for p in out_dir.iterdir()))
     return Payload(entry=entry.name, files=files, config=config)
+
+
+def package_program(
+    torch: Any, program: Any, entry: Path, torch_device: str, options: TargetOptions
+) -> tuple[dict[str, Any], str]:
+    """AOTInductor-compile ``program`` into ``entry`` with our Inductor settings, retried with
+    Inductor's defaults when they fail; the settings used and why the defaults, if so."""
+    settings = inductor_settings(torch, program, torch_device, options)
+    try:
+        with quiet():
+            torch._inductor.aoti_compile_and_package(
+                program, package_path=str(entry), inductor_configs=settings
+            )
+    except Exception as exc:
+        if not settings:
+            raise
+        entry.unlink(missing_ok=True)
+        with quiet():
+            torch._inductor.aoti_compile_and_package(program, package_path=str(entry))
+        return {}, f"built with Inductor's defaults: {one_line(exc)[:300]}"
+    return settings, ""
 
 
 def _torch_route_offered(model: ir.Model, options: TargetOptions) -> bool:

@@ -1,0 +1,122 @@
+"""Static-batch packages beside the dynamic one (``targets/cuda_static.py``): which batches get
+one, the keep rule, and on the CPU (the cuda target's test mode) a payload whose static
+package runs the calls of its batch while every other batch runs on the dynamic package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ai_vmm.frontends.torch import export_torch  # noqa: E402
+from ai_vmm.runtime.devices import Device  # noqa: E402
+from ai_vmm.runtime.executors import create_executor  # noqa: E402
+from ai_vmm.targets import cuda_static  # noqa: E402
+from ai_vmm.targets.base import TargetOptions  # noqa: E402
+from ai_vmm.targets.cuda import CudaTarget  # noqa: E402
+
+CPU = Device("cuda", "cpu", "cpu", "CPU package (test)", {"torch_device": "cpu"})
+
+
+def test_static_batches_come_from_the_samples_large_batches_within_the_range() -> None:
+    dims = {"batch": (1, 64), "seq": (1, 512)}
+
+    def chosen(**extra: Any) -> list[int]:
+        return cuda_static.wanted_batches(TargetOptions(extra=extra), "batch", dims)
+
+    assert chosen(sample_sizes={"batch": [1, 4]}) == []  # below STATIC_MIN_BATCH: none
+    assert chosen(sample_sizes={"batch": [1, 8, 16, 32]}) == [16, 32]  # the MAX_STATIC largest
+    assert chosen(sample_sizes={"batch": [128]}) == []  # outside the export's range
+    assert chosen(sample_sizes={"batch": [32]}, cuda_static_batches=[]) == []
+    assert chosen(sample_sizes={"batch": [32]}, cuda_static_batches=[2, 4]) == [2, 4]
+    assert cuda_static.wanted_batches(TargetOptions(extra={}), None, dims) == []
+    assert cuda_static.keep(0.98, 1.0) and not cuda_static.keep(0.995, 1.0)
+
+
+class Small(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(16, 8)
+
+    def forward(self, x: Any) -> Any:
+        return torch.relu(self.fc(x)).softmax(-1)
+
+
+@pytest.mark.slow
+def test_a_static_package_runs_its_batch_and_the_dynamic_one_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    module = Small().eval()
+    proto, _, program = export_torch(
+        module,
+        "torch.module",
+        example_inputs=(torch.randn(2, 16),),
+        dynamic_shapes={"x": {0: "batch"}},
+    )
+    model = ir.serde.deserialize_model(proto)
+    io = ([v.name for v in model.graph.inputs], [v.name for v in model.graph.outputs])
+    options = TargetOptions(
+        extra={
+            "input_bounds": {},
+            "sample_dims": {},
+            "sample_sizes": {"batch": [1, 4]},
+            "cuda_static_batches": [4],
+            "torch_program": program,
+            "torch_program_io": io,
+        }
+    )
+    # On two CPU cores a static package of a tiny model may or may not time faster: keep it
+    # whatever the timing says, so that the dispatch is what is tested.
+    monkeypatch.setattr(cuda_static, "KEEP_BELOW", 1e9)
+    payload = CudaTarget().codegen(model, CPU, options, tmp_path)
+    config = payload.config
+    static = config["static_batches"]["4"]
+    assert static["entry"] in payload.files and (tmp_path / static["entry"]).is_file()
+    assert static["inputs"][0]["shape"] == [4, 16] and static["ms"] > 0
+    assert "batch 4: static" in config["static_note"]
+    outputs = tuple(io[1])
+    executor = create_executor("cuda", tmp_path / payload.entry, "cpu", config, outputs)
+    rng = np.random.default_rng(0)
+    for batch in (4, 3, 4, 5):
+        x = rng.standard_normal((batch, 16)).astype(np.float32)
+        got = executor.run({io[0][0]: x})[outputs[0]]
+        with torch.no_grad():
+            want = module(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert executor._static.calls == {4: 2}  # batches 3 and 5 ran on the dynamic package
+
+
+@pytest.mark.slow
+def test_a_static_package_that_is_not_faster_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = Small().eval()
+    proto, _, program = export_torch(
+        module,
+        "torch.module",
+        example_inputs=(torch.randn(2, 16),),
+        dynamic_shapes={"x": {0: "batch"}},
+    )
+    model = ir.serde.deserialize_model(proto)
+    io = ([v.name for v in model.graph.inputs], [v.name for v in model.graph.outputs])
+    options = TargetOptions(
+        extra={
+            "input_bounds": {},
+            "sample_dims": {},
+            "cuda_static_batches": [8],
+            "torch_program": program,
+            "torch_program_io": io,
+        }
+    )
+    monkeypatch.setattr(cuda_static, "KEEP_BELOW", 0.0)  # nothing is ever fast enough
+    payload = CudaTarget().codegen(model, CPU, options, tmp_path)
+    assert "static_batches" not in payload.config
+    assert "batch 8: static" in payload.config["static_note"]
+    assert "dropped" in payload.config["static_note"]
+    assert not list(tmp_path.glob("*-b8.pt2"))
