@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ai_vmm.runtime.errors import ArtifactError, InputError, VmmError
+from ai_vmm.runtime.replica_signatures import check_signatures, shared_checker
 
 EWMA = 0.2
 """Weight of the newest call in a replica's seconds-per-request average."""
@@ -128,14 +129,14 @@ class ReplicaSet:
             _Replica(i, label, model, count, known.get(label))
             for i, ((_, model), label, count) in enumerate(zip(pairs, labels, counts, strict=True))
         ]
-        _check_signatures(self._replicas)
+        check_signatures([(r.name, r.model) for r in self._replicas])
         self.max_attempts = max(1, int(max_attempts))
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._closing = False
         self._submitted = 0
         first = self._replicas[0].model
-        self._checker = _shared_checker(self._replicas)
+        self._checker = shared_checker([r.model for r in self._replicas])
         self.manifest = getattr(first, "manifest", None)
         for replica in self._replicas:
             for w in range(replica.workers):
@@ -601,71 +602,6 @@ def _label(model: Any) -> str:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{exc.__class__.__name__}: {text[:200]}" if text else exc.__class__.__name__
-
-
-def _check_signatures(replicas: list[_Replica]) -> None:
-    first = replicas[0]
-    want = _names_and_dtypes(first.model)
-    for other in replicas[1:]:
-        got = _names_and_dtypes(other.model)
-        if want is not None and got is not None and not _compatible(want, got):
-            raise ArtifactError(
-                f"replicas {first.name} and {other.name} take different inputs "
-                f"({_describe(want)} against {_describe(got)}): a replica set holds one model"
-            )
-
-
-def _compatible(a: list[tuple[str, str, str]], b: list[tuple[str, str, str]]) -> bool:
-    """Same names and dtypes; shapes of the same rank whose fixed sizes agree where both are
-    fixed (a replica built for batch 8 and one with a dynamic batch hold the same model)."""
-    if [(n, d) for n, d, _ in a] != [(n, d) for n, d, _ in b]:
-        return False
-    for (_, _, x), (_, _, y) in zip(a, b, strict=True):
-        if x == "?" or y == "?":
-            continue
-        xs, ys = x.strip("[]").split(","), y.strip("[]").split(",")
-        if len(xs) != len(ys) or any(
-            p != q and "?" not in (p, q) for p, q in zip(xs, ys, strict=True)
-        ):
-            return False
-    return True
-
-
-def _names_and_dtypes(model: Any) -> list[tuple[str, str, str]] | None:
-    """Each input's name, dtype and shape with named or ranged axes as ``?``: replicas of one
-    model may differ there (one built for a fixed batch), not in fixed sizes or rank."""
-    specs = getattr(model, "inputs", None)
-    if not specs:
-        return None
-    try:
-        return [(str(s.name), str(s.dtype), _fixed_dims(s.shape)) for s in specs]
-    except AttributeError:
-        return None
-
-
-def _fixed_dims(shape: Any) -> str:
-    if shape is None:
-        return "?"
-    return "[" + ",".join(str(d) if isinstance(d, int) else "?" for d in shape) + "]"
-
-
-def _describe(specs: list[tuple[str, str, str]]) -> str:
-    return ", ".join(f"{n}: {d}{s}" for n, d, s in specs)
-
-
-def _shared_checker(replicas: list[_Replica]) -> Any:
-    """One input check at ``submit`` when every replica has the same signature (shapes too);
-    otherwise each replica checks its own inputs when it runs."""
-    from ai_vmm.runtime.model import InputChecker
-
-    specs = [getattr(r.model, "inputs", None) for r in replicas]
-    first = specs[0]
-    if not first or any(s != first for s in specs[1:]):
-        return None
-    try:
-        return InputChecker(tuple(first))
-    except (AttributeError, TypeError):
-        return None
 
 
 __all__ = ["ReplicaSet", "Runnable", "VmmError"]
