@@ -123,6 +123,11 @@ class ServiceTimes:
     def known(self) -> bool:
         return bool(self._samples)
 
+    @property
+    def quantile(self) -> float:
+        """The quantile of observed/predicted ratios the estimate plans with."""
+        return self._quantile
+
     def estimate(self, size: int, pessimistic: bool = True) -> float:
         """Seconds for one call of ``size`` rows (0.0 before any observation).
 

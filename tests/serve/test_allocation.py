@@ -40,6 +40,9 @@ def _size(artifact: Path) -> int:
 
 def _config(budget: int, pinned: bool) -> str:
     return f"""
+[server]
+admission_quantile = 0.93
+
 [resources.budgets]
 CPU = {budget}
 
@@ -95,6 +98,9 @@ def test_lru_eviction_lazy_loading_and_a_failed_model(
         assert response.status_code == 503 and "not ready" in response.json()["error"]
         assert "Retry-After" in response.headers
         assert _infer(url, "cnn", CNN_IN).status_code == 200
+        # The server's admission quantile reached the model's batcher (serve.toml above).
+        batcher = server.app.state.vmm.manager.find("cnn").batcher
+        assert batcher is not None and batcher.service.quantile == 0.93
         # The lazy MLP loads on its first request; the budget forces the idle CNN out (LRU).
         response = _infer(url, "mlp", MLP_IN)
         assert response.status_code == 200, response.text
