@@ -11,11 +11,14 @@ rm -rf .realmodels && mkdir -p .realmodels
 # ~46 MB: a DB text detector (Resize), a recogniser (opset-12 Softmax), a YOLOv8 detector
 # (anchors from a float Range), Silero VAD (LSTM, reflect Pad), Magika (jax2tf int32 shapes),
 # Smart Turn (QDQ), openWakeWord's embedding (convolutions), PP-OCR's classifier.
-for file in ppocr_v4_det.onnx ppocr_v4_rec.onnx nudenet_320n.onnx silero_vad_16k_sequence.onnx \
-    magika_standard_v3_3.onnx smart_turn_v3_2.onnx oww_embedding.onnx oww_melspectrogram.onnx \
-    ppocr_mobile_v2_cls.onnx chars2vec_en_300.onnx data_page.png data_coffee.png data_chelsea.png data_astronaut.png \
-    pyannote_sample.wav magika_standard_v3_3.config.json bert_uncased_tokenizer.json \
-    chars2vec_en_300.model.pkl; do
+# REALMODELS_FILES replaces the list: ddddocr's 54 MB model goes alone
+# (REALMODELS_FILES="ddddocr_common.onnx data_page.png data_text.png").
+DEFAULT_FILES="ppocr_v4_det.onnx ppocr_v4_rec.onnx nudenet_320n.onnx silero_vad_16k_sequence.onnx
+    magika_standard_v3_3.onnx smart_turn_v3_2.onnx oww_embedding.onnx oww_melspectrogram.onnx
+    ppocr_mobile_v2_cls.onnx chars2vec_en_300.onnx data_page.png data_coffee.png data_chelsea.png
+    data_astronaut.png pyannote_sample.wav magika_standard_v3_3.config.json
+    bert_uncased_tokenizer.json chars2vec_en_300.model.pkl"
+for file in ${REALMODELS_FILES:-$DEFAULT_FILES}; do
     cp "$CACHE/$file" .realmodels/
 done
 # The project's own dependencies the device image lacks and the real part needs (the manifest is
