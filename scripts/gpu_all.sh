@@ -12,7 +12,7 @@
 # (pytest -m gpu, each test in its own process; GPU_TESTS_K filters), capture-bisect (the threaded CUDA-graph test
 # per part of other code's work, each in a fresh process), probe (scripts/gpu_probe.py's fresh-process steps), speed (issue 18:
 # scripts/bench_gpu.py env+speed, ResNet-50 / BERT / ViT at batch 1 and 32), auto (issue 18:
-# scripts/gpu_auto_buckets.py), real (issue 18: real models through the cuda target,
+# scripts/gpu_auto_buckets.py), kernel-profile (scripts/gpu_kernel_profile.py), real (issue 18: real models through the cuda target,
 # scripts/gpu_real_models.py; carry .realmodels/ alone); default: deploy parallel generate. Budgets (seconds) are the PART_SECONDS_*
 # variables below. A part that times out keeps what it wrote so far. Carried wheels in .whl/
 # (`bash scripts/gpu_wheels.sh` on the developer's machine makes them and .whl/setup.sh) are
@@ -85,6 +85,11 @@ for part in "${PARTS[@]}"; do
         run_part speed "${PART_SECONDS_speed:-540}" python3 scripts/bench_gpu.py \
             --sections env,speed --models "${SPEED_MODELS:-resnet50,bert,vit}" --batches "${SPEED_BATCHES:-1,32}" \
             --variants "${SPEED_VARIANTS:-resnet50:cl+cudnn bert:freezing}" --rounds 3 --json "$RESULTS/gpu.json" ;;
+    kernel-profile)
+        # Where a batch's GPU time goes, ours against reduce-overhead (issue 18's batch-32 gap).
+        run_part kernel-profile "${PART_SECONDS_kernel_profile:-150}" python3 \
+            scripts/gpu_kernel_profile.py "${PROFILE_MODEL:-bert}" --batch "${PROFILE_BATCH:-32}" \
+            --json "$RESULTS/profile.json" ;;
     auto)
         run_part auto "${PART_SECONDS_auto:-240}" python3 scripts/gpu_auto_buckets.py \
             --json "$RESULTS/auto.json" ;;
