@@ -320,33 +320,38 @@ class ReplicaSet:
         ``alone``: by replica name, the model that device would run on its own, where that
         differs from its replica (a CPU replica holds back threads for its neighbours; alone
         it would use every core). Each replica is measured alone with it, and the fastest
-        keeps it when the set is pruned.
+        keeps it when the set is pruned. Copies of one device (``DEVICE#K``, ``device_of``)
+        are measured and kept together: "alone" is the device with all its copies, and the
+        figures are keyed by device.
         """
         enabled = [r for r in self._replicas if r.enabled]
-        if len(enabled) < 2:
+        groups: dict[str, list[_Replica]] = {}
+        for replica in enabled:  # copies of one device (``cuda:0``, ``cuda:0#1``) go together
+            groups.setdefault(device_of(replica.name), []).append(replica)
+        if len(groups) < 2:
             return {"kept": [r.name for r in enabled], "pruned": []}
         models = {r.name: (r.model, (alone or {}).get(r.name, r.model)) for r in enabled}
-        window = seconds / ((len(enabled) + 1) * rounds)
-        solo: dict[str, list[float]] = {r.name: [] for r in enabled}
+        window = seconds / ((len(groups) + 1) * rounds)
+        solo: dict[str, list[float]] = {device: [] for device in groups}
         together: list[float] = []
         for _ in range(rounds):
-            for replica in enabled:  # each alone, as it would run alone
+            for device, members in groups.items():  # each device alone, as it would run alone
                 for other in enabled:
-                    self.enable(other.name, other is replica)
-                replica.model = models[replica.name][1]  # nothing is in flight between windows
-                solo[replica.name].append(self._saturate(sample, window))
-                replica.model = models[replica.name][0]
+                    self.enable(other.name, other in members)
+                for member in members:  # nothing is in flight between windows
+                    member.model = models[member.name][1]
+                solo[device].append(self._saturate(sample, window))
+                for member in members:
+                    member.model = models[member.name][0]
             for replica in enabled:
                 self.enable(replica.name, True)
             together.append(self._saturate(sample, window))
-        best = max(enabled, key=lambda r: statistics.median(solo[r.name]))
-        others = [r for r in enabled if r is not best]
-        solo_rates = solo[best.name]
-        shared, solo_model = models[best.name]
-        best_alone, whole = statistics.median(solo_rates), statistics.median(together)
+        best = max(groups, key=lambda device: statistics.median(solo[device]))
+        others = [r for r in enabled if r not in groups[best]]
+        best_alone, whole = statistics.median(solo[best]), statistics.median(together)
         decision: dict[str, Any] = {
-            "alone": {name: round(statistics.median(v), 2) for name, v in solo.items()},
-            "best_alone": {best.name: round(best_alone, 2)},
+            "alone": {device: round(statistics.median(v), 2) for device, v in solo.items()},
+            "best_alone": {best: round(best_alone, 2)},
             "together": round(whole, 2),
             "kept": [r.name for r in enabled],
             "pruned": [],
@@ -354,16 +359,18 @@ class ReplicaSet:
         if whole < best_alone * (1 + margin):
             why = (
                 f"adds no capacity: {whole:.1f} requests/s together against {best_alone:.1f} "
-                f"with {best.name} alone"
+                f"with {best} alone"
             )
             with self._lock:
                 for replica in others:
                     replica.enabled, replica.reason = False, why
                     self._requeue_all(replica)
-                if solo_model is not shared:
-                    best.model, best.seconds = solo_model, None  # measured again from its calls
+                for member in groups[best]:
+                    shared, solo_model = models[member.name]
+                    if solo_model is not shared:  # measured again from its calls
+                        member.model, member.seconds = solo_model, None
                 self._wake.notify_all()
-            decision.update(kept=[best.name], pruned=[r.name for r in others])
+            decision.update(kept=[r.name for r in groups[best]], pruned=[r.name for r in others])
         return decision
 
     def _saturate(self, sample: Mapping[str, Any], seconds: float) -> float:
@@ -578,6 +585,17 @@ class ReplicaSet:
         job.future.set_result(outputs)
 
 
+COPY_MARK = "#"
+"""Replica names ``DEVICE#K`` are further copies of ``DEVICE`` (each its own executor: a GPU
+fed by one thread waits on the host at every call; two copies overlap one's host work with
+the other's GPU work). ``prune`` measures a device with all its copies."""
+
+
+def device_of(name: str) -> str:
+    """The device a replica name belongs to (``cuda:0#1`` -> ``cuda:0``)."""
+    return name.split(COPY_MARK, 1)[0]
+
+
 def cpu_replica_threads(
     cores: int, cpu_replicas: int, accelerators: int, spare: int = 0
 ) -> int | None:
@@ -604,4 +622,4 @@ def _one_line(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {text[:200]}" if text else exc.__class__.__name__
 
 
-__all__ = ["ReplicaSet", "Runnable", "VmmError"]
+__all__ = ["COPY_MARK", "ReplicaSet", "Runnable", "VmmError", "device_of"]

@@ -199,6 +199,71 @@ def test_a_set_on_shared_hardware_is_never_kept_below_its_best_device(
     assert record["why"]
 
 
+class _FedGpu:
+    """One executor of a GPU artifact: each call spends ``host`` seconds on its feeding thread
+    (staging, launches: copies overlap there), then ``gpu`` seconds on the GPU that all copies
+    share. Doubles ``x`` as ``SimulatedDevice`` does."""
+
+    def __init__(self, gpu_lock: threading.Lock, host: float, gpu: float) -> None:
+        self.lock, self.host = gpu_lock, SimulatedDevice(host)
+        self.gpu = gpu
+
+    def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        out = self.host.run(inputs)
+        with self.lock:
+            threading.Event().wait(self.gpu)
+        return out
+
+
+def test_a_gpu_replica_runs_as_two_executors_measured_and_kept_together(
+    mlp_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from ai_vmm.runtime.devices import Device
+
+    gpu_artifact = tmp_path / "gpu.vmm"
+    shutil.copytree(mlp_artifact, gpu_artifact)
+    gpu = Device("cuda", "0", "gpu", "GPU (simulated)", {})
+    build = Build(BuildSpec(gpu, "cuda", "fp16"), gpu_artifact)
+    build.status = "built"
+    on_gpu = Variant(build, None, 1, gpu_artifact)
+    on_gpu.figures, on_gpu.status = _figures(400.0), "meets"
+    cpu = next(
+        v for v in _laptop_variants(mlp_artifact)[0] if v.build.spec.device.key == "onnxruntime:CPU"
+    )
+    plans, _ = plan_replicas([on_gpu, cpu], on_gpu, Constraints(replicas="auto"), 16, tmp_path)
+    assert {p.device: p.copies for p in plans} == {"cuda:0": 2, "onnxruntime:CPU": 1}
+    gpu_lock = threading.Lock()
+    loaded: list[Path] = []
+
+    def load(path: Path) -> Any:
+        loaded.append(path)
+        if path == gpu_artifact:
+            return _FedGpu(gpu_lock, 0.003, 0.002)
+        return SimulatedDevice(0.004)
+
+    monkeypatch.setattr(deploy_replicas, "MARGIN", -1.0)  # keep the set whatever it measures
+    samples = Samples(({"x": np.array([1.0])},), "one sample", synthetic=False, digest="d")
+    record = measure_replicas(plans, samples, 1, 0.4, lambda _m: None, load=load)
+    assert loaded.count(gpu_artifact) == 2  # two executors of the one GPU artifact
+    assert set(record["measured"]["alone"]) == {"cuda:0", "onnxruntime:CPU"}  # by device
+    assert record["kept"] == ["cuda:0", "onnxruntime:CPU"] and record["pruned"] == []
+    assert [row["copies"] for row in record["devices"]] == [2, 1]
+    assert "2 copies (executors) in the set" in "\n".join(deploy_replicas.format_replicas(record))
+    # A stored decision opens as the same set: the GPU's two copies and the CPU.
+    files = deploy_replicas.stored_artifacts(plans, record)
+    for stored in files:
+        (tmp_path / "entry" / stored).mkdir(parents=True)
+    opened = {tmp_path / "entry" / stored: path for stored, path in files.items()}
+    monkeypatch.setattr("ai_vmm.runtime.model.load", lambda p: load(opened[Path(p)]))
+    model, first = deploy_replicas.open_replicas(tmp_path / "entry", record)
+    with model:
+        assert isinstance(model, ReplicaSet) and first == tmp_path / "entry" / "replicas/cuda-0.vmm"
+        assert model.names == ["cuda:0", "cuda:0#1", "onnxruntime:CPU"]
+        assert model.run({"x": np.array([2.0])})["y"].tolist() == [4.0]
+
+
 # -- real deploys ---------------------------------------------------------------------------
 
 
