@@ -366,6 +366,8 @@ def bench_model(
 VARIANTS: dict[str, dict[str, Any]] = {
     "cl": {"cuda_channels_last": True},
     "freezing": {"cuda_freezing": True},
+    # Inductor's coordinate descent over each Triton kernel's configuration (compile time).
+    "cd": {"cuda_coordinate_descent": True},
     "cl+freezing": {"cuda_channels_last": True, "cuda_freezing": True},
     # cuDNN's autotuner during the executor's warm-up and capture (an executor setting).
     "cl+cudnn": {"cuda_channels_last": True, "_executor": {"cudnn_benchmark": True}},

@@ -16,7 +16,10 @@ Inductor settings for GPU packages through ``TargetOptions.extra`` (each lands i
 ``config["inductor"]``): ``cuda_channels_last`` (``"auto"`` by default: channels-last where
 Inductor would choose it for a static batch, ``cuda_layout.py``; ``True`` forces it for any
 2-D convolution, ``False`` turns it off), opt-in ``cuda_freezing`` (weights become constants:
-convolution/batch-norm folding; no gain measured over channels-last alone) and
+convolution/batch-norm folding; no gain measured over channels-last alone),
+``cuda_coordinate_descent`` (Inductor refines each Triton kernel's block sizes and warps
+around its chosen configuration at compile time; not yet measured: BERT's batch-32 gap on the
+H200 is one LayerNorm reduction kernel, docs/gpu.md) and
 ``cuda_wrapper_opt`` (``"O0"``: the wrapper's host code only runs for warm-up and capture once
 CUDA graphs replay).
 A build that fails with them is retried with Inductor's defaults (``config["inductor_note"]``).
@@ -377,6 +380,10 @@ def inductor_settings(
         return settings
     if options.extra.get("cuda_freezing", False) and hasattr(config, "freezing"):
         settings["freezing"] = True
+    if options.extra.get("cuda_coordinate_descent", False) and hasattr(
+        config, "coordinate_descent_tuning"
+    ):
+        settings["coordinate_descent_tuning"] = True
     layout = options.extra.get("cuda_channels_last", "auto")
     if hasattr(config, "force_layout_optimization") and layout is not False:
         convs = conv2d_nodes(program)

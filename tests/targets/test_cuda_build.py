@@ -542,3 +542,19 @@ def test_a_counted_loop_compiles_and_keeps_its_trip_count_dynamic(
         got = executor.run(feeds)
         for name, want in zip(("final", "states"), session.run(None, feeds), strict=True):
             np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5)
+
+
+def test_inductor_settings_follow_the_targets_knobs() -> None:
+    """The opt-in Inductor settings land in the package's settings (GPU packages only)."""
+    program = torch.export.export(TwoLayer().eval(), (torch.randn(2, 3, 8, 8),))
+    knobs = {"cuda_freezing": True, "cuda_coordinate_descent": True, "cuda_wrapper_opt": "O0"}
+    options = TargetOptions(extra={**knobs, "cuda_channels_last": False})
+    settings = cuda_build.inductor_settings(torch, program, "cuda:0", options)
+    assert settings["freezing"] is True and settings["coordinate_descent_tuning"] is True
+    assert settings["aot_inductor.compile_wrapper_opt_level"] == "O0"
+    assert "force_layout_optimization" not in settings
+    forced = TargetOptions(extra={"cuda_channels_last": True})
+    assert cuda_build.inductor_settings(torch, program, "cuda:0", forced) == {
+        "force_layout_optimization": True
+    }
+    assert cuda_build.inductor_settings(torch, program, "cpu", options) == {}  # CPU test mode
