@@ -89,7 +89,7 @@ for part in "${PARTS[@]}"; do
         # Where a batch's GPU time goes, ours against reduce-overhead (issue 18's batch-32 gap).
         run_part kernel-profile "${PART_SECONDS_kernel_profile:-150}" python3 \
             scripts/gpu_kernel_profile.py "${PROFILE_MODEL:-bert}" --batch "${PROFILE_BATCH:-32}" \
-            --json "$RESULTS/profile.json" ;;
+            --variant "${PROFILE_VARIANT:-}" --json "$RESULTS/profile.json" ;;
     auto)
         run_part auto "${PART_SECONDS_auto:-240}" python3 scripts/gpu_auto_buckets.py \
             --json "$RESULTS/auto.json" ;;

@@ -22,7 +22,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench_gpu import _cast, build_model, build_ours, log  # noqa: E402
+from bench_gpu import VARIANTS, _cast, build_model, build_ours, log  # noqa: E402
 
 
 def kernels(fn: Any, runs: int) -> tuple[dict[str, float], float]:
@@ -54,6 +54,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--variant", default="", help=f"build ours as bench_gpu.py's variant ({sorted(VARIANTS)})"
+    )
     args = parser.parse_args()
 
     import copy
@@ -64,7 +67,12 @@ def main() -> int:
 
     module, inputs, dynamic = build_model(args.model)
     with tempfile.TemporaryDirectory(prefix="ai-vmm-prof-") as tmp:
-        entry, config, _, seconds = build_ours(module, inputs, dynamic, Path(tmp))
+        chosen = VARIANTS.get(args.variant, {}) if args.variant else {}
+        extra = {k: v for k, v in chosen.items() if not k.startswith("_")}
+        if extra.get("cuda_static_batches") == "timed":
+            extra["cuda_static_batches"] = [args.batch]
+        entry, config, _, seconds = build_ours(module, inputs, dynamic, Path(tmp), extra)
+        config = {**config, **chosen.get("_executor", {})}
         log(f"ours built in {seconds:.1f} s: {config.get('inductor')}")
         ours = create_executor(
             "cuda", entry, "0", {**config, "device_outputs": ["output"]}, ("output",)
@@ -76,7 +84,12 @@ def main() -> int:
         with torch.inference_mode():
             for _ in range(3):
                 overhead(**gpu16)
-            result: dict[str, Any] = {"model": args.model, "batch": args.batch}
+            result: dict[str, Any] = {
+                "model": args.model,
+                "batch": args.batch,
+                "variant": args.variant,
+                "inductor": config.get("inductor"),
+            }
             for label, fn in (
                 ("ours", lambda: ours.run(gpu32)),
                 ("reduce-overhead", lambda: overhead(**gpu16)),
