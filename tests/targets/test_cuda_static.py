@@ -47,11 +47,8 @@ class Small(torch.nn.Module):
         return torch.relu(self.fc(x)).softmax(-1)
 
 
-@pytest.mark.slow
-def test_a_static_package_runs_its_batch_and_the_dynamic_one_the_rest(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    torch.manual_seed(0)
+def _small(**extra: Any) -> tuple[Any, ir.Model, tuple[list[str], list[str]], TargetOptions]:
+    """The small module through the torch frontend, with the target options ``extra`` adds."""
     module = Small().eval()
     proto, _, program = export_torch(
         module,
@@ -60,17 +57,25 @@ def test_a_static_package_runs_its_batch_and_the_dynamic_one_the_rest(
         dynamic_shapes={"x": {0: "batch"}},
     )
     model = ir.serde.deserialize_model(proto)
-    io = ([v.name for v in model.graph.inputs], [v.name for v in model.graph.outputs])
+    io = ([v.name or "" for v in model.graph.inputs], [v.name or "" for v in model.graph.outputs])
     options = TargetOptions(
         extra={
             "input_bounds": {},
             "sample_dims": {},
-            "sample_sizes": {"batch": [1, 4]},
-            "cuda_static_batches": [4],
             "torch_program": program,
             "torch_program_io": io,
+            **extra,
         }
     )
+    return module, model, io, options
+
+
+@pytest.mark.slow
+def test_a_static_package_runs_its_batch_and_the_dynamic_one_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    module, model, io, options = _small(sample_sizes={"batch": [1, 4]}, cuda_static_batches=[4])
     # On two CPU cores a static package of a tiny model may or may not time faster: keep it
     # whatever the timing says, so that the dispatch is what is tested.
     monkeypatch.setattr(cuda_static, "KEEP_BELOW", 1e9)
@@ -96,24 +101,7 @@ def test_a_static_package_runs_its_batch_and_the_dynamic_one_the_rest(
 def test_a_static_package_that_is_not_faster_is_dropped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    module = Small().eval()
-    proto, _, program = export_torch(
-        module,
-        "torch.module",
-        example_inputs=(torch.randn(2, 16),),
-        dynamic_shapes={"x": {0: "batch"}},
-    )
-    model = ir.serde.deserialize_model(proto)
-    io = ([v.name for v in model.graph.inputs], [v.name for v in model.graph.outputs])
-    options = TargetOptions(
-        extra={
-            "input_bounds": {},
-            "sample_dims": {},
-            "cuda_static_batches": [8],
-            "torch_program": program,
-            "torch_program_io": io,
-        }
-    )
+    _, model, _, options = _small(cuda_static_batches=[8])
     monkeypatch.setattr(cuda_static, "KEEP_BELOW", 0.0)  # nothing is ever fast enough
     payload = CudaTarget().codegen(model, CPU, options, tmp_path)
     assert "static_batches" not in payload.config
