@@ -136,6 +136,11 @@ class CudaExecutor:
             out = {name: value[:rows] for name, value in out.items()}
         return out
 
+    @property
+    def static_calls(self) -> dict[int, int]:
+        """Calls each static-batch package ran, by batch (``config["static_batches"]``)."""
+        return dict(self._static.calls)
+
     def _padded(self, inputs: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
         """A batch below the package's least one, padded up to it (``config["pad_batch"]``:
         the build checked that rows do not mix); the real row count, or ``None``."""

@@ -94,7 +94,7 @@ def test_a_static_package_runs_its_batch_and_the_dynamic_one_the_rest(
         with torch.no_grad():
             want = module(torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert executor._static.calls == {4: 2}  # batches 3 and 5 ran on the dynamic package
+    assert executor.static_calls == {4: 2}  # type: ignore[attr-defined]  # batches 3 and 5 ran on the dynamic package
 
 
 @pytest.mark.slow
