@@ -46,6 +46,17 @@ _HASHED_FILES = {
 # What each executor reads from a partition's ``config`` (runtime/executors/*): the types it
 # needs. Keys not listed are free (targets may record notes there).
 _CONFIG_COMMON = {"deferred": {"type": "string"}}
+_CUDA_INPUTS = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": _NAME,
+            "shape": {"anyOf": [{"type": "null"}, {"type": "array", "items": _DIM}]},
+        },
+    },
+}
 _CONFIGS: dict[str, dict[str, Any]] = {
     "onnxruntime": {
         "graph_optimization_level": {"enum": ["disable", "basic", "extended", "all"]},
@@ -61,14 +72,18 @@ _CONFIGS: dict[str, dict[str, Any]] = {
     "cuda": {
         "device_type": {"type": "string"},
         "precision": {"type": "string"},
-        "inputs": {
-            "type": "array",
-            "items": {
+        "inputs": _CUDA_INPUTS,
+        # Static-batch packages beside the entry (targets/cuda_static.py): plain file names.
+        "static_batches": {
+            "type": "object",
+            "propertyNames": {"pattern": "^[0-9]{1,6}$"},
+            "additionalProperties": {
                 "type": "object",
-                "required": ["name"],
+                "required": ["entry", "inputs"],
                 "properties": {
-                    "name": _NAME,
-                    "shape": {"anyOf": [{"type": "null"}, {"type": "array", "items": _DIM}]},
+                    "entry": {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"},
+                    "inputs": _CUDA_INPUTS,
+                    "cuda_graphs": {"type": "boolean"},
                 },
             },
         },

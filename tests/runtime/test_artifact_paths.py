@@ -135,6 +135,20 @@ BAD_MANIFESTS: dict[str, tuple[Edit, str]] = {
         "appears twice",
     ),
     "inputs missing": (lambda m: m.pop("inputs"), "'inputs' is a required property"),
+    "static package outside the partition": (
+        lambda m: m["partitions"][0].update(
+            target="cuda",
+            config={"static_batches": {"32": {"entry": "../../model.pt2", "inputs": []}}},
+        ),
+        "static_batches/32/entry",
+    ),
+    "static batch not a number": (
+        lambda m: m["partitions"][0].update(
+            target="cuda",
+            config={"static_batches": {"all": {"entry": "model-b32.pt2", "inputs": []}}},
+        ),
+        "static_batches",
+    ),
 }
 
 
