@@ -135,6 +135,24 @@ def _latency_rows(latency: dict[str, dict[str, float]]) -> list[str]:
     return rows
 
 
+BALANCED = 1.25
+"""The busiest device's measured stage time over the least busy one's, at most, for a plan's
+stages to count as balanced (the goal is stated for balanced stages)."""
+
+
+def _balance(stages: list[dict[str, Any]]) -> str:
+    """``; the stages are not balanced (...)`` where the measured load per device is uneven."""
+    load: dict[str, float] = {}
+    for stage in stages:
+        load[stage["device"]] = load.get(stage["device"], 0.0) + float(stage["ms"])
+    if len(load) < 2 or min(load.values()) <= 0:
+        return ""
+    if max(load.values()) / min(load.values()) <= BALANCED:
+        return ""
+    each = ", ".join(f"{device} {ms:.2f} ms" for device, ms in load.items())
+    return f"; the stages are not balanced ({each} a request, measured)"
+
+
 def _pipeline(rows: list[dict[str, Any]], goal: float) -> list[str]:
     out = [
         "### Pipelined plan across two targets",
@@ -166,6 +184,7 @@ def _pipeline(rows: list[dict[str, Any]], goal: float) -> list[str]:
         ]
         out += [f"| {k} | {_t(v)} |" for k, v in row["throughput"].items()]
         met = "met" if row["speedup"]["median"] >= goal else "not met"
+        met += _balance(row["stage_ms"]) if met == "not met" else ""
         out += [
             "",
             f"{row.get('pipelined', 'pipelined').capitalize()} (the better pipelined setting) / "
