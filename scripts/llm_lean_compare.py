@@ -23,6 +23,7 @@ each printed as a Markdown table:
 * ``order``: fp32 decode with our decoder loaded before GenAI's pipeline, after it, and three
   copies of ours, each order in a fresh process (the first loaded of decoders holding the same
   weights runs slower).
+* ``alone``: our fp32 decoder alone in a fresh process against GenAI's alone, alternating.
 * ``difference``: INT8 decode as the difference of a 128-token and a 1-token ``generate``.
 * ``raw-int8``: raw INT8 decode steps from Python: ours, GenAI's export, ours ``INT8_ASYM``.
 
@@ -287,6 +288,9 @@ def _order_child(how: str, ids: list[int]) -> None:
     if how == "copies":
         engines = [ours(), ours(), ours()]
         names = ["our copy loaded 1st", "2nd", "3rd"]
+    elif how in ("ours-alone", "genai-alone"):
+        engines = [ours() if how == "ours-alone" else _fp32_genai()]
+        names = [how]
     else:
         engines = [ours(), _fp32_genai()] if how == "ours-first" else [_fp32_genai(), ours()]
         names = [e.name for e in engines]
@@ -299,7 +303,7 @@ def _order_child(how: str, ids: list[int]) -> None:
             speeds[i].append(engines[i].run(ids, 128)[2])
     cells = ", ".join(f"{n} {statistics.median(v):.1f}" for n, v in zip(names, speeds, strict=True))
     ratio = ""
-    if how != "copies":
+    if how in ("ours-first", "genai-first"):
         mine = 0 if how == "ours-first" else 1
         per_round = [a / b for a, b in zip(speeds[mine], speeds[1 - mine], strict=True)]
         ratio = f" | ours / GenAI a round {min(per_round):.3f}-{max(per_round):.3f}"
@@ -313,6 +317,21 @@ def order(ids: list[int]) -> None:
     print("| load order | fp32 decode tok/s, median of 8 rounds | |\n|---|---|---|", flush=True)
     for how in ("ours-first", "genai-first", "copies"):
         subprocess.run([sys.executable, __file__, f"_order-{how}"], check=True)
+
+
+def alone(ids: list[int]) -> None:
+    """The single-model case: our fp32 decoder alone in a fresh process, then GenAI's alone,
+    3 times each, alternating (no other decoder is ever loaded in those processes)."""
+    import os
+    import subprocess
+
+    ids_file = Path(tempfile.mkdtemp()) / "ids.json"
+    ids_file.write_text(json.dumps(ids))
+    env = {**os.environ, "LLM_LEAN_IDS": str(ids_file)}
+    print("| process | fp32 decode tok/s, median of 8 rounds | |\n|---|---|---|", flush=True)
+    for _ in range(3):
+        for how in ("ours-alone", "genai-alone"):
+            subprocess.run([sys.executable, __file__, f"_order-{how}"], check=True, env=env)
 
 
 def difference(ids: list[int]) -> None:
@@ -400,8 +419,13 @@ def main(argv: list[str]) -> int:
     if not (ROOT / "genai" / "fp32").is_dir():
         print(f"run `vmmc bench {MODEL} --generate --baselines genai` first", file=sys.stderr)
         return 2
-    with ai_vmm.load(ROOT / "openvino-CPU-fp32.vmm") as lm:
-        ids = prompts(lm.tokenizer)["long"]
+    import os
+
+    if os.environ.get("LLM_LEAN_IDS"):  # a child of ``alone``: no decoder loaded before
+        ids = json.loads(Path(os.environ["LLM_LEAN_IDS"]).read_text())
+    else:
+        with ai_vmm.load(ROOT / "openvino-CPU-fp32.vmm") as lm:
+            ids = prompts(lm.tokenizer)["long"]
     runs: dict[str, Callable[[list[int]], None]] = {
         "engines": engines,
         "compressed": compressed,
@@ -411,6 +435,7 @@ def main(argv: list[str]) -> int:
         "pyprofile": pyprofile,
         "dq": dq,
         "order": order,
+        "alone": alone,
         "difference": difference,
         "raw-int8": raw_int8,
     }
