@@ -23,7 +23,8 @@ each printed as a Markdown table:
 * ``order``: fp32 decode with our decoder loaded before GenAI's pipeline, after it, and three
   copies of ours, each order in a fresh process (the first loaded of decoders holding the same
   weights runs slower).
-* ``alone``: our fp32 decoder alone in a fresh process against GenAI's alone, alternating.
+* ``alone`` (``alone-int8``): our fp32 (INT8) decoder alone in a fresh process against GenAI's
+  alone, alternating.
 * ``difference``: INT8 decode as the difference of a 128-token and a 1-token ``generate``.
 * ``raw-int8``: raw INT8 decode steps from Python: ours, GenAI's export, ours ``INT8_ASYM``.
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -266,7 +268,7 @@ def wall(ids: list[int]) -> None:
         )
 
 
-def _fp32_genai() -> Any:
+def _fp32_genai(weights: str = "fp32") -> Any:
     from ai_vmm.bench_generate import GenAIEngine
 
     props = {
@@ -274,7 +276,7 @@ def _fp32_genai() -> Any:
         "INFERENCE_PRECISION_HINT": "f32",
         "KV_CACHE_PRECISION": "f32",
     }
-    return GenAIEngine(ROOT / "genai" / "fp32", "GenAI", "fp32", props)
+    return GenAIEngine(ROOT / "genai" / weights, "GenAI", weights, props)
 
 
 def _order_child(how: str, ids: list[int]) -> None:
@@ -282,14 +284,16 @@ def _order_child(how: str, ids: list[int]) -> None:
     alternates, by ``run_bench``'s wall-clock measure."""
     from ai_vmm.bench_generate import VmmEngine
 
+    weights = os.environ.get("LLM_LEAN_WEIGHTS", "fp32")
+
     def ours() -> Any:
-        return VmmEngine(ROOT / "openvino-CPU-fp32.vmm", "ai-vmm", "fp32", "")
+        return VmmEngine(ROOT / f"openvino-CPU-{weights}.vmm", "ai-vmm", weights, "")
 
     if how == "copies":
         engines = [ours(), ours(), ours()]
         names = ["our copy loaded 1st", "2nd", "3rd"]
     elif how in ("ours-alone", "genai-alone"):
-        engines = [ours() if how == "ours-alone" else _fp32_genai()]
+        engines = [ours() if how == "ours-alone" else _fp32_genai(weights)]
         names = [how]
     else:
         engines = [ours(), _fp32_genai()] if how == "ours-first" else [_fp32_genai(), ours()]
@@ -319,16 +323,16 @@ def order(ids: list[int]) -> None:
         subprocess.run([sys.executable, __file__, f"_order-{how}"], check=True)
 
 
-def alone(ids: list[int]) -> None:
-    """The single-model case: our fp32 decoder alone in a fresh process, then GenAI's alone,
-    3 times each, alternating (no other decoder is ever loaded in those processes)."""
-    import os
+def alone(ids: list[int], weights: str = "fp32") -> None:
+    """The single-model case: our decoder alone in a fresh process, then GenAI's alone,
+    3 times each, alternating (no other decoder is ever loaded in those processes); ``weights``
+    fp32 or int8 (f32 activations and KV cache for both)."""
     import subprocess
 
     ids_file = Path(tempfile.mkdtemp()) / "ids.json"
     ids_file.write_text(json.dumps(ids))
-    env = {**os.environ, "LLM_LEAN_IDS": str(ids_file)}
-    print("| process | fp32 decode tok/s, median of 8 rounds | |\n|---|---|---|", flush=True)
+    env = {**os.environ, "LLM_LEAN_IDS": str(ids_file), "LLM_LEAN_WEIGHTS": weights}
+    print(f"| process | {weights} decode tok/s, median of 8 rounds |\n|---|---|", flush=True)
     for _ in range(3):
         for how in ("ours-alone", "genai-alone"):
             subprocess.run([sys.executable, __file__, f"_order-{how}"], check=True, env=env)
@@ -419,8 +423,6 @@ def main(argv: list[str]) -> int:
     if not (ROOT / "genai" / "fp32").is_dir():
         print(f"run `vmmc bench {MODEL} --generate --baselines genai` first", file=sys.stderr)
         return 2
-    import os
-
     if os.environ.get("LLM_LEAN_IDS"):  # a child of ``alone``: no decoder loaded before
         ids = json.loads(Path(os.environ["LLM_LEAN_IDS"]).read_text())
     else:
@@ -436,6 +438,7 @@ def main(argv: list[str]) -> int:
         "dq": dq,
         "order": order,
         "alone": alone,
+        "alone-int8": lambda ids: alone(ids, "int8"),
         "difference": difference,
         "raw-int8": raw_int8,
     }
