@@ -101,7 +101,7 @@ def contenders(candidates: list[Candidate]) -> list[Contender]:
         part = candidate.partitions[0]
         assert part.work_dir is not None
         target = registry.get_target(part.device.target)
-        for override in target.tuning_space(part.device):
+        for override in target.tuning_space(part.device, part.config):
             config = {**part.config, **override}
             if config == part.config:
                 continue

@@ -74,6 +74,7 @@ _CONFIGS: dict[str, dict[str, Any]] = {
         "precision": {"type": "string"},
         "inputs": _CUDA_INPUTS,
         # Static-batch packages beside the entry (targets/cuda_static.py): plain file names.
+        "static_dispatch": {"type": "boolean"},
         "static_batches": {
             "type": "object",
             "propertyNames": {"pattern": "^[0-9]{1,6}$"},

@@ -371,10 +371,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cl+freezing": {"cuda_channels_last": True, "cuda_freezing": True},
     # cuDNN's autotuner during the executor's warm-up and capture (an executor setting).
     "cl+cudnn": {"cuda_channels_last": True, "_executor": {"cudnn_benchmark": True}},
-    # A static-batch package beside the dynamic one for every timed batch >= 8
-    # (targets/cuda_static.py; kept only where the build measures it faster).
-    "static": {"cuda_static_batches": "timed"},
-    "static+cudnn": {"cuda_static_batches": "timed", "_executor": {"cudnn_benchmark": True}},
+    # A static-batch package beside the dynamic one for every timed batch >= 8, run where it
+    # fits (targets/cuda_static.py; a compile turns static_dispatch on where its timing says).
+    "static": {"cuda_static_batches": "timed", "_executor": {"static_dispatch": True}},
+    "static+cudnn": {
+        "cuda_static_batches": "timed",
+        "_executor": {"static_dispatch": True, "cudnn_benchmark": True},
+    },
 }
 
 

@@ -7,7 +7,7 @@ not (``capability``), lowers the model for itself (``prepare``) and writes its p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -182,8 +182,10 @@ class Target:
         """Whether a fusion may produce ``domain::op_type`` for this target."""
         raise NotImplementedError
 
-    def tuning_space(self, device: Device) -> list[dict[str, Any]]:
-        """Executor config overrides worth timing against the payload's own config."""
+    def tuning_space(
+        self, device: Device, config: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Executor config overrides worth timing against the payload's own ``config``."""
         return []
 
     @property

@@ -143,9 +143,16 @@ class CudaTarget(Target):
 
         return domain in ("", "ai.onnx") and op_type in OPS
 
-    def tuning_space(self, device: Device) -> list[dict[str, Any]]:
-        # Graph replay usually wins at small batch; timing says whether it does here.
-        return [{"cuda_graphs": False}]
+    def tuning_space(
+        self, device: Device, config: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        # Graph replay usually wins at small batch; timing says whether it does here. A
+        # payload with static-batch packages (targets/cuda_static.py) is also timed running
+        # them: the compile's buckets at the samples' shapes decide where they are used.
+        space: list[dict[str, Any]] = [{"cuda_graphs": False}]
+        if config and config.get("static_batches"):
+            space.append({"static_dispatch": True})
+        return space
 
     def prepare(self, model: ir.Model, options: TargetOptions) -> ir.Model:
         return model

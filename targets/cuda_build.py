@@ -271,7 +271,6 @@ def _build(
                 entry,
                 precision,
                 config,
-                [v.name or "" for v in model.graph.outputs],
                 lambda prog, path: package_program(torch, prog, path, torch_device, options)[0],
                 torch_device,
             )

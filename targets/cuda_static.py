@@ -8,11 +8,14 @@ BERT 2-3 % behind reduce-overhead (docs/gpu.md, 2026-12-04).
 
 So for the batch sizes the user's samples show (``sample_sizes`` of the first input's axis 0;
 at least ``STATIC_MIN_BATCH``, the ``MAX_STATIC`` largest), the build exports the model again
-with that batch fixed (its other dynamic axes stay dynamic) and packages it with the same
-Inductor settings. The static package is checked against the model. It is kept only where it
-runs faster than the dynamic package at its batch, both under the executor with CUDA graphs,
-measured in interleaved rounds. The executor runs a call whose batch has a kept static
-package on it (``config["static_batches"]``); every other batch runs on the dynamic package.
+with that batch fixed (its other dynamic axes stay dynamic), packages it with the same
+Inductor settings and checks it against the model (``config["static_batches"]``). Whether a
+call runs on it is not decided here: the target's tuning space offers the variant
+``static_dispatch`` (``CudaTarget.tuning_space``), and the compile's own timing on the user's
+samples, bucket by bucket, with its rule for a runtime variant (faster in every round beyond
+the noise, ``compiler/choice.py``), turns it on where it wins. With it on, the executor runs
+a call whose shapes fit a static package on that package; every other call runs on the
+dynamic package.
 
 ``TargetOptions.extra["cuda_static_batches"]``: a list of batch sizes to build instead of the
 samples' (``[]``: none). A static package that fails to build or check is dropped, with the
@@ -21,7 +24,6 @@ reason in ``config["static_note"]``; the dynamic package is never affected.
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,17 +32,13 @@ from typing import Any
 import onnx_ir as ir
 
 from ai_vmm.targets.base import TargetOptions, axis_symbol
-from ai_vmm.targets.cuda_export import export, input_specs, one_line, quiet
+from ai_vmm.targets.cuda_export import export, input_specs, one_line
 
 STATIC_MIN_BATCH = 8
 """Smallest batch that gets a static package from the samples (below it, a call is dominated
 by launches, which CUDA graphs already remove)."""
 MAX_STATIC = 2
 """Static packages at most per payload (each costs a compile and its weights' memory)."""
-KEEP_BELOW = 0.99
-"""A static package is kept where its time is at most this share of the dynamic package's."""
-ROUNDS = 5
-"""Interleaved timing rounds of the keep decision."""
 
 
 def batch_symbol(graph_inputs: list[ir.Value]) -> str | None:
@@ -69,11 +67,6 @@ def wanted_batches(
     return sorted({b for b in sizes if low <= b <= high})
 
 
-def keep(static_ms: float, dynamic_ms: float) -> bool:
-    """Whether a static package measured ``static_ms`` earns its place beside the dynamic one."""
-    return static_ms <= KEEP_BELOW * dynamic_ms
-
-
 def build_static(
     module: Any,
     graph_inputs: list[ir.Value],
@@ -83,12 +76,12 @@ def build_static(
     dynamic_entry: Path,
     precision: str,
     config: dict[str, Any],
-    output_names: list[str],
     package: Callable[[Any, Path], dict[str, Any]],
     torch_device: str,
 ) -> None:
-    """Build, check and time a static package per batch in ``batches``; record the kept ones
-    in ``config["static_batches"]`` and what happened to each in ``config["static_note"]``.
+    """Build and check a static package per batch in ``batches`` beside ``dynamic_entry``;
+    record them in ``config["static_batches"]`` and what happened to each in
+    ``config["static_note"]``.
 
     ``package(program, path)`` compiles an exported program the way the dynamic package was
     compiled and returns the Inductor settings it used.
@@ -100,7 +93,7 @@ def build_static(
 
     symbol = batch_symbol(graph_inputs)
     assert symbol is not None
-    kept: dict[str, Any] = {}
+    built: dict[str, Any] = {}
     notes: list[str] = []
     names = list(module.arg_names)
     for batch in batches:
@@ -122,110 +115,36 @@ def build_static(
             graphs = torch_device.startswith("cuda") and graphs_work(
                 runner, example_b, torch_device
             )
-            del runner
-            spec_b = {
-                "entry": entry.name,
-                "inputs": specs,
-                "cuda_graphs": bool(graphs),
-                "inductor": settings,
-                "build_s": round(time.perf_counter() - started, 1),
-            }
-            static_ms, dynamic_ms = _time_both(
-                dynamic_entry, config, spec_b, example_b, output_names, torch_device
-            )
         except Exception as exc:  # the dynamic package serves this batch instead
             entry.unlink(missing_ok=True)
             notes.append(f"batch {batch}: not built ({one_line(exc)[:300]})")
             continue
-        spec_b["ms"], spec_b["dynamic_ms"] = round(static_ms, 4), round(dynamic_ms, 4)
-        if keep(static_ms, dynamic_ms):
-            kept[str(batch)] = spec_b
-            notes.append(
-                f"batch {batch}: static {static_ms:.3f} ms, dynamic {dynamic_ms:.3f} ms: kept"
-            )
-        else:
-            entry.unlink(missing_ok=True)
-            notes.append(
-                f"batch {batch}: static {static_ms:.3f} ms, dynamic {dynamic_ms:.3f} ms: dropped "
-                f"(needs <= {KEEP_BELOW:.2f}x)"
-            )
-    if kept:
-        config["static_batches"] = kept
+        built[str(batch)] = {
+            "entry": entry.name,
+            "inputs": specs,
+            "cuda_graphs": bool(graphs),
+            "inductor": settings,
+            "build_s": round(time.perf_counter() - started, 1),
+        }
+        notes.append(f"batch {batch}: built in {built[str(batch)]['build_s']} s")
+    if built:
+        config["static_batches"] = built
     if notes:
         config["static_note"] = "; ".join(notes)
 
 
 def _resized(tensor: Any, value: ir.Value, symbol: str, batch: int) -> Any:
-    """``tensor`` with ``batch`` rows where its axis 0 is the batch symbol (rows repeated)."""
+    """``tensor`` with ``batch`` rows where its axis 0 is the batch symbol."""
+    import torch
+
+    from ai_vmm.targets.cuda_checks import rows_up_to
+
     shape = value.shape
     if shape is None or len(shape) == 0 or isinstance(shape[0], int):
         return tensor
     if axis_symbol(value, 0, shape[0]) != symbol:
         return tensor
-    reps = -(-batch // int(tensor.shape[0]))
-    return tensor.repeat(reps, *([1] * (tensor.dim() - 1)))[:batch].contiguous()
+    return rows_up_to(tensor, batch, torch).contiguous()
 
 
-def _time_both(
-    dynamic_entry: Path,
-    config: dict[str, Any],
-    spec: dict[str, Any],
-    example: list[Any],
-    output_names: list[str],
-    torch_device: str,
-) -> tuple[float, float]:
-    """Median ms per call of the static and the dynamic package at the static one's batch,
-    each under the executor (CUDA graphs where they work), interleaved rounds."""
-    import torch
-
-    from ai_vmm.runtime.executors.cuda import CudaExecutor
-
-    device = torch_device.split(":")[1] if ":" in torch_device else torch_device
-    base = {
-        k: v for k, v in config.items() if k not in ("static_batches", "static_note", "pad_batch")
-    }
-    base["device_outputs"] = list(output_names)
-    static_config = {**base, "inputs": spec["inputs"], "cuda_graphs": spec["cuda_graphs"]}
-    contenders = {
-        "static": CudaExecutor(
-            dynamic_entry.with_name(spec["entry"]), device, static_config, tuple(output_names)
-        ),
-        "dynamic": CudaExecutor(dynamic_entry, device, base, tuple(output_names)),
-    }
-    feeds = {str(s["name"]): t for s, t in zip(spec["inputs"], example, strict=True)}
-    cuda = torch_device.startswith("cuda")
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(torch.device(torch_device))
-
-    with quiet():
-        for executor in contenders.values():
-            for _ in range(3):
-                executor.run(feeds)
-        sync()
-        started = time.perf_counter()
-        contenders["dynamic"].run(feeds)
-        sync()
-        calls = max(3, min(50, int(0.02 / max(time.perf_counter() - started, 1e-5))))
-        times: dict[str, list[float]] = {name: [] for name in contenders}
-        for _ in range(ROUNDS):
-            for name, executor in contenders.items():
-                sync()
-                started = time.perf_counter()
-                for _ in range(calls):
-                    executor.run(feeds)
-                sync()
-                times[name].append((time.perf_counter() - started) * 1000 / calls)
-    return statistics.median(times["static"]), statistics.median(times["dynamic"])
-
-
-__all__ = [
-    "KEEP_BELOW",
-    "MAX_STATIC",
-    "STATIC_MIN_BATCH",
-    "batch_symbol",
-    "build_static",
-    "keep",
-    "wanted_batches",
-]
+__all__ = ["MAX_STATIC", "STATIC_MIN_BATCH", "batch_symbol", "build_static", "wanted_batches"]

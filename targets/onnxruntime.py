@@ -9,6 +9,7 @@ layout transformations (NCHWc) that depend on the exact CPU, so those run at loa
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,9 @@ class OnnxRuntimeTarget(Target):
         """Whether fusions may produce this op for ONNX Runtime (standard and contrib ops)."""
         return domain in (*_STANDARD_DOMAINS, *_CONTRIB_DOMAINS)
 
-    def tuning_space(self, device: Device) -> list[dict[str, Any]]:
+    def tuning_space(
+        self, device: Device, config: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
         # One intra-op thread often wins for small models: no fork/join per op.
         return [{"intra_op_num_threads": 1}] if device.kind == "cpu" else []
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,9 @@ class OpenVinoTarget(Target):
         """
         return domain in ("", "ai.onnx")
 
-    def tuning_space(self, device: Device) -> list[dict[str, Any]]:
+    def tuning_space(
+        self, device: Device, config: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
         return [{"inference_num_threads": 1}] if device.kind == "cpu" else []
 
     def codegen(

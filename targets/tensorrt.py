@@ -617,5 +617,7 @@ class TensorRtTarget(Target):
             return False
         return op_type not in LATE_OPS or _installed_version() >= LATE_OPS[op_type]
 
-    def tuning_space(self, device: Device) -> list[dict[str, Any]]:
+    def tuning_space(
+        self, device: Device, config: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
         return []

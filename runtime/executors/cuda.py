@@ -335,15 +335,20 @@ class CudaExecutor:
         return [{"op": op, "ms": ms / runs} for op, ms in totals.items()]
 
 
+_NOT_STATIC = ("static_batches", "static_dispatch", "static_note", "pad_batch", "shape_note")
+"""Config keys of the dynamic package that a static package's executor does not take."""
+
+
 class _StaticBatches:
     """The static-batch packages beside the dynamic one (``config["static_batches"]``,
-    ``targets/cuda_static.py``): a call whose shapes fit one runs on it, each loaded on first
-    use as an executor of its own (its own CUDA graphs and stream)."""
+    ``targets/cuda_static.py``), used where ``config["static_dispatch"]`` says so (the
+    compile's timing turns it on where they win): a call whose shapes fit one runs on it, each
+    loaded on first use as an executor of its own (its own CUDA graphs and stream)."""
 
     def __init__(
         self, entry: Path, device: str, config: dict[str, Any], outputs: tuple[str, ...]
     ) -> None:
-        specs = config.get("static_batches") or {}
+        specs = (config.get("static_batches") or {}) if config.get("static_dispatch") else {}
         self.specs = {int(batch): spec for batch, spec in specs.items()}
         self.checks = {
             batch: {str(s["name"]): _ShapeCheck(s) for s in spec["inputs"]}
@@ -378,8 +383,7 @@ class _StaticBatches:
             executor = self.loaded.get(batch)
             if executor is None:
                 spec = self.specs[batch]
-                drop = ("static_batches", "static_note", "pad_batch", "shape_note")
-                config = {k: v for k, v in self.config.items() if k not in drop}
+                config = {k: v for k, v in self.config.items() if k not in _NOT_STATIC}
                 config["inputs"] = spec["inputs"]
                 config["cuda_graphs"] = bool(spec.get("cuda_graphs"))
                 executor = CudaExecutor(

@@ -1,6 +1,7 @@
 """Static-batch packages beside the dynamic one (``targets/cuda_static.py``): which batches get
-one, the keep rule, and on the CPU (the cuda target's test mode) a payload whose static
-package runs the calls of its batch while every other batch runs on the dynamic package."""
+one, the tuning variant that offers them to the compile's timing, and on the CPU (the cuda
+target's test mode) a payload whose static package runs the calls of its batch once
+``static_dispatch`` is on, while every other batch runs on the dynamic package."""
 
 from __future__ import annotations
 
@@ -35,7 +36,14 @@ def test_static_batches_come_from_the_samples_large_batches_within_the_range() -
     assert chosen(sample_sizes={"batch": [32]}, cuda_static_batches=[]) == []
     assert chosen(sample_sizes={"batch": [32]}, cuda_static_batches=[2, 4]) == [2, 4]
     assert cuda_static.wanted_batches(TargetOptions(extra={}), None, dims) == []
-    assert cuda_static.keep(0.98, 1.0) and not cuda_static.keep(0.995, 1.0)
+
+
+def test_the_static_variant_is_timed_only_where_a_payload_has_static_packages() -> None:
+    target = CudaTarget()
+    plain = target.tuning_space(CPU, {"cuda_graphs": True})
+    assert {"static_dispatch": True} not in plain and {"cuda_graphs": False} in plain
+    static = {"cuda_graphs": True, "static_batches": {"32": {"entry": "model-b32.pt2"}}}
+    assert {"static_dispatch": True} in target.tuning_space(CPU, static)
 
 
 class Small(torch.nn.Module):
@@ -71,40 +79,47 @@ def _small(**extra: Any) -> tuple[Any, ir.Model, tuple[list[str], list[str]], Ta
 
 
 @pytest.mark.slow
-def test_a_static_package_runs_its_batch_and_the_dynamic_one_the_rest(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_static_package_runs_its_batch_where_dispatch_is_on(tmp_path: Path) -> None:
     torch.manual_seed(0)
     module, model, io, options = _small(sample_sizes={"batch": [1, 4]}, cuda_static_batches=[4])
-    # On two CPU cores a static package of a tiny model may or may not time faster: keep it
-    # whatever the timing says, so that the dispatch is what is tested.
-    monkeypatch.setattr(cuda_static, "KEEP_BELOW", 1e9)
     payload = CudaTarget().codegen(model, CPU, options, tmp_path)
     config = payload.config
     static = config["static_batches"]["4"]
     assert static["entry"] in payload.files and (tmp_path / static["entry"]).is_file()
-    assert static["inputs"][0]["shape"] == [4, 16] and static["ms"] > 0
-    assert "batch 4: static" in config["static_note"]
+    assert static["inputs"][0]["shape"] == [4, 16]
+    assert "batch 4: built" in config["static_note"] and "static_dispatch" not in config
     outputs = tuple(io[1])
-    executor = create_executor("cuda", tmp_path / payload.entry, "cpu", config, outputs)
     rng = np.random.default_rng(0)
-    for batch in (4, 3, 4, 5):
-        x = rng.standard_normal((batch, 16)).astype(np.float32)
-        got = executor.run({io[0][0]: x})[outputs[0]]
-        with torch.no_grad():
-            want = module(torch.from_numpy(x)).numpy()
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert executor.static_calls == {4: 2}  # type: ignore[attr-defined]  # batches 3 and 5 ran on the dynamic package
+    for dispatch, want_calls in ((False, {}), (True, {4: 2})):
+        executor = create_executor(
+            "cuda",
+            tmp_path / payload.entry,
+            "cpu",
+            {**config, "static_dispatch": dispatch},
+            outputs,
+        )
+        for batch in (4, 3, 4, 5):
+            x = rng.standard_normal((batch, 16)).astype(np.float32)
+            got = executor.run({io[0][0]: x})[outputs[0]]
+            with torch.no_grad():
+                want = module(torch.from_numpy(x)).numpy()
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        # Off: every call on the dynamic package; on: batch 4 on its own, 3 and 5 dynamic.
+        assert executor.static_calls == want_calls  # type: ignore[attr-defined]
 
 
 @pytest.mark.slow
-def test_a_static_package_that_is_not_faster_is_dropped(
+def test_a_static_package_that_does_not_build_leaves_the_dynamic_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, model, _, options = _small(cuda_static_batches=[8])
-    monkeypatch.setattr(cuda_static, "KEEP_BELOW", 0.0)  # nothing is ever fast enough
+
+    def fails(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("export refused")
+
+    monkeypatch.setattr(cuda_static, "export", fails)
     payload = CudaTarget().codegen(model, CPU, options, tmp_path)
     assert "static_batches" not in payload.config
-    assert "batch 8: static" in payload.config["static_note"]
-    assert "dropped" in payload.config["static_note"]
+    assert "batch 8: not built (export refused)" in payload.config["static_note"]
     assert not list(tmp_path.glob("*-b8.pt2"))
+    assert payload.config["inputs"][0]["ranges"]["0"] == [1, 4096]  # the dynamic package
