@@ -26,25 +26,18 @@ from bench_gpu import VARIANTS, _cast, build_model, build_ours, log  # noqa: E40
 
 
 def kernels(fn: Any, runs: int) -> tuple[dict[str, float], float]:
-    """Kernel name -> GPU ms per call, and the wall ms per call, over ``runs`` calls."""
+    """Kernel name -> GPU ms per call (the runtime's profiler helper), and the wall ms per call
+    of the same ``runs`` calls."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
+
+    from ai_vmm.runtime.executors.cuda import profile_kernels
 
     for _ in range(5):
         fn()
     torch.cuda.synchronize()
     started = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(runs):
-            fn()
-        torch.cuda.synchronize()
-    wall = (time.perf_counter() - started) * 1000 / runs
-    totals: dict[str, float] = {}
-    for event in prof.key_averages():
-        device_us = float(getattr(event, "device_time_total", 0.0) or 0.0)
-        if device_us > 0:
-            totals[event.key] = totals.get(event.key, 0.0) + device_us / 1000.0 / runs
-    return totals, wall
+    totals = profile_kernels(fn, runs)
+    return totals, (time.perf_counter() - started) * 1000 / runs
 
 
 def main() -> int:

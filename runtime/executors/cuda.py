@@ -319,20 +319,27 @@ class CudaExecutor:
 
     def profile_ops(self, inputs: dict[str, Any], runs: int) -> list[dict[str, Any]]:
         """Per-kernel GPU time (ms per inference) from the PyTorch profiler."""
-        torch = self._torch
-        from torch.profiler import ProfilerActivity, profile
-
         self.run(inputs)
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(runs):
-                self.run(inputs)
-            torch.cuda.synchronize(self._device)
-        totals: dict[str, float] = {}
-        for event in prof.key_averages():
-            device_us = float(getattr(event, "device_time_total", 0.0) or 0.0)
-            if device_us > 0:
-                totals[event.key] = totals.get(event.key, 0.0) + device_us / 1000.0
-        return [{"op": op, "ms": ms / runs} for op, ms in totals.items()]
+        totals = profile_kernels(lambda: self.run(inputs), runs, self._device)
+        return [{"op": op, "ms": ms} for op, ms in totals.items()]
+
+
+def profile_kernels(call: Any, runs: int, device: Any = None) -> dict[str, float]:
+    """GPU ms per call of each kernel (summed by name) over ``runs`` calls of ``call``, from
+    the PyTorch profiler's CUDA activity (kernels inside CUDA-graph replays included)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            call()
+        torch.cuda.synchronize(device)
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        device_us = float(getattr(event, "device_time_total", 0.0) or 0.0)
+        if device_us > 0:
+            totals[event.key] = totals.get(event.key, 0.0) + device_us / 1000.0 / runs
+    return totals
 
 
 _NOT_STATIC = ("static_batches", "static_dispatch", "static_note", "pad_batch", "shape_note")
