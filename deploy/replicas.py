@@ -43,8 +43,9 @@ ACCELERATOR_COPIES = {"cuda": 2}
 """Copies of an accelerator's artifact in a set, by target: a GPU fed by one thread waits on
 the host at every call, and a second executor (its own CUDA stream) overlaps one copy's host
 work with the other's GPU work. Measured on the H200 beside 16 Xeon cores (docs/parallel.md,
-2026-12-05): the GPU alone went from 1,607 to 2,045 requests/s on the zoo's small ResNet at
-batch 8 with two copies, and the GPU + CPU pair from 0.99x to 1.26x the best single device."""
+2026-12-05, one run): on the zoo's small ResNet at batch 8 each copy alone did 1,486 and 1,431
+requests/s and the two together 2,045, and the GPU + CPU pair 1.26x the best single device
+(0.99x in the earlier run with one copy)."""
 """How much faster the whole set must measure than its best replica alone to be kept."""
 ROUNDS = 2
 

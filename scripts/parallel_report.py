@@ -63,8 +63,9 @@ compile and measured by the search). CPU replicas on the same cores split them, 
 core to each accelerator's feeding thread (each gets `(cores - accelerators) // CPU replicas`
 threads; an accelerator runs as compiled). A GPU of the cuda target runs as two copies of its
 artifact, each an executor with its own CUDA stream (`ACCELERATOR_COPIES`): one thread feeding
-one executor leaves the GPU idle while it stages and synchronizes (the H200 tables below:
-two copies took the small ResNet's GPU from 1,607 to 2,045 requests/s). The set is calibrated on
+one executor leaves the GPU idle while it stages and synchronizes (in the H200 run below, one
+copy of the small ResNet's artifact did 1,486 requests/s alone and two together 2,045). The set
+is calibrated on
 the first sample (at the chosen batch) and `prune` measures each replica alone (with the
 candidate that device runs alone, every core) and the whole set, interleaved over two rounds:
 the set is kept only where it measures at least 3 % faster than its best replica alone;
