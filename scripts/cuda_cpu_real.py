@@ -11,8 +11,12 @@ its float16 findings). Nothing here needs a GPU.
   dynamic-dimension hints only (every dynamic lower bound becomes 2), then the target's build
   checks (eager payload); prints whether the package pads batch 1 up to 2 (``pad_batch``) or
   why not.
+* ``static``: the target's build (AOTInductor's CPU backend) with a static-batch package at the
+  largest batch of the model's real samples (``targets/cuda_static.py``), run with
+  ``static_dispatch`` on every real sample against ONNX Runtime on the original model: the
+  largest difference, and which samples ran on the static package.
 
-Usage: ``python scripts/cuda_cpu_real.py aoti|fp16|padding [MODEL ...]`` (default: every real
+Usage: ``python scripts/cuda_cpu_real.py aoti|fp16|padding|static [MODEL ...]`` (default: every real
 model). A model whose build fails prints its one-line error; ``--timeout`` bounds
 each AOTInductor build (a child process per model).
 """
@@ -145,12 +149,63 @@ def padding(rm: Any, name: str) -> dict[str, Any]:
     }
 
 
+def static(rm: Any, name: str) -> dict[str, Any]:
+    import tempfile
+
+    import onnxruntime as ort
+
+    from ai_vmm.partition import sample_dims, sample_sizes
+    from ai_vmm.runtime.executors import create_executor
+    from ai_vmm.targets import cuda_build, cuda_static
+    from ai_vmm.targets.base import TargetOptions
+
+    model, module = _module(rm, name)
+    samples = rm.samples(name)
+    sizes = sample_sizes(model, samples)
+    symbol = cuda_static.batch_symbol(list(model.graph.inputs))
+    largest = max(sizes.get(symbol or "", [0]))
+    options = TargetOptions(
+        extra={
+            "input_bounds": {},
+            "sample_dims": sample_dims(model, samples[0]),
+            "sample_sizes": sizes,
+            "cuda_static_batches": [largest],
+        }
+    )
+    session = ort.InferenceSession(str(rm.model_path(name)), providers=["CPUExecutionProvider"])
+    outputs = tuple(v.name or "" for v in model.graph.outputs)
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        payload = cuda_build._build(module, "onnx", model, options, Path(tmp), "fp32", False, "cpu")
+        build_s = time.perf_counter() - started
+        config = {**payload.config, "static_dispatch": True}
+        executor = create_executor("cuda", Path(tmp) / payload.entry, "cpu", config, outputs)
+        worst = 0.0
+        shapes = []
+        for feed in samples:
+            got = executor.run(feed)
+            want = session.run(list(outputs), feed)
+            worst = max(
+                worst,
+                *(float(np.max(np.abs(got[n] - w))) for n, w in zip(outputs, want, strict=True)),
+            )
+            shapes.append({k: list(v.shape) for k, v in feed.items()})
+        return {
+            "static_batch": largest,
+            "static_note": config.get("static_note"),
+            "build_s": round(build_s, 1),
+            "samples": shapes,
+            "static_calls": executor.static_calls,
+            "max_abs_vs_onnxruntime": worst,
+        }
+
+
 def _child(part: str, name: str, queue: Any) -> None:
     from ai_vmm.bench_real import load_realmodels
 
     rm = load_realmodels(REPO / "models" / "realmodels.py")
     try:
-        parts = {"aoti": aoti, "fp16": fp16, "padding": padding}
+        parts = {"aoti": aoti, "fp16": fp16, "padding": padding, "static": static}
         queue.put({"model": name, **parts[part](rm, name)})
     except Exception as exc:  # the failure is the finding
         queue.put({"model": name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"})
@@ -158,7 +213,7 @@ def _child(part: str, name: str, queue: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["aoti", "fp16", "padding"])
+    parser.add_argument("part", choices=["aoti", "fp16", "padding", "static"])
     parser.add_argument("models", nargs="*")
     parser.add_argument("--timeout", type=float, default=900.0, help="s per model")
     args = parser.parse_args(argv)
