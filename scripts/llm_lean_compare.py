@@ -268,7 +268,7 @@ def wall(ids: list[int]) -> None:
         )
 
 
-def _fp32_genai(weights: str = "fp32") -> Any:
+def _genai(weights: str = "fp32") -> Any:
     from ai_vmm.bench_generate import GenAIEngine
 
     props = {
@@ -293,10 +293,10 @@ def _order_child(how: str, ids: list[int]) -> None:
         engines = [ours(), ours(), ours()]
         names = ["our copy loaded 1st", "2nd", "3rd"]
     elif how in ("ours-alone", "genai-alone"):
-        engines = [ours() if how == "ours-alone" else _fp32_genai(weights)]
+        engines = [ours() if how == "ours-alone" else _genai(weights)]
         names = [how]
     else:
-        engines = [ours(), _fp32_genai()] if how == "ours-first" else [_fp32_genai(), ours()]
+        engines = [ours(), _genai()] if how == "ours-first" else [_genai(), ours()]
         names = [e.name for e in engines]
     for engine in engines:
         engine.run(ids, 128)
