@@ -38,15 +38,26 @@ def run_model(name: str, batches: list[int], work: Path) -> dict[str, Any]:
     seconds = round(time.perf_counter() - started, 1)
     report = result.report
     medians: dict[str, dict[str, float]] = {}
+    variants: dict[str, dict[str, Any]] = {}  # bucket -> device -> runtime variants timed there
     for candidate in report.get("candidates", []):
         for bucket, stats in ((candidate.get("latency") or {}).get("buckets") or {}).items():
-            medians.setdefault(bucket, {})[candidate.get("device", "?")] = stats.get("median_ms")
+            device = candidate.get("device", "?")
+            medians.setdefault(bucket, {})[device] = stats.get("median_ms")
+            if len(stats.get("variants") or []) > 1:  # e.g. cuda:0's static_dispatch
+                variants.setdefault(bucket, {})[device] = {
+                    "chosen_config": stats.get("chosen_config"),
+                    "reason": stats.get("variant_reason"),
+                    "medians_ms": [
+                        [v.get("config"), v.get("median_ms")] for v in stats["variants"]
+                    ],
+                }
     row = {
         "model": name,
         "compile_s": seconds,
         "chosen": report.get("chosen"),
         "buckets": report.get("buckets"),
         "medians_ms": medians,
+        "variants": variants,
         "candidates": [
             {k: c.get(k) for k in ("device", "status", "reason")}
             for c in report.get("candidates", [])
@@ -62,6 +73,8 @@ def run_model(name: str, batches: list[int], work: Path) -> dict[str, Any]:
             + ", ".join(f"{k} {v:.3f} ms" for k, v in sorted(times.items()) if v is not None),
             flush=True,
         )
+        for device, timed in variants.get(bucket, {}).items():
+            print(f"[{name}] {bucket}: {device} variants {timed}", flush=True)
     return row
 
 
