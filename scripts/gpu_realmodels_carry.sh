@@ -15,7 +15,7 @@ rm -rf .realmodels && mkdir -p .realmodels
 # (REALMODELS_FILES="ddddocr_common.onnx data_page.png data_text.png").
 DEFAULT_FILES="ppocr_v4_det.onnx ppocr_v4_rec.onnx nudenet_320n.onnx silero_vad_16k_sequence.onnx
     magika_standard_v3_3.onnx smart_turn_v3_2.onnx oww_embedding.onnx oww_melspectrogram.onnx
-    ppocr_mobile_v2_cls.onnx chars2vec_en_300.onnx data_page.png data_coffee.png data_chelsea.png
+    ppocr_mobile_v2_cls.onnx chars2vec_en_300.onnx data_page.png data_coffee.png
     data_astronaut.png pyannote_sample.wav magika_standard_v3_3.config.json
     bert_uncased_tokenizer.json chars2vec_en_300.model.pkl"
 for file in ${REALMODELS_FILES:-$DEFAULT_FILES}; do
