@@ -72,6 +72,8 @@ class LMRun:
     say: Callable[[str], None]
     reference: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    attention: str = "stateful"
+    """OpenVINO decoders: ``stateful`` or ``paged`` (``llm_attention.choose_attention``)."""
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,11 @@ def build_candidate(run: LMRun, device: Device, weights: WeightSpec | None) -> B
                 notes.append(f"layers kept INT8: {', '.join(int8) or 'embedding and LM head only'}")
         openvino_lm.save(model, payload)
         entry, kind = "decoder.xml", "stateful"
-        config: dict[str, Any] = {"performance_hint": "LATENCY", "kv_cache_precision": "f32"}
+        config: dict[str, Any] = {
+            "performance_hint": "LATENCY",
+            "kv_cache_precision": "f32",
+            "attention": run.attention,
+        }
         if precision != "fp32":
             # Activations and the KV cache in bf16/f16 where the device computes in them (AMX,
             # AVX512-FP16); the weights stay as they are (float32 or compressed).

@@ -26,6 +26,7 @@ from ai_vmm import hardware, registry
 from ai_vmm.cache import CompileCache, cache_key, cache_root
 from ai_vmm.driver import CompileResult, resolve_targets, toolchain
 from ai_vmm.frontends import causal_lm as frontend
+from ai_vmm.llm_attention import choose_attention
 from ai_vmm.llm_build import Built, LMRun, build_candidate, calibration, gate_weights
 from ai_vmm.llm_quality import Speed, measure_speed, realistic_prompt
 from ai_vmm.runtime.artifact import (
@@ -118,7 +119,7 @@ def compile_causal_lm(
                 "options": options.to_json(),
                 "toolchain": toolchain(),
                 "devices": [d.key for d in devices],
-                "format": 1,
+                "format": 2,  # 2: OpenVINO decoders choose stateful or paged attention
             }
         )
         hit = cache.lookup(key)
@@ -177,6 +178,8 @@ def _compile_candidates(run: LMRun, devices: list[Device]) -> Built:
                 rejected.append({"device": device.key, "reason": problem})
                 candidate.close()
                 continue
+        if device.target == "openvino" and options.tune:
+            choose_attention(run, candidate)
         if options.weights is not None:
             candidate = gate_weights(run, candidate)
         built.append(candidate)

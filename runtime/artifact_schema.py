@@ -68,6 +68,9 @@ _CONFIGS: dict[str, dict[str, Any]] = {
         "inference_precision": {"type": "string"},
         "num_streams": {"anyOf": [_COUNT, {"type": "string"}]},
         "inference_num_threads": _COUNT,
+        # causal-lm decoders (runtime/executors/openvino_lm.py): the KV cache as the model's
+        # state, or in blocks through PagedAttention (runtime/executors/openvino_paged.py)
+        "attention": {"enum": ["stateful", "paged"]},
     },
     "cuda": {
         "device_type": {"type": "string"},

@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 
 from ai_vmm.runtime.errors import ArtifactError, DeviceError, InputError
+from ai_vmm.runtime.executors.openvino_paged import PAGED_INPUTS, PagedContext, paged_model
 from ai_vmm.runtime.llm.spec import LMSpec
 
 _STATE = re.compile(r"^past\.(\d+)\.(key|value)")
+STATEFUL_INPUTS = {"input_ids", "attention_mask", "position_ids", "logit_index", "beam_idx"}
 
 
 READ_PROPERTIES = {"ENABLE_MMAP": False}
@@ -65,26 +67,75 @@ class OpenVinoDecoder:
                 f"OpenVINO device {device} is not present here "
                 f"(available: {', '.join(core.available_devices)})"
             )
-        try:
-            self._compiled = core.compile_model(
-                core.read_model(str(entry), config=READ_PROPERTIES),
-                device,
-                compile_properties(config),
-            )
-        except Exception as exc:
-            raise ArtifactError(
-                f"OpenVINO could not load {entry.name} for {device}: {exc}"
-            ) from exc
+        self.attention = str(config.get("attention", "stateful"))
+        self.attention_note: str | None = None
         self._ov = ov
         self.device = device
         self.spec = spec
+        self._caches: list[tuple[str, Any, list[int]]] = []
+        if self.attention == "paged":
+            try:
+                self._compiled = self._compile(core, entry, config, paged=True)
+                self._caches = self._paged_caches()
+            except ArtifactError as exc:  # another OpenVINO, another graph: stateful
+                self.attention = "stateful"
+                self.attention_note = f"PagedAttention unavailable ({exc}): stateful attention"
+        if self.attention == "stateful":
+            self._compiled = self._compile(core, entry, config, paged=False)
         names = {name for port in self._compiled.inputs for name in port.get_names()}
-        missing = {"input_ids", "attention_mask", "position_ids", "logit_index", "beam_idx"} - names
-        if missing:
-            raise ArtifactError(f"{entry.name} is not a stateful decoder: no {sorted(missing)}")
+        wanted = set(PAGED_INPUTS) if self.attention == "paged" else STATEFUL_INPUTS
+        if missing := wanted - names:
+            raise ArtifactError(
+                f"{entry.name} is not a {self.attention} decoder: no {sorted(missing)}"
+            )
 
-    def context(self) -> OpenVinoContext:
-        return OpenVinoContext(self, self._compiled.create_infer_request())
+    def _compile(self, core: Any, entry: Path, config: dict[str, Any], paged: bool) -> Any:
+        try:
+            model = core.read_model(str(entry), config=READ_PROPERTIES)
+        except Exception as exc:
+            raise ArtifactError(f"OpenVINO could not read {entry.name}: {exc}") from exc
+        if paged:
+            try:
+                model = paged_model(model, self.spec.cache.layers)
+            except ArtifactError:
+                raise
+            except Exception as exc:
+                raise ArtifactError(f"the PagedAttention rewrite failed: {exc}") from exc
+        try:
+            return core.compile_model(model, self.device, compile_properties(config))
+        except Exception as exc:
+            raise ArtifactError(
+                f"OpenVINO could not load {entry.name} for {self.device}: {exc}"
+            ) from exc
+
+    def _paged_caches(self) -> list[tuple[str, Any, list[int]]]:
+        """The paged cache inputs in cache order (key, value of each layer): name, element type,
+        ``[kv_heads, block_size, head_dim]`` as the plugin laid them out."""
+        caches = []
+        for layer in range(self.spec.cache.layers):
+            for kind in ("key", "value"):
+                port = self._compiled.input(f"{kind}_cache.{layer}")
+                shape = port.get_partial_shape()
+                if shape.rank.get_length() != 4 or not all(d.is_static for d in list(shape)[1:]):
+                    raise ArtifactError(f"{kind}_cache.{layer} has the layout {shape}")
+                if port.get_element_type() != self._ov.Type.f32:
+                    raise ArtifactError(
+                        f"paged attention needs a float32 KV cache, not {port.get_element_type()}"
+                    )
+                caches.append(
+                    (
+                        port.get_any_name(),
+                        port.get_element_type(),
+                        [d.get_length() for d in list(shape)[1:]],
+                    )
+                )
+        return caches
+
+    def context(self) -> OpenVinoContext | PagedContext:
+        request = self._compiled.create_infer_request()
+        if self.attention == "paged":
+            return PagedContext(self, request, self._caches)
+        return OpenVinoContext(self, request)
 
     def close(self) -> None:
         self._compiled = None

@@ -82,6 +82,15 @@ class CausalLM:
     def outputs(self) -> tuple[TensorSpec, ...]:
         return self.manifest.outputs
 
+    @property
+    def attention(self) -> tuple[str, str | None]:
+        """How the backend runs attention (OpenVINO: ``stateful`` or ``paged``; others: their
+        kind of cache), and why it differs from what the artifact asked for, if it does."""
+        return (
+            str(getattr(self._session, "attention", self.spec.decoder_kind)),
+            getattr(self._session, "attention_note", None),
+        )
+
     def report(self) -> dict[str, Any]:
         """The artifact's ``report.json`` (what was built and why)."""
         return read_report(self.root)

@@ -256,3 +256,59 @@ def test_bf16_on_the_openvino_cpu_where_it_computes_in_bf16(tmp_path: Path) -> N
         compiled = lm._session.compiled_model
         assert "bfloat16" in str(compiled.get_property("INFERENCE_PRECISION_HINT"))
         assert lm.generate("Hello", max_new_tokens=4, min_new_tokens=4).completion_tokens == 4
+
+
+@pytest.mark.parametrize("faster", ["paged", "stateful"])
+def test_tuned_compile_keeps_the_faster_attention(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, faster: str
+) -> None:
+    """The choice follows the measurements (scripted here: the real ones are machine noise
+    on a tiny model); the artifact, the compressed attempts and the loaded decoder follow it."""
+    from ai_vmm import llm_attention
+    from ai_vmm.llm_quality import Speed
+
+    seen: list[str] = []
+
+    def scripted(lm: Any, prompt: Any, new_tokens: int, runs: int = 3) -> Speed:
+        mode = lm.attention[0]
+        seen.append(mode)
+        return Speed(len(prompt), new_tokens, 0.05, 100.0 if mode == faster else 50.0, runs)
+
+    monkeypatch.setattr(llm_attention, "measure_speed", scripted)
+    result = ai_vmm.compile(
+        hf_dir("llama"),
+        target="openvino:CPU",
+        output=tmp_path / "tuned.vmm",
+        weights="int8",
+        cache_dir=tmp_path / "cache",  # not the shared one: a cached artifact skips the choice
+    )
+    attention = result.report["attention"]
+    assert seen.count("paged") == seen.count("stateful") == llm_attention.ROUNDS
+    assert attention["chosen"] == faster, attention
+    assert attention["paged"]["decode_tok_s"] == (100.0 if faster == "paged" else 50.0)
+    assert result.manifest["partitions"][0]["config"]["attention"] == faster
+    assert result.report["candidates"][0]["quality"]["attempts"]  # the gate ran on it
+    with ai_vmm.load(result.path) as lm:
+        assert lm.attention == (faster, None)
+        reply = lm.generate("Hello", max_new_tokens=8, min_new_tokens=8)
+        assert reply.completion_tokens == 8  # type: ignore[union-attr]
+
+
+def test_paged_attention_falls_back_to_stateful_with_a_reason(tmp_path: Path) -> None:
+    """A paged config the plugin cannot run (here: a bf16-like non-f32 KV cache is not the
+    case on every CPU, so the rewrite is broken instead) loads stateful and says why."""
+    from ai_vmm.runtime.executors import openvino_lm
+
+    path = tmp_path / "paged.vmm"
+    shutil.copytree(tiny_artifact("llama", "openvino:CPU+paged"), path)
+    original = openvino_lm.paged_model
+    try:
+        openvino_lm.paged_model = lambda model, layers: (_ for _ in ()).throw(  # type: ignore[assignment]
+            ArtifactError("PagedAttention rewrote 0 attention layers of 2")
+        )
+        with ai_vmm.load(path) as lm:
+            mode, note = lm.attention
+            assert mode == "stateful" and note is not None and "rewrote 0" in note
+            assert lm.generate("Hi", max_new_tokens=4, min_new_tokens=4).completion_tokens == 4  # type: ignore[union-attr]
+    finally:
+        openvino_lm.paged_model = original  # type: ignore[assignment]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -43,9 +44,20 @@ def hf_dir(arch: str) -> Path:
 
 @functools.cache
 def tiny_artifact(arch: str = "llama", target: str = "onnxruntime:CPU") -> Path:
-    """``arch`` compiled for ``target`` (tune off; parity with transformers is checked)."""
+    """``arch`` compiled for ``target`` (tune off; parity with transformers is checked).
+
+    ``openvino:CPU+paged``: the OpenVINO artifact with PagedAttention (``attention: paged`` in
+    its config, as a tuned compile writes it where paged decoding measured faster).
+    """
     import ai_vmm
 
+    if target.endswith("+paged"):
+        out = _root() / f"{arch}-{target.replace(':', '-')}.vmm"
+        shutil.copytree(tiny_artifact(arch, target.removesuffix("+paged")), out)
+        manifest = json.loads((out / "manifest.json").read_text())
+        manifest["partitions"][0]["config"]["attention"] = "paged"
+        (out / "manifest.json").write_text(json.dumps(manifest))
+        return out
     out = _root() / f"{arch}-{target.replace(':', '-')}.vmm"
     ai_vmm.compile(hf_dir(arch), target=target, output=out, tune=False, cache_dir=_root() / "cache")
     return out

@@ -21,7 +21,7 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module", params=("onnxruntime:CPU", "openvino:CPU"))
+@pytest.fixture(scope="module", params=("onnxruntime:CPU", "openvino:CPU", "openvino:CPU+paged"))
 def lm(request: pytest.FixtureRequest) -> Iterator[CausalLM]:
     model = ai_vmm.load(tiny_artifact("llama", request.param))
     yield model

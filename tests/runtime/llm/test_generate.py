@@ -15,7 +15,7 @@ import ai_vmm
 from ai_vmm.runtime.errors import InputError
 from ai_vmm.runtime.llm import CausalLM, GenerationResult
 
-TARGETS = ("onnxruntime:CPU", "openvino:CPU")
+TARGETS = ("onnxruntime:CPU", "openvino:CPU", "openvino:CPU+paged")
 PROMPT = "Return a new list containing all items from the iterable in ascending order."
 
 
