@@ -84,6 +84,7 @@ class PagedContext:
         self._lens: list[int] = []
         self._length = 0
         self._pending: list[np.ndarray] | None = None
+        self._inputs: dict[str, Any] = {}
 
     @property
     def rows(self) -> int:
@@ -154,7 +155,8 @@ class PagedContext:
             )
         if active:
             try:
-                self._request.infer(feed)
+                self._set_inputs(feed)
+                self._request.infer()
             except Exception as exc:
                 raise InputError(f"OpenVINO failed to run the decoder step: {exc}") from exc
             logits = self._request.get_output_tensor(0).data.reshape(len(active), len(picks), -1)
@@ -212,6 +214,21 @@ class PagedContext:
         self._release_all()
         self._pending = None
         self._length = 0
+
+    def _set_inputs(self, feed: dict[str, np.ndarray]) -> None:
+        """Write the step's inputs into tensors the request keeps (a new tensor only where a
+        shape changed): the Python dispatch of eight fresh arrays a step cost ~0.2 ms, 2-3 %
+        of an INT8 SmolLM2 step."""
+        import openvino as ov
+
+        for name, array in feed.items():
+            tensor = self._inputs.get(name)
+            if tensor is None or tuple(tensor.shape) != array.shape:
+                kind = ov.Type.i64 if array.dtype == np.int64 else ov.Type.i32
+                tensor = ov.Tensor(kind, list(array.shape))
+                self._request.set_tensor(name, tensor)
+                self._inputs[name] = tensor
+            tensor.data[...] = array
 
     # -- blocks ---------------------------------------------------------------------------
 
