@@ -82,7 +82,10 @@ def bench_generate_cmd(
             cache_dir=CACHE / "compile", force=True, progress=say,
         )  # fmt: skip
         label = _describe(result.report, mode) if precision == "fp32" else precision
-        artifacts.append((root / name, f"ai-vmm {target.split(':')[0]}", label))
+        engine = f"ai-vmm {target.split(':')[0]}"
+        if attention := (result.report.get("attention") or {}).get("chosen"):
+            engine += f", {attention} attention"  # OpenVINO: the compile's timed choice
+        artifacts.append((root / name, engine, label))
     factories: list[Callable[[], Engine]] = []
     for path, label, precision in artifacts:
         factories.append(_vmm_factory(path, label, precision))

@@ -84,7 +84,8 @@ class PagedContext:
         self._lens: list[int] = []
         self._length = 0
         self._pending: list[np.ndarray] | None = None
-        self._inputs: dict[str, Any] = {}
+        self._inputs: dict[str, np.ndarray] = {}
+        self._input_tensors: dict[str, Any] = {}
 
     @property
     def rows(self) -> int:
@@ -222,13 +223,14 @@ class PagedContext:
         import openvino as ov
 
         for name, array in feed.items():
-            tensor = self._inputs.get(name)
-            if tensor is None or tuple(tensor.shape) != array.shape:
+            view = self._inputs.get(name)  # the numpy view of the tensor the request holds
+            if view is None or view.shape != array.shape:
                 kind = ov.Type.i64 if array.dtype == np.int64 else ov.Type.i32
                 tensor = ov.Tensor(kind, list(array.shape))
                 self._request.set_tensor(name, tensor)
-                self._inputs[name] = tensor
-            tensor.data[...] = array
+                self._input_tensors[name] = tensor  # owns the memory the view writes
+                self._inputs[name] = view = tensor.data
+            view[...] = array
 
     # -- blocks ---------------------------------------------------------------------------
 
