@@ -160,14 +160,6 @@ batching = {{ max_batch = 8, max_queue_delay_ms = 2, preferred_sizes = [8] }}
 {tenants}"""
 
 
-SERVER_CPUS: set[int] | None = None  # --pin: the server's cores (the driver gets the others)
-
-
-def _pin_server() -> None:  # runs in the server's child process before exec
-    if SERVER_CPUS:
-        os.sched_setaffinity(0, SERVER_CPUS)
-
-
 @contextmanager
 def server(repo: Path) -> Iterator[str]:
     """``vmmc serve repo`` on a free port; yields its base URL."""
@@ -182,7 +174,6 @@ def server(repo: Path) -> Iterator[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        preexec_fn=_pin_server if SERVER_CPUS else None,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -515,20 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="Only the overload run, this many times, a line each (docs/serve.md not written).",
     )
-    parser.add_argument(
-        "--pin",
-        action="store_true",
-        help="Run the server on the first half of this process's cores and the load driver on "
-        "the rest, as if the clients were another machine (Linux; at least 2 cores).",
-    )
     args = parser.parse_args(argv)
-    if args.pin:
-        global SERVER_CPUS
-        cores = sorted(os.sched_getaffinity(0))
-        if len(cores) < 2:
-            parser.error("--pin needs at least 2 cores")
-        SERVER_CPUS = set(cores[: len(cores) // 2])
-        os.sched_setaffinity(0, set(cores[len(cores) // 2 :]))  # the driver, and its children
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-serve-"))
     work.mkdir(parents=True, exist_ok=True)
     if args.overload_runs:
