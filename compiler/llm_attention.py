@@ -33,12 +33,6 @@ NOISE = 0.02
 def choose_attention(run: LMRun, built: Built) -> None:
     """Time ``built`` (stateful, loaded) against itself paged; keep the faster (``built`` is
     reconfigured in place) and record why in ``run.report["attention"]``."""
-    if built.manifest.partitions[0].config.get("kv_cache_precision", "f32") != "f32":
-        run.report["attention"] = {
-            "chosen": "stateful",
-            "why": "paged attention runs with a float32 KV cache only",
-        }
-        return
     tokens = min(PROMPT_TOKENS, built.lm.context_length // 2)
     prompt = realistic_prompt(built.lm.tokenizer, tokens)
     run.say(f"attention: stateful against paged at a {len(prompt)}-token prompt")

@@ -118,9 +118,10 @@ class OpenVinoDecoder:
                 shape = port.get_partial_shape()
                 if shape.rank.get_length() != 4 or not all(d.is_static for d in list(shape)[1:]):
                     raise ArtifactError(f"{kind}_cache.{layer} has the layout {shape}")
-                if port.get_element_type() != self._ov.Type.f32:
+                if port.get_element_type().get_type_name() not in ("f32", "bf16", "f16"):
                     raise ArtifactError(
-                        f"paged attention needs a float32 KV cache, not {port.get_element_type()}"
+                        f"paged attention runs with a float KV cache here, not "
+                        f"{port.get_element_type()}"
                     )
                 caches.append(
                     (

@@ -256,6 +256,37 @@ def test_bf16_on_the_openvino_cpu_where_it_computes_in_bf16(tmp_path: Path) -> N
         compiled = lm._session.compiled_model
         assert "bfloat16" in str(compiled.get_property("INFERENCE_PRECISION_HINT"))
         assert lm.generate("Hello", max_new_tokens=4, min_new_tokens=4).completion_tokens == 4
+        stateful_first = lm.generate("Hello", max_new_tokens=1).tokens  # type: ignore[union-attr]
+    _check_bf16_paged(result.path, tmp_path / "bf16-paged.vmm", stateful_first)
+
+
+def _check_bf16_paged(source: Path, path: Path, stateful_first: list[int]) -> None:
+    """The same bf16 decoder with PagedAttention: a bf16 KV cache in our blocks (its bits read
+    and written as bf16, not as the float16 numbers OpenVINO's Python shows)."""
+    import numpy as np
+
+    shutil.copytree(source, path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["partitions"][0]["config"]["attention"] = "paged"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with ai_vmm.load(path) as lm:
+        assert lm.attention == ("paged", None)
+        assert lm.generate("Hello", max_new_tokens=1).tokens == stateful_first  # type: ignore[union-attr]
+        prompts = ["Hello there", "A longer prompt than the first one, to pad the other"]
+        alone = [lm.generate(p, max_new_tokens=6, min_new_tokens=6).tokens for p in prompts]  # type: ignore[union-attr]
+        assert [r.tokens for r in lm.generate(prompts, max_new_tokens=6, min_new_tokens=6)] == alone  # type: ignore[union-attr]
+        first, second = lm._session.context(), lm._session.context()
+        ids = np.array([lm.encode_prompt("Hello there")])
+        n = ids.shape[1]
+        mask, positions = np.ones((1, n), np.int64), np.arange(n)[None]
+        first.forward(ids, mask, positions, np.array([n - 1]))
+        second.write_cache(first.read_cache())  # through float32 and back: exact for bf16
+        assert all(
+            np.array_equal(a, b)
+            for a, b in zip(first.read_cache(), second.read_cache(), strict=True)
+        )
+        step = (np.array([[7]]), np.ones((1, n + 1), np.int64), np.array([[n]]), np.zeros(1, int))
+        assert np.array_equal(first.forward(*step), second.forward(*step))
 
 
 @pytest.mark.parametrize("faster", ["paged", "stateful"])
