@@ -119,7 +119,7 @@ def compile_causal_lm(
                 "options": options.to_json(),
                 "toolchain": toolchain(),
                 "devices": [d.key for d in devices],
-                "format": 3,  # 2, 3: OpenVINO decoders choose stateful or paged attention
+                "format": 4,  # 2-4: OpenVINO decoders choose stateful or paged attention
             }
         )
         hit = cache.lookup(key)
