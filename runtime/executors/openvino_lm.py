@@ -18,6 +18,7 @@ import numpy as np
 
 from ai_vmm.runtime.errors import ArtifactError, DeviceError, InputError
 from ai_vmm.runtime.executors.openvino_paged import PAGED_INPUTS, PagedContext, paged_model
+from ai_vmm.runtime.llm.session import check_step
 from ai_vmm.runtime.llm.spec import LMSpec
 
 _STATE = re.compile(r"^past\.(\d+)\.(key|value)")
@@ -179,11 +180,7 @@ class OpenVinoContext:
             beam = np.arange(self._rows, dtype=np.int32) if self._order is None else self._order
             if len(beam) != rows:
                 raise InputError(f"step of {rows} rows on a cache of {len(beam)} rows")
-        if attention_mask.shape != (rows, self._length + seq):
-            raise InputError(
-                f"attention mask {list(attention_mask.shape)} does not fit {rows} rows x "
-                f"({self._length} cached + {seq} new) tokens"
-            )
+        check_step(attention_mask, rows, self._length, seq)
         try:
             self._request.infer(
                 {

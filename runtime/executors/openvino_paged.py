@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ai_vmm.runtime.errors import ArtifactError, InputError
+from ai_vmm.runtime.llm.session import check_step
 
 PAGED_INPUTS = (
     "input_ids",
@@ -120,11 +121,7 @@ class PagedContext:
         logit_index: np.ndarray,
     ) -> np.ndarray:
         rows, seq = input_ids.shape
-        if attention_mask.shape != (rows, self._length + seq):
-            raise InputError(
-                f"attention mask {list(attention_mask.shape)} does not fit {rows} rows x "
-                f"({self._length} cached + {seq} new) tokens"
-            )
+        check_step(attention_mask, rows, self._length, seq)
         if self._length and rows != self.rows:
             raise InputError(f"step of {rows} rows on a cache of {self.rows} rows")
         if self._pending is not None:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ai_vmm.runtime.errors import ArtifactError, DeviceError
+from ai_vmm.runtime.errors import ArtifactError, DeviceError, InputError
 from ai_vmm.runtime.llm.spec import LMSpec
 
 _BACKENDS = {
@@ -24,6 +24,19 @@ _BACKENDS = {
     "cuda": "ai_vmm.runtime.executors.cuda_lm:CudaDecoder",
 }
 _SDK = {"openvino": "openvino", "onnxruntime": "onnxruntime", "cuda": "torch"}
+
+
+def check_step(attention_mask: np.ndarray, rows: int, length: int, seq: int) -> None:
+    """A step's mask must cover the cache and the new tokens of every row.
+
+    Raises:
+        InputError: it does not.
+    """
+    if attention_mask.shape != (rows, length + seq):
+        raise InputError(
+            f"attention mask {list(attention_mask.shape)} does not fit {rows} rows x "
+            f"({length} cached + {seq} new) tokens"
+        )
 
 
 class KvContext(Protocol):
