@@ -112,9 +112,12 @@ def open_session(root: Path, spec: LMSpec) -> DecoderSession:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        sdk = _SDK[part.target]
+        if not (exc.name or "").startswith(sdk):  # our own module broke: say so, not "install"
+            raise
         raise DeviceError(
             f"artifact needs the {part.target} runtime, which is not installed here "
-            f"(pip install {_SDK[part.target]}): {exc}"
+            f"(pip install {sdk}): {exc}"
         ) from exc
     factory: Any = getattr(module, class_name)
     session: DecoderSession = factory(root / part.entry, part.device, part.config, spec)
