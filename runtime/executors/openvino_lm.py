@@ -1,4 +1,6 @@
-"""OpenVINO backend of the LM runtime: a stateful decoder (the KV cache is the model's state).
+"""OpenVINO backend of the LM runtime: the decoder stateful (the KV cache is the model's state)
+or, where the artifact's config says ``attention: paged``, rewritten for PagedAttention
+(``openvino_paged.py``: the cache in blocks the runtime owns).
 
 The compiler made the past/present pairs into OpenVINO variables and put a ``Gather`` by
 ``beam_idx`` in front of each (as optimum-intel does), so OpenVINO's CPU plugin fuses
@@ -53,7 +55,8 @@ def compile_properties(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class OpenVinoDecoder:
-    """The compiled stateful decoder; each context is an infer request (its own state)."""
+    """The compiled decoder, stateful or paged (``attention``; ``attention_note`` says why a
+    paged config loaded stateful); each context is an infer request with its own cache."""
 
     target = "openvino"
 
