@@ -226,7 +226,9 @@ def _build(spec: BuildSpec, source: Path, out_dir: Path, vmm: VMM, say: Any) -> 
     import ai_vmm
     from ai_vmm.runtime.artifact import is_artifact
 
-    options: dict[str, Any] = {"tune": False, "cache_dir": vmm.store.path("lm-compile-cache")}
+    # tune: for one device, what an LM compile tunes is OpenVINO's attention (stateful or
+    # paged, timed on the float build: compiler/llm_attention.py); threads are searched here
+    options: dict[str, Any] = {"tune": True, "cache_dir": vmm.store.path("lm-compile-cache")}
     if spec.precision == "int8":
         options["weights"] = "int8"
     elif spec.precision in ("fp16", "bf16"):

@@ -49,7 +49,7 @@ from ai_vmm.runtime.errors import ArtifactError
 
 DEFAULT_ROOT = Path.home() / ".cache" / "ai-vmm" / "deployments"
 EXPLANATION = "explanation.json"
-STORE_FORMAT = 1
+STORE_FORMAT = 2  # 2: LM builds time stateful against paged attention (OpenVINO)
 _VERSIONED = ("ai-vmm", "onnx", "onnxruntime", "openvino", "nncf", "torch", "transformers")
 
 
