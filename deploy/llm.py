@@ -145,7 +145,11 @@ def _search(
 ) -> tuple[Path, dict[str, Any]]:
     started = time.perf_counter()
     say = vmm.say
-    group = f"{model_hash[:16]}-{digest({'hardware': vmm.fingerprint})[:12]}"
+    # the store's format too: builds made under another rule (an LM compiled before its
+    # attention was timed) are not reused
+    group = (
+        f"{model_hash[:16]}-{digest({'hardware': vmm.fingerprint, 'format': STORE_FORMAT})[:12]}"
+    )
     builds_dir = vmm.store.path("builds", group)
     notes: list[str] = []
     specs: list[BuildSpec] = []
