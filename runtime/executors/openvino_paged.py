@@ -38,21 +38,6 @@ PAGED_INPUTS = (
 MIN_BLOCKS = 16
 
 
-def _to_float(raw: np.ndarray, bf16: bool) -> np.ndarray:
-    """Cache values as float32 (``raw``: a bf16 pool's uint16 view, or f32/f16 values)."""
-    if bf16:
-        return (raw.astype(np.uint32) << 16).view(np.float32)
-    return raw.astype(np.float32)
-
-
-def _from_float(values: np.ndarray, bf16: bool) -> np.ndarray:
-    """float32 values in a pool's raw form (bf16: rounded to nearest even, as uint16)."""
-    if not bf16:
-        return values
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-
-
 def paged_model(model: Any, layers: int) -> Any:
     """Rewrite our stateful decoder (in place) for PagedAttention; return it.
 
@@ -93,7 +78,7 @@ class PagedContext:
         self._request = request
         self._caches = caches  # (input name, element type, [kv_heads, block, dim]) in cache order
         self._block = int(caches[0][2][1])
-        # OpenVINO's Python shows a bf16 tensor as float16 numbers: read its bits instead
+        # OpenVINO's Python shows a bf16 tensor as float16 numbers: view its bits as bf16
         self._bf16 = [kind.get_type_name() == "bf16" for _, kind, _ in caches]
         self._pool: list[Any] = []
         self._capacity = 0
@@ -179,7 +164,8 @@ class PagedContext:
             out = np.array(logits, copy=True)
         else:  # rows without a new token get zeros
             out = np.zeros((rows, len(picks), self._decoder.spec.vocab_size), np.float32)
-            out[active] = logits if active else 0.0
+            if active:
+                out[active] = logits
         for r in active:
             self._lens[r] += int(counts[r])
         self._length += seq
@@ -212,7 +198,7 @@ class PagedContext:
             out = np.zeros((len(self._lens), heads, self._length, dim), np.float32)
             for r, (table, n) in enumerate(zip(self._tables, self._lens, strict=True)):
                 if n:
-                    blocks = _to_float(self._raw(i)[table], self._bf16[i])  # [b, h, block, d]
+                    blocks = self._raw(i)[table].astype(np.float32)  # [b, h, block, d]
                     tokens = blocks.transpose(1, 0, 2, 3).reshape(heads, -1, dim)[:, :n]
                     out[r, :, self._length - n :] = tokens
             arrays.append(out)
@@ -262,13 +248,17 @@ class PagedContext:
         for i, array in enumerate(pending):
             data = self._raw(i)
             for r in range(rows):
-                tokens = _from_float(array[r][:, real[r]], self._bf16[i])
-                self._store(data, self._tables[r], tokens)
+                self._store(data, self._tables[r], array[r][:, real[r]])
 
     def _raw(self, index: int) -> np.ndarray:
-        """Pool ``index``'s memory as numpy sees it (a bf16 pool as its uint16 bits)."""
+        """Pool ``index`` as numbers of its own type (a bf16 pool through ml_dtypes, which
+        rounds float32 to nearest even on assignment)."""
         data: np.ndarray = self._pool[index].data
-        return data.view(np.uint16) if self._bf16[index] else data
+        if self._bf16[index]:
+            import ml_dtypes  # onnx's dependency, so always here
+
+            return data.view(ml_dtypes.bfloat16)
+        return data
 
     def _store(self, data: np.ndarray, table: list[int], tokens: np.ndarray) -> None:
         """``tokens`` ``[heads, n, dim]`` into the first ``n`` slots of ``table``'s blocks."""
@@ -295,7 +285,7 @@ class PagedContext:
         pools = []
         for i, (name, kind, tail) in enumerate(self._caches):
             pool = ov.Tensor(kind, [capacity, *tail])
-            if self._pool:  # raw bits: a bf16 pool's numbers are not float16 ones
+            if self._pool:  # as bytes: a bf16 pool's numbers are not float16 ones
                 pool.data.view(np.uint8)[: self._capacity] = self._raw(i).view(np.uint8)
             self._request.set_tensor(name, pool)
             pools.append(pool)
@@ -303,7 +293,6 @@ class PagedContext:
         self._pool, self._capacity = pools, capacity
 
     def _copy_blocks(self, table: list[int]) -> list[int]:
-        copy: list[int] = []
         if len(self._free) < len(table):
             self._grow(self._capacity + len(table) - len(self._free))
         copy, self._free = self._free[: len(table)], self._free[len(table) :]
