@@ -17,6 +17,8 @@ each printed as a Markdown table:
   by the wall clock, the whole ``generate`` less its TTFT, the same for both; 5 interleaved
   rounds); fp32, bf16 (where the CPU computes in it), INT8 and INT4 weights.
 * ``pyprofile``: cProfile of a 128-token INT8 ``generate``, the time outside ``infer()``.
+* ``attention``: our INT8 artifact stateful and paged against GenAI's INT8 export, stateful
+  (SDPA) and with PagedAttention (its default).
 * ``dq``: our INT8 artifact reloaded with the CPU plugin's activation groups (its default, 64,
   128, off): the answer to "What is the capital of France?" and decode tokens/s.
 
@@ -229,6 +231,47 @@ def dq(ids: list[int]) -> None:
             print(f"| {label} | {answer} | {speed:.1f} |")
 
 
+def attention(ids: list[int]) -> None:
+    """Our INT8 artifact run stateful and paged (its config changed on a copy, the weights
+    the same) against GenAI's INT8 export in its stateful (SDPA) and its default
+    (PagedAttention) pipeline: TTFT and decode tok/s, 3 interleaved rounds."""
+    import openvino_genai as genai
+
+    props = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
+    scheduler = genai.SchedulerConfig()
+    scheduler.enable_prefix_caching = False
+    folder = str(ROOT / "genai" / "int8")
+    print("| engine | TTFT ms | decode tok/s (3 rounds) |\n|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = {}
+        for mode in ("stateful", "paged"):
+            copy = Path(tmp) / f"int8-{mode}.vmm"
+            shutil.copytree(ROOT / "openvino-CPU-int8.vmm", copy)
+            manifest = json.loads((copy / "manifest.json").read_text())
+            manifest["partitions"][0]["config"]["attention"] = mode
+            (copy / "manifest.json").write_text(json.dumps(manifest))
+            ours[f"ai-vmm, {mode}"] = ai_vmm.load(copy)
+        pipes = {
+            "GenAI, SDPA (stateful)": genai.LLMPipeline(
+                folder, "CPU", ATTENTION_BACKEND="SDPA", **props
+            ),
+            "GenAI, PagedAttention (default)": genai.LLMPipeline(
+                folder, "CPU", scheduler_config=scheduler, **props
+            ),
+        }
+        runs: dict[str, list[tuple[float, float]]] = {k: [] for k in [*ours, *pipes]}
+        for _ in range(3):
+            for name, lm in ours.items():
+                runs[name].append(_ours_run(lm, ids))
+            for name, pipe in pipes.items():
+                runs[name].append(_genai_run(pipe, ids))
+        for name, values in runs.items():
+            ttft = statistics.median(v[0] for v in values)
+            print(f"| {name} | {ttft:.0f} | {', '.join(f'{v[1]:.1f}' for v in values)} |")
+        for lm in ours.values():
+            lm.close()
+
+
 def wall(ids: list[int]) -> None:
     """``vmmc bench --generate``'s own measuring loop (``run_bench``: full-length warm-up,
     decode by the wall clock, interleaved rounds) on two engines at a time."""
@@ -439,6 +482,7 @@ def main(argv: list[str]) -> int:
         "pyprofile": pyprofile,
         "dq": dq,
         "order": order,
+        "attention": attention,
         "alone": alone,
         "alone-int8": lambda ids: alone(ids, "int8"),
         "alone-int4": lambda ids: alone(ids, "int4"),

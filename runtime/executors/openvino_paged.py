@@ -6,8 +6,8 @@ flattened into one axis, each sequence's past length and block table, and one ke
 tensor per layer, ``[blocks, kv_heads, block_size, head_dim]``, which the plugin writes in place.
 Its CPU kernels skip what a causal mask hides in prefill and run grouped-query attention's
 single-token step on their fast path, which the stateful model's fused attention does not
-(docs/generate.md: on a 2-core EPYC, INT8 SmolLM2 decoded at 139-142 tok/s paged against
-125-128 stateful, 400-token TTFT 112 against 175-245 ms; float32 greedy tokens identical).
+(docs/generate.md; ``python scripts/llm_lean_compare.py attention`` on a 2-core EPYC: INT8
+SmolLM2's 400-token TTFT 128 ms paged against 202 stateful; float32 greedy tokens identical).
 
 ``PagedContext`` keeps the runtime's ``KvContext`` contract (a batch of rows, left-padded to one
 length, masked): each row is a sequence with its own blocks, pad tokens are never computed nor
