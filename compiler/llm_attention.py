@@ -39,7 +39,8 @@ def choose_attention(run: LMRun, built: Built) -> None:
     speeds: dict[str, list[Speed]] = {"stateful": [], "paged": []}
     for _ in range(ROUNDS):
         for mode in speeds:
-            built.reconfigure({"attention": mode})
+            if built.lm.attention[0] != mode:  # a reload (the first round's stateful is loaded)
+                built.reconfigure({"attention": mode})
             got, note = built.lm.attention
             if got != mode:
                 return _keep_stateful(run, built, speeds, note or f"{mode} attention unavailable")
