@@ -184,17 +184,40 @@ def hf_engine(
     return timed
 
 
-def vmm_engine(
-    source: Path, dtype: str, target: str, out: Path
-) -> Callable[[list[list[int]], int], float]:
-    import ai_vmm
+_BUILT: set[Path] = set()
 
-    ai_vmm.compile(source, target=target, output=out, precision=dtype, tune=False, force=True)
-    lm = ai_vmm.load(out)
+
+def vmm_engine(
+    source: Path, dtype: str, target: str, out: Path, variant: str = ""
+) -> Callable[[list[list[int]], int], float]:
+    """ai-vmm's cuda LM path; ``variant`` "inductor" loads it with decode steps through
+    ``torch.compile`` (``AI_VMM_CUDA_LM_COMPILE``), "full" attends over the whole static
+    cache every step (the path before cache windows), for comparison."""
+    import ai_vmm
+    from ai_vmm.runtime.executors import cuda_lm
+
+    if out not in _BUILT:  # the variants of one process share the artifact
+        ai_vmm.compile(source, target=target, output=out, precision=dtype, tune=False, force=True)
+        _BUILT.add(out)
+    previous = os.environ.get("AI_VMM_CUDA_LM_COMPILE")
+    os.environ["AI_VMM_CUDA_LM_COMPILE"] = "inductor" if variant == "inductor" else "none"
+    try:
+        lm = ai_vmm.load(out)
+    finally:
+        if previous is None:
+            os.environ.pop("AI_VMM_CUDA_LM_COMPILE")
+        else:
+            os.environ["AI_VMM_CUDA_LM_COMPILE"] = previous
 
     def timed(prompts: list[list[int]], new_tokens: int) -> float:
         batch = prompts if len(prompts) > 1 else prompts[0]
-        results = lm.generate(batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+        window = cuda_lm.MIN_WINDOW
+        if variant == "full":
+            cuda_lm.MIN_WINDOW = 1 << 30  # every step over the whole cache
+        try:
+            results = lm.generate(batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+        finally:
+            cuda_lm.MIN_WINDOW = window
         results = results if isinstance(results, list) else [results]
         tpot = statistics.median(r.tpot_s for r in results if r.tpot_s)
         return len(prompts) / tpot
@@ -204,6 +227,8 @@ def vmm_engine(
 
 ENGINES = {
     "vmm": "ai-vmm (static cache, CUDA graphs)",
+    "vmm-inductor": "ai-vmm, decode steps through Inductor",
+    "vmm-full": "ai-vmm, attention over the whole cache",
     "eager": "transformers eager",
     "compiled": "transformers static cache + torch.compile",
 }
@@ -212,8 +237,9 @@ ENGINES = {
 def make_engine(
     key: str, source: Path, dtype: str, device: str, target: str, stem: Path
 ) -> Callable[[list[list[int]], int], float]:
-    if key == "vmm":
-        return vmm_engine(source, dtype, target, Path(f"{stem}-{dtype}.vmm"))
+    if key.startswith("vmm"):
+        variant = key.partition("-")[2]
+        return vmm_engine(source, dtype, target, Path(f"{stem}-{dtype}.vmm"), variant)
     if key in ("eager", "compiled"):
         return hf_engine(source, dtype, device, compiled=key == "compiled")
     raise SystemExit(f"unknown engine {key!r} ({', '.join(ENGINES)})")

@@ -108,7 +108,8 @@ for part in "${PARTS[@]}"; do
         # built once and shared (AI_VMM_TEST_CONVFORMER_PACKAGE).
         mkdir -p /tmp/cfpkg-tests
         python3 -m pytest -q -p no:cacheprovider --collect-only -m gpu -k "${GPU_TESTS_K:-}" \
-            tests/runtime/test_cuda_executor.py tests/targets/test_cuda.py 2>/dev/null |
+            tests/runtime/test_cuda_executor.py tests/targets/test_cuda.py \
+            tests/targets/test_cuda_lm.py 2>/dev/null |
             grep '::' >"$RESULTS/gpu-tests.txt"
         n=0
         while read -r test; do

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ai_vmm.runtime.errors import CompileError, DeviceError
+from ai_vmm.targets.cuda_lm_attention import use_grouped
 
 DEFAULT_MAX_CACHE = 4096
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -73,6 +74,7 @@ def build(
         )
     layers = len(heads)
     work = copy.deepcopy(model).to(device=target, dtype=dtype).eval()
+    grouped = use_grouped(work)
     # transformers >= 5.2x takes the cache as ``cache``, earlier 5.x (5.17 on the GPU machine)
     # as ``past_key_values``; under the other name it lands in ``**kwargs`` unread and the model
     # builds a fresh cache, so every decode step would see only its own token.
@@ -101,6 +103,9 @@ def build(
                 layer.device = keys.device
                 layer.batch_size, layer.num_heads = keys.shape[0], keys.shape[1]
                 layer.k_head_dim, layer.v_head_dim = keys.shape[-1], values.shape[-1]
+                # The runtime hands over a window of the cache (its first columns): the
+                # masks and the attention span that window, not the whole buffer.
+                layer.max_cache_len = keys.shape[2]
                 # Each layer advances its own counter while writing: one copy each.
                 layer.cumulative_length = cache_length.clone()
                 layer.is_initialized = True
@@ -114,13 +119,13 @@ def build(
             )
             return out.logits.float()
 
-    batch, seq = 2, 5
+    batch, seq, window = 2, 5, min(max_len, 64)
     example = [
         torch.randint(0, 100, (batch, seq), device=target),
         torch.cat(
             [
                 torch.ones(batch, seq, dtype=torch.int64, device=target),
-                torch.zeros(batch, max_len - seq, dtype=torch.int64, device=target),
+                torch.zeros(batch, window - seq, dtype=torch.int64, device=target),
             ],
             dim=1,
         ),
@@ -129,7 +134,7 @@ def build(
         torch.tensor([seq - 2, seq - 1], device=target),
     ]
     for h, d in zip(heads, head_dims, strict=True):
-        example += [torch.zeros(batch, h, max_len, d, dtype=dtype, device=target) for _ in range(2)]
+        example += [torch.zeros(batch, h, window, d, dtype=dtype, device=target) for _ in range(2)]
     # seq is bounded by the static cache (torch.export refuses an unbounded one: a guard on
     # the cache length, seen on torch 2.11 with an H200). Named dims first; if export cannot
     # prove a guard on them (torch 2.11 on the GPU: "min(64*seq, 192*seq) == 64*seq"), the
@@ -139,7 +144,7 @@ def build(
     program = None
     for hints in (False, True):
         try:
-            dynamic = _dynamic_shapes(torch, layers, max_len - 1, hints=hints)
+            dynamic = _dynamic_shapes(torch, layers, max_len, hints=hints)
             with torch.no_grad():
                 program = torch.export.export(
                     StaticStep().eval(), tuple(example), dynamic_shapes=dynamic, strict=False
@@ -163,29 +168,40 @@ def build(
         "max_cache_len": max_len,
         "cuda_graphs": target.type == "cuda",
         "torch": torch.__version__,
+        # The step takes any window of the cache's first columns (the runtime passes the
+        # smallest power of two that holds the sequence); older artifacts take the whole cache.
+        "window": True,
+        "attention": "grouped" if grouped else "sdpa",
     }
-    note = f"static KV cache of {max_len} tokens, {precision}, torch.export on {target}"
+    note = (
+        f"static KV cache of {max_len} tokens, {precision}, torch.export on {target}, "
+        f"attention over the cache window in use"
+        + (", query heads grouped per key/value head" if grouped else "")
+    )
     if errors:
         note += f" (named dims refused, exported with DYNAMIC hints: {errors[0][:160]})"
         config_out["export_note"] = errors[0]
     return "decoder.pt2", config_out, note
 
 
-def _dynamic_shapes(torch: Any, layers: int, max_seq: int, *, hints: bool) -> dict[str, Any]:
-    """Dynamic batch, sequence and logit count: named ``Dim``s, or DYNAMIC hints."""
+def _dynamic_shapes(torch: Any, layers: int, max_len: int, *, hints: bool) -> dict[str, Any]:
+    """Dynamic batch, sequence, cache window and logit count: named ``Dim``s, or DYNAMIC
+    hints."""
     from torch.export import Dim
 
     if hints:
-        batch, seq, n = Dim.DYNAMIC, Dim.DYNAMIC(min=1, max=max_seq), Dim.DYNAMIC
+        batch, n = Dim.DYNAMIC, Dim.DYNAMIC
+        seq, window = Dim.DYNAMIC(min=1, max=max_len - 1), Dim.DYNAMIC(min=2, max=max_len)
     else:
-        batch, seq, n = Dim("batch"), Dim("seq", max=max_seq), Dim("n")
+        batch, seq, n = Dim("batch"), Dim("seq", max=max_len - 1), Dim("n")
+        window = Dim("window", min=2, max=max_len)
     return {
         "input_ids": {0: batch, 1: seq},
-        "attention_mask": {0: batch},
+        "attention_mask": {0: batch, 1: window},
         "position_ids": {0: batch, 1: seq},
         "cache_length": None,
         "logit_index": {0: n},
-        "kv": tuple({0: batch} for _ in range(2 * layers)),
+        "kv": tuple({0: batch, 2: window} for _ in range(2 * layers)),
     }
 
 

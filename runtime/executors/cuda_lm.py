@@ -8,11 +8,18 @@ graph (the capture rules of ``runtime/executors/cuda.py``: private stream, one c
 cuBLAS workspaces cleared around it) and replayed after that. Prefill runs eagerly. Rows leave
 by a gather inside the buffers; a larger batch reallocates them (and drops the graphs).
 
+A step sees only a window of the buffers, their first ``window`` columns, the smallest power of
+two from :data:`MIN_WINDOW` that holds the sequence (artifacts whose step takes one: config
+``window``), so attention costs what the sequence needs, not what the cache could hold. Graphs
+are kept per (rows, window). ``decode_compile: inductor`` runs decode steps through
+``torch.compile`` (fused kernels) inside those graphs.
+
 On the CPU (``device_type == "cpu"``, for tests) the same code runs without graphs.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +28,9 @@ import numpy as np
 
 from ai_vmm.runtime.errors import ArtifactError, DeviceError, InputError
 from ai_vmm.runtime.llm.spec import LMSpec
+
+MIN_WINDOW = 256
+"""The smallest cache window a step attends to (windows double from here)."""
 
 
 class CudaDecoder:
@@ -62,14 +72,38 @@ class CudaDecoder:
         if self.max_len <= 0:
             raise ArtifactError("the cuda LM partition has no max_cache_len")
         self.graphs = bool(config.get("cuda_graphs")) and self.torch_device.type == "cuda"
+        # Steps attend over a window of the cache (the first columns, a power of two) where
+        # the artifact's step takes one; older artifacts take the whole cache every step.
+        self.windowed = bool(config.get("window"))
+        # Decode steps through Inductor (fused kernels) before the CUDA-graph capture: the
+        # artifact's choice, or AI_VMM_CUDA_LM_COMPILE=inductor|none for a comparison.
+        self.decode_compile = os.environ.get(
+            "AI_VMM_CUDA_LM_COMPILE", str(config.get("decode_compile") or "none")
+        )
+        if self.decode_compile not in ("none", "inductor"):
+            raise ArtifactError(f"unknown decode_compile {self.decode_compile!r}")
+        self.decode_module: Any = (
+            torch.compile(self.module, dynamic=True)
+            if self.decode_compile == "inductor"
+            else self.module
+        )
         self.device = device
         self.spec = spec
 
     def context(self) -> CudaContext:
         return CudaContext(self)
 
+    def window(self, total: int) -> int:
+        """Cache columns a step over ``total`` tokens attends to."""
+        if not self.windowed:
+            return self.max_len
+        width = MIN_WINDOW
+        while width < total:
+            width *= 2
+        return min(width, self.max_len)
+
     def close(self) -> None:
-        self.module = None
+        self.module = self.decode_module = None
 
 
 class CudaContext:
@@ -82,7 +116,7 @@ class CudaContext:
         self._capacity = 0
         self._rows = 0
         self._length = 0
-        self._graphs: dict[int, Any] = {}
+        self._graphs: dict[tuple[int, int], Any] = {}
         self._stream: Any = None
 
     @property
@@ -113,7 +147,8 @@ class CudaContext:
             )
         self._reserve(rows)
         device = decoder.torch_device
-        mask = np.zeros((rows, decoder.max_len), dtype=np.int64)
+        window = decoder.window(total)
+        mask = np.zeros((rows, window), dtype=np.int64)
         mask[:, :total] = attention_mask
         inputs = [
             torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)).to(device),
@@ -124,9 +159,11 @@ class CudaContext:
         ]
         with torch.inference_mode():
             if seq == 1 and decoder.graphs:
-                logits = self._replay(rows, inputs)
+                logits = self._replay(rows, window, inputs)
+            elif seq == 1:
+                logits = decoder.decode_module(*inputs, *self._views(rows, window))
             else:
-                logits = decoder.module(*inputs, *self._views(rows))
+                logits = decoder.module(*inputs, *self._views(rows, window))
             out = logits.float().cpu().numpy()
         self._length = total
         return out
@@ -167,8 +204,8 @@ class CudaContext:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _views(self, rows: int) -> list[Any]:
-        return [buffer[:rows] for buffer in self._buffers]
+    def _views(self, rows: int, window: int) -> list[Any]:
+        return [buffer[:rows, :, :window] for buffer in self._buffers]
 
     def _reserve(self, rows: int) -> None:
         """Buffers for at least ``rows`` rows (doubling; existing rows are kept)."""
@@ -188,16 +225,16 @@ class CudaContext:
         self._buffers, self._capacity = fresh, capacity
         self._graphs.clear()  # they point at the old buffers
 
-    def _replay(self, rows: int, inputs: list[Any]) -> Any:
+    def _replay(self, rows: int, window: int, inputs: list[Any]) -> Any:
         from ai_vmm.runtime.executors.cuda import capture, private_stream
 
         torch = self._torch
-        graph = self._graphs.get(rows)
+        module = self._decoder.decode_module
+        views = self._views(rows, window)
+        graph = self._graphs.get((rows, window))
         if graph is None:
             if self._stream is None:
                 self._stream = private_stream(torch, self._decoder.torch_device)
-            views = self._views(rows)
-            module = self._decoder.module
 
             def step(*small: Any) -> list[Any]:
                 return [module(*small, *views)]
@@ -205,14 +242,14 @@ class CudaContext:
             try:
                 graph = capture(step, inputs, self._decoder.torch_device, self._stream)
             except Exception:
-                # Some step does a host sync (not capturable): run this batch size eagerly.
-                self._graphs[rows] = False
-                return self._decoder.module(*inputs, *self._views(rows))
-            self._graphs[rows] = graph
+                # Some step does a host sync (not capturable): run this shape eagerly.
+                self._graphs[(rows, window)] = False
+                return module(*inputs, *views)
+            self._graphs[(rows, window)] = graph
             # A capture records without running: replay it below (writing this step's keys
             # and values again, as the warm-up runs inside ``capture`` did, is harmless).
         if graph is False:
-            return self._decoder.module(*inputs, *self._views(rows))
+            return module(*inputs, *views)
         stream = self._stream
         stream.wait_stream(torch.cuda.current_stream(self._decoder.torch_device))
         with torch.cuda.stream(stream):

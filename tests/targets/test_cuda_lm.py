@@ -52,6 +52,30 @@ def test_static_cache_batches_and_joins(lm: CausalLM) -> None:
     assert [r.tokens for r in results if r is not None] == alone[1:]
 
 
+def test_steps_attend_over_windows_of_the_cache(
+    lm: CausalLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A generation that crosses several cache windows (4, 8, ... columns here) keeps
+    transformers' tokens, alone and batched; an artifact without windows attends over the
+    whole cache and gives the same."""
+    from ai_vmm.runtime.executors import cuda_lm as executor
+
+    config = lm.spec.partition.config
+    assert config["window"] is True and config["attention"] == "grouped"
+    monkeypatch.setattr(executor, "MIN_WINDOW", 4)
+    decoder = lm._session  # the CudaDecoder
+    assert [decoder.window(n) for n in (1, 4, 5, 9, 10**6)] == [4, 4, 8, 16, decoder.max_len]
+    ids = lm.encode_prompt(PROMPT)
+    expected = hf_greedy("llama", ids, 40)
+    assert lm.generate(PROMPT, max_new_tokens=40, min_new_tokens=40).tokens == expected  # type: ignore[union-attr]
+    prompts = [PROMPT, "Hi"]
+    batch = lm.generate(prompts, max_new_tokens=20, min_new_tokens=20)
+    assert batch[0].tokens == expected[:20]  # type: ignore[index]
+    monkeypatch.setattr(decoder, "windowed", False)
+    assert decoder.window(5) == decoder.max_len
+    assert lm.generate(PROMPT, max_new_tokens=40, min_new_tokens=40).tokens == expected  # type: ignore[union-attr]
+
+
 def test_static_cache_is_bounded(lm: CausalLM, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="context"):
         lm.generate([5] * lm.context_length)
@@ -150,12 +174,16 @@ def test_the_cache_reaches_a_model_that_takes_past_key_values(tmp_path: Path) ->
 
 
 @pytest.mark.gpu
-def test_cuda_graph_decode_on_the_gpu(tmp_path: Path) -> None:
+def test_cuda_graph_decode_on_the_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On the GPU machine: decode steps replayed as CUDA graphs give transformers' tokens
-    (fp32: identical; bf16: same first token), alone, in a batch and joining an engine."""
+    (fp32: identical, eager and through Inductor; bf16: same first token), alone, in a batch
+    and joining an engine, with windows small enough that a generation crosses several."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU here")
+    from ai_vmm.runtime.executors import cuda_lm as executor
+
+    monkeypatch.setattr(executor, "MIN_WINDOW", 16)
     ids = None
     for precision in ("fp32", "bf16"):
         out = tmp_path / f"llama-{precision}.vmm"
@@ -171,6 +199,13 @@ def test_cuda_graph_decode_on_the_gpu(tmp_path: Path) -> None:
                 assert tokens == expected
             else:
                 assert tokens[0] == expected[0]
+        if precision == "fp32":  # decode steps through Inductor, inside the graphs
+            monkeypatch.setenv("AI_VMM_CUDA_LM_COMPILE", "inductor")
+            with ai_vmm.load(out) as fused:
+                got = fused.generate(PROMPT, max_new_tokens=40, min_new_tokens=40).tokens  # type: ignore[union-attr]
+            monkeypatch.delenv("AI_VMM_CUDA_LM_COMPILE")
+            assert got == expected
+        with ai_vmm.load(out) as lm:
             prompts = [PROMPT, "Hi", "def f(x):\n    return x * 2"]
             alone = [lm.generate(p, max_new_tokens=12, min_new_tokens=12).tokens for p in prompts]  # type: ignore[union-attr]
             batch = lm.generate(prompts, max_new_tokens=12, min_new_tokens=12)
