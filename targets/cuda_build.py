@@ -227,6 +227,7 @@ def _build(
         config["pad_batch"] = padding
     elif padding:
         config["shape_note"] = f"{padding}; {shape_note}" if shape_note else padding
+    fell_back = False
     if eager:
         entry = out_dir / "program.pt2"
         with quiet():
@@ -234,11 +235,31 @@ def _build(
         config["runner"] = "eager"
     else:
         entry = out_dir / "model.pt2"
-        settings, inductor_note = package_program(torch, program, entry, torch_device, options)
-        if inductor_note:
-            config["inductor_note"] = inductor_note
-        config["inductor"] = settings
+        try:
+            settings, inductor_note = package_program(torch, program, entry, torch_device, options)
+        except Exception as exc:
+            # AOTInductor refused a model that exported and checked (torch 2.11 on the GPU:
+            # an assertion inside Inductor for two LSTMs): the exported program runs eagerly,
+            # in CUDA graphs where they capture, rather than no GPU build at all.
+            entry.unlink(missing_ok=True)
+            entry = out_dir / "program.pt2"
+            with quiet():
+                torch.export.save(program, str(entry))
+            config["runner"] = "eager"
+            fell_back = True
+            config["inductor_note"] = (
+                f"AOTInductor could not compile this model ({one_line(exc)[:300]}): the "
+                "exported program runs eagerly"
+            )
+            eager = True
+        else:
+            if inductor_note:
+                config["inductor_note"] = inductor_note
+            config["inductor"] = settings
     stage("package" if not eager else "save")
+    if fell_back and torch_device.startswith("cuda"):
+        config["cuda_graphs"] = graphs_work(exported, example, torch_device)
+        stage("graph check")
     if torch_device.startswith("cuda"):
         props = torch.cuda.get_device_properties(torch.device(torch_device))
         config["compute_capability"] = f"{props.major}.{props.minor}"

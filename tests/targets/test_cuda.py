@@ -86,6 +86,33 @@ def test_cpu_package_runs_with_dynamic_batch_and_checks_fixed_axes(
     )
 
 
+def test_a_model_inductor_refuses_runs_as_its_exported_program(
+    zoo_model: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where AOTInductor fails on a model that exported and checked (two LSTMs on the GPU
+    machine's torch 2.11), the build keeps the exported program, run eagerly, and says why."""
+    from ai_vmm.targets import cuda_build
+
+    def refuse(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("InductorError: AssertionError:")
+
+    monkeypatch.setattr(cuda_build, "package_program", refuse)
+    monkeypatch.setattr(cuda_build, "_CACHE", cuda_build._PackageCache(cuda_build.CACHE_SIZE))
+    path = zoo_model("small_cnn")
+    model = ir.load(path)
+    device = Device("cuda", "cpu", "cpu", "CPU package (test)", {"torch_device": "cpu"})
+    options = TargetOptions(extra={"input_bounds": {}, "sample_dims": {"batch": 1}})
+    payload = CudaTarget().codegen(model, device, options, tmp_path)
+    assert payload.entry == "program.pt2" and payload.config["runner"] == "eager"
+    assert "InductorError" in payload.config["inductor_note"]
+    assert not (tmp_path / "model.pt2").exists()
+    outputs = tuple(v.name or "" for v in model.graph.outputs)
+    executor = create_executor("cuda", tmp_path / payload.entry, "cpu", payload.config, outputs)
+    x = np.random.default_rng(3).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    expected = ort.InferenceSession(str(path)).run(None, {"pixel_values": x})[0]
+    np.testing.assert_allclose(executor.run({"pixel_values": x})["logits"], expected, atol=1e-5)
+
+
 def test_plan_for_an_absent_gpu_defers_its_partitions(
     zoo_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
