@@ -116,7 +116,7 @@ class CudaContext:
         self._capacity = 0
         self._rows = 0
         self._length = 0
-        self._graphs: dict[tuple[int, int], Any] = {}
+        self._graphs: dict[tuple[int, int], _StepGraph | None] = {}
         self._stream: Any = None
 
     @property
@@ -150,21 +150,23 @@ class CudaContext:
         window = decoder.window(total)
         mask = np.zeros((rows, window), dtype=np.int64)
         mask[:, :total] = attention_mask
-        inputs = [
-            torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)).to(device),
-            torch.from_numpy(mask).to(device),
-            torch.from_numpy(np.ascontiguousarray(position_ids, dtype=np.int64)).to(device),
-            torch.tensor(self._length, dtype=torch.int64, device=device),
-            torch.from_numpy(np.ascontiguousarray(logit_index, dtype=np.int64)).to(device),
+        host = [
+            np.ascontiguousarray(input_ids, dtype=np.int64),
+            mask,
+            np.ascontiguousarray(position_ids, dtype=np.int64),
+            np.array(self._length, dtype=np.int64),
+            np.ascontiguousarray(logit_index, dtype=np.int64),
         ]
         with torch.inference_mode():
+            graph = None
             if seq == 1 and decoder.graphs:
-                logits = self._replay(rows, window, inputs)
-            elif seq == 1:
-                logits = decoder.decode_module(*inputs, *self._views(rows, window))
+                graph = self._graph(rows, window, host)
+            if graph is not None:
+                out = self._replay(graph, host)
             else:
-                logits = decoder.module(*inputs, *self._views(rows, window))
-            out = logits.float().cpu().numpy()
+                inputs = [torch.from_numpy(a).to(device) for a in host]
+                module = decoder.decode_module if seq == 1 else decoder.module
+                out = module(*inputs, *self._views(rows, window)).float().cpu().numpy()
         self._length = total
         return out
 
@@ -225,37 +227,59 @@ class CudaContext:
         self._buffers, self._capacity = fresh, capacity
         self._graphs.clear()  # they point at the old buffers
 
-    def _replay(self, rows: int, window: int, inputs: list[Any]) -> Any:
+    def _graph(self, rows: int, window: int, host: list[np.ndarray]) -> _StepGraph | None:
+        """The decode graph of this shape, captured on first use; None where a capture
+        failed (some step does a host sync): that shape runs without one."""
         from ai_vmm.runtime.executors.cuda import capture, private_stream
 
         torch = self._torch
-        module = self._decoder.decode_module
-        views = self._views(rows, window)
-        graph = self._graphs.get((rows, window))
-        if graph is None:
+        key = (rows, window)
+        if key not in self._graphs:
             if self._stream is None:
                 self._stream = private_stream(torch, self._decoder.torch_device)
+            module = self._decoder.decode_module
+            views = self._views(rows, window)
 
             def step(*small: Any) -> list[Any]:
                 return [module(*small, *views)]
 
+            device = self._decoder.torch_device
+            example = [torch.from_numpy(a).to(device) for a in host]
             try:
-                graph = capture(step, inputs, self._decoder.torch_device, self._stream)
+                captured = capture(step, example, device, self._stream)
             except Exception:
-                # Some step does a host sync (not capturable): run this shape eagerly.
-                self._graphs[(rows, window)] = False
-                return module(*inputs, *views)
-            self._graphs[(rows, window)] = graph
-            # A capture records without running: replay it below (writing this step's keys
-            # and values again, as the warm-up runs inside ``capture`` did, is harmless).
-        if graph is False:
-            return module(*inputs, *views)
+                self._graphs[key] = None
+            else:
+                # A capture records without running; the warm-up runs inside ``capture``
+                # wrote this step's keys and values, as the replay will again (harmless).
+                self._graphs[key] = _StepGraph(torch, captured)
+        return self._graphs[key]
+
+    def _replay(self, graph: _StepGraph, host: list[np.ndarray]) -> np.ndarray:
+        """One replay: inputs staged through pinned memory, logits back the same way (the
+        array returned is valid until this context's next step)."""
+        torch = self._torch
+        device = self._decoder.torch_device
         stream = self._stream
-        stream.wait_stream(torch.cuda.current_stream(self._decoder.torch_device))
+        for staged, array in zip(graph.staging, host, strict=True):
+            staged.numpy()[...] = array
+        stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
-            for static, value in zip(graph.inputs, inputs, strict=True):
-                static.copy_(value)
-            graph.graph.replay()
-            logits = graph.outputs[0].clone()
-        torch.cuda.current_stream(self._decoder.torch_device).wait_stream(stream)
-        return logits
+            for static, staged in zip(graph.captured.inputs, graph.staging, strict=True):
+                static.copy_(staged, non_blocking=True)
+            graph.captured.graph.replay()
+            graph.logits.copy_(graph.captured.outputs[0], non_blocking=True)
+        stream.synchronize()
+        return graph.logits.numpy()  # type: ignore[no-any-return]
+
+
+class _StepGraph:
+    """A captured decode step with pinned host buffers for its inputs and its logits."""
+
+    def __init__(self, torch: Any, captured: Any) -> None:
+        self.captured = captured
+        self.staging = [
+            torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in captured.inputs
+        ]
+        out = captured.outputs[0]
+        self.logits = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
