@@ -129,6 +129,19 @@ class Sampler:
             self._seen[token] = True
         return token
 
+    def blocked_if_greedy(self) -> np.ndarray | None:
+        """Where this step's choice is a plain argmax (greedy, no repetition penalty): the
+        tokens it must skip (EOS before ``min_new_tokens``), for a backend that takes the
+        argmax itself (then :meth:`took` records its token); None otherwise."""
+        if not self.params.greedy or self._seen is not None:
+            return None
+        return self._eos if self._step < self.params.min_new_tokens else self._eos[:0]
+
+    def took(self, token: int) -> int:
+        """Record a token chosen by the backend after :meth:`blocked_if_greedy`."""
+        self._step += 1
+        return int(token)
+
     def _draw(self, logits: np.ndarray) -> int:
         params = self.params
         scores = logits.astype(np.float64) / params.temperature

@@ -287,15 +287,25 @@ class Scheduler:
         ids = np.array([[seq.tokens[-1]] for seq in self._running], dtype=np.int64)
         positions = np.array([[seq.position - 1] for seq in self._running], dtype=np.int64)
         mask = np.concatenate([self._mask, np.ones((rows, 1), dtype=np.int64)], axis=1)
+        # Every row greedy and a backend that takes the argmax itself (cuda): tokens come
+        # back instead of the vocabulary-wide logits.
+        greedy = getattr(main, "forward_greedy", None)
+        blocked = [seq.sampler.blocked_if_greedy() for seq in self._running]
         try:
-            logits = main.forward(ids, mask, positions, np.zeros(1, dtype=np.int64))
+            if greedy is not None and all(b is not None for b in blocked):
+                tokens = greedy(ids, mask, positions, blocked)
+                running = zip(self._running, tokens, strict=True)
+                choices = [seq.sampler.took(token) for seq, token in running]
+            else:
+                logits = main.forward(ids, mask, positions, np.zeros(1, dtype=np.int64))
+                choices = [s.sampler.choose(logits[r, -1]) for r, s in enumerate(self._running)]
         except Exception as exc:
             self.fail_all(f"decode step failed: {exc}")
             return
         self._mask = mask
         now = time.perf_counter()
-        for row, seq in enumerate(self._running):
-            self._accept(seq, seq.sampler.choose(logits[row, -1]), now)
+        for seq, token in zip(self._running, choices, strict=True):
+            self._accept(seq, token, now)
         self.decode_steps += 1
         self._retire()
 

@@ -76,6 +76,29 @@ def test_steps_attend_over_windows_of_the_cache(
     assert lm.generate(PROMPT, max_new_tokens=40, min_new_tokens=40).tokens == expected  # type: ignore[union-attr]
 
 
+def test_greedy_steps_choose_on_the_device(lm: CausalLM) -> None:
+    """``forward_greedy`` returns what an argmax over ``forward``'s logits gives, with the
+    blocked tokens skipped (the scheduler takes it when every row is greedy)."""
+    import numpy as np
+
+    prompt = lm.encode_prompt(PROMPT)
+    ids = np.array([prompt[-6:], prompt[:6]])
+    mask = np.ones_like(ids)
+    positions = np.tile(np.arange(ids.shape[1]), (2, 1))
+    plain, greedy = lm._session.context(), lm._session.context()  # type: ignore[attr-defined]
+    for context in (plain, greedy):
+        context.forward(ids, mask, positions, np.array([ids.shape[1] - 1]))
+    step = ids[:, -1:]
+    wider = np.ones((2, ids.shape[1] + 1), np.int64)
+    at = np.full((2, 1), ids.shape[1])
+    logits = plain.forward(step, wider, at, np.zeros(1, np.int64))[:, -1]
+    best = logits.argmax(axis=1)
+    blocked = [np.array([best[0]]), np.array([], np.int64)]
+    tokens = greedy.forward_greedy(step, wider, at, blocked)
+    assert tokens.tolist() == [int(np.argsort(-logits[0])[1]), int(best[1])]
+    assert greedy.length == plain.length == ids.shape[1] + 1
+
+
 def test_static_cache_is_bounded(lm: CausalLM, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="context"):
         lm.generate([5] * lm.context_length)
