@@ -28,6 +28,7 @@ from ai_vmm.driver import CompileResult, resolve_targets, toolchain
 from ai_vmm.frontends import causal_lm as frontend
 from ai_vmm.llm_attention import choose_attention
 from ai_vmm.llm_build import Built, LMRun, build_candidate, calibration, gate_weights
+from ai_vmm.llm_decode import choose_decode_compile
 from ai_vmm.llm_quality import Speed, measure_speed, realistic_prompt
 from ai_vmm.runtime.artifact import (
     MANIFEST,
@@ -119,7 +120,9 @@ def compile_causal_lm(
                 "options": options.to_json(),
                 "toolchain": toolchain(),
                 "devices": [d.key for d in devices],
-                "format": 4,  # 2-4: OpenVINO decoders choose stateful or paged attention
+                # 2-4: OpenVINO decoders choose stateful or paged attention; 5: cuda decoders
+                # attend over cache windows and choose Inductor decode steps or not
+                "format": 5,
             }
         )
         hit = cache.lookup(key)
@@ -180,6 +183,8 @@ def _compile_candidates(run: LMRun, devices: list[Device]) -> Built:
                 continue
         if device.target == "openvino" and options.tune:
             choose_attention(run, candidate)
+        if device.target == "cuda" and options.tune:
+            choose_decode_compile(run, candidate)
         if options.weights is not None:
             candidate = gate_weights(run, candidate)
         built.append(candidate)

@@ -1,0 +1,98 @@
+"""Plain or Inductor-compiled decode steps for a cuda LM, chosen by measurement.
+
+The cuda LM step (``targets/cuda_lm.py``) is an exported program; its decode steps replay as
+CUDA graphs of its kernels as they are. ``decode_compile: inductor`` runs them through
+``torch.compile`` first (fused kernels inside the same graphs), at the price of compiling at
+the first step of each batch size in every process that loads the artifact. Whether that pays
+depends on the model and the GPU, so the compile times both on the built candidate, at a
+realistic request (a 400-token prompt and 64 new tokens, after a warm-up that compiles), and
+keeps Inductor only if it is faster beyond the noise and still reproduces the build's greedy
+tokens (float32: transformers' tokens, ``Built.check_parity``).
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import TYPE_CHECKING, Any
+
+from ai_vmm.llm_quality import Speed, measure_speed, realistic_prompt
+
+if TYPE_CHECKING:
+    from ai_vmm.llm_build import Built, LMRun
+
+PROMPT_TOKENS = 400
+NEW_TOKENS = 64
+ROUNDS = 3
+GAIN = 0.03
+"""Inductor must cut the request time by more than this (3 %) to be kept."""
+
+
+def choose_decode_compile(run: LMRun, built: Built) -> None:
+    """Time ``built`` (loaded with plain decode steps) against itself with Inductor; keep
+    the faster and record why in ``run.report["decode_compile"]``."""
+    tokens = min(PROMPT_TOKENS, built.lm.context_length // 2)
+    prompt = realistic_prompt(built.lm.tokenizer, tokens)
+    run.say(f"decode steps: plain against Inductor at a {len(prompt)}-token prompt")
+    speeds: dict[str, list[Speed]] = {}
+    for mode in ("none", "inductor"):
+        if mode != "none":
+            try:
+                built.reconfigure({"decode_compile": mode})
+            except Exception as exc:  # torch.compile unavailable or broken here
+                return _keep_plain(run, built, speeds, f"Inductor did not load: {exc}")
+        try:
+            measure_speed(built.lm, prompt[:32], 8, runs=1)  # compiles, captures
+            speeds[mode] = [
+                measure_speed(built.lm, prompt, NEW_TOKENS, runs=1) for _ in range(ROUNDS)
+            ]
+        except Exception as exc:
+            if mode == "none":
+                raise
+            return _keep_plain(run, built, speeds, f"Inductor failed to run: {exc}")
+    figures = {mode: _median(values) for mode, values in speeds.items()}
+    fused, plain = figures["inductor"], figures["none"]
+    if fused["request_ms"] >= (1 - GAIN) * plain["request_ms"]:
+        return _keep_plain(run, built, speeds, f"Inductor was not faster: {_say(figures)}")
+    if run.options.verify:
+        problem = built.check_parity(run)
+        if problem is not None:
+            return _keep_plain(run, built, speeds, f"Inductor: {problem}")
+    run.report["decode_compile"] = {
+        "chosen": "inductor",
+        "why": f"Inductor was faster: {_say(figures)}",
+        **figures,
+    }
+    built.notes.append(f"decode steps: {run.report['decode_compile']['why']}")
+
+
+def _keep_plain(run: LMRun, built: Built, speeds: dict[str, list[Speed]], why: str) -> None:
+    if built.manifest.partitions[0].config.get("decode_compile", "none") != "none":
+        built.reconfigure({"decode_compile": "none"})
+    run.report["decode_compile"] = {
+        "chosen": "none",
+        "why": why,
+        **{mode: _median(values) for mode, values in speeds.items() if values},
+    }
+    built.notes.append(f"decode steps: {why}")
+
+
+def _median(values: list[Speed]) -> dict[str, Any]:
+    return {
+        "request_ms": round(
+            1000 * statistics.median(v.ttft_s + v.new_tokens / v.decode_tok_s for v in values), 2
+        ),
+        "decode_tok_s": round(statistics.median(v.decode_tok_s for v in values), 2),
+        "ttft_ms": round(1000 * statistics.median(v.ttft_s for v in values), 2),
+        "rounds": [v.to_json() for v in values],
+    }
+
+
+def _say(figures: dict[str, dict[str, Any]]) -> str:
+    fused, plain = figures["inductor"], figures["none"]
+    first = fused["rounds"][0]
+    return (
+        f"{fused['request_ms']:.0f} against {plain['request_ms']:.0f} ms a request of "
+        f"{first['prompt_tokens']} + {first['new_tokens']} tokens (decode "
+        f"{fused['decode_tok_s']:.1f} against {plain['decode_tok_s']:.1f} tok/s; medians of "
+        f"{len(fused['rounds'])} rounds each)"
+    )
