@@ -248,8 +248,9 @@ def make_engine(
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
-    device = "cpu" if args.tiny else "cuda:0"
-    target = "cuda:cpu" if args.tiny else "cuda:0"
+    on_cpu = args.tiny or args.on_cpu
+    device = "cpu" if on_cpu else "cuda:0"
+    target = "cuda:cpu" if on_cpu else "cuda:0"
     root = Path(args.work)
     rows: list[dict[str, Any]] = []
     for name, source in model_dirs(args.models.split(","), root, args.tiny).items():
@@ -346,6 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tiny", action="store_true", help="CPU smoke run: a tiny Llama, fp32, batch 1 and 2."
     )
+    parser.add_argument(
+        "--on-cpu",
+        action="store_true",
+        help="Run the cuda LM path on the CPU (target cuda:cpu, no graphs) with the models and "
+        "settings given: the same mechanisms, for a machine without a GPU (table not written).",
+    )
     args = parser.parse_args(argv)
     if args.tiny:
         args.models, args.dtypes, args.batches = "tiny-llama", "fp32", "1,2"
@@ -357,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python scripts/bench_generate_gpu.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
-    if not args.tiny:
+    if not (args.tiny or args.on_cpu):
         write_section(args.out, markdown(rows, args, command.strip()))
         print(f"wrote {args.out}")
     if args.json is not None:
