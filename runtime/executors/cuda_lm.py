@@ -203,9 +203,10 @@ class CudaContext:
         if list(rows) == list(range(self._rows)):
             return
         index = torch.tensor(list(rows), dtype=torch.int64, device=self._decoder.torch_device)
+        used = self._length  # columns past it hold nothing yet: not copied
         with torch.inference_mode():
             for buffer in self._buffers:
-                buffer[: len(rows)] = buffer.index_select(0, index)
+                buffer[: len(rows), :, :used] = buffer[:, :, :used].index_select(0, index)
         self._rows = len(rows)
 
     def read_cache(self) -> list[np.ndarray]:

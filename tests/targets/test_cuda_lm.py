@@ -99,6 +99,37 @@ def test_greedy_steps_choose_on_the_device(lm: CausalLM) -> None:
     assert greedy.length == plain.length == ids.shape[1] + 1
 
 
+def test_rows_that_finish_early_leave_the_cache(
+    lm: CausalLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row that stops first leaves the batch (``keep``: the cache rows gathered over the
+    written columns); the others go on with their own keys and values."""
+    from ai_vmm.runtime.executors import cuda_lm as executor
+
+    kept: list[list[int]] = []
+    real_keep = executor.CudaContext.keep
+
+    def keep(self: Any, rows: Any) -> None:
+        kept.append(list(rows))
+        real_keep(self, rows)
+
+    monkeypatch.setattr(executor.CudaContext, "keep", keep)
+    prompts = [PROMPT, "def f(x):\n    return x * 2"]
+    lengths = [5, 14]
+    alone = [
+        lm.generate(p, max_new_tokens=n, min_new_tokens=n).tokens  # type: ignore[union-attr]
+        for p, n in zip(prompts, lengths, strict=True)
+    ]
+    with lm.engine(max_batch=2) as engine:
+        handles = [
+            engine.submit(lm.encode_prompt(p), GenerationParams(max_new_tokens=n, min_new_tokens=n))
+            for p, n in zip(prompts, lengths, strict=True)
+        ]
+        results = [h.wait(120) for h in handles]
+    assert [r.tokens for r in results if r is not None] == alone
+    assert [1] in kept  # the first row left, the second stayed
+
+
 def test_static_cache_is_bounded(lm: CausalLM, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="context"):
         lm.generate([5] * lm.context_length)
