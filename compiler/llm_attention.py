@@ -14,10 +14,9 @@ the decoder that ships.
 
 from __future__ import annotations
 
-import statistics
 from typing import TYPE_CHECKING, Any
 
-from ai_vmm.llm_quality import Speed, measure_speed, realistic_prompt
+from ai_vmm.llm_quality import Speed, measure_speed, realistic_prompt, speed_figures
 
 if TYPE_CHECKING:
     from ai_vmm.llm_build import Built, LMRun
@@ -45,7 +44,7 @@ def choose_attention(run: LMRun, built: Built) -> None:
             if got != mode:
                 return _keep_stateful(run, built, speeds, note or f"{mode} attention unavailable")
             speeds[mode].append(measure_speed(built.lm, prompt, NEW_TOKENS, runs=1))
-    figures = {mode: _median(values) for mode, values in speeds.items()}
+    figures = {mode: speed_figures(values) for mode, values in speeds.items()}
     paged, stateful = figures["paged"], figures["stateful"]
     if paged["request_ms"] > (1 + NOISE) * stateful["request_ms"]:
         return _keep_stateful(run, built, speeds, f"paged attention was slower: {_say(figures)}")
@@ -68,18 +67,7 @@ def _keep_stateful(run: LMRun, built: Built, speeds: dict[str, list[Speed]], why
     run.report["attention"] = {
         "chosen": "stateful",
         "why": why,
-        **{mode: _median(values) for mode, values in speeds.items() if values},
-    }
-
-
-def _median(values: list[Speed]) -> dict[str, Any]:
-    return {
-        "request_ms": round(
-            1000 * statistics.median(v.ttft_s + v.new_tokens / v.decode_tok_s for v in values), 2
-        ),
-        "decode_tok_s": round(statistics.median(v.decode_tok_s for v in values), 2),
-        "ttft_ms": round(1000 * statistics.median(v.ttft_s for v in values), 2),
-        "rounds": [v.to_json() for v in values],
+        **{mode: speed_figures(values) for mode, values in speeds.items() if values},
     }
 
 

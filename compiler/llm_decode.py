@@ -12,10 +12,9 @@ tokens (float32: transformers' tokens, ``Built.check_parity``).
 
 from __future__ import annotations
 
-import statistics
 from typing import TYPE_CHECKING, Any
 
-from ai_vmm.llm_quality import Speed, measure_speed, realistic_prompt
+from ai_vmm.llm_quality import Speed, measure_speed, realistic_prompt, speed_figures
 
 if TYPE_CHECKING:
     from ai_vmm.llm_build import Built, LMRun
@@ -49,7 +48,7 @@ def choose_decode_compile(run: LMRun, built: Built) -> None:
             if mode == "none":
                 raise
             return _keep_plain(run, built, speeds, f"Inductor failed to run: {exc}")
-    figures = {mode: _median(values) for mode, values in speeds.items()}
+    figures = {mode: speed_figures(values) for mode, values in speeds.items()}
     fused, plain = figures["inductor"], figures["none"]
     if fused["request_ms"] >= (1 - GAIN) * plain["request_ms"]:
         return _keep_plain(run, built, speeds, f"Inductor was not faster: {_say(figures)}")
@@ -71,20 +70,9 @@ def _keep_plain(run: LMRun, built: Built, speeds: dict[str, list[Speed]], why: s
     run.report["decode_compile"] = {
         "chosen": "none",
         "why": why,
-        **{mode: _median(values) for mode, values in speeds.items() if values},
+        **{mode: speed_figures(values) for mode, values in speeds.items() if values},
     }
     built.notes.append(f"decode steps: {why}")
-
-
-def _median(values: list[Speed]) -> dict[str, Any]:
-    return {
-        "request_ms": round(
-            1000 * statistics.median(v.ttft_s + v.new_tokens / v.decode_tok_s for v in values), 2
-        ),
-        "decode_tok_s": round(statistics.median(v.decode_tok_s for v in values), 2),
-        "ttft_ms": round(1000 * statistics.median(v.ttft_s for v in values), 2),
-        "rounds": [v.to_json() for v in values],
-    }
 
 
 def _say(figures: dict[str, dict[str, Any]]) -> str:

@@ -182,6 +182,19 @@ class Speed:
         }
 
 
+def speed_figures(values: Sequence[Speed]) -> dict[str, Any]:
+    """Medians over rounds of ``measure_speed``: request time (TTFT + decoding), decode
+    tokens/s, TTFT, and the rounds themselves (how the compile's timed choices report)."""
+    return {
+        "request_ms": round(
+            1000 * statistics.median(v.ttft_s + v.new_tokens / v.decode_tok_s for v in values), 2
+        ),
+        "decode_tok_s": round(statistics.median(v.decode_tok_s for v in values), 2),
+        "ttft_ms": round(1000 * statistics.median(v.ttft_s for v in values), 2),
+        "rounds": [v.to_json() for v in values],
+    }
+
+
 def measure_speed(lm: Any, prompt: Sequence[int], new_tokens: int, runs: int = 3) -> Speed:
     """Greedy runs with EOS blocked; medians of TTFT and of decode speed."""
     ttfts, speeds = [], []
