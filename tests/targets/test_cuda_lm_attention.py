@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from lm_support import hf_dir
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -58,20 +59,13 @@ def test_without_a_mask_it_is_transformers_sdpa() -> None:
 
 
 def test_a_model_switches_to_it() -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = AutoModelForCausalLM.from_pretrained(hf_dir("llama")).eval()  # 4 heads, 2 KV heads
     ids = torch.tensor([[3, 5, 7, 11, 13]])
+    mask = torch.tensor([[0, 1, 1, 1, 1]])
     with torch.no_grad():
-        before = model(input_ids=ids, attention_mask=torch.tensor([[0, 1, 1, 1, 1]])).logits
+        before = model(input_ids=ids, attention_mask=mask).logits
         assert use_grouped(model) and model.config._attn_implementation == NAME
-        after = model(input_ids=ids, attention_mask=torch.tensor([[0, 1, 1, 1, 1]])).logits
+        after = model(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(after[:, 1:], before[:, 1:], rtol=1e-5, atol=1e-5)
