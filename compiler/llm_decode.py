@@ -41,6 +41,9 @@ def choose_decode_compile(run: LMRun, built: Built) -> None:
                 return _keep_plain(run, built, speeds, f"Inductor did not load: {exc}")
         try:
             measure_speed(built.lm, prompt[:32], 8, runs=1)  # compiles, captures
+            note = built.lm.decode_compile[1]
+            if note is not None:  # Inductor gave up at its first steps here
+                return _keep_plain(run, built, speeds, note)
             speeds[mode] = [
                 measure_speed(built.lm, prompt, NEW_TOKENS, runs=1) for _ in range(ROUNDS)
             ]

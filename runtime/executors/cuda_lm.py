@@ -19,7 +19,9 @@ On the CPU (``device_type == "cpu"``, for tests) the same code runs without grap
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -83,7 +85,7 @@ class CudaDecoder:
         if self.decode_compile not in ("none", "inductor"):
             raise ArtifactError(f"unknown decode_compile {self.decode_compile!r}")
         self.decode_module: Any = (
-            torch.compile(self.module, dynamic=True)
+            _FusedSteps(torch.compile(self.module, dynamic=True), self.module)
             if self.decode_compile == "inductor"
             else self.module
         )
@@ -102,8 +104,38 @@ class CudaDecoder:
             width *= 2
         return min(width, self.max_len)
 
+    @property
+    def decode_note(self) -> str | None:
+        """Why decode steps run plain although the artifact asked for Inductor, if so."""
+        return getattr(self.decode_module, "note", None)
+
     def close(self) -> None:
         self.module = self.decode_module = None
+
+
+class _FusedSteps:
+    """Inductor-compiled decode steps, compiled at the first step of each shape in this
+    process; if compiling or running them fails here (no C compiler, a Triton or Inductor
+    error), the plain steps from then on, with a warning and :attr:`note` saying why. A
+    failed step is simply run again: it rewrites the same cache columns."""
+
+    def __init__(self, compiled: Any, plain: Any) -> None:
+        self._compiled: Any = compiled
+        self._plain = plain
+        self.note: str | None = None
+
+    def __call__(self, *args: Any) -> Any:
+        if self._compiled is not None:
+            try:
+                return self._compiled(*args)
+            except Exception as exc:
+                self._compiled = None
+                self.note = (
+                    "Inductor decode steps failed in this process "
+                    f"({' '.join(str(exc).split())[:300] or type(exc).__name__}): plain steps"
+                )
+                warnings.warn(self.note, RuntimeWarning, stacklevel=2)
+        return self._plain(*args)
 
 
 class CudaContext:
@@ -274,9 +306,15 @@ class CudaContext:
 
             device = self._decoder.torch_device
             example = [torch.from_numpy(a).to(device) for a in host]
+            before = self._decoder.decode_note
             try:
                 captured = capture(step, example, device, self._stream)
             except Exception:
+                captured = None
+                if self._decoder.decode_note != before:  # Inductor gave up inside: again,
+                    with contextlib.suppress(Exception):  # with the plain steps
+                        captured = capture(step, example, device, self._stream)
+            if captured is None:
                 self._graphs[key] = None
             else:
                 # A capture records without running; the warm-up runs inside ``capture``

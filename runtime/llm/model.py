@@ -91,6 +91,15 @@ class CausalLM:
             getattr(self._session, "attention_note", None),
         )
 
+    @property
+    def decode_compile(self) -> tuple[str, str | None]:
+        """How decode steps run (cuda: ``inductor`` or ``none``; other backends ``none``), and
+        why they run plain although the artifact asked for Inductor, if so."""
+        return (
+            str(getattr(self._session, "decode_compile", "none")),
+            getattr(self._session, "decode_note", None),
+        )
+
     def report(self) -> dict[str, Any]:
         """The artifact's ``report.json`` (what was built and why)."""
         return read_report(self.root)
