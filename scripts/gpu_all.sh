@@ -65,7 +65,7 @@ for part in "${PARTS[@]}"; do
         # One process per engine: one process running all three died with a segmentation
         # fault on the H200 (2026-12-04) while the torch.compile baseline warmed up.
         cp docs/generate.md "$RESULTS/generate.md" 2>/dev/null
-        for engine in ${GENERATE_ENGINES:-vmm eager compiled}; do
+        for engine in ${GENERATE_ENGINES:-vmm,vmm-inductor,vmm-tuned compiled eager}; do
             run_part "generate-$engine" "$PART_SECONDS_generate" python3 -X faulthandler \
                 scripts/bench_generate_gpu.py --engines "$engine" \
                 --models smollm2,llama1b --dtypes bf16 --batches 1,16 --new-tokens 64 \
