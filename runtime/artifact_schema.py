@@ -96,6 +96,14 @@ _CONFIGS: dict[str, dict[str, Any]] = {
         "torch": {"type": "string"},
         "compute_capability": {"type": "string"},
         "gpu": {"type": "string"},
+        # "eager": the exported program where AOTInductor failed (targets/cuda_build.py)
+        "runner": {"enum": ["aoti", "eager"]},
+        # causal-lm decoders (runtime/executors/cuda_lm.py): steps over a window of the
+        # static cache, grouped-query attention, decode steps through Inductor or not
+        "max_cache_len": _COUNT,
+        "window": {"type": "boolean"},
+        "attention": {"enum": ["grouped", "sdpa"]},
+        "decode_compile": {"enum": ["none", "inductor"]},
     },
     "tensorrt": {"precision": {"type": "string"}},
 }

@@ -142,6 +142,14 @@ BAD_MANIFESTS: dict[str, tuple[Edit, str]] = {
         ),
         "static_batches/32/entry",
     ),
+    "unknown cuda runner": (
+        lambda m: m["partitions"][0].update(target="cuda", config={"runner": "python"}),
+        "partitions/0/config/runner",
+    ),
+    "unknown decode compile": (
+        lambda m: m["partitions"][0].update(target="cuda", config={"decode_compile": "exec"}),
+        "partitions/0/config/decode_compile",
+    ),
     "static batch not a number": (
         lambda m: m["partitions"][0].update(
             target="cuda",
