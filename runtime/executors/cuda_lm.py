@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ai_vmm.runtime.errors import ArtifactError, DeviceError, InputError
+from ai_vmm.runtime.llm.session import check_step
 from ai_vmm.runtime.llm.spec import LMSpec
 
 MIN_WINDOW = 256
@@ -196,6 +197,7 @@ class CudaContext:
             self._rows = rows
         if rows != self._rows:
             raise InputError(f"step of {rows} rows on a cache of {self._rows} rows")
+        check_step(attention_mask, rows, self._length, seq)
         total = self._length + seq
         if total > decoder.max_len:
             raise InputError(

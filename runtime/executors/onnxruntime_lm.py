@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ai_vmm.runtime.errors import ArtifactError, DeviceError, InputError
+from ai_vmm.runtime.llm.session import check_step
 from ai_vmm.runtime.llm.spec import LMSpec
 
 _LEVELS = {
@@ -100,11 +101,9 @@ class OnnxRuntimeContext:
         if self._cache is None:
             empty = [np.zeros(s, decoder.dtype) for s in decoder.spec.cache.shapes(rows, 0)]
             self._set(empty)
-        if rows != self._rows or attention_mask.shape != (rows, self._length + seq):
-            raise InputError(
-                f"step of {rows} rows x {seq} tokens does not fit a cache of {self._rows} rows x "
-                f"{self._length} (attention mask {list(attention_mask.shape)})"
-            )
+        if rows != self._rows:
+            raise InputError(f"step of {rows} rows on a cache of {self._rows} rows")
+        check_step(attention_mask, rows, self._length, seq)
         binding = decoder._binding()
         feeds = {
             "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),

@@ -38,3 +38,27 @@ def test_import_errors_name_their_cause(
     assert type(info.value) is raised
     if raised is DeviceError:
         assert "pip install openvino" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "target", ["openvino:CPU", "openvino:CPU+paged", "onnxruntime:CPU", "cuda:cpu"]
+)
+def test_every_backend_refuses_a_mask_that_does_not_fit(target: str) -> None:
+    """The one step check (``check_step``) in each backend: a mask one column short is a
+    clean InputError, not a numpy or backend error."""
+    import numpy as np
+
+    from ai_vmm.runtime.errors import InputError
+
+    if target == "cuda:cpu":
+        pytest.importorskip("torch")
+    root = tiny_artifact("llama", target)
+    spec = LMSpec.from_manifest(read_manifest(root))
+    decoder = session.open_session(root, spec)
+    try:
+        context = decoder.context()
+        ids = np.array([[5, 6, 7]], np.int64)
+        with pytest.raises(InputError, match="does not fit 1 rows x \\(0 cached \\+ 3 new\\)"):
+            context.forward(ids, np.ones((1, 2), np.int64), np.arange(3)[None], np.array([2]))
+    finally:
+        decoder.close()
