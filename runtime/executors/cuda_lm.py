@@ -118,7 +118,8 @@ class _FusedSteps:
     """Inductor-compiled decode steps, compiled at the first step of each shape in this
     process; if compiling or running them fails here (no C compiler, a Triton or Inductor
     error), the plain steps from then on, with a warning and :attr:`note` saying why. A
-    failed step is simply run again: it rewrites the same cache columns."""
+    failed step is simply run again plain (it rewrites the same cache columns); if that fails
+    too, the inputs were the problem: its error is raised and Inductor stays."""
 
     def __init__(self, compiled: Any, plain: Any) -> None:
         self._compiled: Any = compiled
@@ -130,12 +131,14 @@ class _FusedSteps:
             try:
                 return self._compiled(*args)
             except Exception as exc:
+                out = self._plain(*args)
                 self._compiled = None
                 self.note = (
                     "Inductor decode steps failed in this process "
                     f"({' '.join(str(exc).split())[:300] or type(exc).__name__}): plain steps"
                 )
                 warnings.warn(self.note, RuntimeWarning, stacklevel=2)
+                return out
         return self._plain(*args)
 
 

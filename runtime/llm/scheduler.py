@@ -290,7 +290,7 @@ class Scheduler:
         # Every row greedy and a backend that takes the argmax itself (cuda): tokens come
         # back instead of the vocabulary-wide logits.
         greedy = getattr(main, "forward_greedy", None)
-        blocked = [seq.sampler.blocked_if_greedy() for seq in self._running]
+        blocked = [s.sampler.blocked_if_greedy() for s in self._running] if greedy else []
         try:
             if greedy is not None and all(b is not None for b in blocked):
                 tokens = greedy(ids, mask, positions, blocked)

@@ -270,3 +270,24 @@ def test_cuda_graph_decode_on_the_gpu(tmp_path: Path, monkeypatch: pytest.Monkey
                 if precision == "fp32"
                 else [g[0] for g in got] == [a[0] for a in alone]
             )
+
+
+def test_fused_steps_give_up_only_when_the_plain_steps_run() -> None:
+    """Inductor's steps fall back to the plain ones when those run the same inputs; when the
+    plain steps fail too, the inputs were wrong: their error is raised and Inductor stays."""
+    from ai_vmm.runtime.executors.cuda_lm import _FusedSteps
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("InductorError: no C++ compiler")
+
+    def bad_inputs(*args: Any) -> Any:
+        raise ValueError("shape mismatch")
+
+    steps = _FusedSteps(broken, bad_inputs)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        steps(1)
+    assert steps.note is None
+    steps = _FusedSteps(broken, lambda x: x + 1)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        assert steps(1) == 2
+    assert steps.note is not None and steps(2) == 3  # plain from then on, no second warning
