@@ -14,17 +14,22 @@ the decoder that ships.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ai_vmm.llm_quality import Speed, measure_speed, realistic_prompt, speed_figures
+from ai_vmm.llm_quality import (
+    CHOICE_NEW_TOKENS,
+    CHOICE_ROUNDS,
+    Speed,
+    choice_prompt,
+    measure_speed,
+    race,
+    speed_figures,
+    timed_choice,
+)
 
 if TYPE_CHECKING:
     from ai_vmm.llm_build import Built, LMRun
 
-PROMPT_TOKENS = 400
-"""The bench's long prompt (``vmmc bench --generate``): where prefill and attention show."""
-NEW_TOKENS = 64
-ROUNDS = 3
 NOISE = 0.02
 """Request times within 2 % are a tie (paged is kept)."""
 
@@ -32,51 +37,33 @@ NOISE = 0.02
 def choose_attention(run: LMRun, built: Built) -> None:
     """Time ``built`` (stateful, loaded) against itself paged; keep the faster (``built`` is
     reconfigured in place) and record why in ``run.report["attention"]``."""
-    tokens = min(PROMPT_TOKENS, built.lm.context_length // 2)
-    prompt = realistic_prompt(built.lm.tokenizer, tokens)
+    prompt = choice_prompt(built.lm)
     run.say(f"attention: stateful against paged at a {len(prompt)}-token prompt")
     speeds: dict[str, list[Speed]] = {"stateful": [], "paged": []}
-    for _ in range(ROUNDS):
+    for _ in range(CHOICE_ROUNDS):
         for mode in speeds:
             if built.lm.attention[0] != mode:  # a reload (the first round's stateful is loaded)
                 built.reconfigure({"attention": mode})
             got, note = built.lm.attention
             if got != mode:
                 return _keep_stateful(run, built, speeds, note or f"{mode} attention unavailable")
-            speeds[mode].append(measure_speed(built.lm, prompt, NEW_TOKENS, runs=1))
+            speeds[mode].append(measure_speed(built.lm, prompt, CHOICE_NEW_TOKENS, runs=1))
     figures = {mode: speed_figures(values) for mode, values in speeds.items()}
     paged, stateful = figures["paged"], figures["stateful"]
     if paged["request_ms"] > (1 + NOISE) * stateful["request_ms"]:
-        return _keep_stateful(run, built, speeds, f"paged attention was slower: {_say(figures)}")
+        why = f"paged attention was slower: {race(paged, stateful)}"
+        return _keep_stateful(run, built, speeds, why)
     if run.options.verify and run.options.precision == "fp32":
         problem = built.check_parity(run)
         if problem is not None:
             return _keep_stateful(run, built, speeds, f"paged attention: {problem}")
     run.attention = "paged"
-    run.report["attention"] = {
-        "chosen": "paged",
-        "why": f"paged attention was not slower: {_say(figures)}",
-        **figures,
-    }
+    why = f"paged attention was not slower: {race(paged, stateful)} (interleaved rounds)"
+    run.report["attention"] = timed_choice("paged", why, speeds)
     built.notes.append(f"attention: {run.report['attention']['why']}")
 
 
 def _keep_stateful(run: LMRun, built: Built, speeds: dict[str, list[Speed]], why: str) -> None:
     built.reconfigure({"attention": "stateful"})
     run.attention = "stateful"
-    run.report["attention"] = {
-        "chosen": "stateful",
-        "why": why,
-        **{mode: speed_figures(values) for mode, values in speeds.items() if values},
-    }
-
-
-def _say(figures: dict[str, dict[str, Any]]) -> str:
-    p, s = figures["paged"], figures["stateful"]
-    first = p["rounds"][0]
-    return (
-        f"{p['request_ms']:.0f} against {s['request_ms']:.0f} ms a request of "
-        f"{first['prompt_tokens']} + {first['new_tokens']} tokens (decode {p['decode_tok_s']:.1f} "
-        f"against {s['decode_tok_s']:.1f} tok/s, TTFT {p['ttft_ms']:.0f} against "
-        f"{s['ttft_ms']:.0f} ms; medians of {len(p['rounds'])} interleaved rounds)"
-    )
+    run.report["attention"] = timed_choice("stateful", why, speeds)

@@ -12,16 +12,22 @@ tokens (float32: transformers' tokens, ``Built.check_parity``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ai_vmm.llm_quality import Speed, measure_speed, realistic_prompt, speed_figures
+from ai_vmm.llm_quality import (
+    CHOICE_NEW_TOKENS,
+    CHOICE_ROUNDS,
+    Speed,
+    choice_prompt,
+    measure_speed,
+    race,
+    speed_figures,
+    timed_choice,
+)
 
 if TYPE_CHECKING:
     from ai_vmm.llm_build import Built, LMRun
 
-PROMPT_TOKENS = 400
-NEW_TOKENS = 64
-ROUNDS = 3
 GAIN = 0.03
 """Inductor must cut the request time by more than this (3 %) to be kept."""
 
@@ -29,8 +35,7 @@ GAIN = 0.03
 def choose_decode_compile(run: LMRun, built: Built) -> None:
     """Time ``built`` (loaded with plain decode steps) against itself with Inductor; keep
     the faster and record why in ``run.report["decode_compile"]``."""
-    tokens = min(PROMPT_TOKENS, built.lm.context_length // 2)
-    prompt = realistic_prompt(built.lm.tokenizer, tokens)
+    prompt = choice_prompt(built.lm)
     run.say(f"decode steps: plain against Inductor at a {len(prompt)}-token prompt")
     speeds: dict[str, list[Speed]] = {}
     for mode in ("none", "inductor"):
@@ -45,7 +50,8 @@ def choose_decode_compile(run: LMRun, built: Built) -> None:
             if note is not None:  # Inductor gave up at its first steps here
                 return _keep_plain(run, built, speeds, note)
             speeds[mode] = [
-                measure_speed(built.lm, prompt, NEW_TOKENS, runs=1) for _ in range(ROUNDS)
+                measure_speed(built.lm, prompt, CHOICE_NEW_TOKENS, runs=1)
+                for _ in range(CHOICE_ROUNDS)
             ]
         except Exception as exc:
             if mode == "none":
@@ -54,36 +60,18 @@ def choose_decode_compile(run: LMRun, built: Built) -> None:
     figures = {mode: speed_figures(values) for mode, values in speeds.items()}
     fused, plain = figures["inductor"], figures["none"]
     if fused["request_ms"] >= (1 - GAIN) * plain["request_ms"]:
-        return _keep_plain(run, built, speeds, f"Inductor was not faster: {_say(figures)}")
+        return _keep_plain(run, built, speeds, f"Inductor was not faster: {race(fused, plain)}")
     if run.options.verify:
         problem = built.check_parity(run)
         if problem is not None:
             return _keep_plain(run, built, speeds, f"Inductor: {problem}")
-    run.report["decode_compile"] = {
-        "chosen": "inductor",
-        "why": f"Inductor was faster: {_say(figures)}",
-        **figures,
-    }
+    why = f"Inductor was faster: {race(fused, plain)}"
+    run.report["decode_compile"] = timed_choice("inductor", why, speeds)
     built.notes.append(f"decode steps: {run.report['decode_compile']['why']}")
 
 
 def _keep_plain(run: LMRun, built: Built, speeds: dict[str, list[Speed]], why: str) -> None:
     if built.manifest.partitions[0].config.get("decode_compile", "none") != "none":
         built.reconfigure({"decode_compile": "none"})
-    run.report["decode_compile"] = {
-        "chosen": "none",
-        "why": why,
-        **{mode: speed_figures(values) for mode, values in speeds.items() if values},
-    }
+    run.report["decode_compile"] = timed_choice("none", why, speeds)
     built.notes.append(f"decode steps: {why}")
-
-
-def _say(figures: dict[str, dict[str, Any]]) -> str:
-    fused, plain = figures["inductor"], figures["none"]
-    first = fused["rounds"][0]
-    return (
-        f"{fused['request_ms']:.0f} against {plain['request_ms']:.0f} ms a request of "
-        f"{first['prompt_tokens']} + {first['new_tokens']} tokens (decode "
-        f"{fused['decode_tok_s']:.1f} against {plain['decode_tok_s']:.1f} tok/s; medians of "
-        f"{len(fused['rounds'])} rounds each)"
-    )

@@ -195,6 +195,37 @@ def speed_figures(values: Sequence[Speed]) -> dict[str, Any]:
     }
 
 
+CHOICE_PROMPT_TOKENS = 400
+"""The request a compile's timed choices run (attention, decode steps): the bench's long prompt
+(``vmmc bench --generate``), where prefill and attention show, and 64 new tokens."""
+CHOICE_NEW_TOKENS = 64
+CHOICE_ROUNDS = 3
+
+
+def choice_prompt(lm: Any) -> list[int]:
+    """The timed choices' prompt for ``lm``: real text, at most half its context."""
+    return realistic_prompt(lm.tokenizer, min(CHOICE_PROMPT_TOKENS, lm.context_length // 2))
+
+
+def timed_choice(chosen: str, why: str, speeds: dict[str, list[Speed]]) -> dict[str, Any]:
+    """A compile's timed choice between runtime configurations, as the report records it:
+    what was kept, why, and each contender's figures (:func:`speed_figures`)."""
+    figures = {mode: speed_figures(values) for mode, values in speeds.items() if values}
+    return {"chosen": chosen, "why": why, **figures}
+
+
+def race(first: dict[str, Any], second: dict[str, Any]) -> str:
+    """Two contenders' :func:`speed_figures` in one line, the first against the second."""
+    request = first["rounds"][0]
+    return (
+        f"{first['request_ms']:.0f} against {second['request_ms']:.0f} ms a request of "
+        f"{request['prompt_tokens']} + {request['new_tokens']} tokens (decode "
+        f"{first['decode_tok_s']:.1f} against {second['decode_tok_s']:.1f} tok/s, TTFT "
+        f"{first['ttft_ms']:.0f} against {second['ttft_ms']:.0f} ms; medians of "
+        f"{len(first['rounds'])} rounds)"
+    )
+
+
 def measure_speed(lm: Any, prompt: Sequence[int], new_tokens: int, runs: int = 3) -> Speed:
     """Greedy runs with EOS blocked; medians of TTFT and of decode speed."""
     ttfts, speeds = [], []

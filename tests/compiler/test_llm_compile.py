@@ -314,7 +314,7 @@ def test_tuned_compile_keeps_the_faster_attention(
         cache_dir=tmp_path / "cache",  # not the shared one: a cached artifact skips the choice
     )
     attention = result.report["attention"]
-    assert seen.count("paged") == seen.count("stateful") == llm_attention.ROUNDS
+    assert seen.count("paged") == seen.count("stateful") == llm_attention.CHOICE_ROUNDS
     assert attention["chosen"] == faster, attention
     assert attention["paged"]["decode_tok_s"] == (100.0 if faster == "paged" else 50.0)
     assert result.manifest["partitions"][0]["config"]["attention"] == faster

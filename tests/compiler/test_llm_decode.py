@@ -38,7 +38,7 @@ def test_tuned_compile_keeps_the_faster_decode_steps(
         hf_dir("llama"), target="cuda:cpu", output=tmp_path / "tuned.vmm", cache_dir=tmp_path
     )
     choice = result.report["decode_compile"]
-    assert seen.count("none") == seen.count("inductor") == llm_decode.ROUNDS + 1  # + warm-up
+    assert seen.count("none") == seen.count("inductor") == llm_decode.CHOICE_ROUNDS + 1  # + warm-up
     assert choice["chosen"] == faster, choice
     assert choice["inductor"]["decode_tok_s"] == (100.0 if faster == "inductor" else 50.0)
     config = result.manifest["partitions"][0]["config"]
