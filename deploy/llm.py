@@ -231,7 +231,8 @@ def _build(spec: BuildSpec, source: Path, out_dir: Path, vmm: VMM, say: Any) -> 
     from ai_vmm.runtime.artifact import is_artifact
 
     # tune: for one device, what an LM compile tunes is OpenVINO's attention (stateful or
-    # paged, timed on the float build: compiler/llm_attention.py); threads are searched here
+    # paged: compiler/llm_attention.py) and cuda's decode steps (plain or Inductor:
+    # compiler/llm_decode.py), timed on the build; threads are searched here
     options: dict[str, Any] = {"tune": True, "cache_dir": vmm.store.path("lm-compile-cache")}
     if spec.precision == "int8":
         options["weights"] = "int8"

@@ -49,7 +49,9 @@ from ai_vmm.runtime.errors import ArtifactError
 
 DEFAULT_ROOT = Path.home() / ".cache" / "ai-vmm" / "deployments"
 EXPLANATION = "explanation.json"
-STORE_FORMAT = 2  # 2: LM builds time stateful against paged attention (OpenVINO)
+# 2: LM builds time stateful against paged attention (OpenVINO); 3: cuda LM builds attend over
+# cache windows and time Inductor decode steps against plain ones
+STORE_FORMAT = 3
 _VERSIONED = ("ai-vmm", "onnx", "onnxruntime", "openvino", "nncf", "torch", "transformers")
 
 
