@@ -16,8 +16,11 @@ its float16 findings). Nothing here needs a GPU.
   ``static_dispatch`` on every real sample against ONNX Runtime on the original model: the
   largest difference, and which samples ran on the static package.
 
-Usage: ``python scripts/cuda_cpu_real.py aoti|fp16|padding|static [MODEL ...]`` (default: every real
-model). A model whose build fails prints its one-line error; ``--timeout`` bounds
+* ``eager``: the build's fallback where AOTInductor refuses (made to refuse here), the
+  exported program run eagerly, on every real sample against ONNX Runtime.
+
+Usage: ``python scripts/cuda_cpu_real.py aoti|fp16|padding|static|eager [MODEL ...]``
+(default: every real model). A model whose build fails prints its one-line error; ``--timeout`` bounds
 each AOTInductor build (a child process per model).
 """
 
@@ -200,12 +203,60 @@ def static(rm: Any, name: str) -> dict[str, Any]:
         }
 
 
+def eager(rm: Any, name: str) -> dict[str, Any]:
+    """The build's fallback where AOTInductor refuses (refused here as torch 2.11's Inductor
+    refused chars2vec and Silero VAD's sequence model on the H200): the exported program, run
+    eagerly, on every real sample against ONNX Runtime on the original model."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from ai_vmm.partition import sample_dims, sample_sizes
+    from ai_vmm.runtime.executors import create_executor
+    from ai_vmm.targets import cuda_build
+    from ai_vmm.targets.base import TargetOptions
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("InductorError: AssertionError: (refused for this check)")
+
+    cuda_build.package_program = refuse  # this child process only
+    model, module = _module(rm, name)
+    samples = rm.samples(name)
+    options = TargetOptions(
+        extra={
+            "input_bounds": {},
+            "sample_dims": sample_dims(model, samples[0]),
+            "sample_sizes": sample_sizes(model, samples),
+        }
+    )
+    session = ort.InferenceSession(str(rm.model_path(name)), providers=["CPUExecutionProvider"])
+    outputs = tuple(v.name or "" for v in model.graph.outputs)
+    with tempfile.TemporaryDirectory() as tmp:
+        payload = cuda_build._build(module, "onnx", model, options, Path(tmp), "fp32", False, "cpu")
+        executor = create_executor(
+            "cuda", Path(tmp) / payload.entry, "cpu", payload.config, outputs
+        )
+        worst = 0.0
+        for feed in samples:
+            got, want = executor.run(feed), session.run(list(outputs), feed)
+            worst = max(
+                worst,
+                *(float(np.max(np.abs(got[n] - w))) for n, w in zip(outputs, want, strict=True)),
+            )
+        return {
+            "entry": payload.entry,
+            "runner": payload.config.get("runner"),
+            "samples": [{k: list(v.shape) for k, v in feed.items()} for feed in samples],
+            "max_abs_vs_onnxruntime": worst,
+        }
+
+
 def _child(part: str, name: str, queue: Any) -> None:
     from ai_vmm.bench_real import load_realmodels
 
     rm = load_realmodels(REPO / "models" / "realmodels.py")
     try:
-        parts = {"aoti": aoti, "fp16": fp16, "padding": padding, "static": static}
+        parts = {"aoti": aoti, "fp16": fp16, "padding": padding, "static": static, "eager": eager}
         queue.put({"model": name, **parts[part](rm, name)})
     except Exception as exc:  # the failure is the finding
         queue.put({"model": name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"})
@@ -213,7 +264,7 @@ def _child(part: str, name: str, queue: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["aoti", "fp16", "padding", "static"])
+    parser.add_argument("part", choices=["aoti", "fp16", "padding", "static", "eager"])
     parser.add_argument("models", nargs="*")
     parser.add_argument("--timeout", type=float, default=900.0, help="s per model")
     args = parser.parse_args(argv)
