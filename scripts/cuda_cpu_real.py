@@ -20,8 +20,8 @@ its float16 findings). Nothing here needs a GPU.
   exported program run eagerly, on every real sample against ONNX Runtime.
 
 Usage: ``python scripts/cuda_cpu_real.py aoti|fp16|padding|static|eager [MODEL ...]``
-(default: every real model). A model whose build fails prints its one-line error; ``--timeout`` bounds
-each AOTInductor build (a child process per model).
+(default: every real model). A model whose build fails prints its one-line error;
+``--timeout`` bounds each AOTInductor build (a child process per model).
 """
 
 from __future__ import annotations
