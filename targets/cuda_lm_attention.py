@@ -71,7 +71,9 @@ def grouped_sdpa(
     out = torch.nn.functional.scaled_dot_product_attention(
         folded, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling
     )
-    out = out.reshape(batch, heads, seq, value.shape[-1]).transpose(1, 2).contiguous()
+    # [b, kv_heads, groups * seq, d] -> [b, seq, heads, d] by splitting and permuting only:
+    # a reshape of SDPA's output would make torch.export guard on its strides.
+    out = out.unflatten(2, (groups, seq)).permute(0, 3, 1, 2, 4).contiguous().flatten(2, 3)
     return out, None
 
 

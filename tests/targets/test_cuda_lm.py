@@ -62,6 +62,7 @@ def test_steps_attend_over_windows_of_the_cache(
 
     config = lm.spec.partition.config
     assert config["window"] is True and config["attention"] == "grouped"
+    assert "export_note" not in config  # named dims exported at once: no guard refused them
     monkeypatch.setattr(executor, "MIN_WINDOW", 4)
     decoder = lm._session  # the CudaDecoder
     assert [decoder.window(n) for n in (1, 4, 5, 9, 10**6)] == [4, 4, 8, 16, decoder.max_len]
