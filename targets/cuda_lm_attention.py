@@ -15,7 +15,7 @@ and SDPA runs once per key/value head, reading the cache as it is. The output is
 same way. Anything this does not cover (no mask, softcapping, position biases, masks per head)
 goes to ``transformers``' own SDPA function unchanged. (Recent ``transformers`` folds the same
 way in ``pack_gqa``, but for one query token only and not while torch.export or torch.compile
-traces, which is exactly when the step is made; 5.17 on the GPU machine predates it.)
+traces, which is exactly when the step is made.)
 """
 
 from __future__ import annotations
