@@ -46,6 +46,12 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SMOLLM2 = Path.home() / ".cache" / "ai-vmm" / "realmodels" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+GPU_ALL_COMMAND = (
+    "bash scripts/gpu_all.sh OUT generate (per engine group: python3 scripts/bench_generate_gpu.py "
+    "--engines E --models smollm2,llama1b --dtypes bf16 --batches 1,16 --new-tokens 64 --rounds 2 "
+    "--json J); then python scripts/bench_generate_gpu.py --render-only --json "
+    "docs/generate-gpu.json"
+)
 MAX_NEW = 512
 """The static caches of the torch.compile baseline hold prompt + this many tokens."""
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
@@ -262,6 +268,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     device = "cpu" if on_cpu else "cuda:0"
     target = "cuda:cpu" if on_cpu else "cuda:0"
     root = Path(args.work)
+    gpu = "CPU" if on_cpu else torch.cuda.get_device_name(0)
     rows: list[dict[str, Any]] = []
     for name, source in model_dirs(args.models.split(","), root, args.tiny).items():
         for dtype in args.dtypes.split(","):
@@ -280,6 +287,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         speeds[label].append(engine(prompts, args.new_tokens))
                 for label, values in speeds.items():
                     row = {
+                        "gpu": gpu,
+                        "when": time.strftime("%Y-%m-%d %H:%M"),
+                        "prompt_tokens": args.prompt_tokens,
+                        "new_tokens": args.new_tokens,
                         "model": name,
                         "dtype": dtype,
                         "batch": batch,
@@ -298,31 +309,41 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -> str:
-    gpu = "CPU (smoke run)"
-    try:
-        import torch
+BASELINE = "transformers static cache + torch.compile"
 
-        if torch.cuda.is_available():
-            gpu = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
+
+def markdown(rows: list[dict[str, Any]], command: str) -> str:
+    """The table of ``rows`` (sorted by model, precision, batch), each row against the
+    torch.compile baseline of the same model, precision and batch (measured on the same GPU)."""
+    gpus = sorted({str(r.get("gpu", "GPU not recorded")) for r in rows})
+    dates = sorted({str(r["when"]) for r in rows if r.get("when")})
+    when = f"{dates[0]} to {dates[-1]}" if len(dates) > 1 else (dates[0] if dates else "")
     lines = [
-        f"{gpu}; greedy, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, EOS "
-        f"blocked; decode tokens/s summed over the batch, median of {args.rounds} "
-        f"rounds [min-max] (engines named together in one run alternate round by round; "
-        f"`scripts/gpu_all.sh` runs each engine in a process of its own); "
-        f"{time.strftime('%Y-%m-%d %H:%M')}.",
+        f"{', '.join(gpus)}; greedy, prompt {rows[0].get('prompt_tokens', 128) if rows else 128} "
+        f"tokens, {rows[0].get('new_tokens', 64) if rows else 64} new tokens, EOS blocked; "
+        "decode tokens/s summed over the batch, median of the rounds [min-max]; each engine "
+        "in a process of its own, one after the other on one machine "
+        f"(`scripts/gpu_all.sh generate`); {when}.",
         "",
         f"Command: `{command}`",
         "",
-        "| model | precision | batch | engine | decode tok/s |",
-        "|---|---|---|---|---|",
+        "| model | precision | batch | engine | decode tok/s | x torch.compile |",
+        "|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    base = {
+        (r["model"], r["dtype"], r["batch"]): r["decode_tok_s"]
+        for r in rows
+        if r["engine"] == BASELINE
+    }
+    order = {name: i for i, name in enumerate(ENGINES.values())}
+    for r in sorted(
+        rows, key=lambda r: (r["model"], r["dtype"], r["batch"], order.get(r["engine"], 99))
+    ):
+        reference = base.get((r["model"], r["dtype"], r["batch"]))
+        ratio = "-" if reference is None else f"{r['decode_tok_s'] / reference:.2f}x"
         lines.append(
             f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['engine']} | "
-            f"{r['decode_tok_s']} [{r['spread'][0]}-{r['spread'][1]}] |"
+            f"{r['decode_tok_s']} [{r['spread'][0]}-{r['spread'][1]}] | {ratio} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -355,6 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "generate.md")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="Rewrite the table in --out from the rows in --json (no run): how the table in "
+        "docs/generate.md is made from docs/generate-gpu.json on any machine.",
+    )
+    parser.add_argument(
         "--tiny", action="store_true", help="CPU smoke run: a tiny Llama, fp32, batch 1 and 2."
     )
     parser.add_argument(
@@ -367,15 +394,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         args.models, args.dtypes, args.batches = "tiny-llama", "fp32", "1,2"
         args.new_tokens, args.prompt_tokens, args.rounds = 8, 16, 1
-    faulthandler.enable()
-    Path(args.work).mkdir(parents=True, exist_ok=True)
     before = json.loads(args.json.read_text()) if args.json and args.json.is_file() else []
-    rows = _merge_rows(before, run(args))
     command = "python scripts/bench_generate_gpu.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
+    if args.render_only:
+        if not before:
+            parser.error("--render-only needs --json with rows")
+        command = GPU_ALL_COMMAND
+        write_section(args.out, markdown(before, command))
+        print(f"wrote {args.out}")
+        return 0
+    faulthandler.enable()
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    rows = _merge_rows(before, run(args))
     if not (args.tiny or args.on_cpu):
-        write_section(args.out, markdown(rows, args, command.strip()))
+        write_section(args.out, markdown(rows, command.strip()))
         print(f"wrote {args.out}")
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -66,6 +66,16 @@ def bench(rm: Any, name: str, cache: Path, work: Path, rounds: int, box_s: float
         row["error"] = f"compile: {type(exc).__name__}: {' '.join(str(exc).split())[:1500]}"
         return row
     row["compile_s"] = round(time.perf_counter() - start, 1)
+    manifest = json.loads((Path(result.path) / "manifest.json").read_text())
+    row["partitions"] = [  # how each GPU payload runs: AOTInductor, or eagerly where it failed
+        {
+            "target": part.get("target"),
+            "runner": part.get("config", {}).get("runner", "aoti"),
+            "cuda_graphs": part.get("config", {}).get("cuda_graphs"),
+            "inductor_note": part.get("config", {}).get("inductor_note"),
+        }
+        for part in manifest.get("partitions", [])
+    ]
     checked = check_artifact(result.path, source, samples)
     row["match"], row["samples"] = checked["match"], checked["samples"]
     artifact = load(result.path)
@@ -112,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             row = bench(rm, name, args.cache, Path(tmp), args.rounds, args.seconds)
             rows.append(row)
             args.json.write_text(json.dumps(rows, indent=1))
-            keys = ("model", "compile_s", "match", "ms", "error")
+            keys = ("model", "compile_s", "match", "ms", "partitions", "error")
             _say(json.dumps({k: row.get(k) for k in keys}))
     return 0
 

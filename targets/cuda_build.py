@@ -183,12 +183,12 @@ def _build(
     module = module.to(torch_device)
     bounds = options.extra.get("input_bounds") or {}
     sample_dims = options.extra.get("sample_dims") or {}
-    example, dims = example_inputs(graph_inputs, bounds, sample_dims, torch_device)
+    known = options.extra.get("sample_sizes") or {}
+    example, dims = example_inputs(graph_inputs, bounds, sample_dims, torch_device, known)
     program, shape_note = export(module, example, list(module.arg_names), dims, graph_inputs)
     stage("export")
     specs = input_specs(program, graph_inputs, dims)
     exported = program.module()  # unlifted once: both checks below run it eagerly
-    known = options.extra.get("sample_sizes") or {}
     candidates = {
         (index, axis): [int(n) for n in known.get(axis_symbol(value, axis, dim), ())]
         for index, value in enumerate(graph_inputs)

@@ -28,10 +28,15 @@ def example_inputs(
     bounds: dict[str, list[Any]],
     sample_dims: dict[str, int],
     torch_device: str,
+    sample_sizes: dict[str, list[int]] | None = None,
 ) -> tuple[list[Any], dict[str, tuple[int, int]]]:
     """Example tensors for ``torch.export`` and the (min, max) of every symbolic dimension.
 
     A dynamic axis gets size >= 2 in the example (torch.export specialises sizes 0 and 1).
+    Without a bound from the user an axis ranges over 1..``DEFAULT_MAX_DIM``, or up to the
+    largest size the samples show (``sample_sizes``) where that is larger: openWakeWord's
+    mel-spectrogram takes 32,000 audio samples, and a package compiled for at most 4,096 was
+    refused on its own sample (H100, 2026-12-06).
     """
     import torch
 
@@ -48,10 +53,11 @@ def example_inputs(
                 shape.append(dim)
                 continue
             symbol = axis_symbol(value, axis, dim)
-            low, high = 1, DEFAULT_MAX_DIM
+            seen = (sample_sizes or {}).get(symbol) or [0]
+            low, high = 1, max(DEFAULT_MAX_DIM, *(int(n) for n in seen))
             bound = limits[axis] if axis < len(limits) else None
             if isinstance(bound, list | tuple) and len(bound) == 2:
-                low, high = int(bound[0] or 1), int(bound[1] or DEFAULT_MAX_DIM)
+                low, high = int(bound[0] or 1), int(bound[1] or high)
             elif isinstance(bound, int):
                 low = high = bound
             if symbol in dims:
