@@ -26,7 +26,7 @@ from ai_vmm.runtime.devices import Device  # noqa: E402
 from ai_vmm.runtime.errors import CompileError, InputError  # noqa: E402
 from ai_vmm.runtime.executors import create_executor  # noqa: E402
 from ai_vmm.targets import cuda_build, cuda_estimate  # noqa: E402
-from ai_vmm.targets.base import TargetOptions  # noqa: E402
+from ai_vmm.targets.base import TargetOptions, axis_symbol  # noqa: E402
 from ai_vmm.targets.cuda import CudaTarget, spec_figures  # noqa: E402
 
 CPU = Device("cuda", "cpu", "cpu", "CPU package (test)", {"torch_device": "cpu"})
@@ -171,6 +171,26 @@ def test_dynamic_ranges_are_recorded_and_enforced(tmp_path: Path) -> None:
         executor.run({"x": x, "ids": x})
     with pytest.raises(InputError, match="missing input 'ids'"):
         executor.run({"x": x})
+
+
+def test_an_unbounded_axis_reaches_the_largest_size_the_samples_show(tmp_path: Path) -> None:
+    """Without a user bound an axis ranges to 4,096, or to the largest sample where that is
+    larger: openWakeWord's mel-spectrogram takes 32,000 audio samples, and its package was
+    refused on its own sample (H100, 2026-12-06)."""
+    path = _two_inputs(tmp_path / "two.onnx")
+    model = ir.load(path)
+    symbol = axis_symbol(model.graph.inputs[0], 1, model.graph.inputs[0].shape[1])
+    options = TargetOptions(extra={"sample_dims": {}, "sample_sizes": {symbol: [8, 5000]}})
+    payload = CudaTarget().float_baseline(model, CPU, options, _dir(tmp_path / "p"))
+    specs = {s["name"]: s for s in payload.config["inputs"]}
+    assert specs["x"]["ranges"]["1"][1] == 5000 and specs["x"]["ranges"]["0"][1] == 4096
+    executor = create_executor(
+        "cuda", tmp_path / "p" / payload.entry, "cpu", payload.config, ("y",)
+    )
+    x = np.ones((1, 5000), np.float32)
+    ids = np.ones((1, 5000), np.int64)
+    want = ort.InferenceSession(str(path)).run(None, {"x": x, "ids": ids})[0]
+    np.testing.assert_allclose(executor.run({"x": x, "ids": ids})["y"], want)
 
 
 def test_a_capped_axis_keeps_size_one_in_range(
