@@ -56,6 +56,19 @@ def test_layer_precisions_names_the_storage_type() -> None:
     assert found and set(found.values()) == {"i8"}
 
 
+def test_int4_is_asymmetric_and_keeps_the_tied_table_int8() -> None:
+    """INT4 stores unsigned 4-bit weights with a zero point per group (asymmetric: on SmolLM2
+    it kept the gate's answers with twice the share of INT4 layers that symmetric INT4 did);
+    the embedding table, which the tied LM head reads too, stays INT8."""
+    pytest.importorskip("nncf")
+    model = _tied_model()
+    openvino_lm._weights_output_major(model)
+    compression = openvino_lm.WeightCompression("int4", group_size=8)
+    assert "asymmetric" in compression.describe()
+    found = openvino_lm.layer_precisions(openvino_lm.compress(model, compression))
+    assert sorted(found.values()) == ["i8", "i8", "u4"]  # the head, the lookup; the layer
+
+
 def test_constant_reshapes_use_the_inputs_shared_dimensions() -> None:
     """``view(batch, seq, -1, 4)`` with ``batch`` read off another input (as the exporter writes
     it) gets the constant ``[0, 0, 2, 4]`` (``0`` copies the input's axis), and the same numbers."""
