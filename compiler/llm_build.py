@@ -46,8 +46,9 @@ if TYPE_CHECKING:
 AGREEMENT_TOKENS = 64
 PERPLEXITY_TOKENS = 2048
 INT4_RATIOS = (1.0, 0.8, 0.6, 0.4, 0.2, 0.1)
-DYNAMIC_QUANTIZATION_FALLBACK = (64, 128, 0)
-"""Activation groups tried when the plugin's default fails the gate (0: off)."""
+DYNAMIC_QUANTIZATION_FALLBACK = (64, 128)
+"""Activation groups tried when the plugin's default fails the gate; off (0) only at the last
+attempt (``gate_weights``)."""
 LOOP_DROP = 0.25
 """A reply whose share of distinct 4-grams is this much below the float reply's has fallen
 into a loop: the gate refuses it whatever its average agreement (SmolLM2 with INT8 weights and
@@ -295,12 +296,17 @@ def gate_weights(run: LMRun, float_build: Built) -> Built:
         say(f"weights {spec.mode} (ratio {spec.ratio:g}) on {float_build.device.key}")
         candidate = build_candidate(run, float_build.device, spec)
         # OpenVINO's CPU plugin quantizes activations on the fly (groups of 32) for compressed
-        # weights where the CPU has VNNI/AMX; when that fails the gate, larger groups, then none
-        # (and for the next attempts only while a fallback fixed something the default failed).
+        # weights where the CPU has VNNI/AMX; when that fails the gate, larger groups (and for
+        # the next attempts only while a fallback fixed something the default failed). None at
+        # all only at the last attempt: it decodes slower than a smaller share of INT4 layers
+        # with it on (SmolLM2 INT4 at ratio 1.0 passed only with it off, at 51 tok/s, where
+        # ratio 0.8 passed with it on at 60; 2026-12-06, 2-core Xeon).
         default_group = _dynamic_quantization(candidate)
         groups: list[int | None] = [None]
         if default_group and fallbacks_help:
-            groups += [g for g in DYNAMIC_QUANTIZATION_FALLBACK if g > default_group or not g]
+            groups += [g for g in DYNAMIC_QUANTIZATION_FALLBACK if g > default_group]
+        if default_group and spec == specs[-1]:
+            groups.append(0)
         failures: list[set[str]] = []
         for group in groups:
             if group is not None:
