@@ -119,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             _say(f"{name} ...")
-            row = bench(rm, name, args.cache, Path(tmp), args.rounds, args.seconds)
+            try:
+                row = bench(rm, name, args.cache, Path(tmp), args.rounds, args.seconds)
+            except Exception as exc:  # a file the carry lacks: the next models still run
+                row = {"model": name, "error": f"{type(exc).__name__}: {exc}"[:1500]}
             rows.append(row)
             args.json.write_text(json.dumps(rows, indent=1))
             keys = ("model", "compile_s", "match", "ms", "partitions", "error")
