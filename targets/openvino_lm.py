@@ -41,7 +41,7 @@ DEFAULT_INT4_GROUP = 32
 """Groups of 32 (NNCF's default is 128, which SmolLM2's hidden size 576 does not divide): on
 SmolLM2, data-aware INT4 passed the quality gate with 60 % of the layers in INT4 in groups of
 32 (perplexity +2.3 %) and with 40 % in groups of 64 (+3.7 %), at the same decode speed
-(symmetric INT4, Xeon with AMX, 2026-12-04). Asymmetric INT4 (2026-12-06): 80 % in groups of
+(symmetric INT4, an earlier session). Asymmetric INT4 (2026-12-06): 80 % in groups of
 32, 20 % in groups of 64 (perplexity +2.1 %; agreement at 40 % only 0.47)."""
 
 
