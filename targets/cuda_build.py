@@ -200,7 +200,15 @@ def _build(
         note = f"the export differs from the model at {raised}: those sizes are refused"
         shape_note = f"{shape_note}; {note}" if shape_note else note
     padding = batch_padding(
-        program, exported, module, example, specs, dims, graph_inputs, precision
+        program,
+        exported,
+        module,
+        example,
+        specs,
+        dims,
+        graph_inputs,
+        precision,
+        [v.name for v in model.graph.outputs],
     )
     stage("size checks")
     if source == "torch":

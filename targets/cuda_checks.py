@@ -102,55 +102,131 @@ def batch_padding(
     dims: dict[str, tuple[int, int]],
     inputs: list[ir.Value],
     precision: str,
-) -> dict[str, int] | str:
+    outputs: list[str] | None = None,
+) -> dict[str, Any] | str:
     """Where the package's batch range starts above the one asked for, whether a smaller batch
     can run padded up to the package's least batch (rows repeated, outputs cut back).
 
     Torch 2.11 exported the zoo Llama with batch 2..N whatever we asked (H200, 2026-12-04),
-    and the executor refused batch 1. Padding is right only where rows do not mix: the axis
-    must be the leading axis of every input and output, and the program at the padded size
-    must give the model's own result at the small one (checked here on the example's rows).
-    Returns ``{"from": small, "to": least}``, or why not (recorded in the payload's note).
+    and the executor refused batch 1; torch 2.13 exports Silero VAD's streaming model with its
+    batch from 2, and there the batch is axis 1 of the state input and output. The batch is a
+    dynamic dimension whose least size went up and that leads at least one input; it may be
+    another axis of other inputs (inputs without it pass as they are), and every output must
+    have it on one axis. Padding is right only where rows do not mix: the program at the padded
+    size must give the model's own result at the small one (checked on the example's rows). Returns
+    ``{"from": small, "to": least, "inputs": {name: axis}, "outputs": {name: axis}}``, or why
+    not (recorded in the payload's note). Other raised dimensions stay refused.
     """
+    raised: dict[str, int] = {}  # export symbol -> the least axis it is on
+    asked: dict[str, set[int]] = {}
+    for spec, value in zip(specs, inputs, strict=True):
+        for axis, dim in enumerate(value.shape or []):
+            expr = spec.get("symbols", {}).get(str(axis))
+            if isinstance(dim, int) or expr is None:
+                continue
+            want = dims[axis_symbol(value, axis, dim)][0]
+            asked.setdefault(expr, set()).add(int(want))
+            if spec["ranges"].get(str(axis), [0, 0])[0] > want:
+                raised[expr] = min(axis, raised.get(expr, axis))
+    reasons: list[str] = []
+    for expr in [e for e, axis in raised.items() if axis == 0]:  # a batch leads some input
+        found = _padding_for(program, specs, expr)
+        if isinstance(found, str):
+            reasons.append(found)
+            continue
+        small = next(iter(asked[expr])) if len(asked[expr]) == 1 else 0
+        if not 1 <= small < found["to"]:
+            reasons.append(f"no padding: no single size below {found['to']} asked for {expr}")
+            continue
+        if not outputs or len(outputs) != len(found["outputs"]):
+            return "no padding: the outputs' names are not known"
+        checked = _rows_do_not_mix(
+            exported,
+            module,
+            example,
+            found["axes"],
+            found["outputs"],
+            small,
+            found["to"],
+            precision,
+        )
+        if checked:
+            reasons.append(checked)
+            continue
+        return {
+            "from": int(small),
+            "to": int(found["to"]),
+            "inputs": {inputs[i].name: axis for i, axis in found["axes"].items()},
+            "outputs": dict(zip(outputs, found["outputs"], strict=True)),
+        }
+    return reasons[0] if reasons else ""
+
+
+def _padding_for(program: Any, specs: list[dict[str, Any]], expr: str) -> dict[str, Any] | str:
+    """Where the dimension ``expr`` is: at most one axis of each input, exactly one of each
+    output; the least size the package takes. Or why it cannot be the padded batch."""
+    pairs = [
+        (index, int(axis_key))
+        for index, spec in enumerate(specs)
+        for axis_key, symbol in spec.get("symbols", {}).items()
+        if symbol == expr
+    ]
+    axes = dict(pairs)
+    if len(axes) != len(pairs):
+        return f"no padding: an input has {expr} on two axes"
+    first = next(iter(axes))
+    least = int(specs[first]["ranges"][str(axes[first])][0])
+    out_nodes = next(n for n in program.graph.nodes if n.op == "output").args[0]
+    out_axes: list[int] = []
+    for node in out_nodes:
+        shape = getattr(getattr(node, "meta", {}).get("val"), "shape", ())
+        found = [
+            axis
+            for axis, size in enumerate(shape)
+            if is_size(getattr(getattr(size, "node", None), "expr", None), expr)
+        ]
+        if len(found) != 1:
+            return f"no padding: an output does not have the batch ({expr}) on one axis"
+        out_axes.append(found[0])
+    return {"axes": axes, "outputs": out_axes, "to": least}
+
+
+def _rows_do_not_mix(
+    exported: Any,
+    module: Any,
+    example: list[Any],
+    axes: dict[int, int],
+    out_axes: list[int],
+    small: int,
+    least: int,
+    precision: str,
+) -> str:
+    """The program at ``least`` rows, cut back to ``small``, gives the module's result at
+    ``small``; '' if so, else why not."""
     import torch
 
-    lows = {spec.get("symbols", {}).get("0"): spec["ranges"].get("0", [0, 0])[0] for spec in specs}
-    if len(lows) != 1 or None in lows:
-        return "no padding: the inputs' leading axes are not one batch axis"
-    ((expr, least),) = lows.items()
-    wanted = {
-        dims[axis_symbol(v, 0, v.shape[0])][0]
-        for v in inputs
-        if v.shape and len(v.shape) and not isinstance(v.shape[0], int)
-    }
-    if len(wanted) != 1:
-        return "no padding: no single batch size was asked for"
-    small = wanted.pop()
-    if not 1 <= small < least:
-        return ""
-    outputs = next(n for n in program.graph.nodes if n.op == "output").args[0]
-    for node in outputs:
-        shape = getattr(getattr(node, "meta", {}).get("val"), "shape", ())
-        if not shape or not is_size(getattr(getattr(shape[0], "node", None), "expr", None), expr):
-            return f"no padding: an output's leading axis is not the batch ({expr})"
-    if any(t.shape[0] < small for t in example):
+    if any(example[i].shape[a] < small for i, a in axes.items()):
         return "no padding: the example has fewer rows than the batch asked for"
     # Checked with other rows than the executor's padding (it repeats the last row): a copy of
     # a row hides mixing that averages rows. Where the example (the user's samples: often one
     # image) has too few rows, the extra ones are its rows mirrored along the last axis.
-    rows = [t.narrow(0, 0, small) for t in example]
-    padded = [rows_up_to(t, least, torch) for t in example]
+    rows = [t.narrow(axes[i], 0, small) if i in axes else t for i, t in enumerate(example)]
+    padded = [
+        rows_up_to(t, least, torch, axes[i]) if i in axes else t for i, t in enumerate(example)
+    ]
     try:
         with torch.inference_mode():
             want = torch.utils._pytree.tree_leaves(module(*rows))
             got = torch.utils._pytree.tree_leaves(exported(*padded))
     except Exception as exc:
         return f"no padding: the check at batch {least} failed: {one_line(exc)[:200]}"
-    cut = [g.narrow(0, 0, small) for g in got]
+    if len(got) != len(out_axes):
+        return f"no padding: {len(got)} outputs, the program's graph has {len(out_axes)}"
+    cut = [g.narrow(axis, 0, small) for g, axis in zip(got, out_axes, strict=True)]
     differs = difference(cut, want, precision)
     if differs:
         return f"no padding: rows mix (batch {least} cut to {small} differs: {differs})"
-    return {"from": int(small), "to": int(least)}
+    return ""
 
 
 def is_size(size: Any, symbol: str) -> bool:
@@ -171,9 +247,12 @@ def is_size(size: Any, symbol: str) -> bool:
         return False
 
 
-def rows_up_to(tensor: Any, rows: int, torch: Any) -> Any:
-    """``tensor``'s first ``rows`` rows, completed with its own rows mirrored along the last
-    axis (other values of the same kind and range) where it has fewer."""
+def rows_up_to(tensor: Any, rows: int, torch: Any, axis: int = 0) -> Any:
+    """``tensor``'s first ``rows`` rows along ``axis``, completed with its own rows mirrored
+    along the last axis (other values of the same kind and range) where it has fewer."""
+    if axis:
+        moved = rows_up_to(tensor.movedim(axis, 0), rows, torch)
+        return moved.movedim(0, axis).contiguous()
     if tensor.shape[0] >= rows:
         return tensor.narrow(0, 0, rows)
     extra = tensor.flip(-1) if tensor.dim() > 1 else tensor

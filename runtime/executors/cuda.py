@@ -40,6 +40,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,7 @@ class CudaExecutor:
         self._use_graphs = bool(config.get("cuda_graphs")) and self._cuda
         self._cudnn_benchmark = bool(config.get("cudnn_benchmark", False))
         pad = config.get("pad_batch")
-        self._pad = (int(pad["from"]), int(pad["to"])) if pad else None
+        self._pad = _Padding.of(pad, self._names, list(outputs)) if pad else None
         self._entry, self._runner_kind = entry, str(config.get("runner", "aoti"))
         self._runner = _load_runner(torch, entry, self._runner_kind, self._device)
         self._capture_failures: dict[tuple[tuple[int, ...], ...], int] = {}
@@ -133,7 +134,7 @@ class CudaExecutor:
                 results = self._plain([self._to_device(n, inputs[n]) for n in self._names])
             out = self._deliver(results, caller)
         if rows is not None:
-            out = {name: value[:rows] for name, value in out.items()}
+            out = self._cut(out, rows)
         return out
 
     @property
@@ -144,24 +145,44 @@ class CudaExecutor:
     def _padded(self, inputs: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
         """A batch below the package's least one, padded up to it (``config["pad_batch"]``:
         the build checked that rows do not mix); the real row count, or ``None``."""
-        if not self._pad:
+        pad = self._pad
+        if pad is None:
             return inputs, None
-        sizes = {int(v.shape[0]) for v in inputs.values() if getattr(v, "shape", None)}
+        sizes = {
+            int(inputs[name].shape[axis])
+            for name, axis in pad.inputs.items()
+            if len(getattr(inputs.get(name), "shape", ())) > axis
+        }
         if len(sizes) != 1:
             return inputs, None
         rows = sizes.pop()
-        small, least = self._pad
-        if not small <= rows < least:
+        if not pad.small <= rows < pad.least:
             return inputs, None
-        extra = least - rows
-        padded: dict[str, Any] = {}
-        for name, value in inputs.items():
+        extra = pad.least - rows
+        padded = dict(inputs)
+        for name, axis in pad.inputs.items():
+            value = inputs[name]
             if isinstance(value, self._torch.Tensor):
-                padded[name] = self._torch.cat([value, value[-1:].expand(extra, *value.shape[1:])])
+                last = value.narrow(axis, rows - 1, 1)
+                padded[name] = self._torch.cat([value, last.repeat_interleave(extra, axis)], axis)
             else:
                 array = np.asarray(value)
-                padded[name] = np.concatenate([array, np.repeat(array[-1:], extra, axis=0)])
+                last = np.take(array, [rows - 1], axis=axis)
+                padded[name] = np.concatenate([array, np.repeat(last, extra, axis=axis)], axis)
         return padded, rows
+
+    def _cut(self, out: dict[str, Any], rows: int) -> dict[str, Any]:
+        """Outputs of a padded call cut back to the caller's ``rows``."""
+        assert self._pad is not None
+        cut = dict(out)
+        for name, axis in self._pad.outputs.items():
+            if name in cut:
+                value = cut[name]
+                if isinstance(value, self._torch.Tensor):
+                    cut[name] = value.narrow(axis, 0, rows)
+                else:
+                    cut[name] = np.take(value, np.arange(rows), axis=axis)
+        return cut
 
     # Internals -----------------------------------------------------------------------------
 
@@ -399,6 +420,29 @@ class _StaticBatches:
                 self.loaded[batch] = executor
             self.calls[batch] = self.calls.get(batch, 0) + 1
         return executor
+
+
+@dataclass(frozen=True)
+class _Padding:
+    """``config["pad_batch"]``: batches ``small``..``least - 1`` run padded up to ``least``
+    along each listed input's batch axis; the listed outputs are cut back along theirs."""
+
+    small: int
+    least: int
+    inputs: dict[str, int]
+    outputs: dict[str, int]
+
+    @classmethod
+    def of(cls, pad: dict[str, Any], inputs: list[str], outputs: list[str]) -> _Padding:
+        """Packages built before the batch could be another axis padded axis 0 of everything."""
+        ins = pad.get("inputs", dict.fromkeys(inputs, 0))
+        outs = pad.get("outputs", dict.fromkeys(outputs, 0))
+        return cls(
+            int(pad["from"]),
+            int(pad["to"]),
+            {str(k): int(v) for k, v in ins.items()},
+            {str(k): int(v) for k, v in outs.items()},
+        )
 
 
 class _ShapeCheck:

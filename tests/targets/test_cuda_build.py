@@ -326,7 +326,12 @@ def test_a_batch_below_the_exports_range_runs_padded_where_rows_do_not_mix(
         with pytest.raises(InputError, match=r"axis 0 is 1, outside the range 2\.\."):
             executor.run({"x": x, "ids": ids})
         return
-    assert payload.config["pad_batch"] == {"from": 1, "to": 2}
+    assert payload.config["pad_batch"] == {
+        "from": 1,
+        "to": 2,
+        "inputs": {"x": 0, "ids": 0},
+        "outputs": {"y": 0},
+    }
     session = ort.InferenceSession(str(path))
     for batch in (1, 3):
         xb, idsb = np.repeat(x, batch, 0) + np.arange(batch)[:, None], np.repeat(ids, batch, 0)
@@ -578,3 +583,95 @@ def test_inductor_settings_follow_the_targets_knobs() -> None:
         "force_layout_optimization": True
     }
     assert cuda_build.inductor_settings(torch, program, "cpu", options) == {}  # CPU test mode
+
+
+def _stateful(path: Path) -> Path:
+    """Silero VAD's streaming shape: ``x`` [batch, seq], ``state`` [2, batch, 4] (the batch is
+    axis 1), ``sr`` a scalar; ``y = x + sum(state over 0 and 2)``, ``new_state = 2 * state +
+    sr``. Rows do not mix."""
+    import onnx
+    import onnx.helper as oh
+
+    axes0, axes1 = oh.make_tensor("a0", onnx.TensorProto.INT64, [1], [0]), oh.make_tensor(
+        "a1", onnx.TensorProto.INT64, [1], [1]
+    )
+    graph = oh.make_graph(
+        [
+            oh.make_node("ReduceSum", ["state", "a0"], ["s"], keepdims=0),
+            oh.make_node("ReduceSum", ["s", "a1"], ["s1"], keepdims=1),
+            oh.make_node("Add", ["x", "s1"], ["y"]),
+            oh.make_node("Cast", ["sr"], ["srf"], to=onnx.TensorProto.FLOAT),
+            oh.make_node("Add", ["state", "state"], ["s2"]),
+            oh.make_node("Add", ["s2", "srf"], ["new_state"]),
+        ],
+        "stateful",
+        [
+            oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", "seq"]),
+            oh.make_tensor_value_info("state", onnx.TensorProto.FLOAT, [2, "batch", 4]),
+            oh.make_tensor_value_info("sr", onnx.TensorProto.INT64, []),
+        ],
+        [
+            oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", "seq"]),
+            oh.make_tensor_value_info("new_state", onnx.TensorProto.FLOAT, [2, "batch", 4]),
+        ],
+        initializer=[axes0, axes1],
+    )
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), path)
+    return path
+
+
+def _hinted_onnx_axes(
+    module: Any, example: list[Any], arg_names: list[str], dims: Any, inputs: Any
+) -> Any:
+    """Export with hints on every dynamic ONNX axis: each lower bound comes out 2 (what torch
+    2.13 gives Silero VAD's streaming model's batch)."""
+    from torch.export import Dim
+
+    shapes = {
+        n: {a: Dim.DYNAMIC for a, d in enumerate(v.shape) if not isinstance(d, int)}
+        for n, v in zip(arg_names, inputs, strict=True)
+    }
+    program = torch.export.export(module, tuple(example), dynamic_shapes=shapes, strict=False)
+    return program, "exported with hints (test)"
+
+
+def test_a_batch_on_another_axis_than_the_first_runs_padded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ai_vmm.targets.cuda_convert import to_torch
+
+    path = _stateful(tmp_path / "stateful.onnx")
+    model = ir.load(path)
+    module = to_torch(model, torch.float32).eval()
+    monkeypatch.setattr(cuda_build, "export", _hinted_onnx_axes)
+    options = TargetOptions(extra={"input_bounds": {}, "sample_dims": {}})
+    payload = cuda_build._build(
+        module, "onnx", model, options, _dir(tmp_path / "p"), "fp32", True, "cpu"
+    )
+    assert payload.config["inputs"][1]["ranges"]["1"][0] == 2
+    assert payload.config["pad_batch"] == {
+        "from": 1,
+        "to": 2,
+        "inputs": {"x": 0, "state": 1},
+        "outputs": {"y": 0, "new_state": 1},
+    }
+    executor = create_executor(
+        "cuda", tmp_path / "p" / payload.entry, "cpu", payload.config, ("y", "new_state")
+    )
+    session = ort.InferenceSession(str(path))
+    rng = np.random.default_rng(0)
+    for batch in (1, 3):
+        feeds = {
+            "x": rng.standard_normal((batch, 5)).astype(np.float32),
+            "state": rng.standard_normal((2, batch, 4)).astype(np.float32),
+            "sr": np.array(16000, np.int64),
+        }
+        got = executor.run(feeds)
+        for name, want in zip(("y", "new_state"), session.run(None, feeds), strict=True):
+            assert got[name].shape == want.shape
+            np.testing.assert_allclose(got[name], want, rtol=1e-6)
+    kept = executor.run({k: torch.from_numpy(np.asarray(v)) for k, v in feeds.items()})
+    assert kept["new_state"].shape == (2, 3, 4)
+    one = {k: torch.from_numpy(np.asarray(v)) for k, v in feeds.items()}
+    one["x"], one["state"] = one["x"][:1], one["state"][:, :1]
+    assert executor.run(one)["new_state"].shape == (2, 1, 4)
