@@ -208,7 +208,7 @@ def _build(
         dims,
         graph_inputs,
         precision,
-        [v.name for v in model.graph.outputs],
+        [str(v.name) for v in model.graph.outputs],
     )
     stage("size checks")
     if source == "torch":

@@ -163,12 +163,12 @@ class CudaExecutor:
         for name, axis in pad.inputs.items():
             value = inputs[name]
             if isinstance(value, self._torch.Tensor):
-                last = value.narrow(axis, rows - 1, 1)
-                padded[name] = self._torch.cat([value, last.repeat_interleave(extra, axis)], axis)
+                tail = value.narrow(axis, rows - 1, 1)
+                padded[name] = self._torch.cat([value, tail.repeat_interleave(extra, axis)], axis)
             else:
                 array = np.asarray(value)
-                last = np.take(array, [rows - 1], axis=axis)
-                padded[name] = np.concatenate([array, np.repeat(last, extra, axis=axis)], axis)
+                row = np.take(array, [rows - 1], axis=axis)
+                padded[name] = np.concatenate([array, np.repeat(row, extra, axis=axis)], axis)
         return padded, rows
 
     def _cut(self, out: dict[str, Any], rows: int) -> dict[str, Any]:
