@@ -119,6 +119,11 @@ for part in "${PARTS[@]}"; do
                 "$test"
         done <"$RESULTS/gpu-tests.txt" ;;
     real)
+        # Models carried xz-compressed (scripts/gpu_realmodels_carry.sh) unpacked first.
+        for packed in .realmodels/*.xz; do
+            [ -e "$packed" ] || continue
+            python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[1][:-3], "wb"))' "$packed" && rm "$packed"
+        done
         # Issue 18, "every model that exports": real models compiled for cuda:0, checked and
         # timed (carry .realmodels/ from scripts/gpu_realmodels_carry.sh instead of .whl/).
         run_part real "${PART_SECONDS_real:-480}" python3 scripts/gpu_real_models.py \
