@@ -119,10 +119,9 @@ for part in "${PARTS[@]}"; do
                 "$test"
         done <"$RESULTS/gpu-tests.txt" ;;
     real)
-        # Models carried xz-compressed (scripts/gpu_realmodels_carry.sh) unpacked first.
-        for packed in .realmodels/*.xz; do
-            [ -e "$packed" ] || continue
-            python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[1][:-3], "wb"))' "$packed" && rm "$packed"
+        # Models carried packed (scripts/gpu_realmodels_carry.sh) unpacked first.
+        for packed in .realmodels/*.bs4.xz; do
+            [ -e "$packed" ] && python3 scripts/carry_pack.py unpack "$packed" && rm "$packed"
         done
         # Issue 18, "every model that exports": real models compiled for cuda:0, checked and
         # timed (carry .realmodels/ from scripts/gpu_realmodels_carry.sh instead of .whl/).

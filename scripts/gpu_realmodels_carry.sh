@@ -14,9 +14,9 @@ rm -rf "$DIR" && mkdir -p "$DIR"
 # ~46 MB: a DB text detector (Resize), a recogniser (opset-12 Softmax), a YOLOv8 detector
 # (anchors from a float Range), Silero VAD (LSTM, reflect Pad), Magika (jax2tf int32 shapes),
 # Smart Turn (QDQ), openWakeWord's embedding (convolutions), PP-OCR's classifier.
-# REALMODELS_FILES replaces the list. Models over 32 MB travel xz-compressed (FILE.xz; gpu_all.sh
-# unpacks them): ddddocr's 54 MB model becomes 50 MB, MiniLM-L3's 69 MB 62 MB, each alone
-# (REALMODELS_FILES="ddddocr_common.onnx data_page.png data_text.png").
+# REALMODELS_FILES replaces the list. Models over 32 MB travel packed (scripts/carry_pack.py:
+# byte planes, xz; gpu_all.sh unpacks them): ddddocr's 54 MB model becomes 45 MB, MiniLM-L3's
+# 69 MB 58 MB, each alone (REALMODELS_FILES="ddddocr_common.onnx data_page.png data_text.png").
 DEFAULT_FILES="ppocr_v4_det.onnx ppocr_v4_rec.onnx nudenet_320n.onnx silero_vad_16k_sequence.onnx
     magika_standard_v3_3.onnx smart_turn_v3_2.onnx oww_embedding.onnx oww_melspectrogram.onnx
     ppocr_mobile_v2_cls.onnx chars2vec_en_300.onnx data_page.png data_coffee.png
@@ -24,7 +24,7 @@ DEFAULT_FILES="ppocr_v4_det.onnx ppocr_v4_rec.onnx nudenet_320n.onnx silero_vad_
     bert_uncased_tokenizer.json chars2vec_en_300.model.pkl"
 for file in ${REALMODELS_FILES:-$DEFAULT_FILES}; do
     if [ "$(stat -c %s "$CACHE/$file")" -gt 33554432 ]; then
-        xz -T2 -6 -c "$CACHE/$file" >"$DIR/$file.xz"
+        python3 scripts/carry_pack.py pack "$CACHE/$file" "$DIR/$file.bs4.xz"
     else
         cp "$CACHE/$file" "$DIR/"
     fi
