@@ -341,8 +341,14 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
     ):
         reference = base.get((r["model"], r["dtype"], r["batch"]))
         ratio = "-" if reference is None else f"{r['decode_tok_s'] / reference:.2f}x"
+        engine = r["engine"]
+        if rows and (r.get("prompt_tokens"), r.get("new_tokens")) != (
+            rows[0].get("prompt_tokens"),
+            rows[0].get("new_tokens"),
+        ):
+            engine += f" (prompt {r.get('prompt_tokens')}, {r.get('new_tokens')} new tokens)"
         lines.append(
-            f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['engine']} | "
+            f"| {r['model']} | {r['dtype']} | {r['batch']} | {engine} | "
             f"{r['decode_tok_s']} [{r['spread'][0]}-{r['spread'][1]}] | {ratio} |"
         )
     return "\n".join(lines) + "\n"
