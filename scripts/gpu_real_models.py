@@ -73,6 +73,7 @@ def bench(rm: Any, name: str, cache: Path, work: Path, rounds: int, box_s: float
             "runner": part.get("config", {}).get("runner", "aoti"),
             "cuda_graphs": part.get("config", {}).get("cuda_graphs"),
             "inductor_note": part.get("config", {}).get("inductor_note"),
+            "pad_batch": part.get("config", {}).get("pad_batch"),
         }
         for part in manifest.get("partitions", [])
     ]
