@@ -253,7 +253,10 @@ class CudaExecutor:
         clearing cuBLAS workspaces and emptying the allocator's cache while ours captured). The
         package's model container is not reusable after a run that failed inside a capture:
         every later call failed too, and then an illegal memory access aborted the process
-        (docs/gpu.md, 2026-12-04 night). So the container is replaced.
+        (docs/gpu.md, 2026-12-04 night). So the container is replaced, and every graph this
+        executor captured from the old one is dropped with it: their kernels read the old
+        container's weights, which it frees when it goes (a replay after that reads freed
+        memory: the likely cause of the illegal memory access on the H100, 2026-12-06).
         """
         torch = self._torch
         self._capture_failures[key] = self._capture_failures.get(key, 0) + 1
@@ -273,6 +276,7 @@ class CudaExecutor:
                 f"the GPU is in an error state after a failed CUDA graph capture: "
                 f"{_one_line(sync_error)}"
             ) from sync_error
+        self._graphs.clear()  # the stream is idle (synchronized above)
         self._runner = _load_runner(torch, self._entry, self._runner_kind, self._device)
 
     def _replay(self, inputs: dict[str, Any]) -> list[Any]:
@@ -496,10 +500,12 @@ def strict_fp32(torch: Any) -> None:
 
 
 class CapturedGraph:
-    """A CUDA graph of one package run, with its static input and output tensors."""
+    """A CUDA graph of one package run, with its static input and output tensors, and the
+    package runner it was captured from: the graph's kernels read that runner's weights, so
+    the runner must live as long as the graph."""
 
-    def __init__(self, graph: Any, inputs: list[Any], outputs: list[Any]) -> None:
-        self.graph, self.inputs, self.outputs = graph, inputs, outputs
+    def __init__(self, graph: Any, inputs: list[Any], outputs: list[Any], runner: Any) -> None:
+        self.graph, self.inputs, self.outputs, self.runner = graph, inputs, outputs, runner
 
 
 def capture(
@@ -542,7 +548,7 @@ def capture(
                 clear()
             if own:
                 release_stream(torch, stream)
-    return CapturedGraph(graph, static, outputs)
+    return CapturedGraph(graph, static, outputs, runner)
 
 
 @contextlib.contextmanager

@@ -115,6 +115,57 @@ def test_a_failed_capture_falls_back_to_a_plain_run_on_a_reloaded_package(
     assert "stream is capturing" in executor.capture_errors[0]  # type: ignore[attr-defined]
 
 
+def test_a_failed_capture_drops_the_graphs_of_the_replaced_package(
+    zoo_model: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a failed capture the package is reloaded, and the graphs captured from the old one
+    must go with it: their kernels read the old container's weights, freed when it goes (a
+    replay of one of them was the likely illegal memory access on the H100, 2026-12-06). Here
+    a graph is a stand-in that replays by running its runner into its static outputs."""
+    from ai_vmm.runtime.executors import cuda as cuda_executor
+
+    path = zoo_model("small_cnn")
+    device = Device("cuda", "cpu", "cpu", "CPU package (test)", {"torch_device": "cpu"})
+    options = TargetOptions(extra={"input_bounds": {}, "sample_dims": {}})
+    payload = CudaTarget().float_baseline(ir.load(path), device, options, tmp_path)
+    executor = create_executor("cuda", tmp_path / payload.entry, "cpu", payload.config, ("logits",))
+
+    class Replay:
+        def __init__(self, runner: Any, static: list[Any], outputs: list[Any]) -> None:
+            self.runner, self.static, self.outputs = runner, static, outputs
+
+        def replay(self) -> None:
+            for buffer, value in zip(self.outputs, self.runner(*self.static), strict=True):
+                buffer.copy_(value)
+
+    def capture(runner: Any, example: list[Any], *args: Any, **kwargs: Any) -> Any:
+        if example[0].shape[0] == 2:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        static = [t.clone() for t in example]
+        outputs = [t.clone() for t in runner(*static)]
+        return cuda_executor.CapturedGraph(Replay(runner, static, outputs), static, outputs, runner)
+
+    monkeypatch.setattr(cuda_executor, "capture", capture)
+    executor._use_graphs = True  # type: ignore[attr-defined]
+    session = ort.InferenceSession(str(path))
+    rng = np.random.default_rng(0)
+    x1, x2 = (rng.standard_normal((b, 3, 32, 32)).astype(np.float32) for b in (1, 2))
+
+    def check(x: np.ndarray) -> None:
+        want = session.run(None, {"pixel_values": x})[0]
+        np.testing.assert_allclose(executor.run({"pixel_values": x})["logits"], want, atol=1e-5)
+
+    check(x1)
+    graphs = executor._graphs  # type: ignore[attr-defined]
+    old = executor._runner  # type: ignore[attr-defined]
+    assert [g.runner for g in graphs.values()] == [old]
+    with pytest.warns(RuntimeWarning, match="capture failed at input shapes"):
+        check(x2)
+    assert executor._runner is not old and not graphs  # type: ignore[attr-defined]
+    check(x1)  # captured again, from the new package
+    assert [g.runner for g in graphs.values()] == [executor._runner]  # type: ignore[attr-defined]
+
+
 # --------------------------------------------------------------------------------------------
 # On a GPU
 # --------------------------------------------------------------------------------------------
