@@ -91,6 +91,19 @@ _CONFIGS: dict[str, dict[str, Any]] = {
                 },
             },
         },
+        # A batch below the package's least one padded up to it (targets/cuda_checks.py):
+        # each padded input's and each output's batch axis.
+        "pad_batch": {
+            "type": "object",
+            "required": ["from", "to"],
+            "properties": {
+                "from": {"type": "integer", "minimum": 1},
+                "to": {"type": "integer", "minimum": 2},
+                "inputs": {"type": "object", "additionalProperties": _COUNT},
+                "outputs": {"type": "object", "additionalProperties": _COUNT},
+            },
+            "additionalProperties": False,
+        },
         "device_outputs": _NAMES,
         "cuda_graphs": {"type": "boolean"},
         "torch": {"type": "string"},

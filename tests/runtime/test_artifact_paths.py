@@ -150,6 +150,12 @@ BAD_MANIFESTS: dict[str, tuple[Edit, str]] = {
         lambda m: m["partitions"][0].update(target="cuda", config={"decode_compile": "exec"}),
         "partitions/0/config/decode_compile",
     ),
+    "padding axis as text": (
+        lambda m: m["partitions"][0].update(
+            target="cuda", config={"pad_batch": {"from": 1, "to": 2, "inputs": {"x": "1"}}}
+        ),
+        "pad_batch/inputs/x",
+    ),
     "static batch not a number": (
         lambda m: m["partitions"][0].update(
             target="cuda",
