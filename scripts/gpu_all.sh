@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's GPU measurements in one call, for a machine with an NVIDIA GPU (the device
 # tool's H200 in this project's sessions): each part is time-boxed, its log and files go to
-# RESULTS, and one archive of them lands in OUT.
+# RESULTS (default OUT/results, so a call that times out still returns what finished).
 #
 #   bash scripts/gpu_all.sh OUT [PART ...]
 #
@@ -22,7 +22,10 @@ OUT=${1:?usage: gpu_all.sh OUT [PART ...]}
 shift
 PARTS=("$@")
 [ ${#PARTS[@]} -eq 0 ] && PARTS=(deploy parallel generate)
-RESULTS=${RESULTS:-/tmp/gpu-results}
+# Logs and files are written under OUT as they finish: a call that runs out of time still
+# returns what its parts wrote (2026-12-06: a bisect whose results waited for the final archive
+# returned nothing).
+RESULTS=${RESULTS:-$OUT/results}
 mkdir -p "$OUT" "$RESULTS"
 export PYTHONUNBUFFERED=1 AI_VMM_CACHE_DIR=${AI_VMM_CACHE_DIR:-/tmp/ai-vmm-cache}
 if [ -f .whl/setup.sh ]; then
@@ -131,5 +134,7 @@ for part in "${PARTS[@]}"; do
     *) echo "unknown part $part" ;;
     esac
 done
-tar -czf "$OUT/results.tgz" -C "$RESULTS" .
-echo "results: $OUT/results.tgz"
+case $RESULTS in
+"$OUT"/*) echo "results: $RESULTS" ;;
+*) tar -czf "$OUT/results.tgz" -C "$RESULTS" . && echo "results: $OUT/results.tgz" ;;
+esac
