@@ -161,7 +161,9 @@ class CudaExecutor:
         extra = pad.least - rows
         padded = dict(inputs)
         for name, axis in pad.inputs.items():
-            value = inputs[name]
+            value = inputs.get(name)
+            if len(getattr(value, "shape", ())) <= axis:
+                continue  # missing (``_prepare`` says so) or without that axis: as it came
             if isinstance(value, self._torch.Tensor):
                 tail = value.narrow(axis, rows - 1, 1)
                 padded[name] = self._torch.cat([value, tail.repeat_interleave(extra, axis)], axis)

@@ -592,8 +592,9 @@ def _stateful(path: Path) -> Path:
     import onnx
     import onnx.helper as oh
 
-    axes0, axes1 = oh.make_tensor("a0", onnx.TensorProto.INT64, [1], [0]), oh.make_tensor(
-        "a1", onnx.TensorProto.INT64, [1], [1]
+    axes0, axes1 = (
+        oh.make_tensor("a0", onnx.TensorProto.INT64, [1], [0]),
+        oh.make_tensor("a1", onnx.TensorProto.INT64, [1], [1]),
     )
     graph = oh.make_graph(
         [
@@ -675,3 +676,5 @@ def test_a_batch_on_another_axis_than_the_first_runs_padded(
     one = {k: torch.from_numpy(np.asarray(v)) for k, v in feeds.items()}
     one["x"], one["state"] = one["x"][:1], one["state"][:, :1]
     assert executor.run(one)["new_state"].shape == (2, 1, 4)
+    with pytest.raises(InputError, match="missing input 'state'"):
+        executor.run({"x": one["x"], "sr": one["sr"]})
