@@ -258,7 +258,7 @@ class CudaExecutor:
         (docs/gpu.md, 2026-12-04 night). So the container is replaced, and every graph this
         executor captured from the old one is dropped with it: their kernels read the old
         container's weights, which it frees when it goes (a replay after that reads freed
-        memory: the likely cause of the illegal memory access on the H100, 2026-12-06).
+        memory: a possible cause of the illegal memory access on the H100, 2026-12-06).
         """
         torch = self._torch
         self._capture_failures[key] = self._capture_failures.get(key, 0) + 1
