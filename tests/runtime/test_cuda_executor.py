@@ -120,8 +120,9 @@ def test_a_failed_capture_drops_the_graphs_of_the_replaced_package(
 ) -> None:
     """After a failed capture the package is reloaded, and the graphs captured from the old one
     must go with it: their kernels read the old container's weights, freed when it goes (a
-    replay of one of them is a possible cause of the illegal memory access on the H100, 2026-12-06). Here
-    a graph is a stand-in that replays by running its runner into its static outputs."""
+    replay of one of them is a possible cause of the illegal memory access on the H100,
+    2026-12-06). Here a graph is a stand-in that replays by running its runner into its static
+    outputs."""
     from ai_vmm.runtime.executors import cuda as cuda_executor
 
     path = zoo_model("small_cnn")
