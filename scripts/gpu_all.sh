@@ -101,9 +101,13 @@ for part in "${PARTS[@]}"; do
         # fresh process, one package built once (docs/gpu.md, 2026-12-04 night).
         mkdir -p /tmp/cfpkg-bisect
         for work in ${CAPTURE_WORK:-none matmul empty clear clear,empty,matmul}; do
+            # -s, no warnings plugin, PYTHONWARNINGS=always: every failed capture's warning is
+            # written to the log as it happens, so an abort later still leaves the sequence.
             AI_VMM_TEST_CONVFORMER_PACKAGE=/tmp/cfpkg-bisect AI_VMM_TEST_OTHER_WORK=$work \
+                PYTHONWARNINGS=always PYTHONFAULTHANDLER=1 \
                 run_part "capture-$work" "${PART_SECONDS_capture:-150}" python3 -m pytest -q -rA \
-                -p no:cacheprovider -m gpu tests/runtime/test_cuda_executor.py -k many_shapes
+                -s -p no:warnings -p no:cacheprovider -m gpu tests/runtime/test_cuda_executor.py \
+                -k many_shapes
         done ;;
     gpu-tests)
         # Each test in a process of its own: a CUDA abort in one (the threaded-capture test,
