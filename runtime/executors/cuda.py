@@ -40,13 +40,13 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ai_vmm.runtime.errors import ArtifactError, DeviceError, InputError
+from ai_vmm.runtime.executors.cuda_padding import Padding
 
 _MAX_GRAPHS = 8
 """Captured graphs kept per executor (one per distinct input-shape signature)."""
@@ -98,7 +98,7 @@ class CudaExecutor:
         self._use_graphs = bool(config.get("cuda_graphs")) and self._cuda
         self._cudnn_benchmark = bool(config.get("cudnn_benchmark", False))
         pad = config.get("pad_batch")
-        self._pad = _Padding.of(pad, self._names, list(outputs)) if pad else None
+        self._pad = Padding.of(pad, self._names, list(outputs)) if pad else None
         self._entry, self._runner_kind = entry, str(config.get("runner", "aoti"))
         self._runner = _load_runner(torch, entry, self._runner_kind, self._device)
         self._capture_failures: dict[tuple[tuple[int, ...], ...], int] = {}
@@ -125,7 +125,9 @@ class CudaExecutor:
         static = self._static.executor_for(inputs, self._names)
         if static is not None:
             return static.run(inputs)
-        inputs, rows = self._padded(inputs)
+        rows = None
+        if self._pad is not None:
+            inputs, rows = self._pad.pad(inputs, torch)
         inputs = self._prepare(inputs)
         with self._lock, torch.inference_mode(), self._on_stream() as caller:
             if self._use_graphs:
@@ -133,58 +135,14 @@ class CudaExecutor:
             else:
                 results = self._plain([self._to_device(n, inputs[n]) for n in self._names])
             out = self._deliver(results, caller)
-        if rows is not None:
-            out = self._cut(out, rows)
+        if rows is not None and self._pad is not None:
+            out = self._pad.cut(out, rows, torch)
         return out
 
     @property
     def static_calls(self) -> dict[int, int]:
         """Calls each static-batch package ran, by batch (``config["static_batches"]``)."""
         return dict(self._static.calls)
-
-    def _padded(self, inputs: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
-        """A batch below the package's least one, padded up to it (``config["pad_batch"]``:
-        the build checked that rows do not mix); the real row count, or ``None``."""
-        pad = self._pad
-        if pad is None:
-            return inputs, None
-        sizes = {
-            int(inputs[name].shape[axis])
-            for name, axis in pad.inputs.items()
-            if len(getattr(inputs.get(name), "shape", ())) > axis
-        }
-        if len(sizes) != 1:
-            return inputs, None
-        rows = sizes.pop()
-        if not pad.small <= rows < pad.least:
-            return inputs, None
-        extra = pad.least - rows
-        padded = dict(inputs)
-        for name, axis in pad.inputs.items():
-            value = inputs.get(name)
-            if len(getattr(value, "shape", ())) <= axis:
-                continue  # missing (``_prepare`` says so) or without that axis: as it came
-            if isinstance(value, self._torch.Tensor):
-                tail = value.narrow(axis, rows - 1, 1)
-                padded[name] = self._torch.cat([value, tail.repeat_interleave(extra, axis)], axis)
-            else:
-                array = np.asarray(value)
-                row = np.take(array, [rows - 1], axis=axis)
-                padded[name] = np.concatenate([array, np.repeat(row, extra, axis=axis)], axis)
-        return padded, rows
-
-    def _cut(self, out: dict[str, Any], rows: int) -> dict[str, Any]:
-        """Outputs of a padded call cut back to the caller's ``rows``."""
-        assert self._pad is not None
-        cut = dict(out)
-        for name, axis in self._pad.outputs.items():
-            if name in cut:
-                value = cut[name]
-                if isinstance(value, self._torch.Tensor):
-                    cut[name] = value.narrow(axis, 0, rows)
-                else:
-                    cut[name] = np.take(value, np.arange(rows), axis=axis)
-        return cut
 
     # Internals -----------------------------------------------------------------------------
 
@@ -426,29 +384,6 @@ class _StaticBatches:
                 self.loaded[batch] = executor
             self.calls[batch] = self.calls.get(batch, 0) + 1
         return executor
-
-
-@dataclass(frozen=True)
-class _Padding:
-    """``config["pad_batch"]``: batches ``small``..``least - 1`` run padded up to ``least``
-    along each listed input's batch axis; the listed outputs are cut back along theirs."""
-
-    small: int
-    least: int
-    inputs: dict[str, int]
-    outputs: dict[str, int]
-
-    @classmethod
-    def of(cls, pad: dict[str, Any], inputs: list[str], outputs: list[str]) -> _Padding:
-        """Packages built before the batch could be another axis padded axis 0 of everything."""
-        ins = pad.get("inputs", dict.fromkeys(inputs, 0))
-        outs = pad.get("outputs", dict.fromkeys(outputs, 0))
-        return cls(
-            int(pad["from"]),
-            int(pad["to"]),
-            {str(k): int(v) for k, v in ins.items()},
-            {str(k): int(v) for k, v in outs.items()},
-        )
 
 
 class _ShapeCheck:

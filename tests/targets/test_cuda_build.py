@@ -19,6 +19,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from cuda_models import two_inputs  # noqa: E402
 from onnx_op_cases import running_sum_loop  # noqa: E402
 
 from ai_vmm.frontends.torch import export_torch  # noqa: E402
@@ -122,33 +123,11 @@ def test_torch_route_falls_back_to_onnx_when_its_export_narrows_an_axis(tmp_path
         )
 
 
-def _two_inputs(path: Path) -> Path:
-    """y = x * 2 + float(ids): a float and an int64 input sharing the dims (batch, seq)."""
-    import onnx
-    import onnx.helper as oh
-
-    graph = oh.make_graph(
-        [
-            oh.make_node("Cast", ["ids"], ["f"], to=onnx.TensorProto.FLOAT),
-            oh.make_node("Add", ["x", "x"], ["x2"]),
-            oh.make_node("Add", ["x2", "f"], ["y"]),
-        ],
-        "two",
-        [
-            oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", "seq"]),
-            oh.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["batch", "seq"]),
-        ],
-        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", "seq"])],
-    )
-    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), path)
-    return path
-
-
 def test_dynamic_ranges_are_recorded_and_enforced(tmp_path: Path) -> None:
     """``--input`` bounds become the export's ranges; the executor refuses sizes outside them
     (AOTInductor would run its kernels there unchecked), axes that must agree but do not, and
     element types of another kind; it casts within a kind (int32 ids for an int64 input)."""
-    path = _two_inputs(tmp_path / "two.onnx")
+    path = two_inputs(tmp_path / "two.onnx")
     model = ir.load(path)
     options = TargetOptions(extra={"input_bounds": {"x": [[1, 4], [2, 64]]}, "sample_dims": {}})
     payload = CudaTarget().float_baseline(model, CPU, options, _dir(tmp_path / "p"))
@@ -177,7 +156,7 @@ def test_an_unbounded_axis_reaches_the_largest_size_the_samples_show(tmp_path: P
     """Without a user bound an axis ranges to 4,096, or to the largest sample where that is
     larger: openWakeWord's mel-spectrogram takes 32,000 audio samples, and its package was
     refused on its own sample (H100, 2026-12-06)."""
-    path = _two_inputs(tmp_path / "two.onnx")
+    path = two_inputs(tmp_path / "two.onnx")
     model = ir.load(path)
     symbol = axis_symbol(model.graph.inputs[0], 1, model.graph.inputs[0].shape[1])
     options = TargetOptions(extra={"sample_dims": {}, "sample_sizes": {symbol: [8, 5000]}})
@@ -243,7 +222,7 @@ class Branchy(torch.nn.Module):
 
 
 def test_sizes_where_the_export_differs_from_the_model_are_refused(tmp_path: Path) -> None:
-    model = ir.load(_two_inputs(tmp_path / "two.onnx"))
+    model = ir.load(two_inputs(tmp_path / "two.onnx"))
     options = TargetOptions(extra={"input_bounds": {}, "sample_dims": {}})
     payload = cuda_build._build(
         Branchy(), "onnx", model, options, _dir(tmp_path / "p"), "fp32", True, "cpu"
@@ -270,7 +249,7 @@ def test_a_raised_lower_bound_stops_at_the_least_size_that_agrees(
     only: the range starts at the least sample size that agrees (3), or, halving from there
     while the two agree, lower (8 -> 4 -> 2; 5 -> 2), never at 1. A PP-OCR detector's second
     sample failed its own compile on the H200 when the bound jumped to the first sample's."""
-    model = ir.load(_two_inputs(tmp_path / "two.onnx"))
+    model = ir.load(two_inputs(tmp_path / "two.onnx"))
     options = TargetOptions(
         extra={"input_bounds": {}, "sample_dims": {"batch": 8}, "sample_sizes": {"batch": sizes}}
     )
@@ -280,67 +259,6 @@ def test_a_raised_lower_bound_stops_at_the_least_size_that_agrees(
     specs = {s["name"]: s for s in payload.config["inputs"]}
     assert specs["x"]["ranges"]["0"] == [least, 4096]
     assert f"differs from the model at x axis 0 below {least}" in payload.config["shape_note"]
-
-
-class Mixing(torch.nn.Module):
-    """Rows that mix (each row minus the batch mean): padding the batch would change them."""
-
-    arg_names = ("x", "ids")
-
-    def forward(self, x: Any, ids: Any) -> Any:
-        return (x - x.mean(0, keepdim=True) + ids.float(),)
-
-
-def _hinted(module: Any, example: list[Any], arg_names: list[str], *_: Any) -> Any:
-    """Export with hints only: every lower bound comes out 2 (what torch 2.11 gave the zoo
-    Llama on the H200 whatever was asked)."""
-    from torch.export import Dim
-
-    shapes = {n: {0: Dim.DYNAMIC, 1: Dim.DYNAMIC} for n in arg_names}
-    program = torch.export.export(module, tuple(example), dynamic_shapes=shapes, strict=False)
-    return program, "exported with hints (test)"
-
-
-@pytest.mark.parametrize("mixing", [False, True])
-def test_a_batch_below_the_exports_range_runs_padded_where_rows_do_not_mix(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mixing: bool
-) -> None:
-    from ai_vmm.targets.cuda_convert import to_torch
-
-    path = _two_inputs(tmp_path / "two.onnx")
-    model = ir.load(path)
-    module = Mixing() if mixing else to_torch(model, torch.float32).eval()
-    monkeypatch.setattr(cuda_build, "export", _hinted)
-    options = TargetOptions(extra={"input_bounds": {}, "sample_dims": {}})
-    payload = cuda_build._build(
-        module, "onnx", model, options, _dir(tmp_path / "p"), "fp32", True, "cpu"
-    )
-    assert payload.config["inputs"][0]["ranges"]["0"][0] == 2
-    executor = create_executor(
-        "cuda", tmp_path / "p" / payload.entry, "cpu", payload.config, ("y",)
-    )
-    rng = np.random.default_rng(0)
-    x, ids = rng.standard_normal((1, 6)).astype(np.float32), rng.integers(0, 9, (1, 6))
-    if mixing:
-        assert "pad_batch" not in payload.config
-        with pytest.raises(InputError, match=r"axis 0 is 1, outside the range 2\.\."):
-            executor.run({"x": x, "ids": ids})
-        return
-    assert payload.config["pad_batch"] == {
-        "from": 1,
-        "to": 2,
-        "inputs": {"x": 0, "ids": 0},
-        "outputs": {"y": 0},
-    }
-    session = ort.InferenceSession(str(path))
-    for batch in (1, 3):
-        xb, idsb = np.repeat(x, batch, 0) + np.arange(batch)[:, None], np.repeat(ids, batch, 0)
-        got = executor.run({"x": xb.astype(np.float32), "ids": idsb})["y"]
-        want = session.run(None, {"x": xb.astype(np.float32), "ids": idsb})[0]
-        assert got.shape == want.shape
-        np.testing.assert_allclose(got, want, rtol=1e-6)
-    kept = executor.run({"x": torch.from_numpy(x), "ids": torch.from_numpy(ids)})["y"]
-    assert kept.shape == (1, 6)
 
 
 def test_a_second_identical_request_reuses_the_package(
@@ -583,98 +501,3 @@ def test_inductor_settings_follow_the_targets_knobs() -> None:
         "force_layout_optimization": True
     }
     assert cuda_build.inductor_settings(torch, program, "cpu", options) == {}  # CPU test mode
-
-
-def _stateful(path: Path) -> Path:
-    """Silero VAD's streaming shape: ``x`` [batch, seq], ``state`` [2, batch, 4] (the batch is
-    axis 1), ``sr`` a scalar; ``y = x + sum(state over 0 and 2)``, ``new_state = 2 * state +
-    sr``. Rows do not mix."""
-    import onnx
-    import onnx.helper as oh
-
-    axes0, axes1 = (
-        oh.make_tensor("a0", onnx.TensorProto.INT64, [1], [0]),
-        oh.make_tensor("a1", onnx.TensorProto.INT64, [1], [1]),
-    )
-    graph = oh.make_graph(
-        [
-            oh.make_node("ReduceSum", ["state", "a0"], ["s"], keepdims=0),
-            oh.make_node("ReduceSum", ["s", "a1"], ["s1"], keepdims=1),
-            oh.make_node("Add", ["x", "s1"], ["y"]),
-            oh.make_node("Cast", ["sr"], ["srf"], to=onnx.TensorProto.FLOAT),
-            oh.make_node("Add", ["state", "state"], ["s2"]),
-            oh.make_node("Add", ["s2", "srf"], ["new_state"]),
-        ],
-        "stateful",
-        [
-            oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", "seq"]),
-            oh.make_tensor_value_info("state", onnx.TensorProto.FLOAT, [2, "batch", 4]),
-            oh.make_tensor_value_info("sr", onnx.TensorProto.INT64, []),
-        ],
-        [
-            oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", "seq"]),
-            oh.make_tensor_value_info("new_state", onnx.TensorProto.FLOAT, [2, "batch", 4]),
-        ],
-        initializer=[axes0, axes1],
-    )
-    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), path)
-    return path
-
-
-def _hinted_onnx_axes(
-    module: Any, example: list[Any], arg_names: list[str], dims: Any, inputs: Any
-) -> Any:
-    """Export with hints on every dynamic ONNX axis: each lower bound comes out 2 (what torch
-    2.13 gives Silero VAD's streaming model's batch)."""
-    from torch.export import Dim
-
-    shapes = {
-        n: {a: Dim.DYNAMIC for a, d in enumerate(v.shape) if not isinstance(d, int)}
-        for n, v in zip(arg_names, inputs, strict=True)
-    }
-    program = torch.export.export(module, tuple(example), dynamic_shapes=shapes, strict=False)
-    return program, "exported with hints (test)"
-
-
-def test_a_batch_on_another_axis_than_the_first_runs_padded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from ai_vmm.targets.cuda_convert import to_torch
-
-    path = _stateful(tmp_path / "stateful.onnx")
-    model = ir.load(path)
-    module = to_torch(model, torch.float32).eval()
-    monkeypatch.setattr(cuda_build, "export", _hinted_onnx_axes)
-    options = TargetOptions(extra={"input_bounds": {}, "sample_dims": {}})
-    payload = cuda_build._build(
-        module, "onnx", model, options, _dir(tmp_path / "p"), "fp32", True, "cpu"
-    )
-    assert payload.config["inputs"][1]["ranges"]["1"][0] == 2
-    assert payload.config["pad_batch"] == {
-        "from": 1,
-        "to": 2,
-        "inputs": {"x": 0, "state": 1},
-        "outputs": {"y": 0, "new_state": 1},
-    }
-    executor = create_executor(
-        "cuda", tmp_path / "p" / payload.entry, "cpu", payload.config, ("y", "new_state")
-    )
-    session = ort.InferenceSession(str(path))
-    rng = np.random.default_rng(0)
-    for batch in (1, 3):
-        feeds = {
-            "x": rng.standard_normal((batch, 5)).astype(np.float32),
-            "state": rng.standard_normal((2, batch, 4)).astype(np.float32),
-            "sr": np.array(16000, np.int64),
-        }
-        got = executor.run(feeds)
-        for name, want in zip(("y", "new_state"), session.run(None, feeds), strict=True):
-            assert got[name].shape == want.shape
-            np.testing.assert_allclose(got[name], want, rtol=1e-6)
-    kept = executor.run({k: torch.from_numpy(np.asarray(v)) for k, v in feeds.items()})
-    assert kept["new_state"].shape == (2, 3, 4)
-    one = {k: torch.from_numpy(np.asarray(v)) for k, v in feeds.items()}
-    one["x"], one["state"] = one["x"][:1], one["state"][:, :1]
-    assert executor.run(one)["new_state"].shape == (2, 1, 4)
-    with pytest.raises(InputError, match="missing input 'state'"):
-        executor.run({"x": one["x"], "sr": one["sr"]})
