@@ -1,9 +1,9 @@
 """Pack a large model for a device call's carry (64 MiB at most) and unpack it there.
 
 Float32 weights compress poorly as they are (xz: MiniLM-L3's 69 MB ONNX to 62 MB, too large
-beside the working tree); split into four byte planes first (every weight's exponent byte
-together) the same file packs to 58 MB. Nothing here depends on the file being ONNX: any
-bytes round-trip exactly.
+beside the working tree; xz's own delta filter, distance 4: 65 MB). Split into four byte
+planes first (every weight's exponent byte together), the same file packs to 58 MB. Nothing
+here depends on the file being ONNX: any bytes round-trip exactly.
 
     python scripts/carry_pack.py pack MODEL.onnx OUT.onnx.bs4.xz
     python3 scripts/carry_pack.py unpack OUT.onnx.bs4.xz       # writes OUT.onnx

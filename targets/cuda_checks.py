@@ -102,7 +102,7 @@ def batch_padding(
     dims: dict[str, tuple[int, int]],
     inputs: list[ir.Value],
     precision: str,
-    outputs: list[str] | None = None,
+    outputs: list[str],
 ) -> dict[str, Any] | str:
     """Where the package's batch range starts above the one asked for, whether a smaller batch
     can run padded up to the package's least batch (rows repeated, outputs cut back).
@@ -138,8 +138,8 @@ def batch_padding(
         if not 1 <= small < found["to"]:
             reasons.append(f"no padding: no single size below {found['to']} asked for {expr}")
             continue
-        if not outputs or len(outputs) != len(found["outputs"]):
-            return "no padding: the outputs' names are not known"
+        if len(outputs) != len(found["outputs"]):
+            return f"no padding: {len(outputs)} outputs, the program gives {len(found['outputs'])}"
         checked = _rows_do_not_mix(
             exported,
             module,

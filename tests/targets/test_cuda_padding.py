@@ -177,7 +177,11 @@ def test_padding_leaves_batches_it_does_not_cover_alone() -> None:
     """At or above the least batch, rows that disagree, or an old payload (axis 0 for all)."""
     pad = Padding.of({"from": 1, "to": 2}, ["x", "ids"], ["y"])
     assert (pad.inputs, pad.outputs) == ({"x": 0, "ids": 0}, {"y": 0})
-    two = {"x": np.zeros((2, 3)), "ids": np.zeros((2, 3))}
-    assert pad.pad(two, torch) == (two, None)
-    mixed = {"x": np.zeros((1, 3)), "ids": np.zeros((3, 3))}
-    assert pad.pad(mixed, torch) == (mixed, None)
+    for feed in (
+        {"x": np.zeros((2, 3)), "ids": np.zeros((2, 3))},  # at the least batch
+        {"x": np.zeros((1, 3)), "ids": np.zeros((3, 3))},  # rows that disagree
+    ):
+        padded, rows = pad.pad(feed, torch)
+        assert padded is feed and rows is None
+    padded, rows = pad.pad({"x": np.zeros((1, 3)), "ids": np.ones((1, 3))}, torch)
+    assert rows == 1 and padded["ids"].shape == (2, 3) and padded["ids"].all()
