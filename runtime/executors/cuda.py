@@ -17,7 +17,8 @@ recently used dropped). How a graph stays valid for as long as it can be replaye
   capture (so the workspace the graph bakes in is allocated inside its own pool) and after it
   (so no later graph, ours or anyone's, bakes in memory that dies with this graph). Without
   that, a graph replays into a workspace that has since been freed and handed to someone else:
-  an illegal memory access (issue 18), or silently wrong numbers.
+  an illegal memory access (issue 18), or silently wrong numbers. The drop waits until no run
+  of ours outside a graph is using a workspace (``cuda_workspaces``: PyTorch's own race).
 - Static inputs are allocated by us outside the graph's pool, contiguous, and every value
   is copied into them on our stream; outputs leave graph memory (to the host, or as a clone on
   the GPU) before the lock is released, so the next replay cannot overwrite what a caller holds.
@@ -46,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from ai_vmm.runtime.errors import ArtifactError, DeviceError, InputError
+from ai_vmm.runtime.executors import cuda_workspaces
 from ai_vmm.runtime.executors.cuda_padding import Padding
 
 _MAX_GRAPHS = 8
@@ -201,7 +203,8 @@ class CudaExecutor:
 
     def _plain(self, tensors: list[Any]) -> list[Any]:
         try:
-            return list(self._runner(*tensors))
+            with cuda_workspaces.shared():
+                return list(self._runner(*tensors))
         except Exception as exc:
             raise InputError(f"the CUDA package failed to run: {_one_line(exc)}") from exc
 
@@ -464,7 +467,6 @@ def capture(
 
     own = stream is None
     stream = private_stream(torch, device) if stream is None else stream
-    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
     # The example may come from the caller's stream: copy it only once that work is done.
     stream.wait_stream(torch.cuda.current_stream(device))
     with _CAPTURE_LOCK, torch.cuda.stream(stream), _cudnn_flags(torch, cudnn_benchmark):
@@ -472,17 +474,16 @@ def capture(
         for buffer, value in zip(static, example, strict=True):
             buffer.copy_(value)
         for _ in range(_WARMUP_RUNS):
-            runner(*static)
+            with cuda_workspaces.shared():
+                runner(*static)
         stream.synchronize()
-        if clear is not None:
-            clear()
+        cuda_workspaces.clear_workspaces(torch)
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
                 outputs = list(runner(*static))
         finally:
-            if clear is not None:
-                clear()
+            cuda_workspaces.clear_workspaces(torch)
             if own:
                 release_stream(torch, stream)
     return CapturedGraph(graph, static, outputs, runner)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ai_vmm.runtime.errors import ArtifactError, DeviceError, InputError
+from ai_vmm.runtime.executors import cuda_workspaces
 from ai_vmm.runtime.llm.session import check_step
 from ai_vmm.runtime.llm.spec import LMSpec
 
@@ -227,7 +228,8 @@ class CudaContext:
             else:
                 inputs = [torch.from_numpy(a).to(device) for a in host]
                 module = decoder.decode_module if seq == 1 else decoder.module
-                logits = module(*inputs, *self._views(rows, window)).float()
+                with cuda_workspaces.shared():  # our capture's workspace clear waits for it
+                    logits = module(*inputs, *self._views(rows, window)).float()
                 if blocked is not None:
                     out = _greedy(torch, logits[:, -1], blocked).cpu().numpy()
                 else:
