@@ -10,7 +10,8 @@
 # scripts/bench_generate_gpu.py), crash (issue 18: scripts/gpu_crash_check.py), fresh-load
 # (issue 18: does a cuda artifact load in a fresh process: scripts/gpu_fresh_load.py), gpu-tests
 # (pytest -m gpu, each test in its own process; GPU_TESTS_K filters), capture-bisect (the threaded CUDA-graph test
-# per part of other code's work, each in a fresh process), probe (scripts/gpu_probe.py's fresh-process steps), speed (issue 18:
+# per part of other code's work, each in a fresh process), cublas-race (the same other work beside
+# plain PyTorch products: scripts/gpu_cublas_race.py), probe (scripts/gpu_probe.py's fresh-process steps), speed (issue 18:
 # scripts/bench_gpu.py env+speed, ResNet-50 / BERT / ViT at batch 1 and 32), auto (issue 18:
 # scripts/gpu_auto_buckets.py), kernel-profile (scripts/gpu_kernel_profile.py), real (issue 18: real models through the cuda target,
 # scripts/gpu_real_models.py; carry .realmodels/ alone); default: deploy parallel generate. Budgets (seconds) are the PART_SECONDS_*
@@ -100,14 +101,27 @@ for part in "${PARTS[@]}"; do
         # The threaded CUDA-graph test with each part of other code's work beside it, each in a
         # fresh process, one package built once (docs/gpu.md, 2026-12-04 night).
         mkdir -p /tmp/cfpkg-bisect
+        i=0
         for work in ${CAPTURE_WORK:-none matmul empty clear clear,empty,matmul}; do
+            i=$((i + 1))  # a work repeated in CAPTURE_WORK gets a log of its own
             # -s, no warnings plugin, PYTHONWARNINGS=always: every failed capture's warning is
             # written to the log as it happens, so an abort later still leaves the sequence.
             AI_VMM_TEST_CONVFORMER_PACKAGE=/tmp/cfpkg-bisect AI_VMM_TEST_OTHER_WORK=$work \
                 PYTHONWARNINGS=always PYTHONFAULTHANDLER=1 \
-                run_part "capture-$work" "${PART_SECONDS_capture:-150}" python3 -m pytest -q -rA \
+                run_part "capture-$i-${work//,/_}" "${PART_SECONDS_capture:-150}" python3 -m pytest -q -rA \
                 -s -p no:warnings -p no:cacheprovider -m gpu tests/runtime/test_cuda_executor.py \
                 -k many_shapes
+        done ;;
+    cublas-race)
+        # Plain PyTorch, no ai-vmm code: threads' matrix products (eager, then CUDA graphs)
+        # beside another thread's workspace clearing, cache emptying and products, each in a
+        # fresh process (scripts/gpu_cublas_race.py).
+        for work in ${RACE_WORK:-clear,empty,matmul clear,empty clear,matmul empty,matmul}; do
+            for graphs in "" --graphs; do
+                PYTHONFAULTHANDLER=1 run_part "race-${work//,/_}${graphs:+-graphs}" \
+                    "${PART_SECONDS_race:-40}" python3 scripts/gpu_cublas_race.py --work "$work" \
+                    --seconds "${RACE_SECONDS:-5}" $graphs
+            done
         done ;;
     gpu-tests)
         # Each test in a process of its own: a CUDA abort in one (the threaded-capture test,
