@@ -358,7 +358,7 @@ def _program_module(
 
     # A copy: the program's module shares its parameters with the user's model, which moving
     # them to the GPU (or to fp16) would change under the user's feet.
-    program = copy.deepcopy(program)
+    program = copy_program(program)
     if device != "cpu":
         try:
             from torch.export.passes import move_to_device_pass
@@ -530,3 +530,27 @@ def _clear(out_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+
+
+def copy_program(program: Any) -> Any:
+    """A deep copy of a ``torch.export`` program that still passes torch's verifier.
+
+    ``copy.deepcopy`` renames a placeholder that shadows a Python builtin (``nn.Sequential``'s
+    ``input`` becomes ``input_1``) but keeps the old name in the graph signature, and the next
+    pass that verifies the program (``move_to_device_pass``) raises "Input spec name input does
+    not match node name input_1" (torch 2.11 on the H100 and 2.13 here, 2026-12-06: the torch
+    route then fell back to ONNX for every ``nn.Sequential``). The signature takes the new
+    names; the program is called positionally, so nothing else sees them.
+    """
+    program = copy.deepcopy(program)
+    nodes = [node.name for node in program.graph.nodes if node.op == "placeholder"]
+    renamed: dict[str, str] = {}
+    for spec, name in zip(program.graph_signature.input_specs, nodes, strict=False):
+        old = getattr(spec.arg, "name", None)
+        if old is not None and old != name:
+            renamed[old] = name
+            spec.arg.name = name
+    for spec in program.graph_signature.output_specs:
+        if getattr(spec.arg, "name", None) in renamed:
+            spec.arg.name = renamed[spec.arg.name]
+    return program

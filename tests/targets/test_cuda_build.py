@@ -94,6 +94,22 @@ def test_torch_route_builds_the_frontends_program(tmp_path: Path) -> None:
         np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), atol=1e-5)
 
 
+def test_a_copied_program_whose_input_shadows_a_builtin_still_verifies() -> None:
+    """nn.Sequential's input is named ``input``: ``copy.deepcopy`` renames its placeholder and
+    left the signature behind, so moving the copy to the GPU failed torch's verifier and the
+    torch route fell back to ONNX (H100, 2026-12-06). The pass below verifies like that one."""
+    from torch.export.passes import move_to_device_pass
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU()).eval()
+    x = torch.randn(2, 6)
+    program = torch.export.export(module, (x,))
+    moved = move_to_device_pass(cuda_build.copy_program(program), "cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(moved.module()(x), module(x))
+    assert [s.arg.name for s in program.graph_signature.input_specs][-1] == "input"
+
+
 def test_torch_route_falls_back_to_onnx_when_its_export_narrows_an_axis(tmp_path: Path) -> None:
     """A program exported with batch <= 64 cannot give the package the ONNX graph asks for
     (batch up to 4096): the ONNX route builds it, and the payload says why; a forced torch
