@@ -95,6 +95,8 @@ def test_a_waiting_clear_goes_before_runs_that_come_after_it() -> None:
 
 
 def test_runs_share_and_a_pytorch_without_the_call_is_left_alone() -> None:
-    with cuda_workspaces.shared(), cuda_workspaces.shared():  # shared: no self-deadlock
+    # Several holders at once (nested here, with no clear waiting; a thread holding it must
+    # not ask again while a clear waits, and no caller of ours does).
+    with cuda_workspaces.shared(), cuda_workspaces.shared():
         pass
     cuda_workspaces.clear_workspaces(SimpleNamespace(_C=SimpleNamespace()))  # no such call
