@@ -217,6 +217,8 @@ class DynamicBatcher:
         if not item.dispatched_at:
             item.future.cancel()  # _drop_expired takes it out of the queue
             self._changed.set()
+            now = time.monotonic()
+            self._learn_missed(item, now + self.service.estimate(item.rows, pessimistic=False))
             return
         if item.planned_end:
             rank = item.ticket.rank
@@ -395,6 +397,7 @@ class DynamicBatcher:
             if item.ticket.deadline >= end:
                 kept.append(item)
             elif not item.future.done():
+                self._learn_missed(item, end)
                 item.future.set_exception(
                     Rejected(
                         504,
@@ -404,6 +407,15 @@ class DynamicBatcher:
                     )
                 )
         return kept
+
+    def _learn_missed(self, item: WorkItem, projected_end: float) -> None:
+        """A request dropped with a 504 before its call: admission planned it to end at
+        ``planned_end`` and it would have ended at ``projected_end`` at the earliest. That
+        miss teaches the class's lateness margin like a late answer would: without it the
+        requests admission got wrong taught it nothing, and under a host slower than its
+        estimates it went on admitting requests that then expired (docs/serve.md)."""
+        if item.planned_end:
+            self.lateness.observe(item.ticket.rank, projected_end - item.planned_end)
 
     def _drop_expired(self) -> None:
         # A request that would end after its deadline even with a typical call from now is
@@ -418,6 +430,7 @@ class DynamicBatcher:
         for _, _, item in expired:
             self._pop(item)
             if not item.future.done():
+                self._learn_missed(item, cutoff)
                 item.future.set_exception(
                     Rejected(
                         504,

@@ -291,6 +291,39 @@ def test_late_answers_make_admission_refuse_earlier_for_a_while(model: Gated) ->
     asyncio.run(main())
 
 
+def test_requests_dropped_before_their_call_teach_admissions_margin(model: Gated) -> None:
+    """A request admission let in that then expires in the queue (504) was admission's
+    mistake: it teaches the class's lateness margin, as a late answer does. Before, only
+    answers and calls that ran taught it, so under a host slower than its estimates admission
+    went on letting in requests that expired (1.6 % of those admitted under 2x overload in
+    16 runs here, 0.8 % with this; docs/serve.md)."""
+
+    async def main() -> None:
+        batcher = _batcher(model, BatchingConfig(max_batch=1))
+        for seed in range(3):  # measured: a call takes a few ms
+            await batcher.infer(_x(seed), 1, _ticket())
+        rank = CLASSES["high"].rank
+        batcher.lateness = type(batcher.lateness)(window_s=30.0, least=4)
+        assert batcher.lateness.margin(_ticket("high", timeout=1.0)) == 0.0
+        model.gate.clear()  # the next call runs until the test lets it end
+        blocker = asyncio.create_task(batcher.infer(_x(0), 1, _ticket()))
+        await asyncio.sleep(0.05)
+        queued = [
+            asyncio.create_task(batcher.infer(_x(i), 1, _ticket("high", timeout=0.3)))
+            for i in range(6)  # the class queue holds 8
+        ]
+        results = await asyncio.gather(*queued, return_exceptions=True)
+        assert all(isinstance(r, Rejected) and r.status == 504 for r in results), results
+        seen = batcher.lateness._seen[rank]  # type: ignore[attr-defined]
+        assert len(seen) == 6 and all(late > 0 for _, late in seen)
+        assert batcher.lateness.margin(_ticket("high", timeout=1.0)) > 0
+        model.gate.set()
+        await blocker
+        await batcher.close()
+
+    asyncio.run(main())
+
+
 def test_an_admitted_request_gets_its_answer_or_a_504_by_its_deadline(model: Gated) -> None:
     """A call that runs past a request's deadline answers it 504 at the deadline, not late;
     a request still queued at its deadline is never computed; the late call still teaches
