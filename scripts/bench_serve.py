@@ -121,10 +121,13 @@ class Objectives:
 
 
 def server_config(
-    obj: Objectives | None, late_margin: float | None = None, quantile: float | None = None
+    obj: Objectives | None,
+    class_settings: dict[str, float] | None = None,
+    quantile: float | None = None,
 ) -> str:
+    """``class_settings``: lines set in every class (``late_margin``, ``headroom``)."""
     gold = obj.gold_objective_ms if obj else 10_000
-    margin = "" if late_margin is None else f"late_margin = {late_margin}\n"
+    margin = "".join(f"{k} = {v}\n" for k, v in (class_settings or {}).items())
     admission = "" if quantile is None else f"admission_quantile = {quantile}\n"
     tenants = "\n".join(
         f'[[tenants]]\nname = "{name}"\nkey_sha256 = "{hash_key(key)}"\nclass = "{cls}"\n'
@@ -223,7 +226,7 @@ class Results:
 
 @contextmanager
 def _deadline_server(
-    work: Path, seconds: float, late_margin: float | None, quantile: float | None
+    work: Path, seconds: float, class_settings: dict[str, float], quantile: float | None
 ) -> Iterator[tuple[str, float, Objectives, list[Case]]]:
     """Phase 1 measures capacity and the service time of a full batch; phase 2 starts the
     server with the deadlines and objectives derived from it: (url, capacity, objectives,
@@ -241,7 +244,7 @@ def _deadline_server(
         measure_capacity(url, "minilm", bench, concurrency=32, seconds=1.0)  # warm-up
         capacity = measure_capacity(url, "minilm", bench, concurrency=32, seconds=seconds)
         objectives = Objectives(batch_time_ms(url))
-    (repo / "serve.toml").write_text(server_config(objectives, late_margin, quantile))
+    (repo / "serve.toml").write_text(server_config(objectives, class_settings, quantile))
     with server(repo) as url:
         measure_capacity(url, "minilm", bench, concurrency=32, seconds=0.5)  # warm-up
         # Measured again on this server: other work on the machine moves the figure, and a
@@ -253,10 +256,14 @@ def _deadline_server(
 
 
 def run_all(
-    work: Path, seconds: float, late_margin: float | None = None, quantile: float | None = None
+    work: Path,
+    seconds: float,
+    class_settings: dict[str, float] | None = None,
+    quantile: float | None = None,
 ) -> Results:
     """Every scenario above on a fresh repository under ``work``."""
-    with _deadline_server(work, seconds, late_margin, quantile) as (url, capacity, obj, cases):
+    settings = class_settings or {}
+    with _deadline_server(work, seconds, settings, quantile) as (url, capacity, obj, cases):
         stated = Stream("bench", KEYS["bench"], capacity / 2, cases)
         stated_rows = _run("stated", url, [stated], seconds)
         over = Stream("bench", KEYS["bench"], 2 * capacity, cases, obj.deadline_ms)
@@ -270,11 +277,20 @@ def run_all(
 
 
 def run_overloads(
-    work: Path, seconds: float, runs: int, late_margin: float | None, quantile: float | None
+    work: Path,
+    seconds: float,
+    runs: int,
+    class_settings: dict[str, float],
+    quantile: float | None,
 ) -> None:
     """The overload run alone, ``runs`` times on one server, a line each (``--overload-runs``:
     how admission's settings trade expired requests against throughput; docs/serve.md)."""
-    with _deadline_server(work, seconds, late_margin, quantile) as (url, capacity, obj, cases):
+    with _deadline_server(work, seconds, class_settings, quantile) as (
+        url,
+        capacity,
+        obj,
+        cases,
+    ):
         print(f"capacity {capacity:.0f} requests/s, deadline {obj.deadline_ms:.0f} ms")
         for index in range(runs):
             over = Stream("bench", KEYS["bench"], 2 * capacity, cases, obj.deadline_ms)
@@ -495,6 +511,12 @@ def main(argv: list[str] | None = None) -> int:
         help="Every class's late_margin (default: the server's, 0.25; 0 turns it off).",
     )
     parser.add_argument(
+        "--headroom",
+        type=float,
+        default=None,
+        help="Every class's headroom (default: the server's, 0.2; 0 turns it off).",
+    )
+    parser.add_argument(
         "--admission-quantile",
         type=float,
         default=None,
@@ -509,12 +531,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-serve-"))
     work.mkdir(parents=True, exist_ok=True)
+    settings = {
+        key: value
+        for key, value in (("late_margin", args.late_margin), ("headroom", args.headroom))
+        if value is not None
+    }
     if args.overload_runs:
-        run_overloads(
-            work, args.seconds, args.overload_runs, args.late_margin, args.admission_quantile
-        )
+        run_overloads(work, args.seconds, args.overload_runs, settings, args.admission_quantile)
         return 0
-    results = run_all(work, args.seconds, args.late_margin, args.admission_quantile)
+    results = run_all(work, args.seconds, settings, args.admission_quantile)
     if str(args.llm) != "none":
         results.llm = run_llm(work, args.llm)
     given = list(argv or sys.argv[1:])

@@ -241,9 +241,10 @@ class ReplyTimes:
         return min(value, cap * (ticket.deadline - ticket.arrival))
 
 
-def refuse_late(estimate_s: float, ticket: Ticket, what: str) -> None:
-    """Refuse now (503 + Retry-After) when ``estimate_s`` from now ends past the deadline."""
-    budget = ticket.budget_s
+def refuse_late(estimate_s: float, ticket: Ticket, what: str, headroom: float = 0.0) -> None:
+    """Refuse now (503 + Retry-After) when ``estimate_s`` from now ends past the deadline, or
+    within its last ``headroom`` (a fraction of the request's timeout: the class's)."""
+    budget = ticket.budget_s - headroom * (ticket.deadline - ticket.arrival)
     if estimate_s > budget:
         raise Rejected(
             503,

@@ -20,10 +20,12 @@ from ai_vmm.serve.backend import load_model
 from ai_vmm.serve.batching import BatchStats, DynamicBatcher, Replica
 from ai_vmm.serve.config import BatchingConfig, PriorityClass
 
+# No headroom here, so the deadlines below are what admission measures against (the
+# headroom's own test gives it one).
 CLASSES = {
-    "high": PriorityClass(rank=0, max_queue=8, timeout_ms=5000),
-    "low": PriorityClass(rank=1, max_queue=3, timeout_ms=5000),
-    "patient": PriorityClass(rank=1, max_queue=1, timeout_ms=5000, overflow="delay"),
+    "high": PriorityClass(rank=0, max_queue=8, timeout_ms=5000, headroom=0.0),
+    "low": PriorityClass(rank=1, max_queue=3, timeout_ms=5000, headroom=0.0),
+    "patient": PriorityClass(rank=1, max_queue=1, timeout_ms=5000, overflow="delay", headroom=0.0),
 }
 
 
@@ -319,6 +321,45 @@ def test_requests_dropped_before_their_call_teach_admissions_margin(model: Gated
         assert batcher.lateness.margin(_ticket("high", timeout=1.0)) > 0
         model.gate.set()
         await blocker
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_headroom_refuses_a_queued_request_that_would_end_in_its_timeouts_last_part(
+    model: Gated,
+) -> None:
+    """With the default headroom (a fifth of the timeout) a request that would wait behind a
+    queued call is refused at once when its estimated end falls in the last fifth; one that
+    goes in the next call keeps its whole timeout; with no headroom, the whole timeout."""
+
+    async def main() -> None:
+        batcher = _batcher(model, BatchingConfig(max_batch=1))
+        for seed in range(3):
+            await batcher.infer(_x(seed), 1, _ticket())
+        batcher.classes = {**batcher.classes, "high": PriorityClass(rank=0, timeout_ms=5000)}
+        assert batcher.classes["high"].headroom == 0.2  # the server's default
+        for _ in range(300):  # a call takes 60 ms
+            batcher.service.observe(1, 0.06)
+        await asyncio.sleep(0)
+        batcher.precheck(_ticket("high", timeout=0.075))  # next call: 60 ms of 75, no headroom
+        for _ in range(300):  # now 30 ms
+            batcher.service.observe(1, 0.03)
+        model.gate.clear()
+        running = asyncio.create_task(batcher.infer(_x(10), 1, _ticket()))
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(batcher.infer(_x(11), 1, _ticket()))
+        await asyncio.sleep(0.01)
+        # Behind the queued call: about 60 ms, past 70 ms less a fifth (56 ms).
+        with pytest.raises(Rejected) as refused:
+            batcher.precheck(_ticket("high", timeout=0.07))
+        assert refused.value.status == 503 and refused.value.code == "deadline"
+        assert refused.value.retry_after and refused.value.retry_after > 0
+        batcher.precheck(_ticket("high", timeout=0.09))  # 60 ms fits 90 less a fifth (72)
+        batcher.classes = {**batcher.classes, "high": CLASSES["high"]}  # no headroom
+        batcher.precheck(_ticket("high", timeout=0.075))
+        model.gate.set()
+        await asyncio.gather(running, queued)
         await batcher.close()
 
     asyncio.run(main())
