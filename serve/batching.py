@@ -175,12 +175,8 @@ class DynamicBatcher:
                 f"{self._max_rows} per call",
             )
         await self._wait_for_room(ticket)
-        estimate = self.estimate(ticket.rank, rows)
-        policy = self.classes[ticket.priority_class]
-        margin = self.lateness.margin(ticket, policy.late_margin)
+        estimate = self._admit(ticket, rows)
         reserve = self.replies.reserve(ticket)
-        headroom = self._headroom(policy, ticket.rank, rows)
-        refuse_late(estimate + margin + reserve, ticket, f"model '{self.name}'", headroom)
         loop = asyncio.get_running_loop()
         item = WorkItem(inputs, rows, _signature(inputs), ticket, loop.create_future())
         if self.service.known:  # before any call, 0.0 is no plan to be late against
@@ -243,25 +239,33 @@ class DynamicBatcher:
         queued = self._queued_by_class.get(ticket.priority_class, 0)
         if queued >= policy.max_queue and policy.overflow == "reject":
             raise self._queue_full(ticket, policy.max_queue)
-        estimate = (
-            self.estimate(ticket.rank, 1)
-            + self.lateness.margin(ticket, policy.late_margin)
-            + self.replies.reserve(ticket)
-        )
-        refuse_late(
-            estimate, ticket, f"model '{self.name}'", self._headroom(policy, ticket.rank, 1)
-        )
+        self._admit(ticket, 1)
 
-    def _headroom(self, policy: PriorityClass, rank: int, rows: int) -> float:
-        """The class's headroom where the request would wait behind queued calls (their end
-        moves when the host slows after admission, docs/serve.md), none where it would go in
-        the next call: a high-priority request behind only the running call keeps its whole
-        timeout (a headroom for those refused the load test's gold tenant a third of the
-        time)."""
-        ahead = sum(item.rows for r, _, item in self._heap if r <= rank)
-        if self._max_rows:
-            return policy.headroom if ahead + rows > self._max_rows else 0.0
-        return policy.headroom if ahead else 0.0
+    def _admit(self, ticket: Ticket, rows: int) -> float:
+        """Refuse (503) a request of ``rows`` that would end past its deadline: the estimate
+        from the queue ahead, plus the class's lateness margin and the reply reserve, within
+        the timeout less the class's headroom where the request would wait behind queued
+        calls (their end moves when the host slows after admission, docs/serve.md). One that
+        goes in the next call keeps its whole timeout: a headroom for those refused the load
+        test's gold tenant in 3 runs of 4. Returns the estimate alone (the request's plan)."""
+        policy = self.classes[ticket.priority_class]
+        queued = self._queued_rows(ticket.rank)
+        estimate = self.estimate(ticket.rank, rows, queued)
+        ahead = sum(queued)
+        behind_calls = ahead + rows > self._max_rows if self._max_rows else ahead > 0
+        refuse_late(
+            estimate
+            + self.lateness.margin(ticket, policy.late_margin)
+            + self.replies.reserve(ticket),
+            ticket,
+            f"model '{self.name}'",
+            policy.headroom if behind_calls else 0.0,
+        )
+        return estimate
+
+    def _queued_rows(self, rank: int) -> list[int]:
+        """The rows of each queued request served before one of ``rank``."""
+        return [item.rows for r, _, item in self._heap if r <= rank]
 
     def _queue_full(self, ticket: Ticket, limit: int) -> Rejected:
         return Rejected(
@@ -272,11 +276,12 @@ class DynamicBatcher:
             retry_after=max(self.estimate(ticket.rank, 1), 0.05),
         )
 
-    def estimate(self, rank: int, rows: int) -> float:
-        """Seconds until a request of ``rows`` at ``rank`` queued now would be answered."""
+    def estimate(self, rank: int, rows: int, queued: list[int] | None = None) -> float:
+        """Seconds until a request of ``rows`` at ``rank`` queued now would be answered
+        (``queued``: ``_queued_rows(rank)`` where the caller has it)."""
         if not self.service.known:
             return 0.0  # nothing measured yet: admit, and learn from the first batches
-        queued = [item.rows for r, _, item in self._heap if r <= rank]
+        queued = self._queued_rows(rank) if queued is None else queued
         ahead = sum(queued)
         if self._max_rows:  # batched: calls of up to max_rows rows
             calls = math.ceil((ahead + rows) / self._max_rows)

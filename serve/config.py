@@ -260,8 +260,9 @@ class PriorityClass(_Strict):
     """Admission adds how late this class's recent answers came (the last 2 s) to its
     estimate, at most this fraction of the request's timeout; 0 turns it off."""
     headroom: float = Field(default=0.2, ge=0, lt=1)
-    """Admission keeps this fraction of a request's timeout free when the request would wait
-    behind queued calls: refused at once if its estimated end falls in that last part. Those
+    """Admission keeps this fraction of a request's timeout free when a tensor request would
+    wait behind queued calls (dynamic batching; the LM engine's admission does not use it):
+    refused at once if its estimated end falls in that last part. Those
     queued while the host was fast expire once it slows. Under 2x overload on a 2-core VM,
     0.2 took the expired share from 1.78 % of admitted requests to 0.30 %, admitting 12 %
     fewer (8 runs each, docs/serve.md). A request that goes in the next call keeps its whole
