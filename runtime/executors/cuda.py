@@ -216,10 +216,10 @@ class CudaExecutor:
         clearing cuBLAS workspaces and emptying the allocator's cache while ours captured). The
         package's model container is not reusable after a run that failed inside a capture:
         every later call failed too, and then an illegal memory access aborted the process
-        (docs/gpu.md, 2026-12-04 night). So the container is replaced, and every graph this
-        executor captured from the old one is dropped with it: their kernels read the old
-        container's weights, which it frees when it goes (a replay after that reads freed
-        memory: a possible cause of the illegal memory access on the H100, 2026-12-06).
+        (docs/gpu.md, 2026-12-04 night). So the container is replaced. The graphs captured
+        from the old one stay valid (each holds the runner whose weights its kernels read,
+        ``CapturedGraph``), but they would keep a second copy of the weights on the GPU until
+        evicted: they are dropped, and recaptured from the new container on their next call.
         """
         torch = self._torch
         self._capture_failures[key] = self._capture_failures.get(key, 0) + 1

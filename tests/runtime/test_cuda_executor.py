@@ -118,10 +118,10 @@ def test_a_failed_capture_falls_back_to_a_plain_run_on_a_reloaded_package(
 def test_a_failed_capture_drops_the_graphs_of_the_replaced_package(
     zoo_model: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After a failed capture the package is reloaded, and the graphs captured from the old one
-    must go with it: their kernels read the old container's weights, freed when it goes (a
-    replay of one of them is a possible cause of the illegal memory access on the H100,
-    2026-12-06). Here a graph is a stand-in that replays by running its runner into its static
+    """A graph holds the runner it was captured from (its kernels read that runner's weights).
+    After a failed capture the package is reloaded and the old graphs go with the old runner
+    (else two copies of the weights stay on the GPU); the shapes are captured again from the new
+    one. Here a graph is a stand-in that replays by running its runner into its static
     outputs."""
     from ai_vmm.runtime.executors import cuda as cuda_executor
 
