@@ -122,7 +122,15 @@ for part in "${PARTS[@]}"; do
                     "${PART_SECONDS_race:-40}" python3 scripts/gpu_cublas_race.py --work "$work" \
                     --seconds "${RACE_SECONDS:-5}" $graphs
             done
-        done ;;
+        done
+        # What taking the workspace away (the race's process-wide cure) costs, twice each.
+        for config in default :0:0 default :0:0; do
+            if [ "$config" = default ]; then
+                python3 scripts/gpu_cublas_race.py --products
+            else
+                CUBLAS_WORKSPACE_CONFIG=$config python3 scripts/gpu_cublas_race.py --products
+            fi
+        done >"$RESULTS/race-products.log" 2>&1 ;;
     gpu-tests)
         # Each test in a process of its own: a CUDA abort in one (the threaded-capture test,
         # 2026-12-04 night) took every later test's result with it. The convformer package is

@@ -2,6 +2,7 @@
 """Does plain PyTorch survive what issue 18's threaded CUDA-graph test does beside our executor?
 
     python scripts/gpu_cublas_race.py [--work clear,empty,matmul] [--seconds 5] [--graphs]
+    python scripts/gpu_cublas_race.py --products    # what CUBLAS_WORKSPACE_CONFIG=:0:0 costs
 
 Three threads run matrix products, each on a CUDA stream of its own (with ``--graphs``: replay
 a CUDA graph of them captured first), while a fourth does ``--work`` in a loop: ``clear``
@@ -11,15 +12,51 @@ stream). No ai-vmm code runs: if this aborts with an illegal memory access, the 
 PyTorch's (the cuBLAS workspace a thread looked up is freed by another thread's clear before
 its kernel runs, and ``empty_cache`` unmaps it). Prints one line: the work, the products run,
 and whether every result was right; an abort ends the process (the caller reads its exit code).
+
+``--products`` times a few matrix products instead (median of 5 rounds of 20), one line with
+the process's ``CUBLAS_WORKSPACE_CONFIG``: run it with and without ``:0:0`` (no workspace, which
+removes the race) for docs/gpu.md's cost table (``gpu_all.sh cublas-race`` does both).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
 
 import torch
+
+PRODUCTS = [
+    (4096, 768, 768, "float16"),
+    (4096, 768, 3072, "float16"),
+    (32, 768, 768, "float16"),
+    (8192, 8192, 8192, "float16"),
+    (4096, 1024, 1024, "float32"),
+]
+
+
+def time_products() -> None:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    timed = []
+    for m, k, n, dtype in PRODUCTS:
+        a = torch.randn(m, k, device="cuda", dtype=getattr(torch, dtype))
+        b = torch.randn(k, n, device="cuda", dtype=getattr(torch, dtype))
+        for _ in range(5):
+            a @ b
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        rounds = []
+        for _ in range(5):
+            start.record()
+            for _ in range(20):
+                a @ b
+            end.record()
+            end.synchronize()
+            rounds.append(start.elapsed_time(end) / 20 * 1000)
+        timed.append(f"{m}x{k}x{n} {dtype} {sorted(rounds)[2]:.1f} us")
+    config = os.environ.get("CUBLAS_WORKSPACE_CONFIG", "default")
+    print(f"CUBLAS_WORKSPACE_CONFIG={config}: " + "; ".join(timed), flush=True)
 
 
 def main() -> None:
@@ -27,7 +64,11 @@ def main() -> None:
     parser.add_argument("--work", default="clear,empty,matmul")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--graphs", action="store_true")
+    parser.add_argument("--products", action="store_true")
     args = parser.parse_args()
+    if args.products:
+        time_products()
+        return
     work = set(args.work.split(","))
     stop = time.monotonic() + args.seconds
     failures: list[str] = []
