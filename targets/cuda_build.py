@@ -288,7 +288,7 @@ def _build(
         if torch_device.startswith("cuda"):
             config["cuda_graphs"] = graphs_work(runner, example, torch_device)
             stage("graph check")
-        batches = wanted_batches(options, batch_symbol(graph_inputs), dims)
+        batches = wanted_batches(options, batch_symbol(graph_inputs), dims, config.get("pad_batch"))
         if batches and not getattr(module, "runs_loops", False):
             del runner
             build_static(

@@ -38,6 +38,19 @@ def test_static_batches_come_from_the_samples_large_batches_within_the_range() -
     assert cuda_static.wanted_batches(TargetOptions(extra={}), None, dims) == []
 
 
+def test_sample_batches_the_padding_covers_get_static_packages_too() -> None:
+    dims = {"batch": (1, 64)}
+    pad = {"from": 1, "to": 2, "inputs": {"x": 0}, "outputs": {"y": 0}}
+
+    def chosen(padded: Any = pad, **extra: Any) -> list[int]:
+        return cuda_static.wanted_batches(TargetOptions(extra=extra), "batch", dims, padded)
+
+    assert chosen(sample_sizes={"batch": [1, 4]}) == [1]  # 4 is in the export's range
+    assert chosen(sample_sizes={"batch": [1, 8, 16, 32]}) == [1, 16, 32]  # beside the large
+    assert chosen(None, sample_sizes={"batch": [1, 4]}) == []  # no padding: as before
+    assert chosen(sample_sizes={"batch": [1]}, cuda_static_batches=[]) == []  # asked: none
+
+
 def test_the_static_variant_is_timed_only_where_a_payload_has_static_packages() -> None:
     target = CudaTarget()
     plain = target.tuning_space(CPU, {"cuda_graphs": True})
