@@ -346,11 +346,17 @@ def _order_child(how: str, ids: list[int]) -> None:
     for engine in engines:
         engine.run(ids, 128)
     speeds: list[list[float]] = [[] for _ in engines]
+    ttfts: list[list[float]] = [[] for _ in engines]
     for round_index in range(8):
         order = range(len(engines)) if round_index % 2 == 0 else reversed(range(len(engines)))
         for i in order:
-            speeds[i].append(engines[i].run(ids, 128)[2])
-    cells = ", ".join(f"{n} {statistics.median(v):.1f}" for n, v in zip(names, speeds, strict=True))
+            _, ttft, rate = engines[i].run(ids, 128)
+            speeds[i].append(rate)
+            ttfts[i].append(ttft * 1000)
+    cells = ", ".join(
+        f"{n} {statistics.median(v):.1f} (TTFT {statistics.median(t):.0f} ms)"
+        for n, v, t in zip(names, speeds, ttfts, strict=True)
+    )
     ratio = ""
     if how in ("ours-first", "genai-first"):
         mine = 0 if how == "ours-first" else 1
@@ -377,7 +383,7 @@ def alone(ids: list[int], weights: str = "fp32") -> None:
     ids_file = Path(tempfile.mkdtemp()) / "ids.json"
     ids_file.write_text(json.dumps(ids))
     env = {**os.environ, "LLM_LEAN_IDS": str(ids_file), "LLM_LEAN_WEIGHTS": weights}
-    print(f"| process | {weights} decode tok/s, median of 8 rounds |\n|---|---|", flush=True)
+    print(f"| process | {weights} decode tok/s (TTFT), median of 8 rounds |\n|---|---|", flush=True)
     for _ in range(3):
         for how in ("ours-alone", "genai-alone"):
             subprocess.run([sys.executable, __file__, f"_order-{how}"], check=True, env=env)
