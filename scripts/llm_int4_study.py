@@ -12,6 +12,12 @@ quality gate and decode speed under INT4 variants, on this CPU.
   the bench's 400-token prompt and 128 tokens. ``--dq`` adds a copy of the first artifact
   reloaded with the CPU plugin's activation groups set to each size.
 
+* ``raw ARTIFACT [ARTIFACT ...] [--genai int4,int8] [--rounds N]``: the decoders alone, no
+  pipeline: each artifact's decoder and GenAI's exports rewritten for PagedAttention the same
+  way, compiled with the same properties (f32 activations and KV cache, the plugin's default
+  activation groups), and 128 decode steps at the 400-token prompt's context driven by one
+  Python loop; ms a step, interleaved rounds. What separates the kernels from the engines.
+
     python scripts/llm_int4_study.py gate sym --out /tmp/sym.vmm
     python scripts/llm_int4_study.py gate asym --ratio 0.8 --out /tmp/asym.vmm
     python scripts/llm_int4_study.py speed /tmp/sym.vmm /tmp/asym.vmm --rounds 8
@@ -99,6 +105,87 @@ def speed(args: argparse.Namespace) -> None:
         )
 
 
+def raw(args: argparse.Namespace) -> None:
+    import statistics
+    import time
+
+    import numpy as np
+    import openvino as ov
+    from openvino._offline_transformations import paged_attention_transformation
+
+    import ai_vmm
+    from ai_vmm.bench_generate import CACHE, prompts
+    from ai_vmm.frontends.causal_lm import source_digest
+    from ai_vmm.runtime.executors.openvino_paged import paged_model
+
+    root = CACHE / source_digest(MODEL)[:16]
+    core = ov.Core()
+    props = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "KV_CACHE_PRECISION": "f32",
+        "INFERENCE_PRECISION_HINT": "f32",
+    }
+    sources = {Path(a).name: Path(a) for a in args.artifacts}
+    sources.update({f"GenAI {w}": root / "genai" / w for w in args.genai.split(",") if w})
+    requests: dict[str, tuple[Any, set[str]]] = {}
+    for name, path in sources.items():
+        if name.startswith("GenAI "):
+            model = core.read_model(str(path / "openvino_model.xml"))
+            paged_attention_transformation(model)
+        else:
+            cache = json.loads((path / "manifest.json").read_text())["llm"]["cache"]
+            xml = next((path / "decoder").glob("*.xml"))
+            model = paged_model(core.read_model(str(xml)), len(cache["heads"]))
+        compiled = core.compile_model(model, "CPU", props)
+        request = compiled.create_infer_request()
+        for port in compiled.inputs:  # a pool of 64 blocks of 32 tokens per cache input
+            if "_cache." in port.get_any_name():
+                tail = [d.get_length() for d in list(port.get_partial_shape())[1:]]
+                request.set_tensor(port, ov.Tensor(port.get_element_type(), [64, *tail]))
+        requests[name] = (request, {n for port in compiled.inputs for n in port.get_names()})
+    with ai_vmm.load(root / "openvino-CPU-fp32.vmm") as lm:  # the bench's float build
+        ids = prompts(lm.tokenizer)["long"]
+
+    def step(request: Any, names: set[str], tokens: list[int], past: int) -> int:
+        n, blocks = len(tokens), -(-(past + len(tokens)) // 32)
+        feed = {
+            "input_ids": np.array(tokens, np.int64),
+            "position_ids": np.arange(past, past + n, dtype=np.int64),
+            "past_lens": np.array([past], np.int32),
+            "subsequence_begins": np.array([0, n], np.int32),
+            "block_indices": np.arange(blocks, dtype=np.int32),
+            "block_indices_begins": np.array([0, blocks], np.int32),
+            "max_context_len": np.array(past + n, np.int32),
+        }
+        if "logit_index" in names:  # ours: the logits of the last token only
+            feed["logit_index"] = np.array([n - 1], np.int64)
+        request.infer(feed)
+        logits = request.get_output_tensor(0).data
+        return int(logits.reshape(-1, logits.shape[-1])[-1].argmax())
+
+    def decode(name: str, count: int = 128) -> float:
+        request, names = requests[name]
+        token = step(request, names, ids, 0)
+        started = time.perf_counter()
+        for i in range(count):
+            token = step(request, names, [token], len(ids) + i)
+        return (time.perf_counter() - started) / count * 1000
+
+    for name in requests:
+        decode(name, 16)
+    times: dict[str, list[float]] = {name: [] for name in requests}
+    for round_index in range(args.rounds):
+        order = list(requests) if round_index % 2 == 0 else list(reversed(requests))
+        for name in order:
+            times[name].append(decode(name))
+    print("| decoder | ms a decode step [min-max] | tok/s |\n|---|---|---|")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(
+            f"| {name} | {median:.2f} [{min(values):.2f}-{max(values):.2f}] | {1000 / median:.1f} |"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parts = parser.add_subparsers(dest="part", required=True)
@@ -111,8 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("artifacts", nargs="+")
     s.add_argument("--dq", default="", help="activation group sizes, e.g. 64,128")
     s.add_argument("--rounds", type=int, default=8)
+    r = parts.add_parser("raw")
+    r.add_argument("artifacts", nargs="*")
+    r.add_argument("--genai", default="int4", help="GenAI exports to add, e.g. int4,int8")
+    r.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args(argv)
-    (gate if args.part == "gate" else speed)(args)
+    {"gate": gate, "speed": speed, "raw": raw}[args.part](args)
     return 0
 
 
