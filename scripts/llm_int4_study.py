@@ -11,16 +11,17 @@ quality gate and decode speed under INT4 variants, on this CPU.
   by ``vmmc bench --generate --baselines genai`` first), one process, interleaved rounds,
   the bench's 400-token prompt and 128 tokens. ``--dq`` adds a copy of the first artifact
   reloaded with the CPU plugin's activation groups set to each size.
-
 * ``raw ARTIFACT [ARTIFACT ...] [--genai int4,int8] [--rounds N]``: the decoders alone, no
   pipeline: each artifact's decoder and GenAI's exports rewritten for PagedAttention the same
-  way, compiled with the same properties (f32 activations and KV cache, the plugin's default
-  activation groups), and 128 decode steps at the 400-token prompt's context driven by one
-  Python loop; ms a step, interleaved rounds. What separates the kernels from the engines.
+  way, compiled with the same properties (f32 activations and KV cache, or ``--precision
+  bf16``; the plugin's default activation groups), and 128 decode steps at the 400-token
+  prompt's context driven by one Python loop; ms a step, interleaved rounds. What separates
+  the kernels from the engines.
 
     python scripts/llm_int4_study.py gate sym --out /tmp/sym.vmm
     python scripts/llm_int4_study.py gate asym --ratio 0.8 --out /tmp/asym.vmm
     python scripts/llm_int4_study.py speed /tmp/sym.vmm /tmp/asym.vmm --rounds 8
+    python scripts/llm_int4_study.py raw /tmp/asym.vmm --genai int4,int8
 """
 
 from __future__ import annotations
@@ -122,8 +123,8 @@ def raw(args: argparse.Namespace) -> None:
     core = ov.Core()
     props = {
         "PERFORMANCE_HINT": "LATENCY",
-        "KV_CACHE_PRECISION": "f32",
-        "INFERENCE_PRECISION_HINT": "f32",
+        "KV_CACHE_PRECISION": args.precision,
+        "INFERENCE_PRECISION_HINT": args.precision,
     }
     sources = {Path(a).name: Path(a) for a in args.artifacts}
     sources.update({f"GenAI {w}": root / "genai" / w for w in args.genai.split(",") if w})
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("artifacts", nargs="*")
     r.add_argument("--genai", default="int4", help="GenAI exports to add, e.g. int4,int8")
     r.add_argument("--rounds", type=int, default=7)
+    r.add_argument("--precision", default="f32", help="activations and KV cache: f32 or bf16")
     args = parser.parse_args(argv)
     {"gate": gate, "speed": speed, "raw": raw}[args.part](args)
     return 0
