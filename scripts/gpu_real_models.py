@@ -74,7 +74,7 @@ def bench(rm: Any, name: str, cache: Path, work: Path, rounds: int, box_s: float
             "cuda_graphs": part.get("config", {}).get("cuda_graphs"),
             "inductor_note": part.get("config", {}).get("inductor_note"),
             "pad_batch": part.get("config", {}).get("pad_batch"),
-            "static_batches": sorted((part.get("config", {}).get("static_batches") or {})),
+            "static_batches": sorted(part.get("config", {}).get("static_batches") or {}),
             "static_dispatch": part.get("config", {}).get("static_dispatch"),
             "static_note": part.get("config", {}).get("static_note"),
         }
