@@ -1,11 +1,12 @@
 """How INT4 was chosen for causal LMs on OpenVINO (docs/generate.md, "Weights"): SmolLM2's
 quality gate and decode speed under INT4 variants, on this CPU.
 
-* ``gate sym|asym [--group G] [--ratio R]``: ``ai_vmm.compile(SmolLM2, weights="int4")`` with
-  NNCF's INT4 mode forced to symmetric or asymmetric (``nncf.compress_weights`` wrapped in
-  this process; the compile itself is unchanged), then every attempt of the quality gate:
-  ratio, activation groups, perplexity increase, agreement, looping replies, passed. The
-  artifact is written to ``--out`` for ``speed``.
+* ``gate sym|asym [--group G] [--ratio R] [--gptq]``: ``ai_vmm.compile(SmolLM2,
+  weights="int4")`` with NNCF's INT4 mode forced to symmetric or asymmetric
+  (``nncf.compress_weights`` wrapped in this process; the compile itself is unchanged; ``--gptq``
+  adds NNCF's GPTQ), then every attempt of the quality gate: ratio, activation groups,
+  perplexity increase, agreement, looping replies, passed. The artifact is written to ``--out``
+  for ``speed``.
 * ``speed ARTIFACT [ARTIFACT ...] [--dq 64,128] [--rounds N]``: decode tokens/s and TTFT of
   the artifacts against OpenVINO GenAI's all-INT4 export (groups of 64, f32 activations; made
   by ``vmmc bench --generate --baselines genai`` first), one process, interleaved rounds,
@@ -54,6 +55,8 @@ def gate(args: argparse.Namespace) -> None:
             nncf.CompressWeightsMode.INT4_ASYM,
         ):
             kwargs["mode"] = wanted
+            if args.gptq:  # NNCF's GPTQ after AWQ, with scale estimation folded in
+                kwargs["gptq"] = True
         return original(model, **kwargs)
 
     nncf.compress_weights = compress
@@ -194,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("variant", choices=["sym", "asym"])
     g.add_argument("--group", type=int, default=0)
     g.add_argument("--ratio", type=float, default=0.0)
+    g.add_argument("--gptq", action="store_true", help="NNCF's GPTQ on top of the compile's")
     g.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "int4-study.vmm")
     s = parts.add_parser("speed")
     s.add_argument("artifacts", nargs="+")
