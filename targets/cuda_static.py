@@ -74,7 +74,9 @@ def wanted_batches(
     else:
         seen = [int(b) for b in (options.extra.get("sample_sizes") or {}).get(symbol, ())]
         sizes = sorted(b for b in seen if b >= STATIC_MIN_BATCH)[-MAX_STATIC:]
-        if padded:
+        # The static export resizes axis 0 only: a batch on another axis (Silero's streaming
+        # state) stays padded.
+        if padded and all(int(a) == 0 for a in (padded.get("inputs") or {}).values()):
             sizes += [b for b in seen if int(padded["from"]) <= b < int(padded["to"])]
     low, high = dims[symbol]
     return sorted({b for b in sizes if low <= b <= high})

@@ -48,6 +48,8 @@ def test_sample_batches_the_padding_covers_get_static_packages_too() -> None:
     assert chosen(sample_sizes={"batch": [1, 4]}) == [1]  # 4 is in the export's range
     assert chosen(sample_sizes={"batch": [1, 8, 16, 32]}) == [1, 16, 32]  # beside the large
     assert chosen(None, sample_sizes={"batch": [1, 4]}) == []  # no padding: as before
+    state_axis = {**pad, "inputs": {"x": 0, "state": 1}}  # the static export resizes axis 0
+    assert chosen(state_axis, sample_sizes={"batch": [1, 4]}) == []
     assert chosen(sample_sizes={"batch": [1]}, cuda_static_batches=[]) == []  # asked: none
 
 
