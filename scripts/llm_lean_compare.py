@@ -375,17 +375,18 @@ def order(ids: list[int]) -> None:
 
 
 def alone(ids: list[int], weights: str = "fp32") -> None:
-    """The single-model case: our decoder alone in a fresh process, then GenAI's alone,
-    3 times each, alternating (no other decoder is ever loaded in those processes); ``weights``
-    fp32 or int8 (f32 activations and KV cache for both)."""
+    """The single-model case: our decoder alone in a fresh process, and GenAI's alone in
+    another, 3 pairs, the first and third with ours first (no other decoder is ever loaded in
+    those processes); ``weights`` fp32, int8 or int4 (f32 activations and KV cache for both)."""
     import subprocess
 
     ids_file = Path(tempfile.mkdtemp()) / "ids.json"
     ids_file.write_text(json.dumps(ids))
     env = {**os.environ, "LLM_LEAN_IDS": str(ids_file), "LLM_LEAN_WEIGHTS": weights}
     print(f"| process | {weights} decode tok/s (TTFT), median of 8 rounds |\n|---|---|", flush=True)
-    for _ in range(3):
-        for how in ("ours-alone", "genai-alone"):
+    for pair in range(3):  # which goes first alternates: the machine's speed drifts
+        hows = ("ours-alone", "genai-alone") if pair % 2 == 0 else ("genai-alone", "ours-alone")
+        for how in hows:
             subprocess.run([sys.executable, __file__, f"_order-{how}"], check=True, env=env)
 
 
