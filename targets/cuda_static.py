@@ -39,7 +39,8 @@ STATIC_MIN_BATCH = 8
 """Smallest batch that gets a static package from the samples (below it, a call is dominated
 by launches, which CUDA graphs already remove)."""
 MAX_STATIC = 2
-"""Static packages at most per payload (each costs a compile and its weights' memory)."""
+"""Static packages at most per payload for the large batches (each costs a compile and its
+weights' memory); sample batches the padding would cover come on top."""
 
 
 def batch_symbol(graph_inputs: list[ir.Value]) -> str | None:
