@@ -175,8 +175,7 @@ class DynamicBatcher:
                 f"{self._max_rows} per call",
             )
         await self._wait_for_room(ticket)
-        estimate = self._admit(ticket, rows)
-        reserve = self.replies.reserve(ticket)
+        estimate, reserve = self._admit(ticket, rows)
         loop = asyncio.get_running_loop()
         item = WorkItem(inputs, rows, _signature(inputs), ticket, loop.create_future())
         if self.service.known:  # before any call, 0.0 is no plan to be late against
@@ -241,27 +240,27 @@ class DynamicBatcher:
             raise self._queue_full(ticket, policy.max_queue)
         self._admit(ticket, 1)
 
-    def _admit(self, ticket: Ticket, rows: int) -> float:
+    def _admit(self, ticket: Ticket, rows: int) -> tuple[float, float]:
         """Refuse (503) a request of ``rows`` that would end past its deadline: the estimate
         from the queue ahead, plus the class's lateness margin and the reply reserve, within
         the timeout less the class's headroom where the request would wait behind queued
         calls (their end moves when the host slows after admission, docs/serve.md). One that
         goes in the next call keeps its whole timeout: a headroom for those refused the load
-        test's gold tenant in 3 runs of 4. Returns the estimate alone (the request's plan)."""
+        test's gold tenant in 3 runs of 4. Returns the estimate alone (the request's plan) and
+        the reply reserve (``infer`` stops waiting that long before the deadline)."""
         policy = self.classes[ticket.priority_class]
         queued = self._queued_rows(ticket.rank)
         estimate = self.estimate(ticket.rank, rows, queued)
+        reserve = self.replies.reserve(ticket)
         ahead = sum(queued)
         behind_calls = ahead + rows > self._max_rows if self._max_rows else ahead > 0
         refuse_late(
-            estimate
-            + self.lateness.margin(ticket, policy.late_margin)
-            + self.replies.reserve(ticket),
+            estimate + self.lateness.margin(ticket, policy.late_margin) + reserve,
             ticket,
             f"model '{self.name}'",
             policy.headroom if behind_calls else 0.0,
         )
-        return estimate
+        return estimate, reserve
 
     def _queued_rows(self, rank: int) -> list[int]:
         """The rows of each queued request served before one of ``rank``."""
