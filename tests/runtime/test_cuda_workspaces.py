@@ -95,8 +95,31 @@ def test_a_waiting_clear_goes_before_runs_that_come_after_it() -> None:
 
 
 def test_runs_share_and_a_pytorch_without_the_call_is_left_alone() -> None:
-    # Several holders at once (nested here, with no clear waiting; a thread holding it must
-    # not ask again while a clear waits, and no caller of ours does).
-    with cuda_workspaces.shared(), cuda_workspaces.shared():
-        pass
+    # Runs share: a second holder gets in beside a first that has not left (in another thread,
+    # within a second), and a PyTorch without the clear call takes no exclusive turn (it
+    # returns at once while a run is inside, where a real clear would wait for it).
+    first_inside, release_first = threading.Event(), threading.Event()
+    second_inside = threading.Event()
+
+    def first() -> None:
+        with cuda_workspaces.shared():
+            first_inside.set()
+            release_first.wait(5)
+
+    def second() -> None:
+        with cuda_workspaces.shared():
+            second_inside.set()
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    assert first_inside.wait(5)
+    sharer = threading.Thread(target=second)
+    sharer.start()
+    assert second_inside.wait(1)
+    started = time.perf_counter()
     cuda_workspaces.clear_workspaces(SimpleNamespace(_C=SimpleNamespace()))  # no such call
+    assert time.perf_counter() - started < 0.5
+    release_first.set()
+    holder.join(5)
+    sharer.join(5)
+    assert not holder.is_alive() and not sharer.is_alive()

@@ -193,7 +193,8 @@ def test_a_sample_batch_the_padding_would_cover_gets_a_static_package(
 ) -> None:
     """Padded, a batch of 1 computes 2 rows (PP-OCRv4's detector on an H100: 2.6x the eager
     module's time): a sample at batch 1 gets its own package, which a call of that batch runs
-    where ``static_dispatch`` is on; other batches below the export's range still run padded."""
+    where ``static_dispatch`` is on (off: padded on the dynamic package); other batches run on
+    the dynamic package either way."""
     from ai_vmm.targets.cuda_convert import to_torch
 
     path = two_inputs(tmp_path / "two.onnx")
