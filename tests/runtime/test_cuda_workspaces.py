@@ -58,16 +58,26 @@ def test_a_clear_never_overlaps_a_run_outside_a_graph() -> None:
     assert overlaps == []
 
 
+def _first_run(order: list[str]) -> tuple[threading.Thread, threading.Event]:
+    """A thread inside ``shared`` until the returned event is set; it then appends "first run"
+    to ``order``. Returns once it is inside."""
+    inside, release = threading.Event(), threading.Event()
+
+    def run() -> None:
+        with cuda_workspaces.shared():
+            inside.set()
+            release.wait(5)
+            order.append("first run")
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert inside.wait(5)
+    return thread, release
+
+
 def test_a_waiting_clear_goes_before_runs_that_come_after_it() -> None:
     order: list[str] = []
-    first_inside, release_first = threading.Event(), threading.Event()
     clear_started = threading.Event()
-
-    def first_run() -> None:
-        with cuda_workspaces.shared():
-            first_inside.set()
-            release_first.wait(5)
-            order.append("first run")
 
     def clearer() -> None:
         clear_started.set()
@@ -77,10 +87,8 @@ def test_a_waiting_clear_goes_before_runs_that_come_after_it() -> None:
         with cuda_workspaces.shared():
             order.append("later run")
 
-    threads = [threading.Thread(target=first_run)]
-    threads[0].start()
-    assert first_inside.wait(5)
-    threads.append(threading.Thread(target=clearer))
+    first, release_first = _first_run(order)
+    threads = [first, threading.Thread(target=clearer)]
     threads[1].start()
     assert clear_started.wait(5)
     time.sleep(0.05)  # the clear is now waiting for the first run
@@ -98,21 +106,14 @@ def test_runs_share_and_a_pytorch_without_the_call_is_left_alone() -> None:
     # Runs share: a second holder gets in beside a first that has not left (in another thread,
     # within a second), and a PyTorch without the clear call takes no exclusive turn (it
     # returns at once while a run is inside, where a real clear would wait for it).
-    first_inside, release_first = threading.Event(), threading.Event()
+    order: list[str] = []
     second_inside = threading.Event()
-
-    def first() -> None:
-        with cuda_workspaces.shared():
-            first_inside.set()
-            release_first.wait(5)
 
     def second() -> None:
         with cuda_workspaces.shared():
             second_inside.set()
 
-    holder = threading.Thread(target=first)
-    holder.start()
-    assert first_inside.wait(5)
+    holder, release_first = _first_run(order)
     sharer = threading.Thread(target=second)
     sharer.start()
     assert second_inside.wait(1)
@@ -122,4 +123,4 @@ def test_runs_share_and_a_pytorch_without_the_call_is_left_alone() -> None:
     release_first.set()
     holder.join(5)
     sharer.join(5)
-    assert not holder.is_alive() and not sharer.is_alive()
+    assert order == ["first run"] and not holder.is_alive() and not sharer.is_alive()
