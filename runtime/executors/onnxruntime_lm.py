@@ -1,9 +1,15 @@
-"""ONNX Runtime backend of the LM runtime: the KV cache stays in ONNX Runtime's buffers.
+"""ONNX Runtime backend of the LM runtime: the KV cache lives in buffers we preallocate.
 
-Each step binds the previous step's ``present.*`` outputs (``OrtValue``s ONNX Runtime allocated)
-as this step's ``past.*`` inputs through I/O binding, so the cache never goes through numpy
-between steps; only the logits are copied out. Rows leave the batch by a gather of the cache
-(at most once per finished sequence).
+Every cache tensor has two flat buffers, sized for a capacity of tokens that grows by doubling
+(in steps of ``_BLOCK`` tokens) and never per step. A step binds, through I/O binding, the
+first ``rows * heads * length * dim`` elements of one buffer as its ``past.*`` input and the
+first ``rows * heads * (length + seq) * dim`` of the other as its ``present.*`` output, so
+ONNX Runtime writes the present straight into our memory; the next step swaps the two. The
+exported graph's attention concatenates the past with the new tokens, so the past and the
+present cannot share one buffer (that would need ONNX Runtime's ``GroupQueryAttention``
+contrib op): each step still writes the whole present, but allocates nothing and copies
+nothing besides the logits. Rows leave the batch by a gather of the cache (at most once per
+finished sequence).
 """
 
 from __future__ import annotations
@@ -71,13 +77,26 @@ class OnnxRuntimeDecoder:
         return self._session.io_binding()
 
 
+_BLOCK = 256  # cache capacity grows in whole blocks of tokens, at least doubling
+_ALIGN = 64  # bytes: the alignment ONNX Runtime's own CPU allocator gives
+
+
+def _aligned(elements: int, dtype: np.dtype) -> np.ndarray:
+    """A flat, uninitialised array of ``elements`` whose data starts on a 64-byte boundary."""
+    raw = np.empty(elements * dtype.itemsize + _ALIGN, np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    return raw[start : start + elements * dtype.itemsize].view(dtype)
+
+
 class OnnxRuntimeContext:
-    """A KV cache held as ONNX Runtime ``OrtValue``s."""
+    """A KV cache in two sets of preallocated buffers: the past in one, the present in the other."""
 
     def __init__(self, decoder: OnnxRuntimeDecoder) -> None:
         self._decoder = decoder
-        self._cache: list[Any] | None = None
-        self._keepalive: list[np.ndarray] = []
+        self._shapes = [(h, d) for _, h, _, d in decoder.spec.cache.shapes(0, 0)]
+        self._buffers: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+        self._capacity = 0  # tokens per row each buffer holds
+        self._slots = 0  # rows each buffer holds
         self._rows = 0
         self._length = 0
 
@@ -89,6 +108,11 @@ class OnnxRuntimeContext:
     def length(self) -> int:
         return self._length
 
+    @property
+    def capacity(self) -> int:
+        """Tokens per row the preallocated buffers hold before they grow."""
+        return self._capacity
+
     def forward(
         self,
         input_ids: np.ndarray,
@@ -98,12 +122,13 @@ class OnnxRuntimeContext:
     ) -> np.ndarray:
         decoder = self._decoder
         rows, seq = input_ids.shape
-        if self._cache is None:
-            empty = [np.zeros(s, decoder.dtype) for s in decoder.spec.cache.shapes(rows, 0)]
-            self._set(empty)
+        if self._length == 0:  # an empty cache takes any batch
+            self._rows = rows
         if rows != self._rows:
             raise InputError(f"step of {rows} rows on a cache of {self._rows} rows")
         check_step(attention_mask, rows, self._length, seq)
+        self._reserve(self._length + seq)
+        past, present = self._buffers
         binding = decoder._binding()
         feeds = {
             "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
@@ -113,42 +138,77 @@ class OnnxRuntimeContext:
         }
         for name, array in feeds.items():
             binding.bind_cpu_input(name, array)
-        for name, value in zip(decoder.past_names, self._cache or [], strict=True):
-            binding.bind_ortvalue_input(name, value)
+        element = decoder.dtype.type
+        for name, (heads, dim), flat in zip(decoder.past_names, self._shapes, past, strict=True):
+            shape = (rows, heads, self._length, dim)
+            binding.bind_input(name, "cpu", 0, element, shape, flat.ctypes.data)
         binding.bind_output("logits", "cpu")
-        for name in decoder.present_names:
-            binding.bind_output(name, "cpu")
+        total = self._length + seq
+        for name, (heads, dim), flat in zip(
+            decoder.present_names, self._shapes, present, strict=True
+        ):
+            binding.bind_output(
+                name, "cpu", 0, element, (rows, heads, total, dim), flat.ctypes.data
+            )
         decoder._run(binding)
-        outputs = binding.get_outputs()
-        logits = outputs[0].numpy()
-        self._cache = list(outputs[1:])
-        self._keepalive = []
-        self._length += seq
+        logits: np.ndarray = binding.get_outputs()[0].numpy()
+        self._buffers = (present, past)
+        self._length = total
         return logits
 
     def keep(self, rows: Sequence[int]) -> None:
         if list(rows) == list(range(self._rows)):
             return
         index = np.asarray(rows, dtype=np.int64)
-        self._set([np.ascontiguousarray(a[index]) for a in self.read_cache()])
+        self.write_cache([view[index] for view in self._views()])
 
     def read_cache(self) -> list[np.ndarray]:
-        if self._cache is None:
-            return [np.zeros(s, self._decoder.dtype) for s in self._decoder.spec.cache.shapes(0, 0)]
-        return [value.numpy() for value in self._cache]
+        return [view.copy() for view in self._views()]
 
     def write_cache(self, arrays: list[np.ndarray]) -> None:
-        self._set([np.ascontiguousarray(a, dtype=self._decoder.dtype) for a in arrays])
+        rows, _, length, _ = arrays[0].shape
+        if self._fits(rows, length):  # into the free set (``arrays`` may view the past's)
+            buffers = (self._buffers[1], self._buffers[0])
+        else:
+            buffers = self._allocate(rows, self._round(length))
+        for flat, array in zip(buffers[0], arrays, strict=True):
+            flat[: array.size] = np.ascontiguousarray(array, dtype=self._decoder.dtype).ravel()
+        self._buffers = buffers
+        self._rows, self._length = int(rows), int(length)
 
     def reset(self) -> None:
-        self._cache = None
-        self._keepalive = []
+        """Empty the cache; the buffers stay for a next batch of as many rows (a pooled
+        context reuses them rather than allocating again)."""
         self._rows = self._length = 0
 
-    def _set(self, arrays: list[np.ndarray]) -> None:
-        ort = self._decoder._ort
-        # ortvalue_from_numpy shares the array's memory: keep the arrays alive with the values.
-        self._keepalive = arrays
-        self._cache = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
-        self._rows = int(arrays[0].shape[0])
-        self._length = int(arrays[0].shape[2])
+    def _views(self) -> list[np.ndarray]:
+        """The cache as ``[rows, heads, length, dim]`` views of the past's buffers."""
+        if not self._buffers[0]:
+            return [np.zeros((0, h, 0, d), self._decoder.dtype) for h, d in self._shapes]
+        return [
+            flat[: self._rows * h * self._length * d].reshape(self._rows, h, self._length, d)
+            for (h, d), flat in zip(self._shapes, self._buffers[0], strict=True)
+        ]
+
+    def _round(self, tokens: int) -> int:
+        return max(_BLOCK, -(-tokens // _BLOCK) * _BLOCK)
+
+    def _fits(self, rows: int, tokens: int) -> bool:
+        return bool(self._buffers[0]) and rows <= self._slots and tokens <= self._capacity
+
+    def _reserve(self, tokens: int) -> None:
+        """Make the buffers hold ``tokens`` per row (at least doubling when they grow)."""
+        if self._fits(self._rows, tokens):
+            return
+        old = self._views() if self._buffers[0] else []
+        buffers = self._allocate(self._rows, self._round(max(tokens, 2 * self._capacity)))
+        for flat, view in zip(buffers[0], old, strict=False):
+            flat[: view.size] = view.ravel()
+        self._buffers = buffers
+
+    def _allocate(self, rows: int, capacity: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        dtype = self._decoder.dtype
+        self._slots, self._capacity = rows, capacity
+        return tuple(  # type: ignore[return-value]
+            [_aligned(rows * h * capacity * d, dtype) for h, d in self._shapes] for _ in range(2)
+        )
