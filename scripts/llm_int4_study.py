@@ -1,11 +1,12 @@
 """How INT4 was chosen for causal LMs on OpenVINO (docs/generate.md, "Weights"): SmolLM2's
 quality gate and decode speed under INT4 variants, on this CPU.
 
-* ``gate sym|asym [--group G] [--ratio R] [--gptq]``: ``ai_vmm.compile(SmolLM2,
+* ``gate sym|asym [--group G] [--ratio R] [--gptq] [--all-layers]``: ``ai_vmm.compile(SmolLM2,
   weights="int4")`` with NNCF's INT4 mode forced to symmetric or asymmetric
   (``nncf.compress_weights`` wrapped in this process; the compile itself is unchanged; ``--gptq``
-  adds NNCF's GPTQ), then every attempt of the quality gate: ratio, activation groups,
-  perplexity increase, agreement, looping replies, passed. The artifact is written to ``--out``
+  adds NNCF's GPTQ, ``--all-layers`` lets the tied embedding / LM head go INT4), then every
+  attempt of the quality gate: ratio, activation groups, perplexity increase, agreement,
+  looping replies, passed. The artifact is written to ``--out``
   for ``speed``.
 * ``speed ARTIFACT [ARTIFACT ...] [--dq 64,128] [--rounds N]``: decode tokens/s and TTFT of
   the artifacts against OpenVINO GenAI's all-INT4 export (groups of 64, f32 activations; made
@@ -57,6 +58,8 @@ def gate(args: argparse.Namespace) -> None:
             kwargs["mode"] = wanted
             if args.gptq:  # NNCF's GPTQ after AWQ, with scale estimation folded in
                 kwargs["gptq"] = True
+            if args.all_layers:  # the embedding table / tied LM head may go INT4 too
+                kwargs["all_layers"] = True
         return original(model, **kwargs)
 
     nncf.compress_weights = compress
@@ -198,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--group", type=int, default=0)
     g.add_argument("--ratio", type=float, default=0.0)
     g.add_argument("--gptq", action="store_true", help="NNCF's GPTQ on top of the compile's")
+    g.add_argument(
+        "--all-layers", action="store_true", help="NNCF's all_layers: the LM head may go INT4"
+    )
     g.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "int4-study.vmm")
     s = parts.add_parser("speed")
     s.add_argument("artifacts", nargs="+")
