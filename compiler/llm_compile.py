@@ -121,8 +121,9 @@ def compile_causal_lm(
                 "toolchain": toolchain(),
                 "devices": [d.key for d in devices],
                 # 2-4: OpenVINO decoders choose stateful or paged attention; 5: cuda decoders
-                # attend over cache windows and choose Inductor decode steps or not
-                "format": 5,
+                # attend over cache windows and choose Inductor decode steps or not; 6: ONNX
+                # Runtime decoders attend over the grouped cache (no repeat_kv copies)
+                "format": 6,
             }
         )
         hit = cache.lookup(key)

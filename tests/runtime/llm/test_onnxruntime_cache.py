@@ -75,7 +75,6 @@ def test_rows_leave_the_batch_and_the_rest_decode_as_alone(decoder: OnnxRuntimeD
     written into a fresh context continues the same; a reset context reuses its buffers."""
     ids = _tokens(2, 12, seed=1)
     mask = np.ones_like(ids)
-    close = {"rtol": 1e-4, "atol": 1e-4}
     alone = decoder.context()
     _step(alone, ids[1:, :10], mask[1:])
     expected = _step(alone, ids[1:, 10:11], mask[1:])
@@ -85,19 +84,23 @@ def test_rows_leave_the_batch_and_the_rest_decode_as_alone(decoder: OnnxRuntimeD
     addresses = _addresses(batch)
     batch.keep([1])
     assert (batch.rows, batch.length) == (1, 10)
-    np.testing.assert_allclose(_step(batch, ids[1:, 10:11], mask[1:]), expected, **close)
+    np.testing.assert_allclose(
+        _step(batch, ids[1:, 10:11], mask[1:]), expected, rtol=1e-4, atol=1e-4
+    )
     assert _addresses(batch) == addresses
 
     copy = decoder.context()
     copy.write_cache(alone.read_cache())
     assert (copy.rows, copy.length) == (1, 11)
     following = _step(alone, ids[1:, 11:12], mask[1:])
-    np.testing.assert_allclose(_step(copy, ids[1:, 11:12], mask[1:]), following, **close)
+    np.testing.assert_allclose(
+        _step(copy, ids[1:, 11:12], mask[1:]), following, rtol=1e-4, atol=1e-4
+    )
 
     batch.reset()  # as the model's context pool does between requests
     assert (batch.rows, batch.length) == (0, 0)
     fresh = decoder.context()
     np.testing.assert_allclose(
-        _step(batch, ids[:, :4], mask), _step(fresh, ids[:, :4], mask), **close
+        _step(batch, ids[:, :4], mask), _step(fresh, ids[:, :4], mask), rtol=1e-4, atol=1e-4
     )
     assert _addresses(batch) == addresses
