@@ -104,12 +104,12 @@ def attend_grouped(graph: onnx.GraphProto) -> int:
     dim]``, with ``kv`` and ``group`` constants of the graph. Returns how many ``Attention``
     nodes now read the cache as it is (0: the graph is unchanged).
     """
+    from onnx import numpy_helper
+
     producer = {out: node for node in graph.node for out in node.output}
     constants = {init.name: init for init in graph.initializer}
 
     def ints(name: str) -> list[int] | None:
-        from onnx import numpy_helper
-
         node = producer.get(name)
         if name in constants and not constants[name].external_data:
             return [int(v) for v in numpy_helper.to_array(constants[name]).ravel()]
