@@ -7,9 +7,9 @@ first ``rows * heads * (length + seq) * dim`` of the other as its ``present.*`` 
 ONNX Runtime writes the present straight into our memory; the next step swaps the two. The
 exported graph's attention concatenates the past with the new tokens, so the past and the
 present cannot share one buffer (that would need ONNX Runtime's ``GroupQueryAttention``
-contrib op): each step still writes the whole present, but allocates nothing and copies
-nothing besides the logits. Rows leave the batch by a gather of the cache (at most once per
-finished sequence).
+contrib op): each step still writes the whole present, but allocates no cache memory (only
+its logits and small inputs are new). Rows leave the batch by a gather of the cache (at most
+once per finished sequence).
 """
 
 from __future__ import annotations
