@@ -125,10 +125,12 @@ def test_t5_style_unscaled_with_bias_and_mask(kit: Any) -> None:
     fused.assert_close(RTOL, ATOL)
 
 
-def test_grouped_query_attention_drops_repeat_kv(kit: Any) -> None:
-    """Llama's repeat_kv: K, V [B, 2, S, D] unsqueezed, expanded x2, reshaped to 4 heads."""
+def _repeat_kv_model(kit: Any, axis: int) -> tuple[Any, dict[str, np.ndarray]]:
+    """Llama's repeat_kv: K, V [B, 2, S, D] unsqueezed at ``axis``, expanded x2, reshaped to 4
+    heads (``axis`` 2: head ``h`` reads key/value head ``h // 2``; ``axis`` 1 interleaves)."""
     kv_heads = 2
-    repeat = [oh.make_node("Unsqueeze", [f"{t}", "axis2"], [f"{t}u"]) for t in ("k", "v")] + [
+    grown = [kv_heads, H // kv_heads] if axis == 2 else [H // kv_heads, kv_heads]
+    repeat = [oh.make_node("Unsqueeze", [f"{t}", "axes"], [f"{t}u"]) for t in ("k", "v")] + [
         oh.make_node("Expand", [f"{t}u", "expanded"], [f"{t}e"]) for t in ("k", "v")
     ]
     repeat += [oh.make_node("Reshape", [f"{t}e", "merged"], [f"{t}r"]) for t in ("k", "v")]
@@ -145,19 +147,35 @@ def test_grouped_query_attention_drops_repeat_kv(kit: Any) -> None:
         [("q", [B, H, S, D]), ("k", [B, kv_heads, S, D]), ("v", [B, kv_heads, S, D])],
         ["y"],
         {
-            "axis2": np.array([2], np.int64),
-            "expanded": np.array([B, kv_heads, H // kv_heads, S, D], np.int64),
+            "axes": np.array([axis], np.int64),
+            "expanded": np.array([B, *grown, S, D], np.int64),
             "merged": np.array([B, H, S, D], np.int64),
             "sqrt_d": _scalar(math.sqrt(D)),
         },
     )
     feeds = {"q": kit.randn(B, H, S, D), "k": kit.randn(B, 2, S, D), "v": kit.randn(B, 2, S, D)}
+    return model, feeds
+
+
+def test_grouped_query_attention_drops_repeat_kv(kit: Any) -> None:
+    model, feeds = _repeat_kv_model(kit, axis=2)
     fused = kit.fuse_and_compare(model, ["attention_unguarded", "attention_gqa"], feeds)
     assert fused.result.per_rule == {"AttentionDropRepeatKv": 1}
     assert kit.op_counts(fused.model) == {"Attention": 1}
     [attention] = fused.model.graph
     assert attention.inputs[1] is not None and attention.inputs[1].name == "k"
-    assert attention.attributes.get_int("kv_num_heads") == kv_heads
+    assert attention.attributes.get_int("kv_num_heads") == 2
+    fused.assert_close(RTOL, ATOL)
+
+
+def test_heads_repeated_in_another_order_are_a_near_miss(kit: Any) -> None:
+    """Repeats on axis 1 interleave the heads (head ``h`` reads ``h % 2``), not the order
+    ``Attention`` assumes: the expansion stays, and the result with it."""
+    model, feeds = _repeat_kv_model(kit, axis=1)
+    fused = kit.fuse_and_compare(model, ["attention_unguarded", "attention_gqa"], feeds, trace=True)
+    assert fused.result.count == 0
+    assert "Expand" in kit.op_counts(fused.model)
+    assert any("not unsqueezed at axis 2" in miss.reason for miss in fused.result.near_misses)
     fused.assert_close(RTOL, ATOL)
 
 
