@@ -7,8 +7,8 @@ and value head is copied once per query head of its group, the whole cache every
 build applies the fusion step ``attention_gqa`` (``passes/fusion/attention.py``), which hands
 ``Attention`` the cache as it is (the opset-23 op takes fewer key/value heads itself). For
 SmolLM2 (9 query heads, 3 key/value heads) the logits stay bit-identical and a decode step at
-400 tokens of context loses its 63 ``Expand`` nodes (4.1 ms of a 50 ms step in ONNX Runtime's
-profile).
+400 tokens of context loses its 63 ``Expand`` nodes (3.9 ms of a 50 ms step in ONNX Runtime's
+profile: ``scripts/llm_ort_study.py profile``).
 
 Weight-only INT8/INT4 replaces each ``MatMul`` whose weight is constant with ``MatMulNBits``
 (symmetric, blocks along the input axis; ``accuracy_level`` 4 lets the CPU kernel compute in
